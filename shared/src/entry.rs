@@ -1,0 +1,194 @@
+//! Stream entries as they travel over the wire.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::de::Error as _;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::StreamId;
+use crate::limits::MAX_ENTRY_VALUES;
+
+/// One stream entry: its id in the stream it was read from and its field/value
+/// pairs, flattened (`k1, v1, k2, v2, ...`) and kept in their original order.
+///
+/// Redis values are bytes. On the wire an entry is
+/// `{"id": "<ms>-<seq>", "fields": ["k1", "v1", ...]}` when every key and value is
+/// UTF-8, and `{"id": ..., "fields64": [<base64>, ...]}` otherwise, so binary
+/// payloads (protobuf, compressed blobs) cross the JSON protocol unchanged.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Entry {
+    /// The entry's id in its source stream.
+    pub id: StreamId,
+    /// Keys and values, alternating.
+    pub fields: Vec<Vec<u8>>,
+}
+
+impl Entry {
+    /// An entry from UTF-8 field/value pairs (convenient in tests and tools).
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(id: StreamId, pairs: &[(K, V)]) -> Self {
+        let fields = pairs
+            .iter()
+            .flat_map(|(k, v)| {
+                [
+                    k.as_ref().as_bytes().to_vec(),
+                    v.as_ref().as_bytes().to_vec(),
+                ]
+            })
+            .collect();
+        Entry { id, fields }
+    }
+
+    /// Field/value pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .chunks_exact(2)
+            .map(|kv| (kv[0].as_slice(), kv[1].as_slice()))
+    }
+
+    /// Bytes of keys and values, a lower bound of the entry's encoded size.
+    pub fn payload_len(&self) -> usize {
+        self.fields.iter().map(Vec::len).sum()
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fields: Vec<_> = self
+            .fields
+            .iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect();
+        f.debug_struct("Entry")
+            .field("id", &self.id)
+            .field("fields", &fields)
+            .finish()
+    }
+}
+
+impl Serialize for Entry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Entry", 2)?;
+        s.serialize_field("id", &self.id)?;
+        if self.fields.iter().all(|f| std::str::from_utf8(f).is_ok()) {
+            s.serialize_field("fields", &Utf8Fields(&self.fields))?;
+        } else {
+            s.serialize_field("fields64", &B64Fields(&self.fields))?;
+        }
+        s.end()
+    }
+}
+
+struct Utf8Fields<'a>(&'a [Vec<u8>]);
+
+impl Serialize for Utf8Fields<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|f| String::from_utf8_lossy(f)))
+    }
+}
+
+struct B64Fields<'a>(&'a [Vec<u8>]);
+
+impl Serialize for B64Fields<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|f| B64.encode(f)))
+    }
+}
+
+#[derive(Deserialize)]
+struct WireEntry {
+    id: StreamId,
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+    #[serde(default)]
+    fields64: Option<Vec<String>>,
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireEntry::deserialize(deserializer)?;
+        let fields: Vec<Vec<u8>> = match (wire.fields, wire.fields64) {
+            (Some(f), None) => f.into_iter().map(String::into_bytes).collect(),
+            (None, Some(f)) => f
+                .iter()
+                .map(|v| B64.decode(v))
+                .collect::<Result<_, _>>()
+                .map_err(|_| D::Error::custom("fields64 must hold standard base64 strings"))?,
+            (None, None) => return Err(D::Error::custom("entry needs `fields` or `fields64`")),
+            (Some(_), Some(_)) => {
+                return Err(D::Error::custom("entry has both `fields` and `fields64`"));
+            }
+        };
+        if fields.len() % 2 != 0 {
+            return Err(D::Error::custom(
+                "fields must alternate keys and values (even length)",
+            ));
+        }
+        if fields.len() > MAX_ENTRY_VALUES {
+            return Err(D::Error::custom(format_args!(
+                "entry has {} fields, more than the limit of {}",
+                fields.len() / 2,
+                MAX_ENTRY_VALUES / 2
+            )));
+        }
+        Ok(Entry {
+            id: wire.id,
+            fields,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_entries_use_plain_fields() {
+        let e = Entry::from_pairs(
+            StreamId::new(1, 2),
+            &[("topic", "t"), ("payload", "{\"a\":1}")],
+        );
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"1-2","fields":["topic","t","payload","{\"a\":1}"]}"#
+        );
+        assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn binary_entries_round_trip_as_base64() {
+        let e = Entry {
+            id: StreamId::new(5, 0),
+            fields: vec![b"k".to_vec(), vec![0xff, 0x00, 0xfe]],
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("fields64"), "{json}");
+        assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn malformed_entries_are_refused_with_a_reason() {
+        for (bad, why) in [
+            (r#"{"id":"1-0"}"#, "needs"),
+            (r#"{"id":"1-0","fields":["k"]}"#, "even"),
+            (r#"{"id":"1-0","fields":["k","v"],"fields64":[]}"#, "both"),
+            (r#"{"id":"1-0","fields64":["!!"]}"#, "base64"),
+            (r#"{"id":"abc","fields":["k","v"]}"#, "stream id"),
+            (r#"{"id":"1-0","fields":[1,2]}"#, "invalid type"),
+        ] {
+            let err = serde_json::from_str::<Entry>(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let many: Vec<String> = (0..MAX_ENTRY_VALUES + 2).map(|i| i.to_string()).collect();
+        let json = serde_json::json!({"id": "1-0", "fields": many}).to_string();
+        assert!(
+            serde_json::from_str::<Entry>(&json)
+                .unwrap_err()
+                .to_string()
+                .contains("limit")
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! The lula protocol: what lula-auth, lula-hub and lula-client agree on.
+//!
+//! This crate holds types and constants only. It knows nothing of HTTP,
+//! WebSocket libraries or Redis connections, so both ends of the protocol, tools
+//! and tests can depend on it without pulling a server into their build.
+//!
+//! # Layout
+//! - [`stream_id`]: Redis stream ids, parsed strictly and ordered numerically.
+//! - [`client_id`]: device identities and the characters they may contain.
+//! - [`entry`]: a stream entry on the wire (UTF-8 or base64 fields).
+//! - [`message`]: the WebSocket frames, reply payloads, statuses and close codes.
+//! - [`keys`]: every Redis key name, under configurable prefixes.
+//! - [`token`]: session token claims.
+//! - [`limits`]: sizes and timeouts both ends respect.
+//! - [`lua`]: Lua shared by the Redis scripts of hub and client.
+//! - `redis_value` (feature `redis`): stream replies from redis-rs values.
+
+pub mod client_id;
+pub mod entry;
+pub mod keys;
+pub mod limits;
+pub mod lua;
+pub mod message;
+#[cfg(feature = "redis")]
+pub mod redis_value;
+pub mod stream_id;
+pub mod token;
+
+pub use client_id::ClientId;
+pub use entry::Entry;
+pub use stream_id::StreamId;
+
+/// Field the hub writes first into each `lula-hub:in:x` entry: the device, taken
+/// from the authenticated session.
+pub const FIELD_CLIENT: &str = "client";
+/// Field holding the entry's id in the stream it came from: the device's out-stream
+/// id in `lula-hub:in:x`, the hub's out-stream id in `lula-client:in:x`.
+pub const FIELD_SEQ: &str = "seq";
+
+/// Renames a source field that would shadow one lula writes (`client`, `seq`) by
+/// prefixing `_`, so a consumer reading an entry into a map can never see a
+/// device-chosen `client`. Returns whether it renamed.
+pub fn escape_reserved(key: &mut Vec<u8>, reserved: &[&str]) -> bool {
+    let hit = reserved.iter().any(|r| key.as_slice() == r.as_bytes());
+    if hit {
+        key.insert(0, b'_');
+    }
+    hit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_get_an_underscore() {
+        let mut k = b"client".to_vec();
+        assert!(escape_reserved(&mut k, &[FIELD_CLIENT, FIELD_SEQ]));
+        assert_eq!(k, b"_client");
+        let mut k = b"clients".to_vec();
+        assert!(!escape_reserved(&mut k, &[FIELD_CLIENT, FIELD_SEQ]));
+    }
+}

@@ -1,0 +1,325 @@
+//! WebSocket messages between lula-client (or any lula-compatible client) and
+//! lula-hub. `PROTOCOL.md` next to this crate describes them for humans.
+//!
+//! Every message is a JSON text frame `{"type": ..., "id": ..., "payload": {...}}`.
+//! Requests carry an `id` (string or number) that the reply echoes together with
+//! the `type`; notifications ([`kind::ACK`], [`kind::PUSH`]) carry none and get no
+//! reply. A reply whose payload has a `status` is an error ([`ErrorReply`]).
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::{Entry, StreamId};
+
+/// Message `type` names.
+pub mod kind {
+    /// Echoes its payload back; a liveness check.
+    pub const ECHO: &str = "echo";
+    /// Asks for the device's upstream cursor ([`super::IdReply`]).
+    pub const ID: &str = "id";
+    /// Appends one entry (lula-compatible).
+    pub const XADD: &str = "xadd";
+    /// Appends a batch of entries ([`super::XaddsRequest`]).
+    pub const XADDS: &str = "xadds";
+    /// Reads the device's out stream (lula-compatible polling).
+    pub const XREAD: &str = "xread";
+    /// Starts server push of the device's out stream from a cursor.
+    pub const SUBSCRIBE: &str = "subscribe";
+    /// Server push of out-stream entries (notification, hub to client).
+    pub const PUSH: &str = "push";
+    /// Client acknowledgement of pushed entries (notification, client to hub).
+    pub const ACK: &str = "ack";
+    /// Reply to a frame that could not be parsed at all.
+    pub const ERR: &str = "err";
+}
+
+/// HTTP-like status codes used in [`ErrorReply::status`].
+pub mod status {
+    /// Malformed request: bad JSON shape, bad id, unknown type.
+    pub const BAD_REQUEST: u16 = 400;
+    /// Sequence conflict: a seq at or below the saved cursor, or a batch whose
+    /// `prev` is ahead of the saved cursor (a gap).
+    pub const CONFLICT: u16 = 409;
+    /// Too many entries in a batch or fields in an entry.
+    pub const TOO_LARGE: u16 = 413;
+    /// Slow down; `retryAfterMs` says for how long.
+    pub const TOO_MANY_REQUESTS: u16 = 429;
+    /// The hub failed; the detail is in its log. Safe to retry.
+    pub const INTERNAL: u16 = 500;
+    /// The hub's Redis is unreachable. Safe to retry after a backoff.
+    pub const UNAVAILABLE: u16 = 503;
+}
+
+/// WebSocket close codes the hub uses.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The hub is shutting down; reconnect (possibly to another replica) at once.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A message type the protocol does not allow (binary frames are answered with
+    /// an `err` reply instead, so this is not used for them today).
+    pub const UNSUPPORTED: u16 = 1003;
+    /// Policy violation.
+    pub const POLICY: u16 = 1008;
+    /// A message exceeded the frame size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The hub hit an internal error on this connection.
+    pub const INTERNAL: u16 = 1011;
+    /// The peer sent nothing, not even a pong, within the idle timeout.
+    pub const IDLE: u16 = 4000;
+}
+
+/// A received frame with its payload left unparsed until its `type` is known.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    /// Message type, one of [`kind`].
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    /// Request id, echoed in the reply. Absent on notifications.
+    #[serde(default)]
+    pub id: Option<Value>,
+    /// Type-specific payload.
+    #[serde(default, borrow)]
+    pub payload: Option<&'a RawValue>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses a text frame. Fails when it is not JSON or has no string `type`, or
+    /// when `id` is neither a string nor a number.
+    pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        let env: Envelope<'a> = serde_json::from_str(text)?;
+        if let Some(id) = &env.id
+            && !(id.is_string() || id.is_number() || id.is_null())
+        {
+            return Err(serde::de::Error::custom(
+                "`id` must be a string or a number",
+            ));
+        }
+        Ok(env)
+    }
+
+    /// Parses the payload as `T`; a missing payload reads as `{}`.
+    pub fn payload<T: Deserialize<'a>>(&self) -> Result<T, serde_json::Error> {
+        match self.payload {
+            Some(raw) => serde_json::from_str(raw.get()),
+            None => serde_json::from_str("{}"),
+        }
+    }
+
+    /// The payload's `status` when the frame is an error reply.
+    pub fn error(&self) -> Option<ErrorReply> {
+        #[derive(Deserialize)]
+        struct Peek {
+            status: Option<u16>,
+        }
+        let raw = self.payload?;
+        let peek: Peek = serde_json::from_str(raw.get()).ok()?;
+        peek.status?;
+        serde_json::from_str(raw.get()).ok()
+    }
+}
+
+/// A frame to send: `type`, optional `id`, payload.
+#[derive(Debug, Serialize)]
+pub struct Frame<'a, P> {
+    /// Message type.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// Request id (echoed from the request on replies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a Value>,
+    /// Payload.
+    pub payload: P,
+}
+
+impl<'a, P: Serialize> Frame<'a, P> {
+    /// A frame with an id (requests and replies).
+    pub fn new(kind: &'a str, id: Option<&'a Value>, payload: P) -> Self {
+        Frame { kind, id, payload }
+    }
+
+    /// Encodes the frame as JSON text.
+    pub fn to_text(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
+
+/// Payload of every error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorReply {
+    /// One of [`status`].
+    pub status: u16,
+    /// What went wrong, for logs and humans.
+    pub message: String,
+    /// On 409: the device's saved cursor, where the client should resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<StreamId>,
+    /// On 429: how long to wait before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorReply {
+    /// An error with a status and message.
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        ErrorReply {
+            status,
+            message: message.into(),
+            id: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// A 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(status::BAD_REQUEST, message)
+    }
+}
+
+/// Reply to [`kind::ID`]: the device's upstream cursor and the hub's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdReply {
+    /// The last device seq the hub accepted, `0-0` at first.
+    pub id: StreamId,
+    /// Largest frame the hub accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<usize>,
+    /// Most entries per `xadds` batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_entries: Option<usize>,
+}
+
+/// Reply to [`kind::XADD`]: the id the hub gave the entry in its in stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XaddReply {
+    /// Hub in-stream id of the appended entry.
+    pub id: StreamId,
+}
+
+/// Request [`kind::XADDS`]: a batch of consecutive entries of the device's out stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XaddsRequest {
+    /// The client's view of the hub's cursor before this batch: the seq of the
+    /// entry preceding `entries[0]` in the device stream, or the cursor the hub
+    /// reported. If the hub's saved cursor is below `prev`, an earlier batch was
+    /// not applied and this one is refused (409, nothing written), so a client
+    /// can pipeline batches without risking a hole. Absent: no such check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<StreamId>,
+    /// Entries with strictly increasing ids.
+    pub entries: Vec<Entry>,
+}
+
+/// Reply to [`kind::XADDS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XaddsReply {
+    /// The device's cursor after the batch: the last seq the hub holds.
+    pub id: StreamId,
+    /// Entries appended by this batch.
+    pub added: u64,
+    /// Entries skipped because the hub already had them.
+    pub duplicates: u64,
+}
+
+/// Request [`kind::XREAD`] (lula-compatible polling of the device's out stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct XreadRequest {
+    /// Return entries after this hub id.
+    pub id: StreamId,
+    /// Block up to this many milliseconds when nothing is there (`blockMs` too).
+    #[serde(default, alias = "blockMs", skip_serializing_if = "Option::is_none")]
+    pub block_timeout: Option<u64>,
+    /// Most entries to return (capped by the hub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+}
+
+/// Request [`kind::SUBSCRIBE`]: push the device's out stream after `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeRequest {
+    /// The device's downstream cursor: the last hub id it stored.
+    pub id: StreamId,
+}
+
+/// Reply to [`kind::SUBSCRIBE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeReply {
+    /// Where pushing starts (after this id).
+    pub id: StreamId,
+}
+
+/// Notification [`kind::PUSH`]: out-stream entries for the device, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Push {
+    /// Entries with their hub ids.
+    pub entries: Vec<Entry>,
+}
+
+/// Notification [`kind::ACK`]: the device stored every pushed entry up to `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Last hub id the device stored.
+    pub id: StreamId,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_keeps_id_and_defers_payload() {
+        let env =
+            Envelope::parse(r#"{"type":"xadd","id":7,"payload":{"id":"1-1","fields":["a","b"]}}"#)
+                .unwrap();
+        assert_eq!(env.kind, "xadd");
+        assert_eq!(env.id, Some(serde_json::json!(7)));
+        let e: Entry = env.payload().unwrap();
+        assert_eq!(e.id, StreamId::new(1, 1));
+    }
+
+    #[test]
+    fn envelope_rejects_non_json_and_bad_ids() {
+        assert!(Envelope::parse("not json").is_err());
+        assert!(Envelope::parse(r#"{"id":1}"#).is_err());
+        assert!(Envelope::parse(r#"{"type":5}"#).is_err());
+        assert!(Envelope::parse(r#"{"type":"id","id":{"x":1}}"#).is_err());
+    }
+
+    #[test]
+    fn error_replies_are_recognised_by_status() {
+        let env = Envelope::parse(
+            r#"{"type":"xadd","id":"1","payload":{"status":409,"message":"dup","id":"5-0"}}"#,
+        )
+        .unwrap();
+        let err = env.error().unwrap();
+        assert_eq!(err.status, status::CONFLICT);
+        assert_eq!(err.id, Some(StreamId::new(5, 0)));
+        let ok = Envelope::parse(r#"{"type":"xadd","id":"1","payload":{"id":"5-0"}}"#).unwrap();
+        assert!(ok.error().is_none());
+    }
+
+    #[test]
+    fn frames_serialize_like_lula() {
+        let id = serde_json::json!("abc");
+        let text = Frame::new(
+            kind::ID,
+            Some(&id),
+            IdReply {
+                id: StreamId::ZERO,
+                max_frame_bytes: None,
+                max_batch_entries: None,
+            },
+        )
+        .to_text()
+        .unwrap();
+        assert_eq!(text, r#"{"type":"id","id":"abc","payload":{"id":"0-0"}}"#);
+        let xread: XreadRequest = serde_json::from_str(r#"{"id":"0-0","blockMs":100}"#).unwrap();
+        assert_eq!(xread.block_timeout, Some(100));
+    }
+}
