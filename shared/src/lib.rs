@@ -13,6 +13,7 @@
 //! - [`token`]: session token claims.
 //! - [`limits`]: sizes and timeouts both ends respect.
 //! - [`lua`]: Lua shared by the Redis scripts of hub and client.
+//! - [`redact`]: keeping secrets out of logs.
 //! - `redis_value` (feature `redis`): stream replies from redis-rs values.
 
 pub mod client_id;
@@ -21,6 +22,7 @@ pub mod keys;
 pub mod limits;
 pub mod lua;
 pub mod message;
+pub mod redact;
 #[cfg(feature = "redis")]
 pub mod redis_value;
 pub mod stream_id;
@@ -28,6 +30,7 @@ pub mod token;
 
 pub use client_id::ClientId;
 pub use entry::Entry;
+pub use redact::{Redacted, redact_url};
 pub use stream_id::StreamId;
 
 /// Field the hub writes first into each `lula-hub:in:x` entry: the device, taken

@@ -1,0 +1,93 @@
+//! Client configuration, independent of how it was given (flags, env, tests).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lula_protocol::keys::DEFAULT_DEVICE_PREFIX;
+use lula_protocol::limits::{
+    DEFAULT_BATCH_ENTRIES, DEFAULT_INFLIGHT_BATCHES, DEFAULT_MAX_FRAME_BYTES, IDLE_TIMEOUT,
+};
+use lula_protocol::{ClientId, Redacted, redact_url};
+
+/// Everything the daemon needs.
+#[derive(Clone)]
+pub struct Config {
+    /// This device's identity, as provisioned in lula-auth.
+    pub client_id: ClientId,
+    /// The provisioned base32 TOTP secret, used to prove the registration.
+    pub otp_secret: Redacted<String>,
+    /// lula-auth base URL, e.g. `http://localhost:3001`.
+    pub auth_url: String,
+    /// lula-hub WebSocket URL, e.g. `ws://localhost:3002`.
+    pub hub_url: String,
+    /// The device Redis.
+    pub redis_url: String,
+    /// Where the daemon keeps its identity (secret, registration state).
+    pub state_dir: PathBuf,
+    /// Prefix of the device Redis keys (`lula-client`).
+    pub prefix: String,
+    /// Most entries per upstream batch.
+    pub batch_entries: usize,
+    /// Batches sent and not yet acknowledged.
+    pub inflight_batches: usize,
+    /// Largest frame the client sends (the hub's limit wins if smaller).
+    pub max_frame_bytes: usize,
+    /// Pause between failed registration attempts.
+    pub register_retry: Duration,
+    /// First reconnect delay; doubles per failure up to `max_backoff`, with jitter.
+    pub min_backoff: Duration,
+    /// Cap of the reconnect delay.
+    pub max_backoff: Duration,
+    /// A hub silent for this long (no frame, no ping) is considered gone.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long to wait for batches in flight to be acknowledged.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but identity and where things are.
+    pub fn new(
+        client_id: ClientId,
+        otp_secret: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Config {
+            client_id,
+            otp_secret: Redacted::new(otp_secret.into()),
+            auth_url: "http://localhost:3001".into(),
+            hub_url: "ws://localhost:3002".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            state_dir: state_dir.into(),
+            prefix: DEFAULT_DEVICE_PREFIX.into(),
+            batch_entries: DEFAULT_BATCH_ENTRIES,
+            inflight_batches: DEFAULT_INFLIGHT_BATCHES,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            register_retry: Duration::from_secs(60),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            idle_timeout: IDLE_TIMEOUT,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("client_id", &self.client_id)
+            .field("otp_secret", &self.otp_secret)
+            .field("auth_url", &redact_url(&self.auth_url))
+            .field("hub_url", &redact_url(&self.hub_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("state_dir", &self.state_dir)
+            .field("prefix", &self.prefix)
+            .field("batch_entries", &self.batch_entries)
+            .field("inflight_batches", &self.inflight_batches)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("register_retry", &self.register_retry)
+            .field("min_backoff", &self.min_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}

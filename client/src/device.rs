@@ -1,0 +1,227 @@
+//! The device Redis: the out stream producers write, the in stream hub messages
+//! land in, and the state hash holding the downstream cursor and the daemon's
+//! published status.
+
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lula_protocol::keys::DeviceKeys;
+use lula_protocol::redis_value::{entries_from_range, entries_from_read};
+use lula_protocol::{Entry, FIELD_SEQ, StreamId, escape_reserved};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
+
+/// Field of the state hash holding the last hub id stored in `in:x`.
+pub const DOWNSTREAM_FIELD: &str = "downstream";
+
+/// Status fields the daemon publishes in the state hash for `lula-client status`.
+pub mod status_fields {
+    /// `1` while a hub session is up, `0` otherwise.
+    pub const CONNECTED: &str = "connected";
+    /// Epoch ms of the daemon's last status write (a heartbeat while it runs).
+    pub const UPDATED_AT: &str = "updatedAt";
+    /// The hub's upstream cursor as last acknowledged: the last device seq the hub holds.
+    pub const UPSTREAM: &str = "upstream";
+    /// The most recent error, cleared when a session comes up.
+    pub const LAST_ERROR: &str = "lastError";
+    /// Epoch seconds when the current session token expires.
+    pub const SESSION_EXPIRES_AT: &str = "sessionExpiresAt";
+    /// Process id of the daemon.
+    pub const PID: &str = "pid";
+}
+
+/// KEYS[1] in stream, KEYS[2] state hash.
+/// ARGV: per entry: hub id, number of values, values.
+/// Appends the entries after the stored cursor with `seq` = hub id first, moves
+/// the cursor, atomically. Returns {cursor, added}.
+const STORE_BODY: &str = r#"
+local cur = redis.call('HGET', KEYS[2], 'downstream') or '0-0'
+local n = #ARGV
+local i = 1
+local added = 0
+while i <= n do
+  local id = ARGV[i]
+  local nv = tonumber(ARGV[i + 1])
+  if id_gt(id, cur) then
+    local args = {'XADD', KEYS[1], '*', 'seq', id}
+    for j = 1, nv do
+      args[5 + j] = ARGV[i + 1 + j]
+    end
+    redis.call(unpack(args))
+    cur = id
+    added = added + 1
+  end
+  i = i + 2 + nv
+end
+if added > 0 then
+  redis.call('HSET', KEYS[2], 'downstream', cur)
+end
+return {cur, added}
+"#;
+
+static STORE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{}{}", lula_protocol::lua::ID_GT, STORE_BODY)));
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Access to the device Redis for ordinary (non-blocking) commands.
+#[derive(Clone)]
+pub struct Device {
+    redis: ConnectionManager,
+    client: redis::Client,
+    keys: DeviceKeys,
+}
+
+impl Device {
+    /// Connects lazily, so the daemon starts while the device Redis is still down.
+    pub fn new(redis_url: &str, keys: DeviceKeys) -> Result<Self, RedisError> {
+        let client = redis::Client::open(redis_url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let redis = client.get_connection_manager_lazy(config)?;
+        Ok(Device {
+            redis,
+            client,
+            keys,
+        })
+    }
+
+    /// Key names.
+    pub fn keys(&self) -> &DeviceKeys {
+        &self.keys
+    }
+
+    /// The last hub id stored in `in:x`, `0-0` at first.
+    pub async fn downstream_cursor(&mut self) -> Result<StreamId, RedisError> {
+        let v: Option<String> = self.redis.hget(self.keys.state(), DOWNSTREAM_FIELD).await?;
+        parse_id(v)
+    }
+
+    /// Appends hub entries (in hub order) to `in:x` and moves the downstream
+    /// cursor in one script; entries at or below the cursor are skipped, so a
+    /// push repeated after a reconnect is stored once. Returns the new cursor.
+    pub async fn store_downstream(&mut self, entries: Vec<Entry>) -> Result<StreamId, RedisError> {
+        let mut invocation = STORE.key(self.keys.in_stream());
+        invocation.key(self.keys.state());
+        for entry in entries {
+            invocation.arg(entry.id.to_string()).arg(entry.fields.len());
+            for (i, mut value) in entry.fields.into_iter().enumerate() {
+                if i % 2 == 0 {
+                    escape_reserved(&mut value, &[FIELD_SEQ]);
+                }
+                invocation.arg(value);
+            }
+        }
+        let (cursor, _added): (String, u64) = invocation.invoke_async(&mut self.redis).await?;
+        parse_id(Some(cursor))
+    }
+
+    /// Writes status fields (and `updatedAt`) to the state hash.
+    pub async fn publish(&mut self, fields: &[(&str, String)]) -> Result<(), RedisError> {
+        let mut items: Vec<(&str, String)> = fields.to_vec();
+        items.push((status_fields::UPDATED_AT, now_ms().to_string()));
+        self.redis.hset_multiple(self.keys.state(), &items).await
+    }
+
+    /// Opens a reader of `out:x` on a connection of its own.
+    pub async fn out_reader(&self, block: Duration) -> Result<OutReader, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(block + Duration::from_secs(10)));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(OutReader {
+            conn,
+            key: self.keys.out_stream(),
+            block,
+        })
+    }
+}
+
+fn parse_id(v: Option<String>) -> Result<StreamId, RedisError> {
+    match v {
+        None => Ok(StreamId::ZERO),
+        Some(s) => s
+            .parse()
+            .map_err(|e: lula_protocol::stream_id::StreamIdError| {
+                RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "bad stream id",
+                    e.to_string(),
+                ))
+            }),
+    }
+}
+
+/// Reads the out stream with blocking `XREAD` on a dedicated connection, which
+/// nothing else uses, so the block never delays other commands.
+pub struct OutReader {
+    conn: MultiplexedConnection,
+    key: String,
+    block: Duration,
+}
+
+impl OutReader {
+    /// Up to `count` entries after `after`, waiting up to the block time for the first.
+    pub async fn read(&mut self, after: StreamId, count: usize) -> Result<Vec<Entry>, RedisError> {
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.key)
+            .arg(after.to_string())
+            .query_async(&mut self.conn)
+            .await?;
+        entries_from_read(reply).map_err(|e| {
+            RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "bad XREAD reply",
+                e.to_string(),
+            ))
+        })
+    }
+}
+
+/// Counts `out:x` entries after `after` (the upstream backlog), paging with
+/// `XRANGE` so a large backlog never becomes one huge reply.
+pub async fn count_after<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    key: &str,
+    after: StreamId,
+) -> Result<u64, RedisError> {
+    const PAGE: usize = 10_000;
+    let mut total = 0u64;
+    let mut from = after;
+    loop {
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(format!("({from}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await?;
+        let entries = entries_from_range(reply).map_err(|e| {
+            RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "bad XRANGE reply",
+                e.to_string(),
+            ))
+        })?;
+        total += entries.len() as u64;
+        match entries.last() {
+            Some(last) if entries.len() == PAGE => from = last.id,
+            _ => return Ok(total),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! lula-client: the daemon on each device. It registers once with lula-auth,
+//! logs in, keeps a WebSocket to lula-hub, pushes the device's out stream up and
+//! stores the hub's messages down, and resumes by itself after any failure.
+//!
+//! Exactly once, both ways:
+//! - Upstream, the hub owns the cursor. The client asks for it on every
+//!   connection, reads `out:x` after it, and counts an entry delivered only when
+//!   the hub acknowledges it (duplicates included). Resending is always safe.
+//! - Downstream, the device owns the cursor. Each pushed frame is appended to
+//!   `in:x` together with the cursor in one Lua script, then acknowledged; a
+//!   frame seen twice is stored once.
+//!
+//! # Layout
+//! - [`config`]: [`Config`].
+//! - [`daemon`]: the reconnecting state machine ([`run`]).
+//! - [`session`]: one hub connection: handshake, batches, pushes, drain.
+//! - [`uplink`]: reading `out:x` into byte-bounded batches.
+//! - [`device`]: the device Redis: the downstream store script, the out-stream
+//!   reader, status publication.
+//! - [`auth`]: lula-auth calls and TOTP.
+//! - [`identity`]: the secret and registration state in `--state-dir`.
+//! - [`backoff`]: capped, jittered exponential backoff.
+//! - [`status`]: `lula-client status`.
+
+pub mod auth;
+pub mod backoff;
+pub mod config;
+pub mod daemon;
+pub mod device;
+pub mod identity;
+pub mod session;
+pub mod status;
+pub mod uplink;
+
+pub use config::Config;
+pub use daemon::run;

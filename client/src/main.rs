@@ -1,0 +1,157 @@
+//! `lula-client`: the device daemon. See the crate docs of `lula_client`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use lula_client::Config;
+use lula_protocol::ClientId;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "lula-client",
+    version,
+    about = "Syncs this device's Redis streams with lula-hub, exactly once"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sync daemon.
+    Run(RunArgs),
+    /// Show registration, connection, backlogs and cursors.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// The device Redis.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    redis_url: String,
+    /// Where the daemon keeps its identity (secret, registration state).
+    #[arg(long, env = "LULA_STATE_DIR", default_value = "/var/lib/lula-client")]
+    state_dir: PathBuf,
+    /// Prefix of the device Redis keys.
+    #[arg(long, env = "LULA_CLIENT_PREFIX", default_value = lula_protocol::keys::DEFAULT_DEVICE_PREFIX)]
+    prefix: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// This device's client id, as provisioned in lula-auth.
+    #[arg(long, env = "LULA_CLIENT_ID")]
+    client_id: ClientId,
+    /// The provisioned base32 TOTP secret (only needed until registered).
+    #[arg(long, env = "LULA_OTP_SECRET", hide_env_values = true)]
+    otp_secret: String,
+    /// lula-auth base URL.
+    #[arg(long, env = "LULA_AUTH_URL", default_value = "http://localhost:3001")]
+    auth_url: String,
+    /// lula-hub WebSocket URL.
+    #[arg(long, env = "LULA_HUB_URL", default_value = "ws://localhost:3002")]
+    hub_url: String,
+    /// Most entries per upstream batch.
+    #[arg(long, env = "LULA_BATCH_ENTRIES", default_value_t = lula_protocol::limits::DEFAULT_BATCH_ENTRIES)]
+    batch_entries: usize,
+    /// Upstream batches in flight (sent, not yet acknowledged).
+    #[arg(long, env = "LULA_INFLIGHT_BATCHES", default_value_t = lula_protocol::limits::DEFAULT_INFLIGHT_BATCHES)]
+    inflight_batches: usize,
+    /// Largest frame sent, in bytes (the hub's limit wins if smaller).
+    #[arg(long, env = "LULA_MAX_FRAME_BYTES", default_value_t = lula_protocol::limits::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+    /// Pause between refused registration attempts.
+    #[arg(long, env = "LULA_REGISTER_RETRY", default_value = "60s", value_parser = humantime::parse_duration)]
+    register_retry: Duration,
+    /// Cap of the reconnect backoff.
+    #[arg(long, env = "LULA_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    max_backoff: Duration,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Status(args) => {
+            let report = lula_client::status::status(
+                &args.common.state_dir,
+                &args.common.redis_url,
+                &args.common.prefix,
+            )
+            .await
+            .context("read status")?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = Config {
+        auth_url: args.auth_url,
+        hub_url: args.hub_url,
+        redis_url: args.common.redis_url,
+        prefix: args.common.prefix,
+        batch_entries: args.batch_entries.max(1),
+        inflight_batches: args.inflight_batches.max(1),
+        max_frame_bytes: args.max_frame_bytes,
+        register_retry: args.register_retry,
+        max_backoff: args.max_backoff,
+        ..Config::new(args.client_id, args.otp_secret, args.common.state_dir)
+    };
+    tracing::info!(?config, "starting");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    lula_client::run(config, shutdown).await
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,460 @@
+//! One connection to the hub, from upgrade to close.
+//!
+//! After the upgrade the client asks the hub for its upstream cursor (`id`),
+//! subscribes to its downstream from the cursor stored on the device, then runs
+//! one loop that
+//! - sends upstream batches, at most `inflight_batches` unacknowledged, each
+//!   naming as `prev` the last entry of the batch before it, so if one batch
+//!   fails the hub refuses the ones after it instead of leaving a hole;
+//! - advances the upstream cursor only on the hub's reply (a duplicate counts as
+//!   delivered);
+//! - stores each pushed downstream frame and its cursor in one script, then acks;
+//! - gives up on the connection when the hub is silent past the idle timeout.
+//!
+//! Any error ends the session; the daemon reconnects with backoff and the next
+//! session resumes from the cursors, so nothing here needs to be retried.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use lula_protocol::StreamId;
+use lula_protocol::message::{
+    Ack, Envelope, ErrorReply, Frame, IdReply, Push, SubscribeRequest, XaddsReply, close, kind,
+};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+use crate::device::{Device, status_fields};
+use crate::uplink::{self, Batch, UplinkError};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Time allowed for the TCP connect plus WebSocket upgrade, and for each
+/// handshake reply.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest frame accepted from the hub (pushes are bounded by the hub's own limit).
+const MAX_INCOMING: usize = 64 << 20;
+/// How often the session refreshes its published status.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The hub refused the token (401): log in again.
+    #[error("hub refused the session token")]
+    Unauthorized,
+    /// The hub asked us to slow down (429).
+    #[error("hub is rate limiting; retry after {0:?}")]
+    RateLimited(Option<Duration>),
+    /// The hub could not be reached or the upgrade failed.
+    #[error("cannot connect to hub: {0}")]
+    Connect(String),
+    /// The hub answered a request with an error.
+    #[error("hub error {}: {}", .0.status, .0.message)]
+    Hub(ErrorReply),
+    /// The hub closed the connection.
+    #[error("hub closed the connection (code {0:?})")]
+    Closed(Option<u16>),
+    /// Nothing heard from the hub within the idle timeout.
+    #[error("hub silent for longer than the idle timeout")]
+    Idle,
+    /// The device Redis failed.
+    #[error("device redis: {0}")]
+    Device(#[from] redis::RedisError),
+    /// An entry cannot be sent (see [`UplinkError::Oversized`]).
+    #[error(transparent)]
+    Uplink(UplinkError),
+    /// The hub sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<UplinkError> for SessionError {
+    fn from(e: UplinkError) -> Self {
+        match e {
+            UplinkError::Device(d) => SessionError::Device(d),
+            other => SessionError::Uplink(other),
+        }
+    }
+}
+
+/// How a session went.
+#[derive(Debug)]
+pub struct SessionReport {
+    /// The upgrade and handshake succeeded (the daemon resets its backoff).
+    pub established: bool,
+    /// `Ok` when it ended because shutdown was requested.
+    pub result: Result<(), SessionError>,
+}
+
+/// Runs one session with `token` until shutdown (drained) or an error.
+pub async fn run(
+    config: &Config,
+    device: &mut Device,
+    token: &str,
+    shutdown: &CancellationToken,
+) -> SessionReport {
+    let ws = tokio::select! {
+        _ = shutdown.cancelled() => return SessionReport { established: false, result: Ok(()) },
+        ws = connect(config, token) => ws,
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return SessionReport {
+                established: false,
+                result: Err(e),
+            };
+        }
+    };
+    let (sink, stream) = ws.split();
+    let mut session = Session {
+        config,
+        device,
+        sink,
+        stream,
+        next_id: 1,
+        inflight: VecDeque::new(),
+        prev: StreamId::ZERO,
+        cursor: StreamId::ZERO,
+        subscribe_id: 0,
+    };
+    let limits = match session.handshake().await {
+        Ok(l) => l,
+        Err(e) => {
+            return SessionReport {
+                established: false,
+                result: Err(e),
+            };
+        }
+    };
+    let result = session.run(limits, shutdown).await;
+    if let Err(e) = &result {
+        tracing::debug!(error = %e, "session ended");
+    }
+    SessionReport {
+        established: true,
+        result,
+    }
+}
+
+async fn connect(config: &Config, token: &str) -> Result<Ws, SessionError> {
+    let mut request = config
+        .hub_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| SessionError::Connect(e.to_string()))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| SessionError::Unauthorized)?;
+    request.headers_mut().insert("authorization", bearer);
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_INCOMING))
+        .max_frame_size(Some(MAX_INCOMING));
+    let connected = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true),
+    )
+    .await;
+    match connected {
+        Err(_) => Err(SessionError::Connect("timed out".into())),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(tungstenite::Error::Http(res))) => match res.status().as_u16() {
+            401 => Err(SessionError::Unauthorized),
+            429 => Err(SessionError::RateLimited(
+                res.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok())
+                    .map(Duration::from_secs),
+            )),
+            s => Err(SessionError::Connect(format!("hub answered HTTP {s}"))),
+        },
+        Ok(Err(e)) => Err(SessionError::Connect(e.to_string())),
+    }
+}
+
+/// What the handshake learned.
+struct Limits {
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+struct Session<'a> {
+    config: &'a Config,
+    device: &'a mut Device,
+    sink: SplitSink<Ws, Message>,
+    stream: SplitStream<Ws>,
+    next_id: u64,
+    /// Sent batches awaiting their reply: (request id, last seq), oldest first.
+    inflight: VecDeque<(u64, StreamId)>,
+    /// Last seq sent (the `prev` of the next batch).
+    prev: StreamId,
+    /// Last seq the hub acknowledged.
+    cursor: StreamId,
+    subscribe_id: u64,
+}
+
+impl Session<'_> {
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), SessionError> {
+        self.sink
+            .send(Message::text(text))
+            .await
+            .map_err(|e| SessionError::Connect(e.to_string()))
+    }
+
+    async fn send_frame<P: serde::Serialize>(
+        &mut self,
+        kind: &str,
+        id: Option<u64>,
+        payload: P,
+    ) -> Result<(), SessionError> {
+        let id = id.map(Value::from);
+        let text = Frame::new(kind, id.as_ref(), payload)
+            .to_text()
+            .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        self.send(text).await
+    }
+
+    /// `id`, then `subscribe`; returns the limits to batch by.
+    async fn handshake(&mut self) -> Result<Limits, SessionError> {
+        let id = self.request_id();
+        self.send_frame(kind::ID, Some(id), json!({})).await?;
+        let reply: IdReply = loop {
+            let text = match tokio::time::timeout(CONNECT_TIMEOUT, self.stream.next()).await {
+                Err(_) => return Err(SessionError::Connect("no reply to id".into())),
+                Ok(None) => return Err(SessionError::Closed(None)),
+                Ok(Some(Err(e))) => return Err(SessionError::Connect(e.to_string())),
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Err(SessionError::Closed(f.map(|f| u16::from(f.code))));
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+            let env = Envelope::parse(text.as_str())
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
+            if env.id.as_ref().and_then(Value::as_u64) != Some(id) {
+                return Err(SessionError::Protocol(format!(
+                    "expected the reply to id, got {}",
+                    env.kind
+                )));
+            }
+            if let Some(err) = env.error() {
+                return Err(SessionError::Hub(err));
+            }
+            break env
+                .payload()
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        };
+        self.cursor = reply.id;
+        self.prev = reply.id;
+        let max_bytes = reply
+            .max_frame_bytes
+            .unwrap_or(self.config.max_frame_bytes)
+            .min(self.config.max_frame_bytes);
+        let max_entries = reply
+            .max_batch_entries
+            .unwrap_or(self.config.batch_entries)
+            .min(self.config.batch_entries)
+            .max(1);
+
+        let downstream = self.device.downstream_cursor().await?;
+        self.subscribe_id = self.request_id();
+        self.send_frame(
+            kind::SUBSCRIBE,
+            Some(self.subscribe_id),
+            SubscribeRequest { id: downstream },
+        )
+        .await?;
+        tracing::info!(upstream = %self.cursor, %downstream, "connected to hub");
+        Ok(Limits {
+            max_entries,
+            max_bytes: max_bytes.saturating_sub(uplink::ENVELOPE_RESERVE).max(1),
+        })
+    }
+
+    async fn run(
+        &mut self,
+        limits: Limits,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        self.device
+            .publish(&[
+                (status_fields::CONNECTED, "1".into()),
+                (status_fields::UPSTREAM, self.cursor.to_string()),
+                (status_fields::LAST_ERROR, String::new()),
+            ])
+            .await?;
+        let reader_cancel = CancellationToken::new();
+        let _stop_reader = reader_cancel.clone().drop_guard();
+        let reader = self.device.out_reader(uplink::READ_BLOCK).await?;
+        let (tx, mut batches) = mpsc::channel(1);
+        tokio::spawn(uplink::read_batches(
+            reader,
+            self.cursor,
+            limits.max_entries,
+            limits.max_bytes,
+            tx,
+            reader_cancel.clone(),
+        ));
+
+        let window = self.config.inflight_batches.max(1);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut last_heard = Instant::now();
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            if drain_deadline.is_some() && self.inflight.is_empty() {
+                self.close().await;
+                return Ok(());
+            }
+            let idle_at = last_heard + self.config.idle_timeout;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if drain_deadline.is_none() => {
+                    tracing::info!(inflight = self.inflight.len(), "shutting down: finishing batches in flight");
+                    reader_cancel.cancel();
+                    drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+                }
+                _ = tokio::time::sleep_until(drain_deadline.unwrap_or(idle_at)), if drain_deadline.is_some() => {
+                    tracing::warn!(inflight = self.inflight.len(), "drain timed out; unacknowledged batches will be resent at the next start");
+                    self.close().await;
+                    return Ok(());
+                }
+                msg = self.stream.next() => {
+                    last_heard = Instant::now();
+                    self.on_message(msg).await?;
+                }
+                batch = batches.recv(), if drain_deadline.is_none() && self.inflight.len() < window => {
+                    match batch {
+                        Some(Ok(batch)) => self.send_batch(batch).await?,
+                        Some(Err(e)) => return Err(e.into()),
+                        None => return Err(SessionError::Protocol("upstream reader stopped".into())),
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_at) => return Err(SessionError::Idle),
+                _ = heartbeat.tick() => {
+                    self.device.publish(&[
+                        (status_fields::CONNECTED, "1".into()),
+                        (status_fields::UPSTREAM, self.cursor.to_string()),
+                    ]).await?;
+                }
+            }
+        }
+    }
+
+    async fn send_batch(&mut self, batch: Batch) -> Result<(), SessionError> {
+        let id = self.request_id();
+        let text = format!(
+            r#"{{"type":"{}","id":{id},"payload":{{"prev":"{}","entries":{}}}}}"#,
+            kind::XADDS,
+            self.prev,
+            batch.entries_json
+        );
+        self.send(text).await?;
+        self.inflight.push_back((id, batch.last));
+        self.prev = batch.last;
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<(), SessionError> {
+        let text = match msg {
+            None => return Err(SessionError::Closed(None)),
+            Some(Err(e)) => return Err(SessionError::Connect(e.to_string())),
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => {
+                return Err(SessionError::Closed(f.map(|f| u16::from(f.code))));
+            }
+            Some(Ok(_)) => return Ok(()),
+        };
+        let env =
+            Envelope::parse(text.as_str()).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        if env.kind == kind::PUSH {
+            let push: Push = env
+                .payload()
+                .map_err(|e| SessionError::Protocol(format!("bad push: {e}")))?;
+            if push.entries.is_empty() {
+                return Ok(());
+            }
+            let stored = self.device.store_downstream(push.entries).await?;
+            return self.send_frame(kind::ACK, None, Ack { id: stored }).await;
+        }
+        if env.kind == kind::ERR {
+            let err = env
+                .error()
+                .unwrap_or_else(|| ErrorReply::bad_request("unspecified"));
+            return Err(SessionError::Protocol(format!(
+                "hub could not parse a frame: {}",
+                err.message
+            )));
+        }
+        let id = env.id.as_ref().and_then(Value::as_u64);
+        if let Some(err) = env.error() {
+            return Err(SessionError::Hub(err));
+        }
+        match id {
+            Some(id) if Some(id) == self.inflight.front().map(|(i, _)| *i) => {
+                let (_, last) = self.inflight.pop_front().unwrap_or((id, self.cursor));
+                let reply: XaddsReply = env
+                    .payload()
+                    .map_err(|e| SessionError::Protocol(format!("bad xadds reply: {e}")))?;
+                // The hub's cursor can be ahead of our batch only if another
+                // daemon with this identity sent more; never behind it.
+                if reply.id < last {
+                    return Err(SessionError::Protocol(format!(
+                        "hub acknowledged {} for a batch ending at {last}",
+                        reply.id
+                    )));
+                }
+                self.cursor = reply.id;
+                if reply.duplicates > 0 {
+                    tracing::debug!(
+                        duplicates = reply.duplicates,
+                        "hub already had some entries"
+                    );
+                }
+                Ok(())
+            }
+            Some(id) if id == self.subscribe_id => Ok(()),
+            _ => Err(SessionError::Protocol(format!(
+                "unexpected {} frame",
+                env.kind
+            ))),
+        }
+    }
+
+    async fn close(&mut self) {
+        let frame = CloseFrame {
+            code: CloseCode::from(close::NORMAL),
+            reason: "client shutting down".into(),
+        };
+        let _ = self.sink.send(Message::Close(Some(frame))).await;
+        let _ = self
+            .device
+            .publish(&[
+                (status_fields::CONNECTED, "0".into()),
+                (status_fields::UPSTREAM, self.cursor.to_string()),
+            ])
+            .await;
+    }
+}

@@ -1,0 +1,134 @@
+//! `lula-client status`: what the daemon last published, plus the upstream
+//! backlog counted from the device Redis.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use lula_protocol::StreamId;
+use lula_protocol::keys::DeviceKeys;
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use crate::device::{DOWNSTREAM_FIELD, count_after, now_ms, status_fields};
+use crate::identity::{IDENTITY_FILE, Identity};
+
+/// A daemon whose last status write is older than this is not running.
+const STALE_AFTER: Duration = Duration::from_secs(15);
+
+/// The device's sync state.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    /// Client id from the state dir, if it holds an identity.
+    pub client_id: Option<String>,
+    /// Whether lula-auth accepted the registration.
+    pub registered: bool,
+    /// A daemon is running and connected to the hub.
+    pub connected: bool,
+    /// Epoch ms of the daemon's last status write.
+    pub updated_at: Option<u64>,
+    /// The last device seq the hub acknowledged.
+    pub upstream_cursor: Option<StreamId>,
+    /// Entries in `out:x` after the upstream cursor (all of them if the hub
+    /// never acknowledged anything).
+    pub upstream_backlog: u64,
+    /// The last hub id stored in `in:x`.
+    pub downstream_cursor: StreamId,
+    /// The daemon's most recent error.
+    pub last_error: Option<String>,
+    /// Epoch seconds when the session token expires.
+    pub session_expires_at: Option<u64>,
+}
+
+/// Reads the status from the state dir and the device Redis.
+pub async fn status(
+    state_dir: &Path,
+    redis_url: &str,
+    prefix: &str,
+) -> anyhow::Result<StatusReport> {
+    let identity = Identity::load(&state_dir.join(IDENTITY_FILE))?;
+    let keys = DeviceKeys::new(prefix);
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let fields: std::collections::HashMap<String, String> = conn.hgetall(keys.state()).await?;
+    let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
+    let updated_at = get(status_fields::UPDATED_AT).and_then(|v| v.parse::<u64>().ok());
+    let fresh =
+        updated_at.is_some_and(|t| now_ms().saturating_sub(t) < STALE_AFTER.as_millis() as u64);
+    let upstream_cursor = get(status_fields::UPSTREAM).and_then(|v| v.parse().ok());
+    let upstream_backlog = count_after(
+        &mut conn,
+        &keys.out_stream(),
+        upstream_cursor.unwrap_or(StreamId::ZERO),
+    )
+    .await?;
+    Ok(StatusReport {
+        client_id: identity.as_ref().map(|i| i.client_id.to_string()),
+        registered: identity.as_ref().is_some_and(|i| i.registered),
+        connected: fresh && get(status_fields::CONNECTED).as_deref() == Some("1"),
+        updated_at,
+        upstream_cursor,
+        upstream_backlog,
+        downstream_cursor: get(DOWNSTREAM_FIELD)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(StreamId::ZERO),
+        last_error: get(status_fields::LAST_ERROR),
+        session_expires_at: get(status_fields::SESSION_EXPIRES_AT).and_then(|v| v.parse().ok()),
+    })
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ago = |ms: u64| {
+            humantime::format_duration(Duration::from_secs(now_ms().saturating_sub(ms) / 1000))
+        };
+        writeln!(
+            f,
+            "client:             {}",
+            self.client_id
+                .as_deref()
+                .unwrap_or("(no identity in state dir)")
+        )?;
+        writeln!(
+            f,
+            "registered:         {}",
+            if self.registered { "yes" } else { "no" }
+        )?;
+        let connected = match (self.connected, self.updated_at) {
+            (true, _) => "yes".to_owned(),
+            (false, Some(t)) => format!("no (daemon last seen {} ago)", ago(t)),
+            (false, None) => "no (daemon never ran against this Redis)".to_owned(),
+        };
+        writeln!(f, "connected:          {connected}")?;
+        match self.upstream_cursor {
+            Some(c) => writeln!(f, "upstream cursor:    {c} (last seq the hub acknowledged)")?,
+            None => writeln!(
+                f,
+                "upstream cursor:    unknown (never acknowledged by the hub)"
+            )?,
+        }
+        writeln!(
+            f,
+            "upstream backlog:   {} entries waiting in out:x",
+            self.upstream_backlog
+        )?;
+        writeln!(
+            f,
+            "downstream cursor:  {} (last hub entry stored in in:x)",
+            self.downstream_cursor
+        )?;
+        if let Some(exp) = self.session_expires_at {
+            writeln!(
+                f,
+                "session expires:    {}",
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
+            )?;
+        }
+        write!(
+            f,
+            "last error:         {}",
+            self.last_error.as_deref().unwrap_or("none")
+        )
+    }
+}

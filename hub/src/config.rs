@@ -1,0 +1,57 @@
+//! Hub configuration, independent of how it was given (flags, env, tests).
+
+use std::fmt;
+use std::time::Duration;
+
+use lula_protocol::keys::{DEFAULT_AUTH_PREFIX, DEFAULT_HUB_PREFIX};
+use lula_protocol::limits::{DEFAULT_MAX_FRAME_BYTES, IDLE_TIMEOUT, PING_INTERVAL};
+
+/// Everything `run` needs besides the listener.
+#[derive(Clone)]
+pub struct Config {
+    /// Cloud Redis holding the streams, cursors and (by default) auth's sessions.
+    pub redis_url: String,
+    /// Prefix of the hub's keys (`lula-hub`).
+    pub prefix: String,
+    /// Prefix of lula-auth's keys, where sessions and verification keys live (`lula-auth`).
+    pub auth_prefix: String,
+    /// Largest WebSocket message accepted; larger ones close the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// How long one Redis command may take before it counts as failed. An ingest
+    /// script that times out may still have run; the client's retry is then
+    /// answered as duplicates, so this never costs correctness.
+    pub redis_timeout: Duration,
+    /// Interval of WebSocket pings to each device.
+    pub ping_interval: Duration,
+    /// A device silent for this long (no frame, no pong) is disconnected.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but the Redis URL.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        Config {
+            redis_url: redis_url.into(),
+            prefix: DEFAULT_HUB_PREFIX.into(),
+            auth_prefix: DEFAULT_AUTH_PREFIX.into(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            redis_timeout: Duration::from_secs(5),
+            ping_interval: PING_INTERVAL,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("redis_url", &lula_protocol::redact_url(&self.redis_url))
+            .field("prefix", &self.prefix)
+            .field("auth_prefix", &self.auth_prefix)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}

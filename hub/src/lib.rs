@@ -1,0 +1,177 @@
+//! lula-hub: accepts authenticated device WebSockets and moves Redis stream
+//! entries both ways, exactly once.
+//!
+//! Upstream, each device's entries are appended to `lula-hub:in:x` by one Lua
+//! script per batch that deduplicates by the entry's device seq against a saved
+//! cursor, atomically. Downstream, entries cloud services add to
+//! `lula-hub:out:<client>:x` are pushed to the device, which stores them and its
+//! cursor atomically and acknowledges. The hub keeps no state of its own: every
+//! cursor lives in Redis (upstream) or on the device (downstream), so a hub can
+//! be killed at any moment and any replica can take over.
+//!
+//! # Layout
+//! - [`config`]: [`Config`], the hub's settings.
+//! - [`session`]: token and session checks at upgrade time.
+//! - [`ingest`]: the exactly-once append script.
+//! - [`downstream`]: server push and lula `xread`.
+//! - `connection`: one device's socket, its requests, pings and close codes.
+//! - [`error`]: [`HubError`], HTTP refusals before an upgrade.
+//!
+//! The wire protocol is documented in `shared/PROTOCOL.md`.
+
+pub mod config;
+mod connection;
+pub mod downstream;
+pub mod error;
+pub mod ingest;
+pub mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use lula_protocol::keys::{AuthKeys, HubKeys};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+pub use config::Config;
+pub use error::HubError;
+use session::Authenticator;
+
+/// Shared by every request and connection.
+pub struct AppState {
+    /// Settings.
+    pub config: Config,
+    /// Hub key names.
+    pub keys: HubKeys,
+    /// Cheap-to-clone multiplexed connection for ordinary (non-blocking) commands.
+    pub redis: ConnectionManager,
+    /// For opening dedicated connections (blocking reads).
+    pub redis_client: redis::Client,
+    /// Token verification.
+    pub auth: Authenticator,
+    /// Cancelled when the hub shuts down; connections close with 1001.
+    pub shutdown: CancellationToken,
+    /// Connection tasks, awaited on shutdown (axum does not track upgraded sockets).
+    pub tracker: TaskTracker,
+    next_conn: AtomicU64,
+}
+
+impl AppState {
+    /// Builds the state. Connects to Redis lazily, so the hub starts (and
+    /// answers 503) while Redis is still coming up.
+    pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
+        let redis_client =
+            redis::Client::open(config.redis_url.as_str()).context("parse --redis-url")?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.redis_timeout))
+            .set_connection_timeout(Some(config.redis_timeout));
+        let redis = redis_client
+            .get_connection_manager_lazy(manager_config)
+            .context("redis connection manager")?;
+        Ok(Arc::new(AppState {
+            keys: HubKeys::new(config.prefix.clone()),
+            auth: Authenticator::new(AuthKeys::new(config.auth_prefix.clone())),
+            config,
+            redis,
+            redis_client,
+            shutdown,
+            tracker: TaskTracker::new(),
+            next_conn: AtomicU64::new(1),
+        }))
+    }
+}
+
+/// The hub's routes: `GET /` (WebSocket upgrade) and `GET /healthz`.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(upgrade))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { HubError::NotFound })
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then closes every device
+/// connection with 1001 (after the request it is handling) and returns once all
+/// are closed.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = AppState::new(config, shutdown.clone())?;
+    let tracker = state.tracker.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serve")?;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TokenQuery {
+    session_token: Option<String>,
+    access_token: Option<String>,
+}
+
+/// The token from `Authorization: Bearer`, else `?sessionToken=`, else
+/// `?accessToken=` (what the Node lula-client sends).
+fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned());
+    bearer.filter(|t| !t.is_empty()).or_else(|| {
+        let q: TokenQuery = serde_urlencoded::from_str(query?).unwrap_or_default();
+        q.session_token.or(q.access_token).filter(|t| !t.is_empty())
+    })
+}
+
+async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, HubError> {
+    // Authenticate before looking at the upgrade, so an unauthenticated caller
+    // learns nothing but 401.
+    let token = token_from(&headers, query.as_deref()).ok_or(HubError::MissingToken)?;
+    let claims = state
+        .auth
+        .authenticate(&mut state.redis.clone(), &token)
+        .await?;
+    let ws = ws?;
+    let conn_id = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", client = %claims.sub, conn = conn_id);
+    let limit = state.config.max_frame_bytes;
+    let tracker = state.tracker.clone();
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            tracker.track_future(connection::serve(socket, claims.sub, state).instrument(span))
+        })
+        .into_response())
+}

@@ -1,0 +1,100 @@
+//! `lula-hub`: the cloud side of lula. See the crate docs of `lula_hub`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lula_hub::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "lula-hub",
+    version,
+    about = "Moves device Redis stream entries into the cloud Redis exactly once, and back"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Accept device WebSockets.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LULA_HUB_LISTEN", default_value = "0.0.0.0:3002")]
+    listen: SocketAddr,
+    /// Cloud Redis (streams, cursors, and lula-auth's sessions and keys).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    redis_url: String,
+    /// Prefix of the hub's Redis keys.
+    #[arg(long, env = "LULA_HUB_PREFIX", default_value = lula_protocol::keys::DEFAULT_HUB_PREFIX)]
+    prefix: String,
+    /// Prefix of lula-auth's Redis keys (sessions, verification keys).
+    #[arg(long, env = "LULA_AUTH_PREFIX", default_value = lula_protocol::keys::DEFAULT_AUTH_PREFIX)]
+    auth_prefix: String,
+    /// Largest WebSocket message accepted, in bytes.
+    #[arg(long, env = "LULA_MAX_FRAME_BYTES", default_value_t = lula_protocol::limits::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+    /// Timeout of one Redis command.
+    #[arg(long, env = "LULA_REDIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    redis_timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let Command::Serve(args) = Cli::parse().command;
+    let config = Config {
+        prefix: args.prefix,
+        auth_prefix: args.auth_prefix,
+        max_frame_bytes: args.max_frame_bytes,
+        redis_timeout: args.redis_timeout,
+        ..Config::new(args.redis_url)
+    };
+    tracing::info!(?config, "starting");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("bind {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    lula_hub::run(listener, config, shutdown).await
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,468 @@
+//! The hub's wire protocol against a real Redis: authentication at upgrade,
+//! lula-compatible requests, batches, exactly-once under concurrency, push,
+//! limits and close codes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{entry, spawn_hub, spawn_hub_with};
+use futures_util::SinkExt;
+use lula_protocol::message::close;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+#[tokio::test]
+async fn healthz_answers_and_unknown_routes_are_json_404() {
+    let hub = spawn_hub().await;
+    let http = reqwest::Client::new();
+    let ok = http
+        .get(format!("http://{}/healthz", hub.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let missing = http
+        .get(format!("http://{}/nope", hub.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["code"], "not_found");
+}
+
+#[tokio::test]
+async fn missing_token_gets_401_before_upgrade() {
+    let hub = spawn_hub().await;
+    let res = reqwest::get(format!("http://{}/", hub.addr)).await.unwrap();
+    assert_eq!(res.status(), 401);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
+    match tokio_tungstenite::connect_async(hub.url()).await {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+fn status_of(r: Result<common::Ws, tungstenite::Error>) -> u16 {
+    match r {
+        Err(tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Ok(_) => 101,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_expired_revoked_and_forged_tokens_get_401() {
+    let hub = spawn_hub().await;
+    let kid = hub.kid();
+    // garbage
+    assert_eq!(status_of(hub.connect_with_token("not.a.token").await), 401);
+    // expired
+    hub.session("s-exp", "dev-1").await;
+    let expired = common::sign_with(hub.signing_key(), &kid, &hub.claims("dev-1", "s-exp", -5));
+    assert_eq!(status_of(hub.connect_with_token(&expired).await), 401);
+    // revoked: valid signature, session record gone
+    let revoked = common::sign_with(
+        hub.signing_key(),
+        &kid,
+        &hub.claims("dev-1", "s-gone", 3600),
+    );
+    assert_eq!(status_of(hub.connect_with_token(&revoked).await), 401);
+    // session belongs to another device
+    hub.session("s-other", "dev-2").await;
+    let swapped = common::sign_with(
+        hub.signing_key(),
+        &kid,
+        &hub.claims("dev-1", "s-other", 3600),
+    );
+    assert_eq!(status_of(hub.connect_with_token(&swapped).await), 401);
+    // signed by a key nobody published, under the published kid and under its own
+    let foreign = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    hub.session("s-f", "dev-1").await;
+    let forged = common::sign_with(&foreign, &kid, &hub.claims("dev-1", "s-f", 3600));
+    assert_eq!(status_of(hub.connect_with_token(&forged).await), 401);
+    let own_kid = lula_protocol::token::kid_for(&foreign.verifying_key().to_bytes());
+    let unknown = common::sign_with(&foreign, &own_kid, &hub.claims("dev-1", "s-f", 3600));
+    assert_eq!(status_of(hub.connect_with_token(&unknown).await), 401);
+    // and a good one is let in, also via ?sessionToken= and ?accessToken=
+    let good = hub.token("dev-1").await;
+    assert_eq!(status_of(hub.connect_with_token(&good).await), 101);
+    for param in ["sessionToken", "accessToken"] {
+        let url = format!("{}?{param}={good}", hub.url());
+        assert!(
+            tokio_tungstenite::connect_async(url).await.is_ok(),
+            "{param}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn id_is_zero_at_first_and_follows_appends() {
+    let hub = spawn_hub().await;
+    let mut ws = hub.connect("dev-1").await;
+    let reply = ws.request("id", json!({})).await;
+    assert_eq!(reply["id"], "0-0");
+    assert_eq!(reply["maxFrameBytes"], 1 << 20);
+    ws.request("xadd", entry("5-1", &["k", "v"])).await;
+    assert_eq!(ws.request("id", json!(null)).await["id"], "5-1");
+    // a second device has its own cursor
+    let mut other = hub.connect("dev-2").await;
+    assert_eq!(other.request("id", json!({})).await["id"], "0-0");
+}
+
+#[tokio::test]
+async fn xadd_appends_client_and_seq_then_the_original_fields_in_order() {
+    let hub = spawn_hub().await;
+    let mut ws = hub.connect("dev-1").await;
+    let reply = ws
+        .request(
+            "xadd",
+            entry(
+                "1700000000000-0",
+                &["topic", "t", "payload", "{\"a\":1}", "z", "last"],
+            ),
+        )
+        .await;
+    let hub_id = reply["id"].as_str().unwrap().to_owned();
+    let stored = hub.range(&hub.keys.in_stream()).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].0, hub_id);
+    assert_eq!(
+        stored[0].1,
+        [
+            "client",
+            "dev-1",
+            "seq",
+            "1700000000000-0",
+            "topic",
+            "t",
+            "payload",
+            "{\"a\":1}",
+            "z",
+            "last"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn duplicate_seq_is_stored_once_and_answered_409_with_the_saved_id() {
+    let hub = spawn_hub().await;
+    let mut ws = hub.connect("dev-1").await;
+    assert!(ws.request("xadd", entry("10-0", &["n", "1"])).await["id"].is_string());
+    for seq in ["10-0", "9-5", "0-0"] {
+        let dup = ws.request("xadd", entry(seq, &["n", "again"])).await;
+        assert_eq!(dup["status"], 409, "{seq}");
+        assert_eq!(dup["id"], "10-0");
+    }
+    assert_eq!(hub.range(&hub.keys.in_stream()).await.len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_replies_and_the_connection_keeps_serving() {
+    let hub = spawn_hub().await;
+    let mut ws = hub.connect("dev-1").await;
+    ws.send_text("this is not json").await;
+    let err = ws.recv().await;
+    assert_eq!(err["type"], "err");
+    assert_eq!(err["payload"]["status"], 400);
+
+    ws.send_text(r#"{"id":"1"}"#).await;
+    assert_eq!(ws.recv().await["type"], "err");
+
+    for (kind, payload, status) in [
+        ("xadd", json!({"id": "abc", "fields": ["k", "v"]}), 400),
+        ("xadd", json!({"id": "1-", "fields": ["k", "v"]}), 400),
+        ("xadd", json!({"id": "-1-0", "fields": ["k", "v"]}), 400),
+        (
+            "xadd",
+            json!({"id": "18446744073709551616-0", "fields": ["k", "v"]}),
+            400,
+        ),
+        ("xadd", json!({"id": 5, "fields": ["k", "v"]}), 400),
+        ("xadd", json!({"id": "1-0", "fields": ["odd"]}), 400),
+        ("xadd", json!({"id": "1-0", "fields": "k=v"}), 400),
+        (
+            "xadds",
+            json!({"entries": [{"id": "2-0", "fields": ["a", "b"]}, {"id": "1-0", "fields": ["a", "b"]}]}),
+            400,
+        ),
+        ("xadds", json!({"entries": "nope"}), 400),
+        ("subscribe", json!({"id": "x"}), 400),
+        ("nonsense", json!({}), 400),
+    ] {
+        let reply = ws.request(kind, payload.clone()).await;
+        assert_eq!(reply["status"], status, "{kind} {payload}: {reply}");
+        assert!(reply["message"].is_string());
+    }
+
+    ws.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    let err = ws.recv().await;
+    assert_eq!(err["type"], "err");
+    assert_eq!(err["payload"]["status"], 400);
+
+    // nothing reached Redis, and the socket still serves
+    assert!(hub.range(&hub.keys.in_stream()).await.is_empty());
+    assert_eq!(
+        ws.request("echo", json!({"say": "hi"})).await,
+        json!({"say": "hi"})
+    );
+    assert_eq!(ws.request("id", json!({})).await["id"], "0-0");
+}
+
+#[tokio::test]
+async fn xadds_reports_added_and_duplicates_and_resumes_from_the_cursor() {
+    let hub = spawn_hub().await;
+    let mut ws = hub.connect("dev-1").await;
+    let batch = |from: u64, to: u64| -> Vec<serde_json::Value> {
+        (from..=to)
+            .map(|i| entry(&format!("{i}-0"), &["i", &i.to_string()]))
+            .collect()
+    };
+    let r = ws
+        .request("xadds", json!({"prev": "0-0", "entries": batch(1, 5)}))
+        .await;
+    assert_eq!(r, json!({"id": "5-0", "added": 5, "duplicates": 0}));
+    // overlap: 4 and 5 again, then 6..8
+    let r = ws
+        .request("xadds", json!({"prev": "3-0", "entries": batch(4, 8)}))
+        .await;
+    assert_eq!(r, json!({"id": "8-0", "added": 3, "duplicates": 2}));
+    let r = ws.request("xadds", json!({"entries": batch(1, 8)})).await;
+    assert_eq!(r, json!({"id": "8-0", "added": 0, "duplicates": 8}));
+    let seqs: Vec<String> = hub
+        .range(&hub.keys.in_stream())
+        .await
+        .into_iter()
+        .map(|(_, f)| f[3].clone())
+        .collect();
+    assert_eq!(seqs, (1..=8).map(|i| format!("{i}-0")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_batch_after_a_gap_is_refused_and_writes_nothing() {
+    let hub = spawn_hub().await;
+    let mut ws = hub.connect("dev-1").await;
+    ws.request(
+        "xadds",
+        json!({"prev": "0-0", "entries": [entry("1-0", &["a", "1"])]}),
+    )
+    .await;
+    // the client believes 2-0 was applied; the hub only holds 1-0
+    let r = ws
+        .request(
+            "xadds",
+            json!({"prev": "2-0", "entries": [entry("3-0", &["a", "3"])]}),
+        )
+        .await;
+    assert_eq!(r["status"], 409);
+    assert_eq!(r["id"], "1-0");
+    assert_eq!(hub.range(&hub.keys.in_stream()).await.len(), 1);
+}
+
+#[tokio::test]
+async fn binary_values_and_reserved_names_survive_ingest() {
+    let hub = spawn_hub().await;
+    let mut ws = hub.connect("dev-1").await;
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let e = json!({"id": "1-0", "fields64": [b64(b"bin"), b64(&[0, 255, 1]), b64(b"client"), b64(b"spoofed")]});
+    ws.request("xadds", json!({"entries": [e]})).await;
+    ws.request("xadd", entry("2-0", &["seq", "mine", "k", "v"]))
+        .await;
+    let mut c = hub.redis().await;
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg(hub.keys.in_stream())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let entries = lula_protocol::redis_value::entries_from_range(v).unwrap();
+    assert_eq!(
+        entries[0].fields,
+        vec![
+            b"client".to_vec(),
+            b"dev-1".to_vec(),
+            b"seq".to_vec(),
+            b"1-0".to_vec(),
+            b"bin".to_vec(),
+            vec![0, 255, 1],
+            b"_client".to_vec(),
+            b"spoofed".to_vec()
+        ]
+    );
+    assert_eq!(entries[1].fields[4], b"_seq");
+}
+
+#[tokio::test]
+async fn concurrent_connections_of_one_device_never_duplicate() {
+    let hub = spawn_hub().await;
+    const N: u64 = 3_000;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut ws = hub.connect("dev-1").await;
+        tasks.push(tokio::spawn(async move {
+            // every connection sends every entry, in batches of 100, racing the others
+            for start in (1..=N).step_by(100) {
+                let entries: Vec<_> = (start..start + 100)
+                    .map(|i| entry(&format!("{i}-0"), &["i", &i.to_string()]))
+                    .collect();
+                let r = ws.request("xadds", json!({"entries": entries})).await;
+                assert!(r["status"].is_null(), "{r}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored = hub.range(&hub.keys.in_stream()).await;
+    let seqs: Vec<String> = stored.iter().map(|(_, f)| f[3].clone()).collect();
+    assert_eq!(seqs, (1..=N).map(|i| format!("{i}-0")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn oversized_frames_close_with_1009_and_other_devices_keep_syncing() {
+    let hub = spawn_hub_with(|c| lula_hub::Config {
+        max_frame_bytes: 4096,
+        ..c
+    })
+    .await;
+    let mut big = hub.connect("dev-big").await;
+    let mut other = hub.connect("dev-ok").await;
+    let huge = "x".repeat(10_000);
+    big.send_text(
+        json!({"type": "xadd", "id": "1", "payload": entry("1-0", &["k", &huge])}).to_string(),
+    )
+    .await;
+    assert_eq!(big.closed().await, Some(close::TOO_BIG));
+    assert!(other.request("xadd", entry("1-0", &["k", "v"])).await["id"].is_string());
+    let stored = hub.range(&hub.keys.in_stream()).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].1[1], "dev-ok");
+}
+
+#[tokio::test]
+async fn subscribe_pushes_the_out_stream_in_order_within_the_ack_window() {
+    let hub = spawn_hub().await;
+    let client: lula_protocol::ClientId = "dev-1".parse().unwrap();
+    let out = hub.keys.out_stream(&client);
+    let mut c = hub.redis().await;
+    let window = lula_protocol::limits::PUSH_WINDOW_ENTRIES;
+    let total = window + 500;
+    for i in 0..total {
+        let _: String = redis::cmd("XADD")
+            .arg(&out)
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let mut ws = hub.connect("dev-1").await;
+    let r = ws.request("subscribe", json!({"id": "0-0"})).await;
+    assert_eq!(r["id"], "0-0");
+    let mut got: Vec<(String, String)> = Vec::new();
+    // without acks the hub stops at the window
+    while got.len() < window {
+        let push = ws.recv().await;
+        assert_eq!(push["type"], "push");
+        for e in push["payload"]["entries"].as_array().unwrap() {
+            got.push((
+                e["id"].as_str().unwrap().into(),
+                e["fields"][1].as_str().unwrap().into(),
+            ));
+        }
+    }
+    assert_eq!(got.len(), window);
+    let quiet = tokio::time::timeout(Duration::from_millis(300), ws.recv()).await;
+    assert!(quiet.is_err(), "pushed past the window without acks");
+    // ack everything so far, the rest follows
+    let last = got.last().unwrap().0.clone();
+    ws.send_text(json!({"type": "ack", "payload": {"id": last}}).to_string())
+        .await;
+    while got.len() < total {
+        let push = ws.recv().await;
+        for e in push["payload"]["entries"].as_array().unwrap() {
+            got.push((
+                e["id"].as_str().unwrap().into(),
+                e["fields"][1].as_str().unwrap().into(),
+            ));
+        }
+    }
+    let ns: Vec<String> = got.iter().map(|(_, n)| n.clone()).collect();
+    assert_eq!(ns, (0..total).map(|i| i.to_string()).collect::<Vec<_>>());
+    // a new entry arrives live
+    let _: String = redis::cmd("XADD")
+        .arg(&out)
+        .arg("*")
+        .arg("n")
+        .arg("live")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    ws.send_text(json!({"type": "ack", "payload": {"id": got.last().unwrap().0}}).to_string())
+        .await;
+    let push = ws.recv().await;
+    assert_eq!(push["payload"]["entries"][0]["fields"][1], "live");
+}
+
+#[tokio::test]
+async fn legacy_xread_returns_items_and_blocks_until_one_arrives() {
+    let hub = spawn_hub().await;
+    let client: lula_protocol::ClientId = "dev-1".parse().unwrap();
+    let out = hub.keys.out_stream(&client);
+    let mut c = hub.redis().await;
+    let first: String = redis::cmd("XADD")
+        .arg(&out)
+        .arg("*")
+        .arg("topic")
+        .arg("a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut ws = hub.connect("dev-1").await;
+    let r = ws.request("xread", json!({"id": "0-0"})).await;
+    assert_eq!(r["items"], json!([{"topic": "a", "id": first}]));
+    // a blocking read waits for the next entry, while the same socket keeps answering
+    ws.send_text(
+        json!({"type": "xread", "id": "blk", "payload": {"id": first, "blockTimeout": 5000}})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(
+        ws.request("echo", json!({"still": "here"})).await,
+        json!({"still": "here"})
+    );
+    let second: String = redis::cmd("XADD")
+        .arg(&out)
+        .arg("*")
+        .arg("topic")
+        .arg("b")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let reply = ws.recv().await;
+    assert_eq!(reply["id"], "blk");
+    assert_eq!(
+        reply["payload"]["items"],
+        json!([{"topic": "b", "id": second}])
+    );
+    // nothing new: an empty list after the block
+    let r = ws
+        .request("xread", json!({"id": second, "blockTimeout": 50}))
+        .await;
+    assert_eq!(r["items"], json!([]));
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_going_away() {
+    let hub = spawn_hub().await;
+    let mut ws = hub.connect("dev-1").await;
+    ws.request("id", json!({})).await;
+    hub.shutdown.cancel();
+    assert_eq!(ws.closed().await, Some(close::GOING_AWAY));
+    hub.task.await.unwrap().unwrap();
+}
