@@ -113,7 +113,7 @@ impl Device {
         for entry in entries {
             invocation.arg(entry.id.to_string()).arg(entry.fields.len());
             for (i, mut value) in entry.fields.into_iter().enumerate() {
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     escape_reserved(&mut value, &[FIELD_SEQ]);
                 }
                 invocation.arg(value);

@@ -11,7 +11,7 @@
 //!   frame seen twice is stored once.
 //!
 //! # Layout
-//! - [`config`]: [`Config`].
+//! - [`config`]: the daemon's settings, [`Config`].
 //! - [`daemon`]: the reconnecting state machine ([`run`]).
 //! - [`session`]: one hub connection: handshake, batches, pushes, drain.
 //! - [`uplink`]: reading `out:x` into byte-bounded batches.

@@ -11,6 +11,11 @@
 //! - stores each pushed downstream frame and its cursor in one script, then acks;
 //! - gives up on the connection when the hub is silent past the idle timeout.
 //!
+//! Writes go through a writer task, so the loop keeps reading while a large
+//! batch is on its way out; otherwise client and hub could each wait for the
+//! other to read. The queue to the writer is bounded by what the protocol allows
+//! to be outstanding (batches in flight plus acks of the hub's push window).
+//!
 //! Any error ends the session; the daemon reconnects with backoff and the next
 //! session resumes from the cursors, so nothing here needs to be retried.
 
@@ -20,6 +25,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use lula_protocol::StreamId;
+use lula_protocol::limits::PUSH_WINDOW_ENTRIES;
 use lula_protocol::message::{
     Ack, Envelope, ErrorReply, Frame, IdReply, Push, SubscribeRequest, XaddsReply, close, kind,
 };
@@ -121,10 +127,12 @@ pub async fn run(
         }
     };
     let (sink, stream) = ws.split();
+    let (out, rx) = mpsc::channel(config.inflight_batches + PUSH_WINDOW_ENTRIES + 16);
+    let mut writer = tokio::spawn(write_loop(sink, rx));
     let mut session = Session {
         config,
         device,
-        sink,
+        out,
         stream,
         next_id: 1,
         inflight: VecDeque::new(),
@@ -135,15 +143,36 @@ pub async fn run(
     let limits = match session.handshake().await {
         Ok(l) => l,
         Err(e) => {
+            writer.abort();
             return SessionReport {
                 established: false,
                 result: Err(e),
             };
         }
     };
-    let result = session.run(limits, shutdown).await;
+    let result = tokio::select! {
+        r = session.run(limits, shutdown) => r,
+        w = &mut writer => Err(SessionError::Connect(match w {
+            Ok(Err(e)) => e.to_string(),
+            _ => "writer stopped".into(),
+        })),
+    };
     if let Err(e) = &result {
         tracing::debug!(error = %e, "session ended");
+        // Status readers count the backlog from this cursor; leave it exact.
+        let cursor = session.cursor.to_string();
+        let _ = session
+            .device
+            .publish(&[(status_fields::UPSTREAM, cursor)])
+            .await;
+    }
+    // Let the writer flush what is queued (the close frame on shutdown), then stop it.
+    drop(session);
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
     }
     SessionReport {
         established: true,
@@ -195,7 +224,8 @@ struct Limits {
 struct Session<'a> {
     config: &'a Config,
     device: &'a mut Device,
-    sink: SplitSink<Ws, Message>,
+    /// To the writer task.
+    out: mpsc::Sender<Message>,
     stream: SplitStream<Ws>,
     next_id: u64,
     /// Sent batches awaiting their reply: (request id, last seq), oldest first.
@@ -214,14 +244,19 @@ impl Session<'_> {
         id
     }
 
-    async fn send(&mut self, text: String) -> Result<(), SessionError> {
-        self.sink
-            .send(Message::text(text))
-            .await
-            .map_err(|e| SessionError::Connect(e.to_string()))
+    /// Queues a frame for the writer. Never waits: the queue is sized for
+    /// everything the protocol lets be outstanding, so a full queue means the
+    /// hub broke its push window.
+    fn send(&mut self, text: String) -> Result<(), SessionError> {
+        self.out.try_send(Message::text(text)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                SessionError::Protocol("outgoing queue full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => SessionError::Connect("writer stopped".into()),
+        })
     }
 
-    async fn send_frame<P: serde::Serialize>(
+    fn send_frame<P: serde::Serialize>(
         &mut self,
         kind: &str,
         id: Option<u64>,
@@ -231,13 +266,13 @@ impl Session<'_> {
         let text = Frame::new(kind, id.as_ref(), payload)
             .to_text()
             .map_err(|e| SessionError::Protocol(e.to_string()))?;
-        self.send(text).await
+        self.send(text)
     }
 
     /// `id`, then `subscribe`; returns the limits to batch by.
     async fn handshake(&mut self) -> Result<Limits, SessionError> {
         let id = self.request_id();
-        self.send_frame(kind::ID, Some(id), json!({})).await?;
+        self.send_frame(kind::ID, Some(id), json!({}))?;
         let reply: IdReply = loop {
             let text = match tokio::time::timeout(CONNECT_TIMEOUT, self.stream.next()).await {
                 Err(_) => return Err(SessionError::Connect("no reply to id".into())),
@@ -282,8 +317,7 @@ impl Session<'_> {
             kind::SUBSCRIBE,
             Some(self.subscribe_id),
             SubscribeRequest { id: downstream },
-        )
-        .await?;
+        )?;
         tracing::info!(upstream = %self.cursor, %downstream, "connected to hub");
         Ok(Limits {
             max_entries,
@@ -368,7 +402,7 @@ impl Session<'_> {
             self.prev,
             batch.entries_json
         );
-        self.send(text).await?;
+        self.send(text)?;
         self.inflight.push_back((id, batch.last));
         self.prev = batch.last;
         Ok(())
@@ -397,7 +431,7 @@ impl Session<'_> {
                 return Ok(());
             }
             let stored = self.device.store_downstream(push.entries).await?;
-            return self.send_frame(kind::ACK, None, Ack { id: stored }).await;
+            return self.send_frame(kind::ACK, None, Ack { id: stored });
         }
         if env.kind == kind::ERR {
             let err = env
@@ -448,7 +482,7 @@ impl Session<'_> {
             code: CloseCode::from(close::NORMAL),
             reason: "client shutting down".into(),
         };
-        let _ = self.sink.send(Message::Close(Some(frame))).await;
+        let _ = self.out.try_send(Message::Close(Some(frame)));
         let _ = self
             .device
             .publish(&[
@@ -457,4 +491,26 @@ impl Session<'_> {
             ])
             .await;
     }
+}
+
+/// Sends queued frames, coalescing whatever is queued into one flush. Ends after
+/// a close frame, when the queue closes, or on a socket error.
+async fn write_loop(
+    mut sink: SplitSink<Ws, Message>,
+    mut rx: mpsc::Receiver<Message>,
+) -> Result<(), tungstenite::Error> {
+    while let Some(msg) = rx.recv().await {
+        let mut closing = matches!(msg, Message::Close(_));
+        sink.feed(msg).await?;
+        while !closing && let Ok(more) = rx.try_recv() {
+            closing = matches!(more, Message::Close(_));
+            sink.feed(more).await?;
+        }
+        sink.flush().await?;
+        if closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+    Ok(())
 }

@@ -130,7 +130,7 @@ pub fn validate(entries: &[Entry]) -> Result<(), IngestError> {
     // get the same guarantee.
     if let Some(e) = entries
         .iter()
-        .find(|e| e.fields.len() > MAX_ENTRY_VALUES || e.fields.len() % 2 != 0)
+        .find(|e| e.fields.len() > MAX_ENTRY_VALUES || !e.fields.len().is_multiple_of(2))
     {
         return Err(IngestError::TooLarge(format!(
             "entry {} has too many or unpaired fields",
@@ -178,7 +178,7 @@ pub async fn append<C: ConnectionLike>(
     for entry in entries {
         invocation.arg(entry.id.to_string()).arg(entry.fields.len());
         for (i, mut value) in entry.fields.into_iter().enumerate() {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 escape_reserved(&mut value, &[FIELD_CLIENT, FIELD_SEQ]);
             }
             invocation.arg(value);

@@ -319,7 +319,13 @@ async fn concurrent_connections_of_one_device_never_duplicate() {
     }
     let stored = hub.range(&hub.keys.in_stream()).await;
     let seqs: Vec<String> = stored.iter().map(|(_, f)| f[3].clone()).collect();
-    assert_eq!(seqs, (1..=N).map(|i| format!("{i}-0")).collect::<Vec<_>>());
+    let want: Vec<String> = (1..=N).map(|i| format!("{i}-0")).collect();
+    let first_diff = seqs.iter().zip(&want).position(|(a, b)| a != b);
+    assert!(
+        seqs == want,
+        "{} stored for {N} sent; first difference at index {first_diff:?}",
+        seqs.len()
+    );
 }
 
 #[tokio::test]

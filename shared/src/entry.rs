@@ -121,7 +121,7 @@ impl<'de> Deserialize<'de> for Entry {
                 return Err(D::Error::custom("entry has both `fields` and `fields64`"));
             }
         };
-        if fields.len() % 2 != 0 {
+        if !fields.len().is_multiple_of(2) {
             return Err(D::Error::custom(
                 "fields must alternate keys and values (even length)",
             ));

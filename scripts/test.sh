@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of lula from a clean clone: formatting, lints, unit,
+# integration and end-to-end tests (each test starts its own redis-server on a
+# free port), then a short run of the demo so it cannot rot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_redis
+echo "==> $(redis-server --version | cut -d' ' -f1-3)"
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> cargo test"
+cargo test --workspace --locked
+
+echo "==> demo (short run)"
+LULA_DEMO_PROFILE=debug scripts/demo.sh --once
+
+echo "==> all tests passed"
