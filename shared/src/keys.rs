@@ -77,6 +77,13 @@ impl AuthKeys {
         format!("{}:client:{}:h", self.prefix, client)
     }
 
+    /// `lula-auth:client:<client>:sessions:z`: the device's live session ids,
+    /// scored by expiry (epoch seconds), so every session of one device can be
+    /// revoked at once (re-provisioning, `lula-auth revoke`).
+    pub fn client_sessions(&self, client: &ClientId) -> String {
+        format!("{}:client:{}:sessions:z", self.prefix, client)
+    }
+
     /// `lula-auth:session:<sid>`: string holding the client id, with the token's TTL.
     /// Deleting it revokes the session.
     pub fn session(&self, session_id: &str) -> String {

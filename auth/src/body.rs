@@ -1,0 +1,139 @@
+//! Request bodies as JSON or form-urlencoded (what the Node lula-client sends),
+//! with every failure an [`AuthError`] so it answers JSON, never axum's plain text.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use crate::error::AuthError;
+
+/// A body decoded by its `Content-Type`: `application/json` (or `+json`) or
+/// `application/x-www-form-urlencoded`. Without a content type, a body starting
+/// with `{` is read as JSON and anything else as a form.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = AuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AuthError> {
+        let headers = req.headers().clone();
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AuthError::PayloadTooLarge
+            } else {
+                AuthError::BadRequest(format!("cannot read body: {}", e.body_text()))
+            }
+        })?;
+        decode(&headers, &bytes).map(Body)
+    }
+}
+
+/// Decodes `bytes` as the `Content-Type` in `headers` says.
+pub fn decode<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, AuthError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = match mime.as_str() {
+        "application/json" => true,
+        m if m.starts_with("application/") && m.ends_with("+json") => true,
+        "application/x-www-form-urlencoded" => false,
+        "" => bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+        _ => return Err(AuthError::UnsupportedMediaType),
+    };
+    if json {
+        serde_json::from_slice(bytes)
+            .map_err(|e| AuthError::BadRequest(format!("invalid JSON body: {e}")))
+    } else {
+        serde_urlencoded::from_bytes(bytes)
+            .map_err(|e| AuthError::BadRequest(format!("invalid form body: {e}")))
+    }
+}
+
+/// A field clients send as a string or a number (an OTP such as `123456`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringOrNumber(pub String);
+
+impl<'de> Deserialize<'de> for StringOrNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            S(String),
+            N(u64),
+        }
+        Ok(StringOrNumber(match Either::deserialize(d)? {
+            Either::S(s) => s,
+            Either::N(n) => n.to_string(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Req {
+        client: String,
+        otp: StringOrNumber,
+    }
+
+    fn headers(ct: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if !ct.is_empty() {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn json_and_form_bodies_decode_alike() {
+        let want = Req {
+            client: "d".into(),
+            otp: StringOrNumber("123456".into()),
+        };
+        let j: Req = decode(
+            &headers("application/json; charset=utf-8"),
+            br#"{"client":"d","otp":123456}"#,
+        )
+        .unwrap();
+        let f: Req = decode(
+            &headers("application/x-www-form-urlencoded"),
+            b"client=d&otp=123456",
+        )
+        .unwrap();
+        let bare: Req = decode(&headers(""), b" {\"client\":\"d\",\"otp\":\"123456\"}").unwrap();
+        assert_eq!((j, f), (want, bare));
+    }
+
+    #[test]
+    fn other_types_and_bad_bodies_are_client_errors() {
+        assert!(matches!(
+            decode::<Req>(&headers("text/plain"), b"x"),
+            Err(AuthError::UnsupportedMediaType)
+        ));
+        for (ct, body) in [
+            ("application/json", &b"{"[..]),
+            ("application/json", br#"{"client":"d"}"#),
+            ("application/json", br#"{"client":1,"otp":"1"}"#),
+            ("application/x-www-form-urlencoded", b"client=d"),
+        ] {
+            assert!(
+                matches!(
+                    decode::<Req>(&headers(ct), body),
+                    Err(AuthError::BadRequest(_))
+                ),
+                "{body:?}"
+            );
+        }
+    }
+}

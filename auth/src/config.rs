@@ -1,0 +1,115 @@
+//! lula-auth configuration, independent of how it was given (flags, env, tests).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lula_protocol::Redacted;
+use lula_protocol::keys::DEFAULT_AUTH_PREFIX;
+
+/// Default bcrypt cost of stored device secrets.
+pub const DEFAULT_BCRYPT_COST: u32 = 12;
+/// Default lifetime of a session token.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Largest request body accepted by `/register`, `/login` and `/logout`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The time source for TOTP windows, registration deadlines and token expiry.
+/// Tests drive it; production reads the system clock.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock(Arc::new(SystemTime::now))
+    }
+
+    /// A clock that reads `f`.
+    pub fn from_fn(f: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(f))
+    }
+
+    /// The current time.
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+
+    /// Seconds since the epoch.
+    pub fn epoch_secs(&self) -> u64 {
+        self.epoch().as_secs()
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn epoch_ms(&self) -> u64 {
+        self.epoch().as_millis() as u64
+    }
+
+    fn epoch(&self) -> Duration {
+        self.now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Everything `run` needs besides the listener.
+#[derive(Clone)]
+pub struct Config {
+    /// Redis holding client records, sessions and published verification keys.
+    pub redis_url: String,
+    /// Prefix of lula-auth's keys (`lula-auth`).
+    pub prefix: String,
+    /// bcrypt cost for device secrets (4 to 31).
+    pub bcrypt_cost: u32,
+    /// Lifetime of a session token and its session record.
+    pub token_ttl: Duration,
+    /// The Ed25519 signing key as PKCS#8 PEM. `None`: generate one at start.
+    /// Every instance publishes its public key in Redis, so several replicas
+    /// with different keys (or a restarted one) all issue tokens hubs accept.
+    pub signing_key_pem: Option<Redacted<String>>,
+    /// How long one Redis command may take.
+    pub redis_timeout: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Time source.
+    pub clock: Clock,
+}
+
+impl Config {
+    /// Defaults for everything but the Redis URL.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        Config {
+            redis_url: redis_url.into(),
+            prefix: DEFAULT_AUTH_PREFIX.into(),
+            bcrypt_cost: DEFAULT_BCRYPT_COST,
+            token_ttl: DEFAULT_TOKEN_TTL,
+            signing_key_pem: None,
+            redis_timeout: Duration::from_secs(5),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            clock: Clock::system(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("redis_url", &lula_protocol::redact_url(&self.redis_url))
+            .field("prefix", &self.prefix)
+            .field("bcrypt_cost", &self.bcrypt_cost)
+            .field("token_ttl", &self.token_ttl)
+            .field(
+                "signing_key",
+                &self.signing_key_pem.as_ref().map(|_| "(configured)"),
+            )
+            .field("redis_timeout", &self.redis_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}

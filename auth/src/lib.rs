@@ -1,0 +1,168 @@
+//! lula-auth: one-time device registration gated by a provisioned TOTP secret,
+//! then login with the device's own secret, giving signed, revocable session
+//! tokens that lula-hub verifies.
+//!
+//! The flow:
+//! 1. An operator provisions a device ([`provision`]): a random `otpSecret` and a
+//!    registration deadline in `lula-auth:client:<client>:h`.
+//! 2. The device registers once (`POST /register`), proving the secret with a
+//!    current TOTP code and handing over its own secret, stored as bcrypt.
+//! 3. The device logs in (`POST /login`) with its secret and gets an EdDSA JWT
+//!    naming it and a session id; the session is recorded in Redis with the
+//!    token's TTL ([`sessions`]). Hubs verify the signature with the public key
+//!    this service publishes in Redis ([`signing`]) and check the session still
+//!    exists, so `POST /logout` (or re-provisioning) revokes at once.
+//!
+//! Every instance is stateless apart from its signing key, whose public half it
+//! publishes, so any number of replicas can run behind a load balancer.
+//!
+//! # Layout
+//! - [`config`]: [`Config`] and the [`Clock`](config::Clock) tests drive.
+//! - [`routes`]: one module per endpoint.
+//! - [`provision`]: the operator's step and the client record.
+//! - [`sessions`]: session records, revocation, token verification.
+//! - [`signing`]: the Ed25519 key and its publication.
+//! - [`otp`]: TOTP codes and `otpauth://` URIs.
+//! - [`password`]: bcrypt off the runtime.
+//! - [`body`]: JSON or form-urlencoded bodies.
+//! - [`error`]: [`AuthError`], the one error type, and its HTTP answers.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod otp;
+pub mod password;
+pub mod provision;
+pub mod routes;
+pub mod sessions;
+pub mod signing;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use lula_protocol::keys::AuthKeys;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::AuthError;
+use password::Hasher;
+use signing::Signer;
+
+/// Pause before publishing the key again after Redis refused it.
+const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
+/// Shared by every request.
+pub struct AppState {
+    /// Settings.
+    pub config: Config,
+    /// Key names.
+    pub keys: AuthKeys,
+    /// Cheap-to-clone multiplexed Redis connection.
+    pub redis: ConnectionManager,
+    /// The token signing key.
+    pub signer: Signer,
+    /// bcrypt, bounded and off the runtime.
+    pub hasher: Hasher,
+    key_published: AtomicBool,
+}
+
+impl AppState {
+    /// Builds the state. Connects to Redis lazily, so lula-auth starts (and
+    /// answers 503) while Redis is still coming up.
+    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        let client = redis::Client::open(config.redis_url.as_str()).context("parse --redis-url")?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.redis_timeout))
+            .set_connection_timeout(Some(config.redis_timeout));
+        let redis = client
+            .get_connection_manager_lazy(manager_config)
+            .context("redis connection manager")?;
+        let signer = match &config.signing_key_pem {
+            Some(pem) => Signer::from_pem(pem.expose())?,
+            None => Signer::generate(),
+        };
+        Ok(Arc::new(AppState {
+            keys: AuthKeys::new(config.prefix.clone()),
+            hasher: Hasher::new(config.bcrypt_cost),
+            config,
+            redis,
+            signer,
+            key_published: AtomicBool::new(false),
+        }))
+    }
+
+    /// Publishes the verification key.
+    pub async fn publish_key(&self) -> Result<(), AuthError> {
+        self.signer
+            .publish(&mut self.redis.clone(), &self.keys, self.config.token_ttl)
+            .await?;
+        self.key_published.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes sure hubs can verify a token before one is handed out.
+    pub async fn ensure_key_published(&self) -> Result<(), AuthError> {
+        if self.key_published.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.publish_key().await
+    }
+}
+
+/// lula-auth's routes.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/register", post(routes::register::register))
+        .route("/login", post(routes::login::login))
+        .route("/logout", post(routes::logout::logout))
+        .route("/healthz", get(routes::health::healthz))
+        .fallback(|| async { AuthError::NotFound })
+        .method_not_allowed_fallback(|| async { AuthError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, keeping the verification
+/// key published meanwhile.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = AppState::new(config)?;
+    tracing::info!(kid = state.signer.kid(), "token signing key");
+    let publisher = tokio::spawn(keep_key_published(state.clone(), shutdown.clone()));
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("serve");
+    shutdown.cancel();
+    let _ = publisher.await;
+    served
+}
+
+/// Refreshes the published key every [`signing::KEY_REFRESH`] (sooner after a
+/// failure) until shutdown.
+async fn keep_key_published(state: Arc<AppState>, shutdown: CancellationToken) {
+    loop {
+        let wait = match state.publish_key().await {
+            Ok(()) => signing::KEY_REFRESH,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish the token verification key; retrying");
+                PUBLISH_RETRY
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

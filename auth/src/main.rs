@@ -1,0 +1,229 @@
+//! `lula-auth`: device registration and login. See the crate docs of `lula_auth`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use lula_auth::Config;
+use lula_protocol::keys::AuthKeys;
+use lula_protocol::{ClientId, Redacted};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "lula-auth",
+    version,
+    about = "Registers lula devices once and logs them in with revocable session tokens"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve /register, /login, /logout and /healthz.
+    Serve(ServeArgs),
+    /// Let a device register: generate its OTP secret and registration deadline.
+    Provision(ProvisionArgs),
+    /// Revoke every session of a device (hubs refuse its tokens at once).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Redis holding client records, sessions and verification keys.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    redis_url: String,
+    /// Prefix of lula-auth's Redis keys.
+    #[arg(long, env = "LULA_AUTH_PREFIX", default_value = lula_protocol::keys::DEFAULT_AUTH_PREFIX)]
+    prefix: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on.
+    #[arg(long, env = "LULA_AUTH_LISTEN", default_value = "0.0.0.0:3001")]
+    listen: SocketAddr,
+    /// bcrypt cost of stored device secrets (4 to 31).
+    #[arg(long, env = "LULA_BCRYPT_COST", default_value_t = lula_auth::config::DEFAULT_BCRYPT_COST)]
+    bcrypt_cost: u32,
+    /// Lifetime of session tokens.
+    #[arg(long, env = "LULA_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    token_ttl: Duration,
+    /// Ed25519 signing key, PKCS#8 PEM (`openssl genpkey -algorithm ed25519`).
+    /// Without it a key is generated at start; its public half is published in
+    /// Redis either way.
+    #[arg(long, env = "LULA_AUTH_SIGNING_KEY_FILE")]
+    signing_key_file: Option<PathBuf>,
+    /// Timeout of one Redis command.
+    #[arg(long, env = "LULA_REDIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    redis_timeout: Duration,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "LULA_AUTH_MAX_BODY_BYTES", default_value_t = lula_auth::config::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+}
+
+#[derive(Args)]
+struct ProvisionArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The device's client id (A-Z a-z 0-9 . _ -).
+    client: ClientId,
+    /// How long the device has to register.
+    #[arg(long, env = "LULA_VALID_FOR", default_value = "24h", value_parser = humantime::parse_duration)]
+    valid_for: Duration,
+    /// Print JSON instead of text.
+    #[arg(long, env = "LULA_JSON")]
+    json: bool,
+    /// Re-provision a device that already registered: forgets its secret and
+    /// revokes its sessions, so it must register again.
+    #[arg(long, env = "LULA_FORCE")]
+    force: bool,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The device whose sessions end.
+    client: ClientId,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+        Command::Provision(args) => provision(args).await,
+        Command::Revoke(args) => revoke(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let signing_key_pem = match &args.signing_key_file {
+        Some(path) => Some(Redacted::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("read --signing-key-file {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let config = Config {
+        prefix: args.common.prefix,
+        bcrypt_cost: args.bcrypt_cost,
+        token_ttl: args.token_ttl,
+        signing_key_pem,
+        redis_timeout: args.redis_timeout,
+        max_body_bytes: args.max_body_bytes,
+        ..Config::new(args.common.redis_url)
+    };
+    tracing::info!(?config, "starting");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("bind {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    lula_auth::run(listener, config, shutdown).await
+}
+
+async fn connect(common: &Common) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    redis::Client::open(common.redis_url.as_str())
+        .context("parse --redis-url")?
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| {
+            format!(
+                "connect to {}",
+                lula_protocol::redact_url(&common.redis_url)
+            )
+        })
+}
+
+async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
+    let mut conn = connect(&args.common).await?;
+    let keys = AuthKeys::new(args.common.prefix.clone());
+    let p = match lula_auth::provision::provision(
+        &mut conn,
+        &keys,
+        &args.client,
+        args.valid_for,
+        args.force,
+    )
+    .await
+    {
+        Err(lula_auth::AuthError::AlreadyRegistered) => anyhow::bail!(
+            "{} is already registered; add --force to re-provision it (its secret is forgotten, its sessions revoked, and it must register again)",
+            args.client
+        ),
+        other => other.context("provision")?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        let deadline = std::time::UNIX_EPOCH + Duration::from_millis(p.reg_deadline);
+        println!("client:       {}", p.client);
+        println!("otpSecret:    {}", p.otp_secret);
+        println!(
+            "regDeadline:  {} ({})",
+            p.reg_deadline,
+            humantime::format_rfc3339_seconds(deadline)
+        );
+        println!("otpauth URI:  {}", p.otpauth_uri);
+        if args.force {
+            println!("revoked:      {} session(s)", p.revoked_sessions);
+        }
+        println!();
+        println!(
+            "On the device: lula-client run --client-id {} --otp-secret {}",
+            p.client, p.otp_secret
+        );
+    }
+    Ok(())
+}
+
+async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    let mut conn = connect(&args.common).await?;
+    let keys = AuthKeys::new(args.common.prefix.clone());
+    let n = lula_auth::sessions::revoke_all(&mut conn, &keys, &args.client)
+        .await
+        .context("revoke")?;
+    println!("revoked {n} session(s) of {}", args.client);
+    Ok(())
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

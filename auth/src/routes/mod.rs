@@ -1,0 +1,34 @@
+//! HTTP handlers, one module per endpoint.
+
+pub mod health;
+pub mod login;
+pub mod logout;
+pub mod register;
+
+use lula_protocol::ClientId;
+
+use crate::error::AuthError;
+
+/// Shortest device secret accepted. lula-client sends 43 characters (256 bits).
+pub const MIN_SECRET_LEN: usize = 16;
+/// Longest device secret accepted: bcrypt reads no more than 72 bytes, so a
+/// longer secret would be silently cut, and two secrets sharing a 72-byte
+/// prefix would both log in.
+pub const MAX_SECRET_LEN: usize = 72;
+
+/// Parses a client id from a request, as a 400 when it is not one.
+fn client_id(raw: &str) -> Result<ClientId, AuthError> {
+    raw.parse()
+        .map_err(|e| AuthError::BadRequest(format!("client: {e}")))
+}
+
+/// Checks a device secret's length, as a 400 when it is out of bounds.
+fn check_secret(secret: &str) -> Result<(), AuthError> {
+    if (MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&secret.len()) {
+        Ok(())
+    } else {
+        Err(AuthError::BadRequest(format!(
+            "secret must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes"
+        )))
+    }
+}

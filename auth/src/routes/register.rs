@@ -1,0 +1,106 @@
+//! `POST /register {client, otp, secret}`: the device's one-time registration.
+//!
+//! The device proves it was provisioned (a current TOTP code of its
+//! `otpSecret`, before `regDeadline`) and hands over its own secret, which is
+//! stored as a bcrypt hash. One script then checks the record is still the one
+//! the code was verified against and still unregistered, stores the hash and
+//! removes the deadline, so of two racing registrations exactly one wins.
+
+use std::sync::{Arc, LazyLock};
+
+use axum::Json;
+use axum::extract::State;
+use redis::Script;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{check_secret, client_id};
+use crate::AppState;
+use crate::body::{Body, StringOrNumber};
+use crate::error::AuthError;
+use crate::{otp, provision};
+
+/// The registration request.
+#[derive(Debug, Deserialize)]
+pub struct RegisterRequest {
+    /// The provisioned client id.
+    pub client: String,
+    /// The current TOTP code of the provisioned secret.
+    pub otp: StringOrNumber,
+    /// The device's own secret, used to log in from now on.
+    pub secret: String,
+}
+
+/// KEYS[1] client hash. ARGV[1] the otpSecret the code was checked against,
+/// ARGV[2] bcrypt hash, ARGV[3] now (epoch ms).
+const REGISTER: &str = r#"
+local h = redis.call('HMGET', KEYS[1], 'otpSecret', 'regDeadline', 'secret')
+if not h[1] then return 'not_provisioned' end
+if h[3] then return 'registered' end
+if h[1] ~= ARGV[1] then return 'changed' end
+local deadline = tonumber(h[2])
+if not deadline or deadline < tonumber(ARGV[3]) then return 'deadline' end
+redis.call('HSET', KEYS[1], 'secret', ARGV[2])
+redis.call('HDEL', KEYS[1], 'regDeadline')
+return 'ok'
+"#;
+
+static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REGISTER));
+
+/// Registers a provisioned device: 200, or 400 / 403 / 409 (see [`AuthError`]).
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    Body(req): Body<RegisterRequest>,
+) -> Result<Json<Value>, AuthError> {
+    let client = client_id(&req.client)?;
+    let code = req.otp.0.trim();
+    if code.len() != usize::from(otp::DIGITS) || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AuthError::BadRequest(format!(
+            "otp must be {} digits",
+            otp::DIGITS
+        )));
+    }
+    check_secret(&req.secret)?;
+
+    let mut redis = state.redis.clone();
+    let record = provision::record(&mut redis, &state.keys, &client).await?;
+    let otp_secret = record.otp_secret.ok_or(AuthError::NotProvisioned)?;
+    if record.secret_hash.is_some() {
+        return Err(AuthError::AlreadyRegistered);
+    }
+    let now = &state.config.clock;
+    if record.reg_deadline.is_none_or(|d| d < now.epoch_ms()) {
+        return Err(AuthError::DeadlinePassed);
+    }
+    match otp::check(&otp_secret, code, now.epoch_secs()) {
+        Ok(true) => {}
+        Ok(false) => return Err(AuthError::WrongOtp),
+        Err(e) => {
+            tracing::warn!(%client, error = %e, "provisioned otpSecret is unusable; re-provision the client");
+            return Err(AuthError::NotProvisioned);
+        }
+    }
+
+    let hash = state.hasher.hash(req.secret).await?;
+    let outcome: String = REGISTER_SCRIPT
+        .key(state.keys.client(&client))
+        .arg(&otp_secret)
+        .arg(&hash)
+        .arg(now.epoch_ms())
+        .invoke_async(&mut redis)
+        .await?;
+    match outcome.as_str() {
+        "ok" => {
+            tracing::info!(%client, "registered");
+            Ok(Json(json!({ "client": client, "registered": true })))
+        }
+        "registered" => Err(AuthError::AlreadyRegistered),
+        "deadline" => Err(AuthError::DeadlinePassed),
+        // Re-provisioned (or deleted) while we checked the code: it proved the old secret.
+        "changed" => Err(AuthError::WrongOtp),
+        "not_provisioned" => Err(AuthError::NotProvisioned),
+        other => Err(AuthError::Internal(anyhow::anyhow!(
+            "register script answered {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,491 @@
+//! End-to-end harness: a cloud (Redis, lula-auth, lula-hub) and devices (Redis,
+//! lula-client), all real, on free ports.
+//!
+//! Each service runs in its own Tokio runtime on its own thread. Stopping one
+//! gracefully cancels its shutdown token; killing one drops its runtime at once,
+//! abandoning every task mid-flight and cutting its sockets without a close
+//! frame, the way a crashed or SIGKILLed process would. A killed hub restarts on
+//! the same port, so clients find it again at the URL they already have.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use lula_protocol::keys::{AuthKeys, DeviceKeys, HubKeys};
+use lula_protocol::redis_value::entries_from_range;
+use lula_protocol::{ClientId, Entry, StreamId};
+use lula_testkit::RedisServer;
+use redis::aio::MultiplexedConnection;
+use tokio_util::sync::CancellationToken;
+
+/// Turns on test logging once (`RUST_LOG=lula_hub=debug cargo test ...`).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A service running on a runtime of its own.
+pub struct Isolated {
+    shutdown: CancellationToken,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Option<anyhow::Result<()>>>>,
+}
+
+impl Isolated {
+    /// Runs `make(shutdown)` on a fresh two-thread runtime.
+    pub fn spawn<F, Fut>(name: &str, make: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let token = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let task = rt.spawn(make(token));
+                let outcome = rt.block_on(async move {
+                    tokio::select! {
+                        r = task => Some(r.unwrap_or_else(|e| Err(anyhow::anyhow!("task panicked: {e}")))),
+                        _ = kill_rx => None,
+                    }
+                });
+                // Abandon whatever still runs, without waiting for it.
+                rt.shutdown_background();
+                outcome
+            })
+            .expect("spawn service thread");
+        Isolated {
+            shutdown,
+            kill: Some(kill_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Drops the runtime at once, as a crash would.
+    pub fn kill(mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Cancels the shutdown token and waits for the service to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let thread = self.thread.take().expect("running");
+        let outcome = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join");
+        self.kill.take();
+        match outcome {
+            Ok(Some(r)) => r,
+            Ok(None) => Ok(()),
+            Err(_) => Err(anyhow::anyhow!("service thread panicked")),
+        }
+    }
+
+    /// Whether the service has returned by itself.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds `addr`, retrying briefly while a killed predecessor's socket lingers.
+fn bind(addr: SocketAddr) -> std::net::TcpListener {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                l.set_nonblocking(true).expect("nonblocking");
+                return l;
+            }
+            Err(e) if std::time::Instant::now() > deadline => panic!("bind {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Options for [`Cloud::start_with`].
+#[derive(Debug, Clone)]
+pub struct CloudOptions {
+    /// Lifetime of session tokens.
+    pub token_ttl: Duration,
+}
+
+impl Default for CloudOptions {
+    fn default() -> Self {
+        CloudOptions {
+            token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The cloud side: one Redis, lula-auth and lula-hub.
+pub struct Cloud {
+    /// The cloud Redis (hub streams, auth keys).
+    pub redis: RedisServer,
+    /// Hub key names.
+    pub keys: HubKeys,
+    /// Auth key names.
+    pub auth_keys: AuthKeys,
+    auth_addr: SocketAddr,
+    hub_addr: SocketAddr,
+    _auth: Isolated,
+    hub: Option<Isolated>,
+}
+
+impl Cloud {
+    /// Starts Redis, auth and hub with defaults.
+    pub async fn start() -> Cloud {
+        Self::start_with(CloudOptions::default()).await
+    }
+
+    /// Starts Redis, auth and hub.
+    pub async fn start_with(options: CloudOptions) -> Cloud {
+        init_logging();
+        let redis = RedisServer::start();
+        let auth_listener = bind("127.0.0.1:0".parse().expect("addr"));
+        let auth_addr = auth_listener.local_addr().expect("addr");
+        let mut auth_config = lula_auth::Config::new(redis.url());
+        auth_config.bcrypt_cost = 4;
+        auth_config.token_ttl = options.token_ttl;
+        let auth = Isolated::spawn("lula-auth", move |shutdown| async move {
+            let listener = tokio::net::TcpListener::from_std(auth_listener)?;
+            lula_auth::run(listener, auth_config, shutdown).await
+        });
+        let hub_addr = bind("127.0.0.1:0".parse().expect("addr"))
+            .local_addr()
+            .expect("addr");
+        let mut cloud = Cloud {
+            keys: HubKeys::default(),
+            auth_keys: AuthKeys::default(),
+            redis,
+            auth_addr,
+            hub_addr,
+            _auth: auth,
+            hub: None,
+        };
+        cloud.start_hub();
+        cloud.wait_ready().await;
+        cloud
+    }
+
+    async fn wait_ready(&self) {
+        for addr in [self.auth_addr, self.hub_addr] {
+            lula_testkit::eventually(
+                "service to accept connections",
+                Duration::from_secs(10),
+                || async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
+            )
+            .await;
+        }
+    }
+
+    /// Starts the hub (again) on its port.
+    pub fn start_hub(&mut self) {
+        assert!(self.hub.is_none(), "hub already running");
+        let listener = bind(self.hub_addr);
+        let config = lula_hub::Config::new(self.redis.url());
+        self.hub = Some(Isolated::spawn("lula-hub", move |shutdown| async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            lula_hub::run(listener, config, shutdown).await
+        }));
+    }
+
+    /// Kills the hub abruptly.
+    pub fn kill_hub(&mut self) {
+        if let Some(hub) = self.hub.take() {
+            hub.kill();
+        }
+    }
+
+    /// lula-auth's base URL.
+    pub fn auth_url(&self) -> String {
+        format!("http://{}", self.auth_addr)
+    }
+
+    /// lula-hub's WebSocket URL.
+    pub fn hub_url(&self) -> String {
+        format!("ws://{}", self.hub_addr)
+    }
+
+    /// A connection to the cloud Redis.
+    pub async fn conn(&self) -> MultiplexedConnection {
+        connect(&self.redis.url()).await
+    }
+
+    /// Provisions `client` and returns its OTP secret.
+    pub async fn provision(&self, client: &str) -> String {
+        let client: ClientId = client.parse().expect("client id");
+        let mut conn = self.conn().await;
+        let provisioned = lula_auth::provision::provision(
+            &mut conn,
+            &self.auth_keys,
+            &client,
+            Duration::from_secs(3600),
+            false,
+        )
+        .await
+        .expect("provision");
+        provisioned.otp_secret
+    }
+
+    /// Every entry of `lula-hub:in:x`.
+    pub async fn in_entries(&self) -> Vec<Entry> {
+        read_all(&mut self.conn().await, &self.keys.in_stream()).await
+    }
+
+    /// Appends a message for `client` to `lula-hub:out:<client>:x`.
+    pub async fn send_down(&self, client: &str, fields: &[(&str, String)]) -> StreamId {
+        let client: ClientId = client.parse().expect("client id");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.keys.out_stream(&client)).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(v);
+        }
+        let id: String = cmd
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("XADD out");
+        id.parse().expect("stream id")
+    }
+}
+
+/// A device: its Redis, state dir and (when started) lula-client daemon.
+pub struct Device {
+    /// The device Redis.
+    pub redis: RedisServer,
+    /// The daemon's configuration.
+    pub config: lula_client::Config,
+    /// Device key names.
+    pub keys: DeviceKeys,
+    state_dir: tempfile::TempDir,
+    daemon: Option<Isolated>,
+}
+
+impl Device {
+    /// A device of `cloud` with its own Redis; the daemon is not started yet.
+    pub fn new(cloud: &Cloud, client: &str, otp_secret: &str) -> Device {
+        let redis = RedisServer::start();
+        let state_dir = tempfile::tempdir().expect("state dir");
+        let mut config = lula_client::Config::new(
+            client.parse().expect("client id"),
+            otp_secret,
+            state_dir.path(),
+        );
+        config.auth_url = cloud.auth_url();
+        config.hub_url = cloud.hub_url();
+        config.redis_url = redis.url();
+        config.register_retry = Duration::from_millis(500);
+        config.min_backoff = Duration::from_millis(50);
+        config.max_backoff = Duration::from_millis(500);
+        Device {
+            redis,
+            keys: DeviceKeys::default(),
+            config,
+            state_dir,
+            daemon: None,
+        }
+    }
+
+    /// The daemon's state dir.
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.path()
+    }
+
+    /// Starts the daemon.
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let config = self.config.clone();
+        self.daemon = Some(Isolated::spawn("lula-client", move |shutdown| {
+            lula_client::run(config, shutdown)
+        }));
+    }
+
+    /// Kills the daemon abruptly.
+    pub fn kill(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.kill();
+        }
+    }
+
+    /// Asks the daemon to stop (as SIGTERM does) and returns its result.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        match self.daemon.take() {
+            Some(d) => d.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    /// A connection to the device Redis.
+    pub async fn conn(&self) -> MultiplexedConnection {
+        connect(&self.redis.url()).await
+    }
+
+    /// Publishes entries `from..to` as a producer would (`XADD out:x * n <i> payload <...>`),
+    /// pipelined, and returns their ids.
+    pub async fn produce(&self, from: u64, to: u64) -> Vec<StreamId> {
+        let mut conn = self.conn().await;
+        let mut ids = Vec::new();
+        let payload = "p".repeat(80);
+        for chunk_start in (from..to).step_by(500) {
+            let mut pipe = redis::pipe();
+            for i in chunk_start..to.min(chunk_start + 500) {
+                pipe.cmd("XADD")
+                    .arg(self.keys.out_stream())
+                    .arg("*")
+                    .arg("n")
+                    .arg(i)
+                    .arg("payload")
+                    .arg(&payload);
+            }
+            let chunk: Vec<String> = pipe.query_async(&mut conn).await.expect("XADD out:x");
+            ids.extend(
+                chunk
+                    .into_iter()
+                    .map(|s| s.parse::<StreamId>().expect("id")),
+            );
+        }
+        ids
+    }
+
+    /// Every entry of `lula-client:in:x`.
+    pub async fn in_entries(&self) -> Vec<Entry> {
+        read_all(&mut self.conn().await, &self.keys.in_stream()).await
+    }
+
+    /// Every entry of `lula-client:out:x`.
+    pub async fn out_entries(&self) -> Vec<Entry> {
+        read_all(&mut self.conn().await, &self.keys.out_stream()).await
+    }
+
+    /// `lula-client status` for this device.
+    pub async fn status(&self) -> lula_client::status::StatusReport {
+        lula_client::status::status(self.state_dir(), &self.redis.url(), self.keys.prefix())
+            .await
+            .expect("status")
+    }
+}
+
+async fn connect(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// All entries of a stream, paged.
+pub async fn read_all(conn: &mut MultiplexedConnection, key: &str) -> Vec<Entry> {
+    let mut all = Vec::new();
+    let mut from = "-".to_owned();
+    loop {
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(&from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(conn)
+            .await
+            .expect("XRANGE");
+        let page = entries_from_range(v).expect("entries");
+        let n = page.len();
+        if let Some(last) = page.last() {
+            from = format!("({}", last.id);
+        }
+        all.extend(page);
+        if n < 5000 {
+            return all;
+        }
+    }
+}
+
+/// The value of field `name` in an entry.
+pub fn field<'a>(entry: &'a Entry, name: &str) -> Option<&'a [u8]> {
+    entry
+        .pairs()
+        .find(|(k, _)| *k == name.as_bytes())
+        .map(|(_, v)| v)
+}
+
+/// Checks that `hub_in` holds exactly the device entries `sent` of `client`, once
+/// each, in order, with `client` and `seq` first and the original fields after.
+/// Returns a description of the first difference.
+pub fn check_upstream(client: &str, sent: &[Entry], hub_in: &[Entry]) -> Result<(), String> {
+    let mine: Vec<&Entry> = hub_in
+        .iter()
+        .filter(|e| field(e, "client") == Some(client.as_bytes()))
+        .collect();
+    if mine.len() != sent.len() {
+        let seqs: std::collections::HashSet<&[u8]> =
+            mine.iter().filter_map(|e| field(e, "seq")).collect();
+        return Err(format!(
+            "{client}: {} entries in the hub, {} sent ({} distinct seqs in the hub)",
+            mine.len(),
+            sent.len(),
+            seqs.len()
+        ));
+    }
+    for (i, (got, want)) in mine.iter().zip(sent).enumerate() {
+        let mut expected = vec![
+            b"client".to_vec(),
+            client.as_bytes().to_vec(),
+            b"seq".to_vec(),
+            want.id.to_string().into_bytes(),
+        ];
+        expected.extend(want.fields.iter().cloned());
+        if got.fields != expected {
+            return Err(format!(
+                "{client}: entry {i} differs: got {got:?}, want seq {} with {want:?}",
+                want.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the device's `in:x` holds exactly `sent` (hub out-stream entries),
+/// once each, in order, with `seq` = hub id first.
+pub fn check_downstream(sent: &[Entry], device_in: &[Entry]) -> Result<(), String> {
+    if device_in.len() != sent.len() {
+        return Err(format!(
+            "{} entries on the device, {} sent",
+            device_in.len(),
+            sent.len()
+        ));
+    }
+    for (i, (got, want)) in device_in.iter().zip(sent).enumerate() {
+        let mut expected = vec![b"seq".to_vec(), want.id.to_string().into_bytes()];
+        expected.extend(want.fields.iter().cloned());
+        if got.fields != expected {
+            return Err(format!("entry {i} differs: got {got:?}, want {want:?}"));
+        }
+    }
+    Ok(())
+}
