@@ -52,12 +52,16 @@ pub struct Session {
     pub token: Redacted<String>,
     /// When the token stops being accepted.
     pub expires_at: SystemTime,
+    /// The token's lifetime as lula-auth granted it.
+    pub ttl: Duration,
 }
 
 impl Session {
-    /// Whether the token is past, or within `margin` of, its expiry.
+    /// Whether the token is past, or within `margin` of, its expiry. The margin
+    /// is capped at a quarter of the token's lifetime, so short-lived tokens are
+    /// still used rather than renewed forever.
     pub fn expires_within(&self, margin: Duration) -> bool {
-        SystemTime::now() + margin >= self.expires_at
+        SystemTime::now() + margin.min(self.ttl / 4) >= self.expires_at
     }
 }
 
@@ -170,6 +174,7 @@ impl AuthClient {
             // Measured from before the request, so clock differences with
             // lula-auth cannot make us think the token lives longer than it does.
             expires_at: started + Duration::from_secs(body.ttl_seconds),
+            ttl: Duration::from_secs(body.ttl_seconds),
         })
     }
 }

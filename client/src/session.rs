@@ -150,12 +150,19 @@ pub async fn run(
             };
         }
     };
+    let mut writer_done = false;
     let result = tokio::select! {
+        // Biased: when the session ends by closing, the writer ends too; the
+        // session's own result is the one that counts.
+        biased;
         r = session.run(limits, shutdown) => r,
-        w = &mut writer => Err(SessionError::Connect(match w {
-            Ok(Err(e)) => e.to_string(),
-            _ => "writer stopped".into(),
-        })),
+        w = &mut writer => {
+            writer_done = true;
+            Err(SessionError::Connect(match w {
+                Ok(Err(e)) => e.to_string(),
+                _ => "writer stopped".into(),
+            }))
+        }
     };
     if let Err(e) = &result {
         tracing::debug!(error = %e, "session ended");
@@ -168,9 +175,10 @@ pub async fn run(
     }
     // Let the writer flush what is queued (the close frame on shutdown), then stop it.
     drop(session);
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer)
-        .await
-        .is_err()
+    if !writer_done
+        && tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
     {
         writer.abort();
     }

@@ -50,7 +50,14 @@ pub async fn status(
     let identity = Identity::load(&state_dir.join(IDENTITY_FILE))?;
     let keys = DeviceKeys::new(prefix);
     let client = redis::Client::open(redis_url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    // Counting a large backlog pages through it; allow more than redis-rs's
+    // default 500 ms per reply on a small, busy device.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     let fields: std::collections::HashMap<String, String> = conn.hgetall(keys.state()).await?;
     let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
     let updated_at = get(status_fields::UPDATED_AT).and_then(|v| v.parse::<u64>().ok());

@@ -255,6 +255,15 @@ impl Cloud {
         provisioned.otp_secret
     }
 
+    /// Length of `lula-hub:in:x`.
+    pub async fn in_len(&self) -> u64 {
+        redis::cmd("XLEN")
+            .arg(self.keys.in_stream())
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("XLEN")
+    }
+
     /// Every entry of `lula-hub:in:x`.
     pub async fn in_entries(&self) -> Vec<Entry> {
         read_all(&mut self.conn().await, &self.keys.in_stream()).await
@@ -350,28 +359,38 @@ impl Device {
     /// Publishes entries `from..to` as a producer would (`XADD out:x * n <i> payload <...>`),
     /// pipelined, and returns their ids.
     pub async fn produce(&self, from: u64, to: u64) -> Vec<StreamId> {
-        let mut conn = self.conn().await;
-        let mut ids = Vec::new();
-        let payload = "p".repeat(80);
-        for chunk_start in (from..to).step_by(500) {
-            let mut pipe = redis::pipe();
-            for i in chunk_start..to.min(chunk_start + 500) {
-                pipe.cmd("XADD")
-                    .arg(self.keys.out_stream())
-                    .arg("*")
-                    .arg("n")
-                    .arg(i)
-                    .arg("payload")
-                    .arg(&payload);
+        produce_into(
+            &mut self.conn().await,
+            &self.keys.out_stream(),
+            from,
+            to,
+            500,
+        )
+        .await
+    }
+
+    /// Publishes entries `from..to` in the background, `chunk` at a time with a
+    /// `pause` between chunks, so the daemon is mid-stream whenever a test
+    /// injects a fault. Await the handle to know all were written.
+    pub fn produce_paced(
+        &self,
+        from: u64,
+        to: u64,
+        chunk: u64,
+        pause: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let url = self.redis.url();
+        let key = self.keys.out_stream();
+        tokio::spawn(async move {
+            let mut conn = connect(&url).await;
+            let mut at = from;
+            while at < to {
+                let end = to.min(at + chunk);
+                produce_into(&mut conn, &key, at, end, chunk as usize).await;
+                at = end;
+                tokio::time::sleep(pause).await;
             }
-            let chunk: Vec<String> = pipe.query_async(&mut conn).await.expect("XADD out:x");
-            ids.extend(
-                chunk
-                    .into_iter()
-                    .map(|s| s.parse::<StreamId>().expect("id")),
-            );
-        }
-        ids
+        })
     }
 
     /// Every entry of `lula-client:in:x`.
@@ -392,10 +411,47 @@ impl Device {
     }
 }
 
+/// `XADD key * n <i> payload <80 bytes>` for `i` in `from..to`, pipelined.
+async fn produce_into(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    from: u64,
+    to: u64,
+    pipeline: usize,
+) -> Vec<StreamId> {
+    let mut ids = Vec::new();
+    let payload = "p".repeat(80);
+    for chunk_start in (from..to).step_by(pipeline.max(1)) {
+        let mut pipe = redis::pipe();
+        for i in chunk_start..to.min(chunk_start + pipeline as u64) {
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("n")
+                .arg(i)
+                .arg("payload")
+                .arg(&payload);
+        }
+        let chunk: Vec<String> = pipe.query_async(conn).await.expect("XADD out:x");
+        ids.extend(
+            chunk
+                .into_iter()
+                .map(|s| s.parse::<StreamId>().expect("id")),
+        );
+    }
+    ids
+}
+
+/// A test's own connection. redis-rs 1.x gives up on a reply after 500 ms by
+/// default; a loaded CI machine reading a long stream can take longer, and a
+/// test must not fail for being slow.
 async fn connect(url: &str) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(30)))
+        .set_response_timeout(Some(Duration::from_secs(60)));
     redis::Client::open(url)
         .expect("url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("connect")
 }

@@ -46,7 +46,13 @@ pub async fn spawn_hub_with(configure: impl FnOnce(Config) -> Config) -> TestHub
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(lula_hub::run(listener, config, shutdown.clone()));
     let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Longer than redis-rs's default 500 ms reply timeout: CI machines are busy.
+    let conn_config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&conn_config)
+        .await
+        .unwrap();
     let signing = SigningKey::from_bytes(&rand_bytes());
     let pk = signing.verifying_key().to_bytes();
     let _: () = redis::cmd("SET")

@@ -1,0 +1,258 @@
+//! The whole system end to end: real Redis servers, lula-auth, lula-hub and
+//! lula-client, each on its own runtime, with kills and restarts.
+//!
+//! Every test ends by comparing both sides entry by entry: each device entry
+//! exactly once in `lula-hub:in:x`, in device order, with `client`, `seq` and
+//! the original fields; each hub message exactly once in the device's
+//! `lula-client:in:x`, in hub order. Timeouts are hang guards, never speed checks.
+
+use std::time::Duration;
+
+use lula_e2e::{Cloud, CloudOptions, Device, check_downstream, check_upstream, read_all};
+use lula_protocol::{ClientId, Entry};
+use lula_testkit::eventually;
+
+/// Generous: CI machines are shared and debug builds are slow.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Waits until the hub holds `n` entries of `client`.
+async fn wait_upstream(cloud: &Cloud, client: &str, n: usize) {
+    eventually(
+        &format!("{n} entries of {client} in the hub"),
+        WAIT,
+        || async {
+            let have = cloud
+                .in_entries()
+                .await
+                .iter()
+                .filter(|e| lula_e2e::field(e, "client") == Some(client.as_bytes()))
+                .count();
+            (have >= n).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until the device holds `n` hub messages.
+async fn wait_downstream(device: &Device, n: usize) {
+    eventually(&format!("{n} messages on the device"), WAIT, || async {
+        (device.in_entries().await.len() >= n).then_some(())
+    })
+    .await;
+}
+
+/// What cloud services wrote for `client`, as the device should receive it.
+async fn sent_down(cloud: &Cloud, client: &str) -> Vec<Entry> {
+    let client: ClientId = client.parse().unwrap();
+    read_all(&mut cloud.conn().await, &cloud.keys.out_stream(&client)).await
+}
+
+async fn send_down(cloud: &Cloud, client: &str, from: u64, to: u64) {
+    for i in from..to {
+        cloud
+            .send_down(client, &[("cmd", "set".into()), ("n", i.to_string())])
+            .await;
+    }
+}
+
+/// Asserts both directions are exactly once and in order, after giving any
+/// stray duplicate a moment to show up.
+async fn assert_exactly_once(cloud: &Cloud, device: &Device, client: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = device.out_entries().await;
+    check_upstream(client, &sent, &cloud.in_entries().await).unwrap();
+    check_downstream(&sent_down(cloud, client).await, &device.in_entries().await).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_messages_flow_both_ways_exactly_once_in_order() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+
+    // Producers were busy before the daemon ever ran.
+    device.produce(0, 4_000).await;
+    let before = device.status().await;
+    assert!(!before.registered);
+    assert_eq!(before.upstream_backlog, 4_000);
+
+    device.start();
+    device.produce(4_000, 10_000).await;
+    send_down(&cloud, "dev-1", 0, 1_000).await;
+    wait_upstream(&cloud, "dev-1", 10_000).await;
+    wait_downstream(&device, 1_000).await;
+    assert_exactly_once(&cloud, &device, "dev-1").await;
+
+    let status = eventually("status to show the backlog drained", WAIT, || async {
+        let s = device.status().await;
+        (s.upstream_backlog == 0).then_some(s)
+    })
+    .await;
+    assert!(status.registered && status.connected, "{status:?}");
+    assert_eq!(
+        Some(status.downstream_cursor),
+        sent_down(&cloud, "dev-1").await.last().map(|e| e.id)
+    );
+
+    // SIGTERM: finish what is in flight and exit cleanly.
+    device.stop().await.unwrap();
+    assert!(!device.status().await.connected);
+}
+
+/// Waits until the hub's in stream has grown past `n` entries.
+async fn wait_in_len_above(cloud: &Cloud, n: u64) -> u64 {
+    eventually(
+        &format!("more than {n} entries in the hub"),
+        WAIT,
+        || async {
+            let len = cloud.in_len().await;
+            (len > n).then_some(len)
+        },
+    )
+    .await
+}
+
+/// 30,000 entries produced steadily over a few seconds while the hub is
+/// killed three times; each kill lands while entries are still being produced
+/// and sent, so batches and pushes are cut mid-flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_killed_and_restarted_mid_stream_loses_and_doubles_nothing() {
+    let mut cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    let producer = device.produce_paced(0, 30_000, 200, Duration::from_millis(20));
+    let mut downstream = 0;
+    for round in 0..3 {
+        send_down(&cloud, "dev-1", downstream, downstream + 200).await;
+        downstream += 200;
+        let seen = cloud.in_len().await;
+        wait_in_len_above(&cloud, seen).await;
+        cloud.kill_hub();
+        eprintln!(
+            "round {round}: hub killed with {} entries in, producer done: {}",
+            cloud.in_len().await,
+            producer.is_finished()
+        );
+        send_down(&cloud, "dev-1", downstream, downstream + 100).await;
+        downstream += 100;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cloud.start_hub();
+    }
+    producer.await.unwrap();
+    wait_upstream(&cloud, "dev-1", 30_000).await;
+    wait_downstream(&device, downstream as usize).await;
+    assert_exactly_once(&cloud, &device, "dev-1").await;
+}
+
+/// Same workload, but the daemon crashes (its runtime dropped: no close frame,
+/// nothing flushed) three times and restarts from its state dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_killed_and_restarted_resumes_without_loss_or_duplicates() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    let producer = device.produce_paced(0, 30_000, 200, Duration::from_millis(20));
+    let mut downstream = 0;
+    for round in 0..3 {
+        send_down(&cloud, "dev-1", downstream, downstream + 200).await;
+        downstream += 200;
+        let seen = cloud.in_len().await;
+        wait_in_len_above(&cloud, seen).await;
+        device.kill();
+        eprintln!(
+            "round {round}: client killed with {} entries in, producer done: {}",
+            cloud.in_len().await,
+            producer.is_finished()
+        );
+        send_down(&cloud, "dev-1", downstream, downstream + 100).await;
+        downstream += 100;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Registered already: it must log in, not register again.
+        device.start();
+    }
+    producer.await.unwrap();
+    wait_upstream(&cloud, "dev-1", 30_000).await;
+    wait_downstream(&device, downstream as usize).await;
+    assert_exactly_once(&cloud, &device, "dev-1").await;
+    assert!(device.status().await.registered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_leads_to_a_fresh_login() {
+    let mut cloud = Cloud::start_with(CloudOptions {
+        token_ttl: Duration::from_secs(2),
+    })
+    .await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    device.produce(0, 100).await;
+    wait_upstream(&cloud, "dev-1", 100).await;
+    let first = device.status().await.session_expires_at.unwrap();
+
+    // Connections outlive tokens; a reconnect after expiry needs a new one.
+    cloud.kill_hub();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cloud.start_hub();
+    device.produce(100, 200).await;
+    wait_upstream(&cloud, "dev-1", 200).await;
+    let second = device.status().await.session_expires_at.unwrap();
+    assert!(second > first, "no fresh login: {first} then {second}");
+    assert_exactly_once(&cloud, &device, "dev-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_session_is_refused_and_the_client_logs_in_again() {
+    let mut cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    device.produce(0, 100).await;
+    wait_upstream(&cloud, "dev-1", 100).await;
+
+    let client: ClientId = "dev-1".parse().unwrap();
+    let revoked =
+        lula_auth::sessions::revoke_all(&mut cloud.conn().await, &cloud.auth_keys, &client)
+            .await
+            .unwrap();
+    assert_eq!(revoked, 1);
+    // Force a reconnect: the hub answers the old token with 401.
+    cloud.kill_hub();
+    cloud.start_hub();
+    device.produce(100, 200).await;
+    wait_upstream(&cloud, "dev-1", 200).await;
+
+    let sessions: u64 = redis::cmd("ZCARD")
+        .arg(cloud.auth_keys.client_sessions(&client))
+        .query_async(&mut cloud.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 1, "the client should hold one fresh session");
+    assert_exactly_once(&cloud, &device, "dev-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_devices_share_one_hub_and_stay_apart() {
+    let cloud = Cloud::start().await;
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        let name = format!("dev-{i}");
+        let otp = cloud.provision(&name).await;
+        let mut device = Device::new(&cloud, &name, &otp);
+        device.start();
+        devices.push((name, device));
+    }
+    for (name, device) in &devices {
+        device.produce(0, 2_000).await;
+        send_down(&cloud, name, 0, 50).await;
+    }
+    for (name, device) in &devices {
+        wait_upstream(&cloud, name, 2_000).await;
+        wait_downstream(device, 50).await;
+    }
+    for (name, device) in &devices {
+        assert_exactly_once(&cloud, device, name).await;
+    }
+}
