@@ -84,7 +84,7 @@ struct StatusArgs {
     #[command(flatten)]
     common: Common,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, env = "LULA_JSON")]
     json: bool,
 }
 

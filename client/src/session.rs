@@ -55,6 +55,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_INCOMING: usize = 64 << 20;
 /// How often the session refreshes its published status.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How soon after an acknowledgement the new upstream cursor is published for
+/// `lula-client status`: often enough to look live, rarely enough to cost the
+/// device Redis nothing at full speed.
+const STATUS_DELAY: Duration = Duration::from_millis(200);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -361,6 +365,8 @@ impl Session<'_> {
         let window = self.config.inflight_batches.max(1);
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut last_heard = Instant::now();
+        let mut published = self.cursor;
+        let mut publish_at: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
         loop {
             if drain_deadline.is_some() && self.inflight.is_empty() {
@@ -383,6 +389,14 @@ impl Session<'_> {
                 msg = self.stream.next() => {
                     last_heard = Instant::now();
                     self.on_message(msg).await?;
+                    if self.cursor != published && publish_at.is_none() {
+                        publish_at = Some(last_heard + STATUS_DELAY);
+                    }
+                }
+                _ = tokio::time::sleep_until(publish_at.unwrap_or(idle_at)), if publish_at.is_some() => {
+                    publish_at = None;
+                    published = self.cursor;
+                    self.device.publish(&[(status_fields::UPSTREAM, published.to_string())]).await?;
                 }
                 batch = batches.recv(), if drain_deadline.is_none() && self.inflight.len() < window => {
                     match batch {
@@ -393,6 +407,7 @@ impl Session<'_> {
                 }
                 _ = tokio::time::sleep_until(idle_at) => return Err(SessionError::Idle),
                 _ = heartbeat.tick() => {
+                    published = self.cursor;
                     self.device.publish(&[
                         (status_fields::CONNECTED, "1".into()),
                         (status_fields::UPSTREAM, self.cursor.to_string()),
