@@ -2,6 +2,7 @@
 //! with every failure an [`AuthError`] so it answers JSON, never axum's plain text.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -19,14 +20,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AuthError> {
         let headers = req.headers().clone();
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                AuthError::PayloadTooLarge
-            } else {
-                AuthError::BadRequest(format!("cannot read body: {}", e.body_text()))
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state).await.map_err(read_error)?;
         decode(&headers, &bytes).map(Body)
+    }
+}
+
+/// Why a body could not be read, as an [`AuthError`] (a 413 when too large).
+/// For handlers that take the raw [`Bytes`], whose own rejection is plain text.
+pub fn read_error(e: BytesRejection) -> AuthError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        AuthError::PayloadTooLarge
+    } else {
+        AuthError::BadRequest(format!("cannot read body: {}", e.body_text()))
     }
 }
 
@@ -58,21 +63,23 @@ pub fn decode<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<
     }
 }
 
-/// A field clients send as a string or a number (an OTP such as `123456`).
+/// An OTP code, sent as a string or (by some clients) a JSON number. A number
+/// cannot carry the leading zeros of a code such as `012345` (it arrives as
+/// `12345`), so it gets them back; a string is taken as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StringOrNumber(pub String);
+pub struct OtpCode(pub String);
 
-impl<'de> Deserialize<'de> for StringOrNumber {
+impl<'de> Deserialize<'de> for OtpCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Either {
-            S(String),
-            N(u64),
+            Text(String),
+            Number(u64),
         }
-        Ok(StringOrNumber(match Either::deserialize(d)? {
-            Either::S(s) => s,
-            Either::N(n) => n.to_string(),
+        Ok(OtpCode(match Either::deserialize(d)? {
+            Either::Text(s) => s,
+            Either::Number(n) => format!("{n:0width$}", width = usize::from(crate::otp::DIGITS)),
         }))
     }
 }
@@ -84,7 +91,7 @@ mod tests {
     #[derive(Debug, Deserialize, PartialEq)]
     struct Req {
         client: String,
-        otp: StringOrNumber,
+        otp: OtpCode,
     }
 
     fn headers(ct: &str) -> HeaderMap {
@@ -99,7 +106,7 @@ mod tests {
     fn json_and_form_bodies_decode_alike() {
         let want = Req {
             client: "d".into(),
-            otp: StringOrNumber("123456".into()),
+            otp: OtpCode("123456".into()),
         };
         let j: Req = decode(
             &headers("application/json; charset=utf-8"),

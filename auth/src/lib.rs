@@ -80,7 +80,12 @@ impl AppState {
         let client = redis::Client::open(config.redis_url.as_str()).context("parse --redis-url")?;
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.redis_timeout))
-            .set_connection_timeout(Some(config.redis_timeout));
+            .set_connection_timeout(Some(config.redis_timeout))
+            // Requests wait on a reconnect in progress, and the default is 6
+            // retries with backoff (~10 s): while Redis is down every request
+            // would hang that long instead of answering 503 within redis_timeout.
+            // One attempt per reconnect; the next request tries again.
+            .set_number_of_retries(0);
         let redis = client
             .get_connection_manager_lazy(manager_config)
             .context("redis connection manager")?;

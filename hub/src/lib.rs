@@ -76,7 +76,12 @@ impl AppState {
             redis::Client::open(config.redis_url.as_str()).context("parse --redis-url")?;
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.redis_timeout))
-            .set_connection_timeout(Some(config.redis_timeout));
+            .set_connection_timeout(Some(config.redis_timeout))
+            // Requests wait on a reconnect in progress, and redis-rs retries six
+            // times with backoff (~10 s) by default: while Redis is down every
+            // upgrade and request would hang that long instead of answering 503.
+            // One attempt per reconnect; the next request tries again.
+            .set_number_of_retries(0);
         let redis = redis_client
             .get_connection_manager_lazy(manager_config)
             .context("redis connection manager")?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_secret, client_id};
 use crate::AppState;
-use crate::body::{Body, StringOrNumber};
+use crate::body::Body;
 use crate::error::AuthError;
 use crate::{provision, sessions};
 
@@ -24,7 +24,7 @@ pub struct LoginRequest {
     pub secret: String,
     /// Sent by Node lula clients; accepted and ignored (the secret proves the device).
     #[serde(default)]
-    pub otp: Option<StringOrNumber>,
+    pub otp: Option<serde::de::IgnoredAny>,
 }
 
 /// The login answer. The three token fields hold the same value, under the

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::body::decode;
+use crate::body::{decode, read_error};
 use crate::error::AuthError;
 use crate::sessions;
 
@@ -28,8 +29,9 @@ struct LogoutRequest {
 pub async fn logout(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, AuthError> {
+    let body = body.map_err(read_error)?;
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

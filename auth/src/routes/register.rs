@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{check_secret, client_id};
 use crate::AppState;
-use crate::body::{Body, StringOrNumber};
+use crate::body::{Body, OtpCode};
 use crate::error::AuthError;
 use crate::{otp, provision};
 
@@ -26,7 +26,7 @@ pub struct RegisterRequest {
     /// The provisioned client id.
     pub client: String,
     /// The current TOTP code of the provisioned secret.
-    pub otp: StringOrNumber,
+    pub otp: OtpCode,
     /// The device's own secret, used to log in from now on.
     pub secret: String,
 }
