@@ -25,6 +25,9 @@ pub struct Config {
     pub ping_interval: Duration,
     /// A device silent for this long (no frame, no pong) is disconnected.
     pub idle_timeout: Duration,
+    /// How often out streams are re-read when Redis cannot send keyspace
+    /// notifications (`CONFIG SET notify-keyspace-events` refused).
+    pub downstream_poll: Duration,
 }
 
 impl Config {
@@ -38,6 +41,7 @@ impl Config {
             redis_timeout: Duration::from_secs(5),
             ping_interval: PING_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
+            downstream_poll: Duration::from_secs(1),
         }
     }
 }
@@ -52,6 +56,7 @@ impl fmt::Debug for Config {
             .field("redis_timeout", &self.redis_timeout)
             .field("ping_interval", &self.ping_interval)
             .field("idle_timeout", &self.idle_timeout)
+            .field("downstream_poll", &self.downstream_poll)
             .finish()
     }
 }

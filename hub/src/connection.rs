@@ -340,9 +340,11 @@ impl Connection {
             .get_or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(XREAD_QUEUE);
                 let key = self.state.keys.out_stream(&self.client);
+                let waker = self.state.wakers.register(key.clone());
                 let task = downstream::legacy_reader(
-                    self.state.redis_client.clone(),
+                    self.state.redis.clone(),
                     key,
+                    waker,
                     rx,
                     self.out.clone(),
                     self.cancel.clone(),
@@ -360,9 +362,12 @@ impl Connection {
         }
         let cancel = self.cancel.child_token();
         let (acks_tx, acks_rx) = watch::channel(from);
+        let key = self.state.keys.out_stream(&self.client);
+        let waker = self.state.wakers.register(key.clone());
         let task = downstream::push(
-            self.state.redis_client.clone(),
-            self.state.keys.out_stream(&self.client),
+            self.state.redis.clone(),
+            key,
+            waker,
             from,
             self.out.clone(),
             acks_rx,

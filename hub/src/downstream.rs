@@ -1,61 +1,314 @@
 //! Hub to device: entries cloud services append to `lula-hub:out:<client>:x`.
 //!
-//! Two ways out, both reading with `XREAD` on a connection of their own, so a
-//! blocking read never holds up the shared connection other requests use:
-//! - [`push`]: after `subscribe`, the hub pushes entries as they appear, keeping
-//!   at most [`PUSH_WINDOW_ENTRIES`] unacknowledged. The device stores each push
-//!   and its cursor atomically before acking, so a push lost with the connection
-//!   is simply sent again after the device resubscribes from its own cursor.
-//! - [`legacy_reader`]: the lula `xread` request, answered one at a time.
+//! No device holds a Redis connection of its own, blocking or not. Every read
+//! here is a non-blocking `XREAD` on the hub's shared multiplexed connection,
+//! and a device's reader sleeps until something may have arrived for it:
+//! - [`Wakers`] maps each subscribed out stream to the readers waiting on it.
+//! - [`watch`] listens for Redis keyspace notifications on the out streams
+//!   (one pub/sub connection per hub) and wakes the readers of the stream that
+//!   changed. It also wakes every reader after (re)subscribing, since
+//!   notifications sent meanwhile are lost, and every [`SWEEP`] as a safety net.
+//!   Where notifications cannot be enabled (a managed Redis refusing
+//!   `CONFIG SET`) it wakes every reader each `downstream_poll` instead.
+//! - [`push`]: after `subscribe`, reads what follows the device's cursor and
+//!   pushes it, keeping at most [`PUSH_WINDOW_ENTRIES`] unacknowledged. The
+//!   device stores each push and its cursor atomically before acking, so a
+//!   push lost with the connection is simply sent again after the device
+//!   resubscribes from its own cursor.
+//! - [`legacy_reader`]: the lula `xread` request, answered one at a time,
+//!   its `blockTimeout` served by waiting for a wake rather than a blocking read.
+//!
+//! An idle device therefore costs one small task and a map entry, and a message
+//! reaches it within a notification's round trip.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+use futures_util::StreamExt;
 use lula_protocol::limits::{
     PUSH_BATCH_ENTRIES, PUSH_WINDOW_ENTRIES, XREAD_MAX_BLOCK, XREAD_MAX_COUNT,
 };
 use lula_protocol::message::{ErrorReply, Frame, Push, XreadRequest, kind, status};
 use lula_protocol::redis_value::entries_from_read;
 use lula_protocol::{Entry, StreamId};
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch as watch_channel};
 use tokio_util::sync::CancellationToken;
 
-/// How long one push-side `XREAD` blocks before it is simply issued again.
-const PUSH_BLOCK: Duration = Duration::from_secs(5);
-/// Pause after a Redis failure before the reader reconnects.
+/// Pause after a Redis failure before a reader tries again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How often [`watch`] wakes every reader even when notifications work, and
+/// checks that they are still enabled and its pub/sub connection still answers.
+pub const SWEEP: Duration = Duration::from_secs(30);
+/// Time allowed for a pub/sub ping or a `CONFIG` call.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens a connection used by one reader only, with a response timeout longer
-/// than any block it will issue (redis-rs defaults to 500 ms).
-async fn dedicated(
-    client: &redis::Client,
-    block: Duration,
-) -> redis::RedisResult<MultiplexedConnection> {
-    let config =
-        AsyncConnectionConfig::new().set_response_timeout(Some(block + Duration::from_secs(10)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
+/// Per out stream, its readers: (registration id, what wakes the reader).
+type Readers = HashMap<String, Vec<(u64, Arc<Notify>)>>;
+
+/// The readers waiting on each out stream.
+#[derive(Default)]
+pub struct Wakers {
+    streams: Mutex<Readers>,
+    next_id: AtomicU64,
 }
 
+/// A reader's registration; dropping it unregisters.
+pub struct Waker {
+    wakers: Arc<Wakers>,
+    key: String,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+impl Waker {
+    /// Waits until the stream may have changed. A wake that came while nobody
+    /// waited is kept, so none is lost between a read and this wait.
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        let mut streams = self.wakers.lock();
+        if let Some(list) = streams.get_mut(&self.key) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                streams.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Wakers {
+    /// Registers a reader of `key`.
+    pub fn register(self: &Arc<Self>, key: String) -> Waker {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        self.lock()
+            .entry(key.clone())
+            .or_default()
+            .push((id, notify.clone()));
+        Waker {
+            wakers: self.clone(),
+            key,
+            id,
+            notify,
+        }
+    }
+
+    /// Wakes the readers of `key`.
+    pub fn wake(&self, key: &str) {
+        if let Some(list) = self.lock().get(key) {
+            for (_, n) in list {
+                n.notify_one();
+            }
+        }
+    }
+
+    /// Wakes every reader.
+    pub fn wake_all(&self) {
+        for list in self.lock().values() {
+            for (_, n) in list {
+                n.notify_one();
+            }
+        }
+    }
+
+    /// Streams with at least one reader.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no stream has a reader.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Readers> {
+        // The map stays consistent even if a holder panicked: every change is
+        // one call on it.
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Makes sure Redis publishes keyspace events for streams (`K` and `t`, or
+/// `A`), adding them to whatever else is configured. False when the server
+/// refuses (`CONFIG` disabled or renamed).
+async fn ensure_keyspace_events(redis: &mut ConnectionManager) -> bool {
+    let current: redis::RedisResult<(String, String)> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(redis)
+        .await;
+    let flags = match current {
+        Ok((_, flags)) => flags,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read notify-keyspace-events");
+            return false;
+        }
+    };
+    let has = |c: char| flags.contains(c);
+    if has('K') && (has('t') || has('A')) {
+        return true;
+    }
+    let mut wanted = flags.clone();
+    for c in ['K', 't'] {
+        if !wanted.contains(c) {
+            wanted.push(c);
+        }
+    }
+    let set: redis::RedisResult<()> = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(&wanted)
+        .query_async(redis)
+        .await;
+    match set {
+        Ok(()) => {
+            tracing::info!(from = %flags, to = %wanted, "enabled keyspace notifications for streams");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot enable keyspace notifications; set notify-keyspace-events to include K and t on the hub's Redis, polling meanwhile");
+            false
+        }
+    }
+}
+
+/// The key a keyspace channel (`__keyspace@0__:<key>`) names.
+fn key_of_channel(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix("__keyspace@")
+        .and_then(|rest| rest.split_once("__:"))
+        .map(|(_, key)| key)
+}
+
+/// Wakes the readers of out streams (`pattern`) as they change, until
+/// `shutdown`. Reconnects by itself; see the module docs.
+pub async fn watch(
+    client: redis::Client,
+    mut redis: ConnectionManager,
+    pattern: String,
+    wakers: Arc<Wakers>,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    let channel_pattern = format!("__keyspace@*__:{pattern}");
+    loop {
+        let notifying = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            on = ensure_keyspace_events(&mut redis) => on,
+        };
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = tokio::time::timeout(WATCH_TIMEOUT, client.get_async_pubsub()) => c,
+        };
+        let mut pubsub = match connected {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "downstream watch: cannot connect; polling meanwhile");
+                if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("downstream watch: connect timed out; polling meanwhile");
+                if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.psubscribe(&channel_pattern).await {
+            tracing::warn!(error = %e, "downstream watch: psubscribe failed");
+            if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
+                return;
+            }
+            continue;
+        }
+        // Anything that arrived before the subscription took effect.
+        wakers.wake_all();
+        let (mut sink, mut messages) = pubsub.split();
+        let mut sweep = tokio::time::interval(if notifying { SWEEP } else { poll });
+        sweep.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                msg = messages.next() => match msg {
+                    Some(msg) => {
+                        if let Some(key) = key_of_channel(msg.get_channel_name()) {
+                            wakers.wake(key);
+                        }
+                    }
+                    None => {
+                        tracing::warn!("downstream watch: pub/sub connection lost; reconnecting");
+                        break;
+                    }
+                },
+                _ = sweep.tick() => {
+                    wakers.wake_all();
+                    let alive = tokio::time::timeout(WATCH_TIMEOUT, sink.ping::<String>()).await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        tracing::warn!("downstream watch: pub/sub connection does not answer; reconnecting");
+                        break;
+                    }
+                    if notifying != ensure_keyspace_events(&mut redis).await {
+                        // Switch between notified and polling sweeps.
+                        break;
+                    }
+                }
+            }
+        }
+        wakers.wake_all();
+        if pause(&shutdown, RETRY_PAUSE.min(poll)).await {
+            return;
+        }
+    }
+}
+
+/// Wakes every reader each `poll` for `total`; true when shut down meanwhile.
+async fn poll_until(
+    wakers: &Wakers,
+    poll: Duration,
+    total: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let until = tokio::time::Instant::now() + total;
+    loop {
+        wakers.wake_all();
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return false;
+        }
+        if pause(shutdown, poll.min(until - now)).await {
+            return true;
+        }
+    }
+}
+
+/// Non-blocking `XREAD COUNT count STREAMS key after`.
 async fn xread(
-    conn: &mut MultiplexedConnection,
+    conn: &mut ConnectionManager,
     key: &str,
     after: StreamId,
     count: usize,
-    block: Option<Duration>,
 ) -> Result<Vec<Entry>, String> {
-    let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT").arg(count);
-    if let Some(block) = block {
-        cmd.arg("BLOCK").arg(block.as_millis() as u64);
-    }
-    cmd.arg("STREAMS").arg(key).arg(after.to_string());
-    let reply: redis::Value = cmd.query_async(conn).await.map_err(|e| e.to_string())?;
+    let reply: redis::Value = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(after.to_string())
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
     entries_from_read(reply).map_err(|e| e.to_string())
 }
 
@@ -81,19 +334,20 @@ fn frames_by_size(entries: Vec<Entry>, max_bytes: usize) -> Vec<Vec<Entry>> {
     frames
 }
 
-/// Pushes `key` after `start` to the device through `out` until `cancel`, the
-/// connection closing, or `out` closing. `acks` carries the last id the device
-/// stored.
+/// Pushes `key` after `start` to the device through `out` until `cancel` or
+/// `out` closing. `acks` carries the last id the device stored; `waker` says
+/// when the stream may have grown.
+#[allow(clippy::too_many_arguments)]
 pub async fn push(
-    client: redis::Client,
+    mut redis: ConnectionManager,
     key: String,
+    waker: Waker,
     start: StreamId,
     out: mpsc::Sender<Message>,
-    mut acks: watch::Receiver<StreamId>,
+    mut acks: watch_channel::Receiver<StreamId>,
     max_frame_bytes: usize,
     cancel: CancellationToken,
 ) {
-    let mut conn: Option<MultiplexedConnection> = None;
     let mut last = start;
     // (last id of a pushed frame, entries in it), oldest first.
     let mut inflight: VecDeque<(StreamId, usize)> = VecDeque::new();
@@ -114,35 +368,18 @@ pub async fn push(
             }
             continue;
         }
-        let c = match &mut conn {
-            Some(c) => c,
-            None => match dedicated(&client, PUSH_BLOCK).await {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "push: cannot connect to redis; retrying");
-                    if pause(&cancel, RETRY_PAUSE).await {
-                        return;
-                    }
-                    continue;
-                }
-            },
-        };
         let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - unacked);
-        let read = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = xread(c, &key, last, count, Some(PUSH_BLOCK)) => r,
-        };
-        let entries = match read {
+        let entries = match xread(&mut redis, &key, last, count).await {
             Ok(entries) => entries,
             Err(e) => {
-                tracing::warn!(error = %e, "push: read failed; reconnecting");
-                conn = None;
+                tracing::warn!(error = %e, "push: read failed; retrying");
                 if pause(&cancel, RETRY_PAUSE).await {
                     return;
                 }
                 continue;
             }
         };
+        let caught_up = entries.len() < count;
         for frame in frames_by_size(entries, max_frame_bytes / 2) {
             let (frame_last, n) = (frame.last().map(|e| e.id).unwrap_or(last), frame.len());
             let text = match Frame::new(kind::PUSH, None, Push { entries: frame }).to_text() {
@@ -158,6 +395,12 @@ pub async fn push(
             last = frame_last;
             inflight.push_back((frame_last, n));
             unacked += n;
+        }
+        if caught_up {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = waker.changed() => {}
+            }
         }
     }
 }
@@ -178,16 +421,15 @@ pub struct XreadJob {
     pub request: XreadRequest,
 }
 
-/// Answers lula `xread` requests of one connection, in order, on a connection
-/// of its own (opened at the first request).
+/// Answers lula `xread` requests of one connection, in order.
 pub async fn legacy_reader(
-    client: redis::Client,
+    mut redis: ConnectionManager,
     key: String,
+    waker: Waker,
     mut jobs: mpsc::Receiver<XreadJob>,
     out: mpsc::Sender<Message>,
     cancel: CancellationToken,
 ) {
-    let mut conn: Option<MultiplexedConnection> = None;
     loop {
         let job = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -203,19 +445,21 @@ pub async fn legacy_reader(
             .count
             .unwrap_or(XREAD_MAX_COUNT)
             .clamp(1, XREAD_MAX_COUNT);
-        let result = match &mut conn {
-            Some(c) => Ok(c),
-            None => dedicated(&client, XREAD_MAX_BLOCK)
-                .await
-                .map(|c| conn.insert(c))
-                .map_err(|e| e.to_string()),
-        };
-        let result = match result {
-            Ok(c) => tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = xread(c, &key, job.request.id, count, block) => r,
-            },
-            Err(e) => Err(e),
+        let deadline = block.map(|b| tokio::time::Instant::now() + b);
+        let result = loop {
+            match xread(&mut redis, &key, job.request.id, count).await {
+                Ok(entries) if entries.is_empty() => {
+                    let Some(deadline) = deadline else {
+                        break Ok(entries);
+                    };
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep_until(deadline) => break Ok(entries),
+                        _ = waker.changed() => {}
+                    }
+                }
+                other => break other,
+            }
         };
         let text = match result {
             Ok(entries) => {
@@ -229,7 +473,6 @@ pub async fn legacy_reader(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "xread failed");
-                conn = None;
                 Frame::new(
                     kind::XREAD,
                     job.id.as_ref(),
@@ -290,5 +533,35 @@ mod tests {
             &[("topic", "t"), ("id", "x")],
         ));
         assert_eq!(item, serde_json::json!({"topic": "t", "id": "9-1"}));
+    }
+
+    #[test]
+    fn keyspace_channels_name_their_key() {
+        assert_eq!(
+            key_of_channel("__keyspace@0__:lula-hub:out:dev-1:x"),
+            Some("lula-hub:out:dev-1:x")
+        );
+        assert_eq!(key_of_channel("__keyspace@12__:a__:b"), Some("a__:b"));
+        assert_eq!(key_of_channel("other"), None);
+    }
+
+    #[tokio::test]
+    async fn a_wake_before_the_wait_is_not_lost_and_dropping_unregisters() {
+        let wakers = Arc::new(Wakers::default());
+        let a = wakers.register("k".into());
+        let b = wakers.register("k".into());
+        wakers.wake("k");
+        // Both were woken while nobody waited; both waits return at once.
+        tokio::time::timeout(Duration::from_secs(5), a.changed())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), b.changed())
+            .await
+            .unwrap();
+        assert_eq!(wakers.len(), 1);
+        drop(a);
+        assert_eq!(wakers.len(), 1);
+        drop(b);
+        assert!(wakers.is_empty());
     }
 }

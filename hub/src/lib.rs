@@ -13,7 +13,8 @@
 //! - [`config`]: [`Config`], the hub's settings.
 //! - [`session`]: token and session checks at upgrade time.
 //! - [`ingest`]: the exactly-once append script.
-//! - [`downstream`]: server push and lula `xread`.
+//! - [`downstream`]: server push and lula `xread`, woken by keyspace
+//!   notifications instead of a blocking read per device.
 //! - `connection`: one device's socket, its requests, pings and close codes.
 //! - [`error`]: [`HubError`], HTTP refusals before an upgrade.
 //!
@@ -57,8 +58,10 @@ pub struct AppState {
     pub keys: HubKeys,
     /// Cheap-to-clone multiplexed connection for ordinary (non-blocking) commands.
     pub redis: ConnectionManager,
-    /// For opening dedicated connections (blocking reads).
+    /// For the downstream watcher's pub/sub connection.
     pub redis_client: redis::Client,
+    /// Downstream readers waiting for their out stream to change.
+    pub wakers: Arc<downstream::Wakers>,
     /// Token verification.
     pub auth: Authenticator,
     /// Cancelled when the hub shuts down; connections close with 1001.
@@ -91,6 +94,7 @@ impl AppState {
             config,
             redis,
             redis_client,
+            wakers: Arc::default(),
             shutdown,
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
@@ -117,6 +121,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = AppState::new(config, shutdown.clone())?;
     let tracker = state.tracker.clone();
+    tracker.spawn(downstream::watch(
+        state.redis_client.clone(),
+        state.redis.clone(),
+        state.keys.out_stream_pattern(),
+        state.wakers.clone(),
+        state.config.downstream_poll,
+        shutdown.clone(),
+    ));
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -50,6 +50,10 @@ struct ServeArgs {
     /// Timeout of one Redis command.
     #[arg(long, env = "LULA_REDIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     redis_timeout: Duration,
+    /// How often out streams are re-read when the hub's Redis refuses to send
+    /// keyspace notifications (set `notify-keyspace-events` to include `Kt`).
+    #[arg(long, env = "LULA_DOWNSTREAM_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    downstream_poll: Duration,
 }
 
 #[tokio::main]
@@ -65,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         auth_prefix: args.auth_prefix,
         max_frame_bytes: args.max_frame_bytes,
         redis_timeout: args.redis_timeout,
+        downstream_poll: args.downstream_poll,
         ..Config::new(args.redis_url)
     };
     tracing::info!(?config, "starting");

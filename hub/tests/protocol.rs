@@ -472,3 +472,90 @@ async fn shutdown_closes_connections_with_going_away() {
     assert_eq!(ws.closed().await, Some(close::GOING_AWAY));
     hub.task.await.unwrap().unwrap();
 }
+
+/// Reads `INFO clients` fields of the hub's Redis.
+async fn redis_clients(hub: &common::TestHub) -> (u64, u64) {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut hub.redis().await)
+        .await
+        .unwrap();
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    (field("connected_clients"), field("blocked_clients"))
+}
+
+async fn xadd_out(hub: &common::TestHub, client: &str, n: &str) -> String {
+    let client: lula_protocol::ClientId = client.parse().unwrap();
+    redis::cmd("XADD")
+        .arg(hub.keys.out_stream(&client))
+        .arg("*")
+        .arg("n")
+        .arg(n)
+        .query_async(&mut hub.redis().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn subscribed_devices_hold_no_redis_connection_of_their_own() {
+    let hub = spawn_hub().await;
+    let mut devices = Vec::new();
+    for i in 0..30 {
+        let mut ws = hub.connect(&format!("dev-{i}")).await;
+        ws.request("subscribe", json!({"id": "0-0"})).await;
+        devices.push(ws);
+    }
+    let (connected, blocked) = redis_clients(&hub).await;
+    // The hub's shared connection, its pub/sub watcher and this test's own.
+    assert!(
+        connected <= 5,
+        "{connected} Redis connections for 30 devices"
+    );
+    assert_eq!(blocked, 0, "a device holds a blocking read");
+    // And each of them still gets its own messages, live.
+    for i in [0, 17, 29] {
+        let id = xadd_out(&hub, &format!("dev-{i}"), &format!("to-{i}")).await;
+        let push = devices[i].recv().await;
+        assert_eq!(push["type"], "push");
+        assert_eq!(push["payload"]["entries"][0]["id"], id.as_str());
+        assert_eq!(
+            push["payload"]["entries"][0]["fields"][1],
+            format!("to-{i}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_keyspace_notifications_the_hub_polls_and_still_delivers() {
+    // A managed Redis that refuses CONFIG: the hub cannot enable notifications.
+    let redis = lula_testkit::RedisServer::start_with(lula_testkit::RedisOptions {
+        extra_args: vec!["--rename-command".into(), "CONFIG".into(), "".into()],
+        ..Default::default()
+    });
+    let hub = common::spawn_hub_on(redis, |mut c| {
+        c.downstream_poll = Duration::from_millis(100);
+        c
+    })
+    .await;
+    let mut ws = hub.connect("dev-1").await;
+    ws.request("subscribe", json!({"id": "0-0"})).await;
+    let id = xadd_out(&hub, "dev-1", "polled").await;
+    let push = ws.recv().await;
+    assert_eq!(push["payload"]["entries"][0]["id"], id.as_str());
+    // The lula xread with a block is served the same way.
+    let later = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        xadd_out(&hub, "dev-1", "second").await;
+        hub
+    });
+    let r = ws
+        .request("xread", json!({"id": id, "blockTimeout": 10_000}))
+        .await;
+    assert_eq!(r["items"][0]["n"], "second");
+    later.await.unwrap();
+}

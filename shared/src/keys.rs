@@ -39,11 +39,29 @@ impl HubKeys {
         format!("{}:out:{}:x", self.prefix, client)
     }
 
+    /// Glob pattern matching every device's out stream (`lula-hub:out:*:x`),
+    /// with glob characters in the prefix escaped.
+    pub fn out_stream_pattern(&self) -> String {
+        format!("{}:out:*:x", escape_glob(&self.prefix))
+    }
+
     /// `lula-hub:cursor:h`: field per device, value the last device seq appended to
     /// the in stream. Updated in the same Lua script as the append.
     pub fn cursors(&self) -> String {
         format!("{}:cursor:h", self.prefix)
     }
+}
+
+/// Escapes the characters Redis glob patterns treat specially.
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl Default for HubKeys {
@@ -166,6 +184,11 @@ mod tests {
         let hub = HubKeys::default();
         assert_eq!(hub.in_stream(), "lula-hub:in:x");
         assert_eq!(hub.out_stream(&c), "lula-hub:out:dev-1:x");
+        assert_eq!(hub.out_stream_pattern(), "lula-hub:out:*:x");
+        assert_eq!(
+            HubKeys::new("t[1]*").out_stream_pattern(),
+            r"t\[1\]\*:out:*:x"
+        );
         let auth = AuthKeys::default();
         assert_eq!(auth.client(&c), "lula-auth:client:dev-1:h");
         let dev = DeviceKeys::default();

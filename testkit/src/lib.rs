@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
-    appendonly: bool,
+    options: RedisOptions,
     dir: tempfile::TempDir,
 }
 
@@ -26,6 +26,9 @@ pub struct RedisOptions {
     /// Turn on AOF persistence with `appendfsync always`, so a restart keeps
     /// every acknowledged write.
     pub appendonly: bool,
+    /// More `redis-server` arguments, e.g. `["--rename-command", "CONFIG", ""]`
+    /// to play a managed Redis that refuses `CONFIG`.
+    pub extra_args: Vec<String>,
 }
 
 fn server_binary() -> PathBuf {
@@ -54,7 +57,7 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port: 0,
-            appendonly: options.appendonly,
+            options,
             dir,
         };
         let mut last_err = String::new();
@@ -77,11 +80,12 @@ impl RedisServer {
             .args(["--protected-mode", "no", "--loglevel", "warning"])
             .arg("--dir")
             .arg(self.dir.path());
-        if self.appendonly {
+        if self.options.appendonly {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        cmd.args(&self.options.extra_args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -37,7 +37,11 @@ pub async fn spawn_hub() -> TestHub {
 }
 
 pub async fn spawn_hub_with(configure: impl FnOnce(Config) -> Config) -> TestHub {
-    let redis = RedisServer::start();
+    spawn_hub_on(RedisServer::start(), configure).await
+}
+
+/// A hub on a Redis the test started itself (e.g. with special options).
+pub async fn spawn_hub_on(redis: RedisServer, configure: impl FnOnce(Config) -> Config) -> TestHub {
     let config = configure(Config::new(redis.url()));
     let keys = HubKeys::new(config.prefix.clone());
     let auth_keys = AuthKeys::new(config.auth_prefix.clone());
