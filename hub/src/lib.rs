@@ -50,6 +50,12 @@ pub use config::Config;
 pub use error::HubError;
 use session::Authenticator;
 
+/// Bytes a connection reads from its socket at a time. tungstenite zero-fills
+/// this much of its read buffer on every read, so the default (128 KiB) costs
+/// that much resident memory per idle device; larger frames still arrive whole,
+/// in more reads.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// Shared by every request and connection.
 pub struct AppState {
     /// Settings.
@@ -185,6 +191,7 @@ async fn upgrade(
     let limit = state.config.max_frame_bytes;
     let tracker = state.tracker.clone();
     Ok(ws
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {

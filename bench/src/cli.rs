@@ -1,0 +1,229 @@
+//! The command line. Every flag is also an environment variable; size flags
+//! override the full sizes, or the smoke sizes with `--smoke`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{RunConfig, Scenario, Sizes};
+
+/// `lula-bench`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lula-bench",
+    version,
+    about = "Benchmarks lula against raw Redis, verifying exactly-once delivery in every scenario"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the baseline and the chosen scenarios, print one table.
+    Run(Box<RunArgs>),
+    /// Internal: run a hub for the benchmark (started by `run`).
+    #[command(hide = true)]
+    ServeHub(ServeHubArgs),
+}
+
+/// `lula-bench run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenarios to run, repeated or comma-separated; the baseline always runs.
+    #[arg(
+        long = "scenario",
+        env = "LULA_BENCH_SCENARIO",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "all"
+    )]
+    pub scenarios: Vec<Scenario>,
+    /// Tiny sizes that run in seconds (what the smoke test uses).
+    #[arg(long, env = "LULA_BENCH_SMOKE")]
+    pub smoke: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long, env = "LULA_BENCH_JSON")]
+    pub json: bool,
+    /// Write the logs of the clients and lula-auth (which run in this
+    /// process) to this file instead of stderr. The hub logs to a file of its
+    /// own; warnings there are summed up under the table.
+    #[arg(long, env = "LULA_BENCH_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Executable to start the hub from (default: this one).
+    #[arg(long, env = "LULA_BENCH_HUB_EXE", hide = true)]
+    pub hub_exe: Option<PathBuf>,
+    /// Size overrides.
+    #[command(flatten)]
+    pub sizes: SizeArgs,
+}
+
+/// Overrides of [`Sizes`].
+#[derive(Debug, Args)]
+pub struct SizeArgs {
+    /// Bytes of each entry's payload value.
+    #[arg(long, env = "LULA_BENCH_PAYLOAD_BYTES")]
+    pub payload_bytes: Option<usize>,
+    /// Entries the baseline appends.
+    #[arg(long, env = "LULA_BENCH_BASELINE_ENTRIES")]
+    pub baseline_entries: Option<u64>,
+    /// Connections of the baseline.
+    #[arg(long, env = "LULA_BENCH_BASELINE_CONNECTIONS")]
+    pub baseline_connections: Option<usize>,
+    /// Pipeline depth of the baseline.
+    #[arg(long, env = "LULA_BENCH_BASELINE_DEPTH")]
+    pub baseline_depth: Option<usize>,
+    /// Entries preloaded for scenario 1.
+    #[arg(long, env = "LULA_BENCH_UPSTREAM_ENTRIES")]
+    pub upstream_entries: Option<u64>,
+    /// Producer rates of scenario 2, entries/s, comma-separated.
+    #[arg(long, env = "LULA_BENCH_LATENCY_RATES", value_delimiter = ',')]
+    pub latency_rates: Option<Vec<u64>>,
+    /// How long each rate of scenario 2 runs.
+    #[arg(long, env = "LULA_BENCH_LATENCY_DURATION", value_parser = humantime::parse_duration)]
+    pub latency_duration: Option<Duration>,
+    /// Start of each paced run left out of the latency figures.
+    #[arg(long, env = "LULA_BENCH_WARMUP", value_parser = humantime::parse_duration)]
+    pub warmup: Option<Duration>,
+    /// Devices of scenario 3.
+    #[arg(long, env = "LULA_BENCH_FANIN_DEVICES")]
+    pub fanin_devices: Option<usize>,
+    /// Aggregate rate the devices of scenario 3 produce at, entries/s.
+    #[arg(long, env = "LULA_BENCH_FANIN_RATE")]
+    pub fanin_rate: Option<u64>,
+    /// How long the devices of scenario 3 produce.
+    #[arg(long, env = "LULA_BENCH_FANIN_DURATION", value_parser = humantime::parse_duration)]
+    pub fanin_duration: Option<Duration>,
+    /// Entries per XADD batch of one device in scenario 3.
+    #[arg(long, env = "LULA_BENCH_FANIN_BATCH")]
+    pub fanin_batch: Option<usize>,
+    /// Device Redis servers the devices of scenario 3 share.
+    #[arg(long, env = "LULA_BENCH_FANIN_REDIS_SERVERS")]
+    pub fanin_redis_servers: Option<usize>,
+    /// Devices started at a time in scenario 3.
+    #[arg(long, env = "LULA_BENCH_SETUP_CONCURRENCY")]
+    pub setup_concurrency: Option<usize>,
+    /// Entries preloaded for scenario 4.
+    #[arg(long, env = "LULA_BENCH_DOWNSTREAM_ENTRIES")]
+    pub downstream_entries: Option<u64>,
+    /// Idle connections of scenario 5.
+    #[arg(long, env = "LULA_BENCH_CONNECTIONS")]
+    pub connections: Option<usize>,
+    /// Connects in flight at once in scenario 5.
+    #[arg(long, env = "LULA_BENCH_CONNECT_CONCURRENCY")]
+    pub connect_concurrency: Option<usize>,
+    /// Longest wait for entries to arrive (a hang guard).
+    #[arg(long, env = "LULA_BENCH_WAIT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub wait_timeout: Option<Duration>,
+}
+
+impl SizeArgs {
+    /// `base` with every given override applied.
+    pub fn apply(&self, base: Sizes) -> Sizes {
+        Sizes {
+            payload_bytes: self.payload_bytes.unwrap_or(base.payload_bytes),
+            baseline_entries: self.baseline_entries.unwrap_or(base.baseline_entries),
+            baseline_connections: self
+                .baseline_connections
+                .unwrap_or(base.baseline_connections),
+            baseline_depth: self.baseline_depth.unwrap_or(base.baseline_depth),
+            upstream_entries: self.upstream_entries.unwrap_or(base.upstream_entries),
+            latency_rates: self.latency_rates.clone().unwrap_or(base.latency_rates),
+            latency_duration: self.latency_duration.unwrap_or(base.latency_duration),
+            warmup: self.warmup.unwrap_or(base.warmup),
+            fanin_devices: self.fanin_devices.unwrap_or(base.fanin_devices),
+            fanin_rate: self.fanin_rate.unwrap_or(base.fanin_rate),
+            fanin_duration: self.fanin_duration.unwrap_or(base.fanin_duration),
+            fanin_batch: self.fanin_batch.unwrap_or(base.fanin_batch),
+            fanin_redis_servers: self.fanin_redis_servers.unwrap_or(base.fanin_redis_servers),
+            setup_concurrency: self.setup_concurrency.unwrap_or(base.setup_concurrency),
+            downstream_entries: self.downstream_entries.unwrap_or(base.downstream_entries),
+            connections: self.connections.unwrap_or(base.connections),
+            connect_concurrency: self.connect_concurrency.unwrap_or(base.connect_concurrency),
+            wait_timeout: self.wait_timeout.unwrap_or(base.wait_timeout),
+        }
+    }
+}
+
+impl RunArgs {
+    /// The run configuration; `current_exe` serves the hub unless `--hub-exe` says otherwise.
+    pub fn config(&self, current_exe: PathBuf) -> RunConfig {
+        let base = if self.smoke {
+            Sizes::smoke()
+        } else {
+            Sizes::full()
+        };
+        RunConfig {
+            scenarios: self.scenarios.clone(),
+            sizes: self.sizes.apply(base),
+            hub_exe: self.hub_exe.clone().unwrap_or(current_exe),
+        }
+    }
+}
+
+/// `lula-bench serve-hub`.
+#[derive(Debug, Args)]
+pub struct ServeHubArgs {
+    /// Address to listen on; the bound address is printed as `listening <addr>`.
+    #[arg(long, env = "LULA_BENCH_HUB_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The cloud Redis.
+    #[arg(
+        long,
+        env = "LULA_BENCH_HUB_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_and_override_sizes() {
+        let cli = Cli::try_parse_from([
+            "lula-bench",
+            "run",
+            "--scenario",
+            "upstream,latency",
+            "--scenario",
+            "connections",
+            "--smoke",
+            "--upstream-entries",
+            "7",
+            "--latency-rates",
+            "10,20",
+            "--fanin-duration",
+            "3s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run");
+        };
+        let config = args.config("/x".into());
+        assert_eq!(
+            config.scenarios,
+            [Scenario::Upstream, Scenario::Latency, Scenario::Connections]
+        );
+        assert_eq!(config.sizes.upstream_entries, 7);
+        assert_eq!(config.sizes.latency_rates, [10, 20]);
+        assert_eq!(config.sizes.fanin_duration, Duration::from_secs(3));
+        assert_eq!(config.sizes.connections, Sizes::smoke().connections);
+        assert_eq!(
+            Scenario::expand(&config.scenarios),
+            [
+                Scenario::Baseline,
+                Scenario::Upstream,
+                Scenario::Latency,
+                Scenario::Connections
+            ]
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! What to run and how big: the scenarios, their sizes at full scale and at
+//! smoke scale, and the run configuration the library entry point takes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Every scenario below.
+    All,
+    /// Raw pipelined `XADD` into the hub's Redis: the ceiling everything is compared to.
+    Baseline,
+    /// One device, a preloaded out stream pushed up to the hub.
+    Upstream,
+    /// One device producing at fixed rates; arrival latency in the hub.
+    Latency,
+    /// Many devices on one hub, producing steadily.
+    Fanin,
+    /// A preloaded hub out stream pushed down to one device.
+    Downstream,
+    /// Many authenticated idle WebSockets on one hub.
+    Connections,
+}
+
+impl Scenario {
+    /// Every concrete scenario, in the order they run.
+    pub const ORDER: [Scenario; 6] = [
+        Scenario::Baseline,
+        Scenario::Upstream,
+        Scenario::Latency,
+        Scenario::Fanin,
+        Scenario::Downstream,
+        Scenario::Connections,
+    ];
+
+    /// The name used on the command line and in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::All => "all",
+            Scenario::Baseline => "baseline",
+            Scenario::Upstream => "upstream",
+            Scenario::Latency => "latency",
+            Scenario::Fanin => "fanin",
+            Scenario::Downstream => "downstream",
+            Scenario::Connections => "connections",
+        }
+    }
+
+    /// The scenarios `selected` names, expanded and in run order. The
+    /// baseline is always included: every throughput is reported against it.
+    pub fn expand(selected: &[Scenario]) -> Vec<Scenario> {
+        let all = selected.is_empty() || selected.contains(&Scenario::All);
+        Scenario::ORDER
+            .into_iter()
+            .filter(|s| all || *s == Scenario::Baseline || selected.contains(s))
+            .collect()
+    }
+}
+
+/// Sizes of every scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sizes {
+    /// Bytes of the `payload` value of every entry (~100-byte entries at 80).
+    pub payload_bytes: usize,
+    /// Entries the baseline appends.
+    pub baseline_entries: u64,
+    /// Connections the baseline appends on, in parallel.
+    pub baseline_connections: usize,
+    /// `XADD`s per pipeline in the baseline.
+    pub baseline_depth: usize,
+    /// Entries preloaded in the device's out stream (scenario 1).
+    pub upstream_entries: u64,
+    /// Producer rates, entries per second, measured one after the other (scenario 2).
+    pub latency_rates: Vec<u64>,
+    /// How long each rate is produced.
+    pub latency_duration: Duration,
+    /// Samples of the first part of every paced run are left out.
+    pub warmup: Duration,
+    /// Devices on the hub (scenario 3).
+    pub fanin_devices: usize,
+    /// Aggregate rate the devices produce at, entries per second.
+    pub fanin_rate: u64,
+    /// How long the devices produce.
+    pub fanin_duration: Duration,
+    /// Entries per `XADD` batch of one device.
+    pub fanin_batch: usize,
+    /// Device Redis servers the devices share (each device has its own key prefix).
+    pub fanin_redis_servers: usize,
+    /// Devices started (registered, logged in, connected) at a time.
+    pub setup_concurrency: usize,
+    /// Entries preloaded in the hub's out stream for one device (scenario 4).
+    pub downstream_entries: u64,
+    /// Idle authenticated connections (scenario 5).
+    pub connections: usize,
+    /// Connects in flight at once.
+    pub connect_concurrency: usize,
+    /// Longest wait for entries to arrive before a scenario gives up; a hang
+    /// guard, never a speed check.
+    pub wait_timeout: Duration,
+}
+
+impl Sizes {
+    /// The sizes the issue asks for.
+    pub fn full() -> Self {
+        Sizes {
+            payload_bytes: 80,
+            baseline_entries: 1_000_000,
+            baseline_connections: 4,
+            baseline_depth: 50,
+            upstream_entries: 1_000_000,
+            latency_rates: vec![1_000, 10_000],
+            latency_duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            fanin_devices: 1_000,
+            fanin_rate: 60_000,
+            fanin_duration: Duration::from_secs(10),
+            fanin_batch: 5,
+            fanin_redis_servers: 4,
+            setup_concurrency: 100,
+            downstream_entries: 1_000_000,
+            connections: 10_000,
+            connect_concurrency: 100,
+            wait_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Tiny sizes that run in seconds, even in debug builds: for the smoke test.
+    pub fn smoke() -> Self {
+        Sizes {
+            payload_bytes: 80,
+            baseline_entries: 2_000,
+            baseline_connections: 4,
+            baseline_depth: 50,
+            upstream_entries: 2_000,
+            latency_rates: vec![500, 2_000],
+            latency_duration: Duration::from_secs(1),
+            warmup: Duration::from_millis(200),
+            fanin_devices: 10,
+            fanin_rate: 1_000,
+            fanin_duration: Duration::from_secs(1),
+            fanin_batch: 5,
+            fanin_redis_servers: 2,
+            setup_concurrency: 10,
+            downstream_entries: 2_000,
+            connections: 50,
+            connect_concurrency: 10,
+            wait_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Everything [`crate::run`] needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Scenarios to run ([`Scenario::expand`] adds the baseline).
+    pub scenarios: Vec<Scenario>,
+    /// Their sizes.
+    pub sizes: Sizes,
+    /// The `lula-bench` executable, started as `lula-bench serve-hub` so the
+    /// hub is a process of its own whose CPU and memory can be read.
+    pub hub_exe: PathBuf,
+}
