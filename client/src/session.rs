@@ -53,12 +53,16 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest frame accepted from the hub (pushes are bounded by the hub's own limit).
 const MAX_INCOMING: usize = 64 << 20;
+/// Bytes read from the socket at a time. tungstenite zero-fills this much on
+/// every read, so its 128 KiB default costs a memset of 128 KiB per small
+/// frame; large pushes still arrive whole, in more reads.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// How often the session refreshes its published status.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How soon after an acknowledgement the new upstream cursor is published for
 /// `lula-client status`: often enough to look live, rarely enough to cost the
 /// device Redis nothing at full speed.
-const STATUS_DELAY: Duration = Duration::from_millis(200);
+const STATUS_DELAY: Duration = Duration::from_secs(1);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +206,7 @@ async fn connect(config: &Config, token: &str) -> Result<Ws, SessionError> {
         .map_err(|_| SessionError::Unauthorized)?;
     request.headers_mut().insert("authorization", bearer);
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_INCOMING))
         .max_frame_size(Some(MAX_INCOMING));
     let connected = tokio::time::timeout(
@@ -500,12 +505,11 @@ impl Session<'_> {
         }
     }
 
+    /// Publishes the final status, then queues the close frame. In that order:
+    /// once the close frame is queued the writer sends it and ends, and the
+    /// session must return without awaiting anything else, or its caller would
+    /// see the writer's end first and report it as an error.
     async fn close(&mut self) {
-        let frame = CloseFrame {
-            code: CloseCode::from(close::NORMAL),
-            reason: "client shutting down".into(),
-        };
-        let _ = self.out.try_send(Message::Close(Some(frame)));
         let _ = self
             .device
             .publish(&[
@@ -513,6 +517,11 @@ impl Session<'_> {
                 (status_fields::UPSTREAM, self.cursor.to_string()),
             ])
             .await;
+        let frame = CloseFrame {
+            code: CloseCode::from(close::NORMAL),
+            reason: "client shutting down".into(),
+        };
+        let _ = self.out.try_send(Message::Close(Some(frame)));
     }
 }
 

@@ -60,41 +60,44 @@ pub enum UplinkError {
 }
 
 /// Takes entries from the front of `pending` into one batch of at most
-/// `max_entries` entries and `max_bytes` of encoded entries.
+/// `max_entries` entries and `max_bytes` of encoded entries. Entries are
+/// encoded straight into the batch's buffer: one allocation per batch.
 pub fn take_batch(
     pending: &mut VecDeque<Entry>,
     max_entries: usize,
     max_bytes: usize,
 ) -> Result<Option<Batch>, UplinkError> {
-    let mut json = String::with_capacity(max_bytes.min(64 * 1024));
-    json.push('[');
+    let mut json: Vec<u8> = Vec::with_capacity(max_bytes.min(256 * 1024));
+    json.push(b'[');
     let (mut first, mut last, mut count) = (StreamId::ZERO, StreamId::ZERO, 0);
     while count < max_entries {
         let Some(entry) = pending.front() else { break };
-        let encoded = serde_json::to_string(entry).map_err(|e| {
+        let mark = json.len();
+        if count > 0 {
+            json.push(b',');
+        }
+        serde_json::to_writer(&mut json, entry).map_err(|e| {
             RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "entry encoding",
                 e.to_string(),
             ))
         })?;
-        // +1 for the comma or the closing bracket
-        if json.len() + encoded.len() + 1 > max_bytes {
+        // +1 for the closing bracket
+        if json.len() + 1 > max_bytes {
             if count == 0 {
                 return Err(UplinkError::Oversized {
                     id: entry.id,
-                    bytes: encoded.len(),
+                    bytes: json.len() - mark,
                     limit: max_bytes,
                 });
             }
+            json.truncate(mark);
             break;
         }
-        if count > 0 {
-            json.push(',');
-        } else {
+        if count == 0 {
             first = entry.id;
         }
-        json.push_str(&encoded);
         last = entry.id;
         count += 1;
         pending.pop_front();
@@ -102,12 +105,20 @@ pub fn take_batch(
     if count == 0 {
         return Ok(None);
     }
-    json.push(']');
+    json.push(b']');
+    // serde_json writes UTF-8 only; this check cannot fail and costs one pass.
+    let entries_json = String::from_utf8(json).map_err(|e| {
+        RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "entry encoding",
+            e.to_string(),
+        ))
+    })?;
     Ok(Some(Batch {
         first,
         last,
         count,
-        entries_json: json,
+        entries_json,
     }))
 }
 

@@ -54,7 +54,7 @@ use session::Authenticator;
 /// this much of its read buffer on every read, so the default (128 KiB) costs
 /// that much resident memory per idle device; larger frames still arrive whole,
 /// in more reads.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Shared by every request and connection.
 pub struct AppState {
