@@ -1,12 +1,16 @@
 //! One device's WebSocket: read frames, answer each request in order, run the
 //! downstream pusher beside it, ping, and close with a documented code.
 //!
-//! Requests on one connection are handled one after another, so a device's
-//! batches reach Redis in the order it sent them. Replies and pushes share one
+//! Requests on one connection are answered in the order they came. Batches
+//! (`xadd`, `xadds`) are pipelined: each goes to the hub's [`Ingestor`] as it
+//! arrives, up to [`MAX_PIPELINED`] waiting for their results, so a device's
+//! next batch is already queued while Redis appends the one before; any other
+//! request first waits for the batches before it. Replies and pushes share one
 //! bounded queue to a writer task, which coalesces whatever is queued into one
 //! flush; when the device stops reading, the queue fills and the hub stops
 //! reading from it too, instead of buffering without bound.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,12 +30,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::downstream::{self, XreadJob};
-use crate::ingest::{self, Appended};
+use crate::ingest::{self, Appended, IngestError, Ingestor};
 
 /// Frames queued for the writer before the reader waits.
 const OUT_QUEUE: usize = 64;
 /// lula `xread` requests queued per connection before the reader waits.
 const XREAD_QUEUE: usize = 16;
+/// Batches of one connection waiting for their results before the hub stops
+/// reading from it.
+const MAX_PIPELINED: usize = 16;
 
 /// The connection has ended; stop reading.
 struct Closed;
@@ -45,6 +52,29 @@ struct Connection {
     cancel: CancellationToken,
     push: Option<(CancellationToken, watch::Sender<StreamId>)>,
     xread: Option<mpsc::Sender<XreadJob>>,
+    /// Batches submitted and not answered yet, oldest first.
+    pending: VecDeque<PendingAppend>,
+}
+
+/// A batch submitted to the ingestor, answered when its result comes.
+struct PendingAppend {
+    /// `xadd` or `xadds`.
+    kind: &'static str,
+    /// Request id, echoed.
+    id: Option<Value>,
+    /// `xadd`: the entry's seq; `xadds`: the batch's `prev` (for messages).
+    seq: Option<StreamId>,
+    result: ingest::Pending,
+}
+
+/// The result of the oldest pending batch; never resolves when none is pending.
+async fn next_done(pending: &mut VecDeque<PendingAppend>) -> Result<Appended, IngestError> {
+    match pending.front_mut() {
+        Some(p) => (&mut p.result)
+            .await
+            .unwrap_or_else(|_| Err(IngestError::Reply("ingest task stopped".into()))),
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves one authenticated device until it disconnects, misbehaves past
@@ -62,6 +92,7 @@ pub async fn serve(socket: WebSocket, client: ClientId, state: Arc<AppState>) {
         cancel: cancel.clone(),
         push: None,
         xread: None,
+        pending: VecDeque::new(),
     };
     tracing::info!("connected");
 
@@ -80,7 +111,14 @@ pub async fn serve(socket: WebSocket, client: ClientId, state: Arc<AppState>) {
                     break None;
                 }
             }
-            msg = stream.next() => {
+            done = next_done(&mut conn.pending) => {
+                if let Some(p) = conn.pending.pop_front()
+                    && conn.answer(p, done).await.is_err()
+                {
+                    break None;
+                }
+            }
+            msg = stream.next(), if conn.pending.len() < MAX_PIPELINED => {
                 last_heard = Instant::now();
                 match msg {
                     None | Some(Ok(Message::Close(_))) => break None,
@@ -91,7 +129,7 @@ pub async fn serve(socket: WebSocket, client: ClientId, state: Arc<AppState>) {
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let reply = ErrorReply::bad_request("binary frames are not supported; send JSON text frames");
-                        if conn.send(kind::ERR, None, reply).await.is_err() {
+                        if conn.reply(kind::ERR, None, reply).await.is_err() {
                             break None;
                         }
                     }
@@ -174,12 +212,119 @@ impl Connection {
         }
     }
 
+    /// Answers after every pending batch has been answered, keeping replies in
+    /// request order.
+    async fn reply<P: Serialize>(
+        &mut self,
+        kind: &str,
+        id: Option<&Value>,
+        payload: P,
+    ) -> Result<(), Closed> {
+        self.drain().await?;
+        self.send(kind, id, payload).await
+    }
+
+    /// Waits for and answers every pending batch, oldest first.
+    async fn drain(&mut self) -> Result<(), Closed> {
+        while !self.pending.is_empty() {
+            let result = next_done(&mut self.pending).await;
+            if let Some(p) = self.pending.pop_front() {
+                self.answer(p, result).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the reply to a batch whose result came.
+    async fn answer(
+        &mut self,
+        p: PendingAppend,
+        result: Result<Appended, IngestError>,
+    ) -> Result<(), Closed> {
+        let id = p.id.as_ref();
+        let result = result.map_err(|e| self.failure(e));
+        match (p.kind, result) {
+            (_, Err(reply)) => self.send(p.kind, id, reply).await,
+            (
+                kind::XADD,
+                Ok(Appended::Applied {
+                    last: Some(hub_id), ..
+                }),
+            ) => self.send(p.kind, id, XaddReply { id: hub_id }).await,
+            (kind::XADD, Ok(Appended::Applied { cursor, .. } | Appended::Gap { cursor })) => {
+                let seq = p.seq.unwrap_or_default();
+                let reply = ErrorReply {
+                    id: Some(cursor),
+                    ..ErrorReply::new(
+                        status::CONFLICT,
+                        format!("seq {seq} is at or below the saved {cursor}"),
+                    )
+                };
+                self.send(p.kind, id, reply).await
+            }
+            (
+                _,
+                Ok(Appended::Applied {
+                    cursor,
+                    added,
+                    duplicates,
+                    ..
+                }),
+            ) => {
+                let reply = XaddsReply {
+                    id: cursor,
+                    added,
+                    duplicates,
+                };
+                self.send(p.kind, id, reply).await
+            }
+            (_, Ok(Appended::Gap { cursor })) => {
+                let prev = p.seq.unwrap_or_default();
+                let reply = ErrorReply {
+                    id: Some(cursor),
+                    ..ErrorReply::new(
+                        status::CONFLICT,
+                        format!("gap: batch follows {prev} but the hub holds up to {cursor}"),
+                    )
+                };
+                self.send(p.kind, id, reply).await
+            }
+        }
+    }
+
+    /// Submits a batch to the ingestor; its reply is sent when its result comes.
+    async fn submit(
+        &mut self,
+        kind: &'static str,
+        id: Option<&Value>,
+        seq: Option<StreamId>,
+        prev: Option<StreamId>,
+        entries: Vec<Entry>,
+    ) -> Result<(), Closed> {
+        let ingestor: &Ingestor = &self.state.ingestor;
+        match ingestor.submit(&self.client, prev, entries).await {
+            Ok(result) => {
+                self.pending.push_back(PendingAppend {
+                    kind,
+                    id: id.cloned(),
+                    seq,
+                    result,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let reply = self.failure(e);
+                self.reply(kind, id, reply).await
+            }
+        }
+    }
+
     async fn handle(&mut self, text: &str) -> Result<(), Closed> {
         let env = match Envelope::parse(text) {
             Ok(env) => env,
             Err(e) => {
                 let reply = ErrorReply::bad_request(format!("unparseable frame: {e}"));
-                return self.send(kind::ERR, None, reply).await;
+                return self.reply(kind::ERR, None, reply).await;
             }
         };
         let id = env.id.as_ref();
@@ -190,7 +335,7 @@ impl Connection {
                     Ok(p) => p,
                     Err(e) => {
                         let reply = ErrorReply::bad_request(format!("bad {kind} payload: {e}"));
-                        return self.send(kind, id, reply).await;
+                        return self.reply(kind, id, reply).await;
                     }
                 }
             };
@@ -200,75 +345,23 @@ impl Connection {
                 let payload = env.payload.map(|p| p.get()).unwrap_or("{}");
                 let raw: &serde_json::value::RawValue =
                     serde_json::from_str(payload).map_err(|_| Closed)?;
-                self.send(kind, id, raw).await
+                self.reply(kind, id, raw).await
             }
-            kind::ID => match ingest::cursor(&mut self.redis, &self.state.keys, &self.client).await
-            {
-                Ok(cursor) => {
-                    let reply = IdReply {
-                        id: cursor,
-                        max_frame_bytes: Some(self.state.config.max_frame_bytes),
-                        max_batch_entries: Some(MAX_BATCH_ENTRIES),
-                    };
-                    self.send(kind, id, reply).await
-                }
-                Err(e) => self.send(kind, id, self.failure(e)).await,
-            },
+            kind::ID => {
+                // The cursor must reflect the batches sent before this request.
+                self.drain().await?;
+                self.cursor_reply(id).await
+            }
             kind::XADD => {
                 let entry: Entry = payload!(Entry);
                 let seq = entry.id;
-                match self.append(None, vec![entry]).await {
-                    Ok(Appended::Applied {
-                        last: Some(hub_id), ..
-                    }) => self.send(kind, id, XaddReply { id: hub_id }).await,
-                    Ok(Appended::Applied { cursor, .. } | Appended::Gap { cursor }) => {
-                        let reply = ErrorReply {
-                            id: Some(cursor),
-                            ..ErrorReply::new(
-                                status::CONFLICT,
-                                format!("seq {seq} is at or below the saved {cursor}"),
-                            )
-                        };
-                        self.send(kind, id, reply).await
-                    }
-                    Err(reply) => self.send(kind, id, reply).await,
-                }
+                self.submit(kind::XADD, id, Some(seq), None, vec![entry])
+                    .await
             }
             kind::XADDS => {
                 let batch: XaddsRequest = payload!(XaddsRequest);
-                match self.append(batch.prev, batch.entries).await {
-                    Ok(Appended::Applied {
-                        cursor,
-                        added,
-                        duplicates,
-                        ..
-                    }) => {
-                        self.send(
-                            kind,
-                            id,
-                            XaddsReply {
-                                id: cursor,
-                                added,
-                                duplicates,
-                            },
-                        )
-                        .await
-                    }
-                    Ok(Appended::Gap { cursor }) => {
-                        let prev = batch.prev.unwrap_or_default();
-                        let reply = ErrorReply {
-                            id: Some(cursor),
-                            ..ErrorReply::new(
-                                status::CONFLICT,
-                                format!(
-                                    "gap: batch follows {prev} but the hub holds up to {cursor}"
-                                ),
-                            )
-                        };
-                        self.send(kind, id, reply).await
-                    }
-                    Err(reply) => self.send(kind, id, reply).await,
-                }
+                self.submit(kind::XADDS, id, batch.prev, batch.prev, batch.entries)
+                    .await
             }
             kind::XREAD => {
                 let request: XreadRequest = payload!(XreadRequest);
@@ -283,7 +376,7 @@ impl Connection {
             kind::SUBSCRIBE => {
                 let request: SubscribeRequest = payload!(SubscribeRequest);
                 // Reply first: pushes must not overtake the reply that starts them.
-                self.send(kind, id, SubscribeReply { id: request.id })
+                self.reply(kind, id, SubscribeReply { id: request.id })
                     .await?;
                 self.subscribe(request.id);
                 Ok(())
@@ -304,25 +397,26 @@ impl Connection {
             other => {
                 let reply =
                     ErrorReply::bad_request(format!("unknown message type {:?}", truncate(other)));
-                self.send(other, id, reply).await
+                self.reply(other, id, reply).await
             }
         }
     }
 
-    async fn append(
-        &mut self,
-        prev: Option<StreamId>,
-        entries: Vec<Entry>,
-    ) -> Result<Appended, ErrorReply> {
-        let result = ingest::append(
-            &mut self.redis,
-            &self.state.keys,
-            &self.client,
-            prev,
-            entries,
-        )
-        .await;
-        result.map_err(|e| self.failure(e))
+    async fn cursor_reply(&mut self, id: Option<&Value>) -> Result<(), Closed> {
+        match ingest::cursor(&mut self.redis, &self.state.keys, &self.client).await {
+            Ok(cursor) => {
+                let reply = IdReply {
+                    id: cursor,
+                    max_frame_bytes: Some(self.state.config.max_frame_bytes),
+                    max_batch_entries: Some(MAX_BATCH_ENTRIES),
+                };
+                self.send(kind::ID, id, reply).await
+            }
+            Err(e) => {
+                let reply = self.failure(e);
+                self.send(kind::ID, id, reply).await
+            }
+        }
     }
 
     fn failure(&self, e: ingest::IngestError) -> ErrorReply {

@@ -5,6 +5,11 @@
 //! connections of the same device sending the same entries at once are
 //! serialized by Redis, and whichever runs second sees them as duplicates.
 //!
+//! Batches of many connections share one script call: the [`Ingestor`] takes
+//! whatever batches are queued when Redis is free and appends them together, so
+//! a thousand devices sending a few entries each cost Redis a few calls, not a
+//! thousand, and a device's pipelined batches ride together.
+//!
 //! The hub validates every batch before it reaches Redis (ids parsed, strictly
 //! increasing, within limits), so the script trusts their order: duplicates can
 //! only be a prefix of the batch, and when the first entry is already past the
@@ -16,47 +21,76 @@ use lula_protocol::keys::HubKeys;
 use lula_protocol::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_VALUES};
 use lula_protocol::message::{ErrorReply, status};
 use lula_protocol::{ClientId, Entry, FIELD_CLIENT, FIELD_SEQ, StreamId, escape_reserved};
-use redis::aio::ConnectionLike;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{RedisError, Script, Value};
+use tokio::sync::{mpsc, oneshot};
 
 /// KEYS[1] cursor hash, KEYS[2] in stream.
-/// ARGV[1] client, ARGV[2] prev ('' = no gap check), then per entry:
-/// seq, number of values, values (k1, v1, ...).
-/// Returns {'ok', cursor, added, duplicates, last hub id or ''} or {'gap', cursor}.
+/// ARGV: per section: client, prev ('' = no gap check), number of entries, then
+/// per entry: seq, number of values, values (k1, v1, ...).
+/// Returns per section {'ok', cursor, added, duplicates, last hub id or ''} or
+/// {'gap', cursor}. Sections run in order, so two batches of one device in one
+/// call see each other's cursor. One `XADD` argument table is reused for every
+/// entry (`unpack` is bounded by the entry's length), so the script allocates
+/// per section, not per entry.
 const INGEST_BODY: &str = r#"
-local cur = redis.call('HGET', KEYS[1], ARGV[1]) or '0-0'
-if ARGV[2] ~= '' and id_gt(ARGV[2], cur) then
-  return {'gap', cur}
-end
 local n = #ARGV
-local i = 3
-local dups = 0
-while i <= n and not id_gt(ARGV[i], cur) do
-  i = i + 2 + tonumber(ARGV[i + 1])
-  dups = dups + 1
-end
-local added = 0
-local last = ''
+local i = 1
+local out = {}
+local args = {'XADD', KEYS[2], '*', 'client', '', 'seq', ''}
 while i <= n do
-  local seq = ARGV[i]
-  local nv = tonumber(ARGV[i + 1])
-  local args = {'XADD', KEYS[2], '*', 'client', ARGV[1], 'seq', seq}
-  for j = 1, nv do
-    args[7 + j] = ARGV[i + 1 + j]
+  local client, prev, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  local cur = redis.call('HGET', KEYS[1], client) or '0-0'
+  if prev ~= '' and id_gt(prev, cur) then
+    for _ = 1, count do
+      i = i + 2 + tonumber(ARGV[i + 1])
+    end
+    out[#out + 1] = {'gap', cur}
+  else
+    local k, dups = 0, 0
+    while k < count and not id_gt(ARGV[i], cur) do
+      i = i + 2 + tonumber(ARGV[i + 1])
+      dups = dups + 1
+      k = k + 1
+    end
+    local added, last = 0, ''
+    args[5] = client
+    while k < count do
+      local seq = ARGV[i]
+      local nv = tonumber(ARGV[i + 1])
+      args[7] = seq
+      for j = 1, nv do
+        args[7 + j] = ARGV[i + 1 + j]
+      end
+      last = redis.call(unpack(args, 1, 7 + nv))
+      cur = seq
+      added = added + 1
+      i = i + 2 + nv
+      k = k + 1
+    end
+    if added > 0 then
+      redis.call('HSET', KEYS[1], client, cur)
+    end
+    out[#out + 1] = {'ok', cur, added, dups, last}
   end
-  last = redis.call(unpack(args))
-  cur = seq
-  added = added + 1
-  i = i + 2 + nv
 end
-if added > 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], cur)
-end
-return {'ok', cur, added, dups, last}
+return out
 "#;
 
 static INGEST: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{}{}", lula_protocol::lua::ID_GT, INGEST_BODY)));
+
+/// One device's batch within an ingest call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// The device, from its session.
+    pub client: ClientId,
+    /// Where the batch says it follows on from; see [`Appended::Gap`].
+    pub prev: Option<StreamId>,
+    /// Entries, validated by [`validate`].
+    pub entries: Vec<Entry>,
+}
 
 /// Result of one ingest call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +114,7 @@ pub enum Appended {
 }
 
 /// Why a batch was not applied.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
     /// The batch breaks a protocol rule (400).
     #[error("{0}")]
@@ -169,23 +203,156 @@ pub async fn append<C: ConnectionLike>(
     entries: Vec<Entry>,
 ) -> Result<Appended, IngestError> {
     validate(&entries)?;
-    let mut invocation = INGEST.key(keys.cursors());
-    invocation.key(keys.in_stream()).arg(client.as_str());
-    match prev {
-        Some(p) => invocation.arg(p.to_string()),
-        None => invocation.arg(""),
+    let section = Section {
+        client: client.clone(),
+        prev,
+        entries,
     };
-    for entry in entries {
-        invocation.arg(entry.id.to_string()).arg(entry.fields.len());
-        for (i, mut value) in entry.fields.into_iter().enumerate() {
-            if i.is_multiple_of(2) {
-                escape_reserved(&mut value, &[FIELD_CLIENT, FIELD_SEQ]);
+    let mut results = append_many(redis, keys, vec![section]).await?;
+    results
+        .pop()
+        .ok_or_else(|| IngestError::Reply("no result".into()))
+}
+
+/// Appends several sections (validated batches, possibly of different
+/// devices) in one script call, in order, each exactly once. Returns one result
+/// per section.
+pub async fn append_many<C: ConnectionLike>(
+    redis: &mut C,
+    keys: &HubKeys,
+    sections: Vec<Section>,
+) -> Result<Vec<Appended>, IngestError> {
+    let expected = sections.len();
+    let mut invocation = INGEST.key(keys.cursors());
+    invocation.key(keys.in_stream());
+    for section in sections {
+        invocation.arg(section.client.as_str());
+        match section.prev {
+            Some(p) => invocation.arg(p.to_string()),
+            None => invocation.arg(""),
+        };
+        invocation.arg(section.entries.len());
+        for entry in section.entries {
+            invocation.arg(entry.id.to_string()).arg(entry.fields.len());
+            for (i, mut value) in entry.fields.into_iter().enumerate() {
+                if i.is_multiple_of(2) {
+                    escape_reserved(&mut value, &[FIELD_CLIENT, FIELD_SEQ]);
+                }
+                invocation.arg(value);
             }
-            invocation.arg(value);
         }
     }
     let reply: Value = invocation.invoke_async(redis).await?;
-    parse_reply(reply)
+    let Value::Array(items) = reply else {
+        return Err(IngestError::Reply("not an array".into()));
+    };
+    if items.len() != expected {
+        return Err(IngestError::Reply(format!(
+            "{} results for {expected} sections",
+            items.len()
+        )));
+    }
+    items.into_iter().map(parse_reply).collect()
+}
+
+/// Batches queued for the [`Ingestor`] before connections wait.
+const QUEUE: usize = 1024;
+
+/// A validated batch waiting for the ingestor, and where its result goes.
+struct Job {
+    section: Section,
+    reply: oneshot::Sender<Result<Appended, IngestError>>,
+}
+
+/// The result of a submitted batch, once its script call returns.
+pub type Pending = oneshot::Receiver<Result<Appended, IngestError>>;
+
+/// Group commit of every connection's batches. One task takes the first batch
+/// in the queue plus whatever else is queued (up to [`MAX_BATCH_ENTRIES`]
+/// entries, since a script blocks Redis while it runs), appends them in one
+/// call in queue order, answers each, and repeats. While a call runs, the next
+/// group gathers. Batches of one connection stay in the order it submitted them.
+#[derive(Clone)]
+pub struct Ingestor {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Ingestor {
+    /// Starts the ingest task. It ends when every clone of the ingestor is gone.
+    pub fn start(redis: ConnectionManager, keys: HubKeys) -> Self {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(ingest_loop(redis, keys, rx));
+        Ingestor { jobs }
+    }
+
+    /// Queues a batch ([`validate`]d here) and returns where its result will
+    /// arrive. Waits while the queue is full.
+    pub async fn submit(
+        &self,
+        client: &ClientId,
+        prev: Option<StreamId>,
+        entries: Vec<Entry>,
+    ) -> Result<Pending, IngestError> {
+        validate(&entries)?;
+        let (reply, pending) = oneshot::channel();
+        let job = Job {
+            section: Section {
+                client: client.clone(),
+                prev,
+                entries,
+            },
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| IngestError::Reply("ingest task stopped".into()))?;
+        Ok(pending)
+    }
+}
+
+async fn ingest_loop(mut redis: ConnectionManager, keys: HubKeys, mut rx: mpsc::Receiver<Job>) {
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut total = first.section.entries.len();
+        let mut group = vec![first];
+        while total < MAX_BATCH_ENTRIES {
+            match rx.try_recv() {
+                Ok(job) if total + job.section.entries.len() <= MAX_BATCH_ENTRIES => {
+                    total += job.section.entries.len();
+                    group.push(job);
+                }
+                Ok(job) => {
+                    carry = Some(job);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let (sections, replies): (Vec<Section>, Vec<_>) =
+            group.into_iter().map(|j| (j.section, j.reply)).unzip();
+        match append_many(&mut redis, &keys, sections).await {
+            Ok(results) => {
+                for (result, reply) in results.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            // The call may or may not have run; every batch in it is answered
+            // with the error, and a retry is answered as duplicates if it ran.
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 fn parse_reply(reply: Value) -> Result<Appended, IngestError> {

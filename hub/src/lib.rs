@@ -68,6 +68,8 @@ pub struct AppState {
     pub redis_client: redis::Client,
     /// Downstream readers waiting for their out stream to change.
     pub wakers: Arc<downstream::Wakers>,
+    /// Group commit of every connection's batches.
+    pub ingestor: ingest::Ingestor,
     /// Token verification.
     pub auth: Authenticator,
     /// Cancelled when the hub shuts down; connections close with 1001.
@@ -94,8 +96,10 @@ impl AppState {
         let redis = redis_client
             .get_connection_manager_lazy(manager_config)
             .context("redis connection manager")?;
+        let keys = HubKeys::new(config.prefix.clone());
         Ok(Arc::new(AppState {
-            keys: HubKeys::new(config.prefix.clone()),
+            ingestor: ingest::Ingestor::start(redis.clone(), keys.clone()),
+            keys,
             auth: Authenticator::new(AuthKeys::new(config.auth_prefix.clone())),
             config,
             redis,

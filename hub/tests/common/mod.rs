@@ -149,6 +149,30 @@ impl TestHub {
         self.connect_with_token(&token).await.unwrap()
     }
 
+    /// Starts another hub replica on the same Redis; returns its address and
+    /// the token that stops it.
+    pub async fn spawn_replica(&self) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(lula_hub::run(
+            listener,
+            Config::new(self.redis.url()),
+            shutdown.clone(),
+        ));
+        (addr, shutdown)
+    }
+
+    /// Connects `client` to the hub (or replica) at `addr`.
+    pub async fn connect_to(&self, addr: std::net::SocketAddr, client: &str) -> Ws {
+        let token = self.token(client).await;
+        let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        Ws { ws, next_id: 1 }
+    }
+
     pub async fn connect_with_token(&self, token: &str) -> Result<Ws, tungstenite::Error> {
         let mut req = self.url().into_client_request().unwrap();
         req.headers_mut()
