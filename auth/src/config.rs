@@ -79,6 +79,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Time source.
     pub clock: Clock,
+    /// Limits of the accept loop (request head timeout, connection cap).
+    pub serve: lula_runtime::ServeOptions,
 }
 
 impl Config {
@@ -93,6 +95,7 @@ impl Config {
             redis_timeout: Duration::from_secs(5),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             clock: Clock::system(),
+            serve: lula_runtime::ServeOptions::default(),
         }
     }
 }

@@ -145,8 +145,8 @@ pub async fn run(
     let state = AppState::new(config)?;
     tracing::info!(kid = state.signer.kid(), "token signing key");
     let publisher = tokio::spawn(keep_key_published(state.clone(), shutdown.clone()));
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    let serve_options = state.config.serve;
+    let served = lula_runtime::serve(listener, app(state), shutdown.clone(), serve_options)
         .await
         .context("serve");
     shutdown.cancel();

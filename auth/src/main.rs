@@ -101,12 +101,7 @@ struct RevokeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    lula_runtime::init_tracing();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Provision(args) => provision(args).await,
@@ -137,7 +132,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("bind {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_auth::run(listener, config, shutdown).await
 }
 
@@ -204,26 +199,4 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         .context("revoke")?;
     println!("revoked {n} session(s) of {}", args.client);
     Ok(())
-}
-
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }

@@ -111,11 +111,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    lula_runtime::init_tracing();
     let config = Config {
         auth_url: args.auth_url,
         hub_url: args.hub_url,
@@ -130,28 +126,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(?config, "starting");
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_client::run(config, shutdown).await
-}
-
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }

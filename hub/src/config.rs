@@ -28,6 +28,8 @@ pub struct Config {
     /// How often out streams are re-read when Redis cannot send keyspace
     /// notifications (`CONFIG SET notify-keyspace-events` refused).
     pub downstream_poll: Duration,
+    /// Limits of the accept loop (request head timeout, connection cap).
+    pub serve: lula_runtime::ServeOptions,
 }
 
 impl Config {
@@ -42,6 +44,7 @@ impl Config {
             ping_interval: PING_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
             downstream_poll: Duration::from_secs(1),
+            serve: lula_runtime::ServeOptions::default(),
         }
     }
 }
@@ -57,6 +60,7 @@ impl fmt::Debug for Config {
             .field("ping_interval", &self.ping_interval)
             .field("idle_timeout", &self.idle_timeout)
             .field("downstream_poll", &self.downstream_poll)
+            .field("serve", &self.serve)
             .finish()
     }
 }

@@ -112,11 +112,13 @@ impl AppState {
     }
 }
 
-/// The hub's routes: `GET /` (WebSocket upgrade) and `GET /healthz`.
+/// The hub's routes: `GET /` (WebSocket upgrade), `GET /healthz` (liveness)
+/// and `GET /readyz` (Redis reachable).
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(upgrade))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(|| async { HubError::NotFound })
         .with_state(state)
 }
@@ -129,6 +131,7 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let serve_options = config.serve;
     let state = AppState::new(config, shutdown.clone())?;
     let tracker = state.tracker.clone();
     tracker.spawn(downstream::watch(
@@ -139,8 +142,7 @@ pub async fn run(
         state.config.downstream_poll,
         shutdown.clone(),
     ));
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    lula_runtime::serve(listener, app(state), shutdown, serve_options)
         .await
         .context("serve")?;
     tracker.close();
@@ -148,8 +150,18 @@ pub async fn run(
     Ok(())
 }
 
+/// Liveness: the process serves requests.
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: Redis answers, so devices connecting here can sync. A load
+/// balancer stops sending devices to a hub that cannot reach its Redis.
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, HubError> {
+    redis::cmd("PING")
+        .query_async::<()>(&mut state.redis.clone())
+        .await?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
 #[derive(Deserialize, Default)]

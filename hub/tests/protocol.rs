@@ -559,3 +559,34 @@ async fn without_keyspace_notifications_the_hub_polls_and_still_delivers() {
     assert_eq!(r["items"][0]["n"], "second");
     later.await.unwrap();
 }
+
+#[tokio::test]
+async fn readyz_follows_redis_and_healthz_stays_up() {
+    let mut hub = spawn_hub_with(|mut c| {
+        c.redis_timeout = Duration::from_millis(500);
+        c
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let (http, addr) = (http.clone(), hub.addr);
+        async move {
+            http.get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get("/readyz").await.status(), 200);
+    hub.redis.kill();
+    let down = get("/readyz").await;
+    assert_eq!(down.status(), 503);
+    let body: serde_json::Value = down.json().await.unwrap();
+    assert_eq!(body["code"], "unavailable");
+    assert_eq!(get("/healthz").await.status(), 200);
+    hub.redis.restart();
+    lula_testkit::eventually("readyz to recover", Duration::from_secs(30), || async {
+        (get("/readyz").await.status() == 200).then_some(())
+    })
+    .await;
+}
