@@ -93,10 +93,15 @@ pub struct SizeArgs {
     /// Devices of scenario 3.
     #[arg(long, env = "LULA_BENCH_FANIN_DEVICES")]
     pub fanin_devices: Option<usize>,
-    /// Aggregate rate the devices of scenario 3 produce at, entries/s.
+    /// Aggregate rate the devices of scenario 3 produce at in its throughput
+    /// phase, entries/s.
     #[arg(long, env = "LULA_BENCH_FANIN_RATE")]
     pub fanin_rate: Option<u64>,
-    /// How long the devices of scenario 3 produce.
+    /// Aggregate rate the devices of scenario 3 produce at in its latency
+    /// phase, entries/s (below what the hub can take).
+    #[arg(long, env = "LULA_BENCH_FANIN_LATENCY_RATE")]
+    pub fanin_latency_rate: Option<u64>,
+    /// How long the devices of scenario 3 produce, in each phase.
     #[arg(long, env = "LULA_BENCH_FANIN_DURATION", value_parser = humantime::parse_duration)]
     pub fanin_duration: Option<Duration>,
     /// Entries per XADD batch of one device in scenario 3.
@@ -138,6 +143,7 @@ impl SizeArgs {
             warmup: self.warmup.unwrap_or(base.warmup),
             fanin_devices: self.fanin_devices.unwrap_or(base.fanin_devices),
             fanin_rate: self.fanin_rate.unwrap_or(base.fanin_rate),
+            fanin_latency_rate: self.fanin_latency_rate.unwrap_or(base.fanin_latency_rate),
             fanin_duration: self.fanin_duration.unwrap_or(base.fanin_duration),
             fanin_batch: self.fanin_batch.unwrap_or(base.fanin_batch),
             fanin_redis_servers: self.fanin_redis_servers.unwrap_or(base.fanin_redis_servers),
@@ -202,6 +208,8 @@ mod tests {
             "10,20",
             "--fanin-duration",
             "3s",
+            "--fanin-latency-rate",
+            "300",
         ])
         .unwrap();
         let Command::Run(args) = cli.command else {
@@ -215,6 +223,8 @@ mod tests {
         assert_eq!(config.sizes.upstream_entries, 7);
         assert_eq!(config.sizes.latency_rates, [10, 20]);
         assert_eq!(config.sizes.fanin_duration, Duration::from_secs(3));
+        assert_eq!(config.sizes.fanin_latency_rate, 300);
+        assert_eq!(config.sizes.fanin_rate, Sizes::smoke().fanin_rate);
         assert_eq!(config.sizes.connections, Sizes::smoke().connections);
         assert_eq!(
             Scenario::expand(&config.scenarios),

@@ -82,9 +82,13 @@ pub struct Sizes {
     pub warmup: Duration,
     /// Devices on the hub (scenario 3).
     pub fanin_devices: usize,
-    /// Aggregate rate the devices produce at, entries per second.
+    /// Aggregate rate the devices produce at in the throughput phase,
+    /// entries per second: above what the hub can take, to find its ceiling.
     pub fanin_rate: u64,
-    /// How long the devices produce.
+    /// Aggregate rate of the latency phase, entries per second: below the
+    /// ceiling, so the latency measured is not just queueing.
+    pub fanin_latency_rate: u64,
+    /// How long the devices produce, in each phase.
     pub fanin_duration: Duration,
     /// Entries per `XADD` batch of one device.
     pub fanin_batch: usize,
@@ -117,6 +121,7 @@ impl Sizes {
             warmup: Duration::from_secs(1),
             fanin_devices: 1_000,
             fanin_rate: 60_000,
+            fanin_latency_rate: 20_000,
             fanin_duration: Duration::from_secs(10),
             fanin_batch: 5,
             fanin_redis_servers: 4,
@@ -141,6 +146,7 @@ impl Sizes {
             warmup: Duration::from_millis(200),
             fanin_devices: 10,
             fanin_rate: 1_000,
+            fanin_latency_rate: 500,
             fanin_duration: Duration::from_secs(1),
             fanin_batch: 5,
             fanin_redis_servers: 2,

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use lula_protocol::StreamId;
-use lula_protocol::redis_value::entries_from_read;
+use lula_protocol::redis_value::{entries_from_range, entries_from_read};
 use redis::aio::MultiplexedConnection;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,22 @@ pub async fn xlen(conn: &mut MultiplexedConnection, key: &str) -> anyhow::Result
         .query_async(conn)
         .await
         .with_context(|| format!("XLEN {key}"))
+}
+
+/// The id of the last entry of `key` (`XREVRANGE key + - COUNT 1`), or
+/// `0-0` when it is empty: where a reader starts to see only what comes next.
+pub async fn last_id(conn: &mut MultiplexedConnection, key: &str) -> anyhow::Result<StreamId> {
+    let reply: redis::Value = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .with_context(|| format!("XREVRANGE {key}"))?;
+    let entries = entries_from_range(reply).context("XREVRANGE reply")?;
+    Ok(entries.first().map_or(StreamId::ZERO, |e| e.id))
 }
 
 /// The pid of the Redis server behind `conn` (`INFO server`).
@@ -251,13 +267,14 @@ pub struct LatencyReader {
 }
 
 impl LatencyReader {
-    /// Starts reading `key` of the Redis at `url` from its start.
-    pub fn start(url: String, key: String) -> Self {
+    /// Starts reading `key` of the Redis at `url`, from the entry after
+    /// `after` (`StreamId::ZERO` for the whole stream).
+    pub fn start(url: String, key: String, after: StreamId) -> Self {
         let want = Arc::new(AtomicU64::new(u64::MAX));
         let stop = CancellationToken::new();
         let (w, s) = (want.clone(), stop.clone());
         let result = tokio::spawn(isolated("lula-bench-reader", move || {
-            read_latencies(url, key, w, s)
+            read_latencies(url, key, after, w, s)
         }));
         LatencyReader {
             started: Instant::now(),
@@ -267,9 +284,9 @@ impl LatencyReader {
         }
     }
 
-    /// Waits until the reader has seen `entries` entries (or `timeout`
-    /// passes), stops it, and returns its samples and the cores it kept busy
-    /// on average.
+    /// Waits until the reader has seen `entries` entries after its start id
+    /// (or `timeout` passes), stops it, and returns its samples and the cores
+    /// it kept busy on average.
     pub async fn finish(
         mut self,
         entries: u64,
@@ -297,12 +314,13 @@ impl Drop for LatencyReader {
     }
 }
 
-/// Reads `key` from its start with `XREAD BLOCK` on a connection of its own
-/// until it has seen `want` entries or `stop`, noting for each entry with a
-/// `t` field how long after `t` it was read.
+/// Reads `key` from the entry after `after` with `XREAD BLOCK` on a
+/// connection of its own until it has seen `want` entries or `stop`, noting
+/// for each entry with a `t` field how long after `t` it was read.
 async fn read_latencies(
     url: String,
     key: String,
+    mut after: StreamId,
     want: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> anyhow::Result<Samples> {
@@ -314,7 +332,6 @@ async fn read_latencies(
         .await
         .context("latency reader connect")?;
     let mut samples = Vec::new();
-    let mut after = StreamId::ZERO;
     let mut seen = 0u64;
     while seen < want.load(Ordering::Relaxed) {
         let mut cmd = redis::cmd("XREAD");

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lula_protocol::keys::DeviceKeys;
-use lula_protocol::redis_value::{entries_from_range, entries_from_read};
+use lula_protocol::redis_value::entries_from_range;
 use lula_protocol::{Entry, FIELD_SEQ, StreamId, escape_reserved};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
@@ -28,6 +28,14 @@ pub mod status_fields {
     pub const SESSION_EXPIRES_AT: &str = "sessionExpiresAt";
     /// Process id of the daemon.
     pub const PID: &str = "pid";
+    /// How many entries the upstream cursor is into `out:x` since the stream was
+    /// created (its ordinal), when known; lets a restarted daemon count entries
+    /// trimmed before they were synced.
+    pub const UPSTREAM_ORDINAL: &str = "upstreamOrdinal";
+    /// Times entries were found deleted from `out:x` before they were synced.
+    pub const GAPS: &str = "gaps";
+    /// The most recent such finding, in words.
+    pub const LAST_GAP: &str = "lastGap";
 }
 
 /// KEYS[1] in stream, KEYS[2] state hash.
@@ -58,6 +66,30 @@ if added > 0 then
 end
 return {cur, added}
 "#;
+
+/// KEYS[1] out stream. ARGV[1] read after this id, ARGV[2] count.
+/// Returns, read in one atomic step: entries-added (-1 before Redis 7), length,
+/// first entry id ('' if empty), max-deleted-entry-id ('0-0' before Redis 7),
+/// and the entries after ARGV[1]. Reading the stream's counters in the same
+/// step as the entries is what makes a trim detected here exact.
+const READ_BODY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {0, 0, '', '0-0', {}}
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local f = {}
+for i = 1, #info, 2 do
+  f[info[i]] = info[i + 1]
+end
+local first = ''
+if type(f['first-entry']) == 'table' then
+  first = f['first-entry'][1]
+end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+return {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] or '0-0', entries}
+"#;
+
+static READ: LazyLock<Script> = LazyLock::new(|| Script::new(READ_BODY));
 
 static STORE: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{}{}", lula_protocol::lua::ID_GT, STORE_BODY)));
@@ -130,6 +162,27 @@ impl Device {
         self.redis.hset_multiple(self.keys.state(), &items).await
     }
 
+    /// The ordinal published with `cursor` as the upstream cursor, if the
+    /// published cursor is that one; `Some(0)` for `0-0`.
+    pub async fn saved_ordinal(&mut self, cursor: StreamId) -> Result<Option<u64>, RedisError> {
+        if cursor == StreamId::ZERO {
+            return Ok(Some(0));
+        }
+        let (upstream, ordinal): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.state())
+            .arg(status_fields::UPSTREAM)
+            .arg(status_fields::UPSTREAM_ORDINAL)
+            .query_async(&mut self.redis)
+            .await?;
+        let same = upstream.and_then(|u| u.parse::<StreamId>().ok()) == Some(cursor);
+        Ok(ordinal.filter(|_| same).and_then(|o| o.parse().ok()))
+    }
+
+    /// Adds `by` to an integer status field.
+    pub async fn count(&mut self, field: &str, by: i64) -> Result<(), RedisError> {
+        self.redis.hincr(self.keys.state(), field, by).await
+    }
+
     /// Opens a reader of `out:x` on a connection of its own.
     pub async fn out_reader(&self, block: Duration) -> Result<OutReader, RedisError> {
         let config = AsyncConnectionConfig::new()
@@ -161,8 +214,25 @@ fn parse_id(v: Option<String>) -> Result<StreamId, RedisError> {
     }
 }
 
-/// Reads the out stream with blocking `XREAD` on a dedicated connection, which
-/// nothing else uses, so the block never delays other commands.
+/// One read of the out stream with the stream's counters at that moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRead {
+    /// Entries after the requested id, in order.
+    pub entries: Vec<Entry>,
+    /// Entries ever added to the stream (Redis 7 and later).
+    pub added: Option<u64>,
+    /// Entries in the stream now.
+    pub length: u64,
+    /// The oldest entry still in the stream.
+    pub first: Option<StreamId>,
+    /// The highest id removed with `XDEL` (trimming does not move it).
+    pub max_deleted: StreamId,
+}
+
+/// Reads the out stream on a connection of its own: entries and counters in
+/// one script call, and, when there is nothing to read, a blocking `XREAD` that
+/// only waits for the next entry. The block never delays other commands, since
+/// nothing else uses the connection.
 pub struct OutReader {
     conn: MultiplexedConnection,
     key: String,
@@ -170,11 +240,17 @@ pub struct OutReader {
 }
 
 impl OutReader {
-    /// Up to `count` entries after `after`, waiting up to the block time for the first.
-    pub async fn read(&mut self, after: StreamId, count: usize) -> Result<Vec<Entry>, RedisError> {
-        let reply: Value = redis::cmd("XREAD")
+    /// Up to `count` entries after `after` with the stream's counters, waiting up
+    /// to the block time when there are none yet.
+    pub async fn read(&mut self, after: StreamId, count: usize) -> Result<OutRead, RedisError> {
+        let read = self.read_now(after, count).await?;
+        if !read.entries.is_empty() {
+            return Ok(read);
+        }
+        // Wait for something to arrive, then read it (and the counters) atomically.
+        let _: Value = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(count)
+            .arg(1)
             .arg("BLOCK")
             .arg(self.block.as_millis() as u64)
             .arg("STREAMS")
@@ -182,14 +258,58 @@ impl OutReader {
             .arg(after.to_string())
             .query_async(&mut self.conn)
             .await?;
-        entries_from_read(reply).map_err(|e| {
+        self.read_now(after, count).await
+    }
+
+    async fn read_now(&mut self, after: StreamId, count: usize) -> Result<OutRead, RedisError> {
+        let reply: Value = READ
+            .key(&self.key)
+            .arg(after.to_string())
+            .arg(count)
+            .invoke_async(&mut self.conn)
+            .await?;
+        parse_out_read(reply).map_err(|e| {
             RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
-                "bad XREAD reply",
-                e.to_string(),
+                "bad out stream read",
+                e,
             ))
         })
     }
+}
+
+fn parse_out_read(reply: Value) -> Result<OutRead, String> {
+    let Value::Array(items) = reply else {
+        return Err("not an array".into());
+    };
+    let mut items = items.into_iter();
+    let mut next = || items.next().ok_or_else(|| "short reply".to_string());
+    let int = |v: Value| match v {
+        Value::Int(i) => Ok(i),
+        other => Err(format!("expected an integer, got {other:?}")),
+    };
+    let text = |v: Value| match v {
+        Value::BulkString(b) => String::from_utf8(b).map_err(|e| e.to_string()),
+        Value::SimpleString(s) => Ok(s),
+        other => Err(format!("expected a string, got {other:?}")),
+    };
+    let added = int(next()?)?;
+    let length = int(next()?)?;
+    let first = text(next()?)?;
+    let max_deleted = text(next()?)?;
+    let entries = entries_from_range(next()?).map_err(|e| e.to_string())?;
+    let id = |s: &str| s.parse::<StreamId>().map_err(|e| e.to_string());
+    Ok(OutRead {
+        entries,
+        added: u64::try_from(added).ok(),
+        length: u64::try_from(length).unwrap_or(0),
+        first: if first.is_empty() {
+            None
+        } else {
+            Some(id(&first)?)
+        },
+        max_deleted: id(&max_deleted)?,
+    })
 }
 
 /// Counts `out:x` entries after `after` (the upstream backlog), paging with

@@ -146,6 +146,7 @@ pub async fn run(
         inflight: VecDeque::new(),
         prev: StreamId::ZERO,
         cursor: StreamId::ZERO,
+        cursor_ordinal: None,
         subscribe_id: 0,
     };
     let limits = match session.handshake().await {
@@ -175,11 +176,11 @@ pub async fn run(
     if let Err(e) = &result {
         tracing::debug!(error = %e, "session ended");
         // Status readers count the backlog from this cursor; leave it exact.
-        let cursor = session.cursor.to_string();
-        let _ = session
-            .device
-            .publish(&[(status_fields::UPSTREAM, cursor)])
-            .await;
+        let fields = [
+            (status_fields::UPSTREAM, session.cursor.to_string()),
+            (status_fields::UPSTREAM_ORDINAL, session.ordinal_text()),
+        ];
+        let _ = session.device.publish(&fields).await;
     }
     // Let the writer flush what is queued (the close frame on shutdown), then stop it.
     drop(session);
@@ -246,15 +247,24 @@ struct Session<'a> {
     stream: SplitStream<Ws>,
     next_id: u64,
     /// Sent batches awaiting their reply: (request id, last seq), oldest first.
-    inflight: VecDeque<(u64, StreamId)>,
+    inflight: VecDeque<(u64, StreamId, Option<u64>)>,
     /// Last seq sent (the `prev` of the next batch).
     prev: StreamId,
     /// Last seq the hub acknowledged.
     cursor: StreamId,
+    /// Its ordinal in `out:x`, when known (see `uplink::Tracker`).
+    cursor_ordinal: Option<u64>,
     subscribe_id: u64,
 }
 
 impl Session<'_> {
+    /// The cursor's ordinal as published: empty when unknown.
+    fn ordinal_text(&self) -> String {
+        self.cursor_ordinal
+            .map(|o| o.to_string())
+            .unwrap_or_default()
+    }
+
     fn request_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -317,6 +327,7 @@ impl Session<'_> {
                 .map_err(|e| SessionError::Protocol(e.to_string()))?;
         };
         self.cursor = reply.id;
+        self.cursor_ordinal = self.device.saved_ordinal(reply.id).await?;
         self.prev = reply.id;
         let max_bytes = reply
             .max_frame_bytes
@@ -351,6 +362,7 @@ impl Session<'_> {
             .publish(&[
                 (status_fields::CONNECTED, "1".into()),
                 (status_fields::UPSTREAM, self.cursor.to_string()),
+                (status_fields::UPSTREAM_ORDINAL, self.ordinal_text()),
                 (status_fields::LAST_ERROR, String::new()),
             ])
             .await?;
@@ -360,7 +372,9 @@ impl Session<'_> {
         let (tx, mut batches) = mpsc::channel(1);
         tokio::spawn(uplink::read_batches(
             reader,
+            self.device.clone(),
             self.cursor,
+            self.cursor_ordinal,
             limits.max_entries,
             limits.max_bytes,
             tx,
@@ -401,7 +415,10 @@ impl Session<'_> {
                 _ = tokio::time::sleep_until(publish_at.unwrap_or(idle_at)), if publish_at.is_some() => {
                     publish_at = None;
                     published = self.cursor;
-                    self.device.publish(&[(status_fields::UPSTREAM, published.to_string())]).await?;
+                    self.device.publish(&[
+                        (status_fields::UPSTREAM, published.to_string()),
+                        (status_fields::UPSTREAM_ORDINAL, self.ordinal_text()),
+                    ]).await?;
                 }
                 batch = batches.recv(), if drain_deadline.is_none() && self.inflight.len() < window => {
                     match batch {
@@ -416,6 +433,7 @@ impl Session<'_> {
                     self.device.publish(&[
                         (status_fields::CONNECTED, "1".into()),
                         (status_fields::UPSTREAM, self.cursor.to_string()),
+                (status_fields::UPSTREAM_ORDINAL, self.ordinal_text()),
                     ]).await?;
                 }
             }
@@ -431,7 +449,8 @@ impl Session<'_> {
             batch.entries_json
         );
         self.send(text)?;
-        self.inflight.push_back((id, batch.last));
+        self.inflight
+            .push_back((id, batch.last, batch.last_ordinal));
         self.prev = batch.last;
         Ok(())
     }
@@ -475,8 +494,11 @@ impl Session<'_> {
             return Err(SessionError::Hub(err));
         }
         match id {
-            Some(id) if Some(id) == self.inflight.front().map(|(i, _)| *i) => {
-                let (_, last) = self.inflight.pop_front().unwrap_or((id, self.cursor));
+            Some(id) if Some(id) == self.inflight.front().map(|(i, _, _)| *i) => {
+                let (_, last, last_ordinal) =
+                    self.inflight
+                        .pop_front()
+                        .unwrap_or((id, self.cursor, self.cursor_ordinal));
                 let reply: XaddsReply = env
                     .payload()
                     .map_err(|e| SessionError::Protocol(format!("bad xadds reply: {e}")))?;
@@ -489,6 +511,9 @@ impl Session<'_> {
                     )));
                 }
                 self.cursor = reply.id;
+                // Ahead of our batch only if another daemon sent more: then we
+                // do not know where in out:x the cursor is.
+                self.cursor_ordinal = if reply.id == last { last_ordinal } else { None };
                 if reply.duplicates > 0 {
                     tracing::debug!(
                         duplicates = reply.duplicates,
@@ -515,6 +540,7 @@ impl Session<'_> {
             .publish(&[
                 (status_fields::CONNECTED, "0".into()),
                 (status_fields::UPSTREAM, self.cursor.to_string()),
+                (status_fields::UPSTREAM_ORDINAL, self.ordinal_text()),
             ])
             .await;
         let frame = CloseFrame {

@@ -39,6 +39,10 @@ pub struct StatusReport {
     pub last_error: Option<String>,
     /// Epoch seconds when the session token expires.
     pub session_expires_at: Option<u64>,
+    /// Times entries were found deleted from `out:x` before they were synced.
+    pub gaps: u64,
+    /// The most recent such finding.
+    pub last_gap: Option<String>,
 }
 
 /// Reads the status from the state dir and the device Redis.
@@ -82,6 +86,10 @@ pub async fn status(
             .unwrap_or(StreamId::ZERO),
         last_error: get(status_fields::LAST_ERROR),
         session_expires_at: get(status_fields::SESSION_EXPIRES_AT).and_then(|v| v.parse().ok()),
+        gaps: get(status_fields::GAPS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        last_gap: get(status_fields::LAST_GAP),
     })
 }
 
@@ -131,6 +139,10 @@ impl fmt::Display for StatusReport {
                 "session expires:    {}",
                 humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
             )?;
+        }
+        match (&self.last_gap, self.gaps) {
+            (Some(gap), n) if n > 0 => writeln!(f, "lost before sync:   {n} time(s); last: {gap}")?,
+            _ => writeln!(f, "lost before sync:   none")?,
         }
         write!(
             f,

@@ -6,6 +6,13 @@
 //! never decides what was delivered: the session advances the cursor only on
 //! the hub's acknowledgement, and a new session starts a new reader from the
 //! cursor the hub reports.
+//!
+//! It also notices entries deleted from `out:x` before they were read (a
+//! producer's `MAXLEN` trimming past a backlog, or an `XDEL`): those can never be
+//! delivered. The [`Tracker`] follows the reader's position as an ordinal (how
+//! many entries the stream had received up to it) and compares it with the
+//! stream's counters, read atomically with the entries; a gap is logged and
+//! published for `lula-client status`, and sync carries on with what is left.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,7 +22,7 @@ use redis::RedisError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::device::OutReader;
+use crate::device::{Device, OutRead, OutReader, status_fields};
 
 /// How long one `XREAD` on the out stream blocks before it is issued again.
 pub const READ_BLOCK: Duration = Duration::from_secs(1);
@@ -33,6 +40,8 @@ pub struct Batch {
     pub last: StreamId,
     /// Number of entries.
     pub count: usize,
+    /// The last entry's ordinal in the stream, when known (see [`Tracker`]).
+    pub last_ordinal: Option<u64>,
     /// The entries as a JSON array.
     pub entries_json: String,
 }
@@ -118,34 +127,168 @@ pub fn take_batch(
         first,
         last,
         count,
+        last_ordinal: None,
         entries_json,
     }))
 }
 
-/// Reads `out:x` after `start` and sends batches into `tx` until `cancel` or the
-/// receiver goes away. A failure is sent as the last item.
+/// Entries found deleted from `out:x` before they were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The reader's position: entries after it were lost.
+    pub after: StreamId,
+    /// How many, when known.
+    pub lost: Option<u64>,
+    /// What removed them.
+    pub cause: GapCause,
+}
+
+/// What removed entries before they were synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapCause {
+    /// Trimming (`MAXLEN`/`MINID`, `XTRIM`) removed the oldest entries, past
+    /// the reader's position.
+    Trimmed,
+    /// `XDEL` removed entries after the reader's position (up to this id).
+    Deleted(StreamId),
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how_many = match self.lost {
+            Some(n) => format!("{n} entries"),
+            None => "entries".to_owned(),
+        };
+        match self.cause {
+            GapCause::Trimmed => write!(
+                f,
+                "{how_many} after {} were trimmed from out:x before they were synced",
+                self.after
+            ),
+            GapCause::Deleted(to) => write!(
+                f,
+                "{how_many} after {} (up to {to}) were deleted from out:x with XDEL before they were synced",
+                self.after
+            ),
+        }
+    }
+}
+
+/// The reader's position in the out stream, as an id and, when known, an
+/// ordinal: how many entries the stream had received up to and including it.
+///
+/// With the stream's `entries-added` and length (Redis 7), the number of
+/// deleted entries is `added - length`; when the position is older than the
+/// first entry left, every entry up to it is among them, and the rest,
+/// `added - length - ordinal`, came after it: lost. `XDEL` also moves the
+/// stream's `max-deleted-entry-id`, which says an unread entry was deleted.
+/// The ordinal is known from `0-0` on, after any read that reached the end of
+/// the stream, and across restarts through the published `upstreamOrdinal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracker {
+    /// Last entry read (or the start).
+    pub pos: StreamId,
+    /// Its ordinal, when known.
+    pub ordinal: Option<u64>,
+    reported_deleted: StreamId,
+}
+
+impl Tracker {
+    /// Starts at `pos`, whose ordinal may be known.
+    pub fn new(pos: StreamId, ordinal: Option<u64>) -> Self {
+        let ordinal = if pos == StreamId::ZERO {
+            Some(0)
+        } else {
+            ordinal
+        };
+        Tracker {
+            pos,
+            ordinal,
+            reported_deleted: pos,
+        }
+    }
+
+    /// Accounts for a read of up to `asked` entries after [`Tracker::pos`];
+    /// returns the gap it reveals, if any. Afterwards `pos` is the last entry
+    /// read and `ordinal` its ordinal, when known.
+    pub fn observe(&mut self, read: &OutRead, asked: usize) -> Option<Gap> {
+        let mut gap = None;
+        let deleted_after = read.max_deleted > self.pos;
+        if deleted_after {
+            // XDEL took an entry we had not read; counts are no longer exact.
+            if read.max_deleted > self.reported_deleted {
+                self.reported_deleted = read.max_deleted;
+                gap = Some(Gap {
+                    after: self.pos,
+                    lost: None,
+                    cause: GapCause::Deleted(read.max_deleted),
+                });
+            }
+            self.ordinal = None;
+        }
+        let head_gone = read.first.is_none_or(|first| self.pos < first);
+        let mut skipped = 0;
+        if let (Some(added), Some(ordinal), true, false) =
+            (read.added, self.ordinal, head_gone, deleted_after)
+        {
+            skipped = added.saturating_sub(read.length).saturating_sub(ordinal);
+            if skipped > 0 {
+                gap = Some(Gap {
+                    after: self.pos,
+                    lost: Some(skipped),
+                    cause: GapCause::Trimmed,
+                });
+            }
+        }
+        let read_count = read.entries.len() as u64;
+        if let Some(last) = read.entries.last() {
+            self.pos = last.id;
+        }
+        self.ordinal = self.ordinal.map(|o| o + skipped + read_count);
+        // A read that reached the end, with nothing deleted after the
+        // position, pins the ordinal exactly.
+        if read.entries.len() < asked
+            && read.max_deleted <= self.pos
+            && let Some(added) = read.added
+        {
+            self.ordinal = Some(added);
+        }
+        gap
+    }
+}
+
+/// Reads `out:x` after `start` (whose ordinal may be known) and sends batches
+/// into `tx` until `cancel` or the receiver goes away. A failure is sent as the
+/// last item. Gaps are logged and published through `device`.
+#[allow(clippy::too_many_arguments)]
 pub async fn read_batches(
     mut reader: OutReader,
+    mut device: Device,
     start: StreamId,
+    start_ordinal: Option<u64>,
     max_entries: usize,
     max_bytes: usize,
     tx: mpsc::Sender<Result<Batch, UplinkError>>,
     cancel: CancellationToken,
 ) {
-    let mut last_read = start;
+    let mut tracker = Tracker::new(start, start_ordinal);
     let mut pending: VecDeque<Entry> = VecDeque::new();
+    // Ordinal of `pending.front()`, when known.
+    let mut next_ordinal: Option<u64> = None;
     loop {
         if pending.is_empty() {
             let read = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = reader.read(last_read, max_entries) => r,
+                r = reader.read(tracker.pos, max_entries) => r,
             };
             match read {
-                Ok(entries) => {
-                    if let Some(last) = entries.last() {
-                        last_read = last.id;
+                Ok(read) => {
+                    if let Some(gap) = tracker.observe(&read, max_entries) {
+                        report_gap(&mut device, &gap).await;
                     }
-                    pending.extend(entries);
+                    let n = read.entries.len() as u64;
+                    next_ordinal = tracker.ordinal.map(|o| o + 1 - n);
+                    pending.extend(read.entries);
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e.into())).await;
@@ -154,7 +297,7 @@ pub async fn read_batches(
             }
             continue;
         }
-        let batch = match take_batch(&mut pending, max_entries, max_bytes) {
+        let mut batch = match take_batch(&mut pending, max_entries, max_bytes) {
             Ok(Some(b)) => b,
             Ok(None) => continue,
             Err(e) => {
@@ -162,11 +305,28 @@ pub async fn read_batches(
                 return;
             }
         };
+        batch.last_ordinal = next_ordinal.map(|o| o + batch.count as u64 - 1);
+        next_ordinal = next_ordinal.map(|o| o + batch.count as u64);
         tokio::select! {
             _ = cancel.cancelled() => return,
             sent = tx.send(Ok(batch)) => if sent.is_err() { return },
         }
     }
+}
+
+/// Logs a gap and publishes it for `lula-client status`.
+async fn report_gap(device: &mut Device, gap: &Gap) {
+    tracing::warn!(%gap, "entries lost before sync; carrying on with the rest");
+    let _ = device.count(status_fields::GAPS, 1).await;
+    let _ = device
+        .publish(&[(
+            status_fields::LAST_GAP,
+            format!(
+                "{gap} (noticed {})",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            ),
+        )])
+        .await;
 }
 
 #[cfg(test)]
@@ -197,6 +357,97 @@ mod tests {
         assert_eq!(b.count, 2);
         assert!(b.entries_json.len() <= 100);
         assert_eq!(pending.front().unwrap().id, StreamId::new(7, 0));
+    }
+
+    fn read(
+        ids: std::ops::RangeInclusive<u64>,
+        added: u64,
+        length: u64,
+        first: Option<u64>,
+        max_deleted: u64,
+    ) -> OutRead {
+        OutRead {
+            entries: ids
+                .map(|i| Entry::from_pairs(StreamId::new(i, 0), &[("k", "v")]))
+                .collect(),
+            added: Some(added),
+            length,
+            first: first.map(|f| StreamId::new(f, 0)),
+            max_deleted: StreamId::new(max_deleted, 0),
+        }
+    }
+
+    /// A read that found no entries.
+    fn read_none(added: u64, length: u64, first: Option<u64>, max_deleted: u64) -> OutRead {
+        OutRead {
+            entries: Vec::new(),
+            ..read(1..=1, added, length, first, max_deleted)
+        }
+    }
+
+    #[test]
+    fn reads_without_deletions_report_nothing_and_count_ordinals() {
+        let mut t = Tracker::new(StreamId::ZERO, None);
+        // 10 entries exist, asked for 4: more follow.
+        assert_eq!(t.observe(&read(1..=4, 10, 10, Some(1), 0), 4), None);
+        assert_eq!((t.pos, t.ordinal), (StreamId::new(4, 0), Some(4)));
+        // Producers trimmed the entries already read: not a gap.
+        assert_eq!(t.observe(&read(5..=10, 12, 8, Some(5), 0), 100), None);
+        assert_eq!((t.pos, t.ordinal), (StreamId::new(10, 0), Some(12)));
+    }
+
+    #[test]
+    fn trimming_past_the_position_is_counted_exactly() {
+        // Synced up to 100 (ordinal 100); then 500 more were added and the
+        // stream trimmed to its last 200: entries 101..=400 never read.
+        let mut t = Tracker::new(StreamId::new(100, 0), Some(100));
+        let gap = t.observe(&read(401..=600, 600, 200, Some(401), 0), 1000);
+        assert_eq!(
+            gap,
+            Some(Gap {
+                after: StreamId::new(100, 0),
+                lost: Some(300),
+                cause: GapCause::Trimmed
+            })
+        );
+        assert_eq!((t.pos, t.ordinal), (StreamId::new(600, 0), Some(600)));
+        // Reported once: the next read finds nothing new.
+        assert_eq!(t.observe(&read_none(600, 200, Some(401), 0), 1000), None);
+        // Everything gone: an empty stream after more were added.
+        let gap = t.observe(&read_none(650, 0, None, 0), 1000);
+        assert_eq!(gap.and_then(|g| g.lost), Some(50));
+    }
+
+    #[test]
+    fn an_unknown_ordinal_reports_no_trim_until_a_read_reaches_the_end() {
+        let mut t = Tracker::new(StreamId::new(100, 0), None);
+        assert_eq!(
+            t.observe(&read(401..=500, 600, 200, Some(401), 0), 100),
+            None
+        );
+        assert_eq!(t.ordinal, None);
+        // Reaching the end pins it.
+        assert_eq!(
+            t.observe(&read(501..=600, 600, 200, Some(401), 0), 1000),
+            None
+        );
+        assert_eq!(t.ordinal, Some(600));
+    }
+
+    #[test]
+    fn xdel_of_an_unread_entry_is_reported_once_without_a_count() {
+        let mut t = Tracker::new(StreamId::new(10, 0), Some(10));
+        let gap = t.observe(&read(11..=14, 16, 5, Some(1), 15), 100);
+        assert_eq!(
+            gap,
+            Some(Gap {
+                after: StreamId::new(10, 0),
+                lost: None,
+                cause: GapCause::Deleted(StreamId::new(15, 0))
+            })
+        );
+        assert!(t.observe(&read(16..=16, 16, 5, Some(1), 15), 100).is_none());
+        assert!(gap.unwrap().to_string().contains("XDEL"));
     }
 
     #[test]

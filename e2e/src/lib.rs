@@ -135,12 +135,16 @@ fn bind(addr: SocketAddr) -> std::net::TcpListener {
 pub struct CloudOptions {
     /// Lifetime of session tokens.
     pub token_ttl: Duration,
+    /// Run the cloud Redis with AOF (`appendfsync always`), so it can be
+    /// restarted without losing what it acknowledged.
+    pub persistent: bool,
 }
 
 impl Default for CloudOptions {
     fn default() -> Self {
         CloudOptions {
             token_ttl: Duration::from_secs(3600),
+            persistent: false,
         }
     }
 }
@@ -168,7 +172,10 @@ impl Cloud {
     /// Starts Redis, auth and hub.
     pub async fn start_with(options: CloudOptions) -> Cloud {
         init_logging();
-        let redis = RedisServer::start();
+        let redis = RedisServer::start_with(lula_testkit::RedisOptions {
+            appendonly: options.persistent,
+            ..Default::default()
+        });
         let auth_listener = bind("127.0.0.1:0".parse().expect("addr"));
         let auth_addr = auth_listener.local_addr().expect("addr");
         let mut auth_config = lula_auth::Config::new(redis.url());
@@ -300,7 +307,11 @@ pub struct Device {
 impl Device {
     /// A device of `cloud` with its own Redis; the daemon is not started yet.
     pub fn new(cloud: &Cloud, client: &str, otp_secret: &str) -> Device {
-        let redis = RedisServer::start();
+        Self::with_redis(cloud, client, otp_secret, RedisServer::start())
+    }
+
+    /// A device of `cloud` on a Redis the test started (e.g. with persistence).
+    pub fn with_redis(cloud: &Cloud, client: &str, otp_secret: &str, redis: RedisServer) -> Device {
         let state_dir = tempfile::tempdir().expect("state dir");
         let mut config = lula_client::Config::new(
             client.parse().expect("client id"),

@@ -183,6 +183,7 @@ async fn client_killed_and_restarted_resumes_without_loss_or_duplicates() {
 async fn an_expired_token_leads_to_a_fresh_login() {
     let mut cloud = Cloud::start_with(CloudOptions {
         token_ttl: Duration::from_secs(2),
+        ..Default::default()
     })
     .await;
     let otp = cloud.provision("dev-1").await;

@@ -254,7 +254,7 @@ pub async fn watch(
                 },
                 _ = sweep.tick() => {
                     wakers.wake_all();
-                    let alive = tokio::time::timeout(WATCH_TIMEOUT, sink.ping::<String>()).await;
+                    let alive = tokio::time::timeout(WATCH_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(alive, Ok(Ok(_))) {
                         tracing::warn!("downstream watch: pub/sub connection does not answer; reconnecting");
                         break;

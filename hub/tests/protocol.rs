@@ -544,6 +544,27 @@ async fn without_keyspace_notifications_the_hub_polls_and_still_delivers() {
     .await;
     let mut ws = hub.connect("dev-1").await;
     ws.request("subscribe", json!({"id": "0-0"})).await;
+    // Sweeps (every 100 ms here) check the watcher's pub/sub connection with a
+    // PING; a healthy one must not be replaced each time.
+    let connections = || async {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut hub.redis().await)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = connections().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = connections().await;
+    assert!(
+        after <= before + 1,
+        "{} new Redis connections in 1 s",
+        after - before
+    );
     let id = xadd_out(&hub, "dev-1", "polled").await;
     let push = ws.recv().await;
     assert_eq!(push["payload"]["entries"][0]["id"], id.as_str());

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use lula_protocol::StreamId;
 
 use super::{Ctx, EXACTLY_ONCE, Outcome, check_row, cpu_rows};
 use crate::cloud::Cloud;
@@ -41,7 +42,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     anyhow::ensure!(connected == 1, "the client did not connect");
 
     let in_key = cloud.keys.in_stream();
-    let reader = LatencyReader::start(cloud.redis_url(), in_key.clone());
+    let reader = LatencyReader::start(cloud.redis_url(), in_key.clone(), StreamId::ZERO);
     let payload = load::payload(s.payload_bytes);
     let mut hub = cloud.conn();
     let mut rows = Vec::new();
