@@ -36,6 +36,9 @@ pub mod status_fields {
     pub const GAPS: &str = "gaps";
     /// The most recent such finding, in words.
     pub const LAST_GAP: &str = "lastGap";
+    /// A condition that needs an operator, as of the last connection (empty
+    /// when there is none).
+    pub const WARNING: &str = "warning";
 }
 
 /// KEYS[1] in stream, KEYS[2] state hash.
@@ -160,6 +163,41 @@ impl Device {
         let mut items: Vec<(&str, String)> = fields.to_vec();
         items.push((status_fields::UPDATED_AT, now_ms().to_string()));
         self.redis.hset_multiple(self.keys.state(), &items).await
+    }
+
+    /// The highest id `out:x` ever generated (`0-0` when it does not exist).
+    pub async fn last_generated(&mut self) -> Result<StreamId, RedisError> {
+        let info: redis::RedisResult<Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(self.keys.out_stream())
+            .query_async(&mut self.redis)
+            .await;
+        let info = match info {
+            Ok(v) => v,
+            // No such key: nothing was ever produced here.
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                return Ok(StreamId::ZERO);
+            }
+            Err(e) => return Err(e),
+        };
+        let pairs: Vec<(Value, Value)> = match info {
+            Value::Array(items) => {
+                let mut it = items.into_iter();
+                std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+            }
+            Value::Map(pairs) => pairs,
+            _ => Vec::new(),
+        };
+        for (k, v) in pairs {
+            if matches!(&k, Value::BulkString(b) if b == b"last-generated-id")
+                && let Value::BulkString(id) = v
+            {
+                return parse_id(Some(String::from_utf8_lossy(&id).into_owned()));
+            }
+        }
+        Ok(StreamId::ZERO)
     }
 
     /// The ordinal published with `cursor` as the upstream cursor, if the

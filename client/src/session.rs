@@ -339,6 +339,22 @@ impl Session<'_> {
             .min(self.config.batch_entries)
             .max(1);
 
+        let last_generated = self.device.last_generated().await?;
+        let mut warning = String::new();
+        if self.cursor > last_generated {
+            // The hub holds entries of this device with ids its stream never
+            // reached: the device's Redis was replaced or wiped. New entries
+            // with ids at or below the cursor would be taken for duplicates.
+            let message = format!(
+                "the hub's cursor {} is ahead of this device's out:x (last id {last_generated}): entries with ids up to it will be dropped as duplicates; if this device's Redis was replaced, reset the cursor with `redis-cli HDEL lula-hub:cursor:h {}` on the hub's Redis",
+                self.cursor, self.config.client_id
+            );
+            tracing::error!("{message}");
+            warning = message;
+        }
+        self.device
+            .publish(&[(status_fields::WARNING, warning)])
+            .await?;
         let downstream = self.device.downstream_cursor().await?;
         self.subscribe_id = self.request_id();
         self.send_frame(

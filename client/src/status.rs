@@ -43,6 +43,8 @@ pub struct StatusReport {
     pub gaps: u64,
     /// The most recent such finding.
     pub last_gap: Option<String>,
+    /// A condition that needs an operator, as of the last connection.
+    pub warning: Option<String>,
 }
 
 /// Reads the status from the state dir and the device Redis.
@@ -90,6 +92,7 @@ pub async fn status(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         last_gap: get(status_fields::LAST_GAP),
+        warning: get(status_fields::WARNING),
     })
 }
 
@@ -143,6 +146,9 @@ impl fmt::Display for StatusReport {
         match (&self.last_gap, self.gaps) {
             (Some(gap), n) if n > 0 => writeln!(f, "lost before sync:   {n} time(s); last: {gap}")?,
             _ => writeln!(f, "lost before sync:   none")?,
+        }
+        if let Some(w) = &self.warning {
+            writeln!(f, "WARNING:            {w}")?;
         }
         write!(
             f,

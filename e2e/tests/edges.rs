@@ -188,3 +188,39 @@ async fn hub_redis_down_and_back_loses_and_doubles_nothing() {
     let sent = read_all(&mut cloud.conn().await, &cloud.keys.out_stream(&client)).await;
     check_downstream(&sent, &device.in_entries().await).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_device_redis_is_told_that_the_hub_cursor_is_ahead() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    device.produce(0, 10).await;
+    wait_upstream(&cloud, "dev-1", 10).await;
+    device.stop().await.unwrap();
+
+    // The device's Redis loses everything (no persistence) and starts over.
+    device.redis.restart();
+    device.start();
+    eventually("the warning in the status", WAIT, || async {
+        let s = device.status().await;
+        s.warning.filter(|e| e.contains("ahead")).map(|_| ())
+    })
+    .await;
+
+    // The operator resets the cursor as told; new entries flow again.
+    let _: u64 = redis::cmd("HDEL")
+        .arg(cloud.keys.cursors())
+        .arg("dev-1")
+        .query_async(&mut cloud.conn().await)
+        .await
+        .unwrap();
+    device.stop().await.unwrap();
+    device.start();
+    device.produce(10, 20).await;
+    wait_upstream(&cloud, "dev-1", 20).await;
+    eventually("the warning to clear", WAIT, || async {
+        device.status().await.warning.is_none().then_some(())
+    })
+    .await;
+}
