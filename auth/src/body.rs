@@ -1,6 +1,8 @@
 //! Request bodies as JSON or form-urlencoded (what the Node lula-client sends),
 //! with every failure an [`AuthError`] so it answers JSON, never axum's plain text.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
@@ -8,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+use crate::AppState;
 use crate::error::AuthError;
 
 /// A body decoded by its `Content-Type`: `application/json` (or `+json`) or
@@ -15,13 +18,35 @@ use crate::error::AuthError;
 /// with `{` is read as JSON and anything else as a form.
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for Body<T> {
     type Rejection = AuthError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, AuthError> {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, AuthError> {
         let headers = req.headers().clone();
-        let bytes = Bytes::from_request(req, state).await.map_err(read_error)?;
+        let bytes = read(req, state).await?;
         decode(&headers, &bytes).map(Body)
+    }
+}
+
+/// The whole body as bytes, within the same time a client has for its request
+/// head (`serve.header_read_timeout`): the accept loop's timeout ends with the
+/// head, and a client that announces a body and never sends it would
+/// otherwise hold its connection, and a connection slot, for ever.
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<Arc<AppState>> for RawBody {
+    type Rejection = AuthError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, AuthError> {
+        read(req, state).await.map(RawBody)
+    }
+}
+
+async fn read(req: Request, state: &Arc<AppState>) -> Result<Bytes, AuthError> {
+    let limit = state.config.serve.header_read_timeout;
+    match tokio::time::timeout(limit, Bytes::from_request(req, state)).await {
+        Ok(bytes) => bytes.map_err(read_error),
+        Err(_) => Err(AuthError::RequestTimeout),
     }
 }
 
@@ -55,6 +80,13 @@ pub fn decode<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<
         _ => return Err(AuthError::UnsupportedMediaType),
     };
     if json {
+        // serde's derived `Deserialize` also reads a struct from a JSON array,
+        // by position; request bodies are objects only.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(AuthError::BadRequest(
+                "invalid JSON body: expected an object".into(),
+            ));
+        }
         serde_json::from_slice(bytes)
             .map_err(|e| AuthError::BadRequest(format!("invalid JSON body: {e}")))
     } else {

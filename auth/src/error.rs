@@ -17,6 +17,9 @@ pub enum AuthError {
     /// The body is neither JSON nor form-urlencoded.
     #[error("send application/json or application/x-www-form-urlencoded")]
     UnsupportedMediaType,
+    /// The body did not arrive in time.
+    #[error("request body not received in time")]
+    RequestTimeout,
     /// The body is larger than the limit.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -66,6 +69,7 @@ impl AuthError {
             AuthError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            AuthError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             AuthError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             AuthError::NotProvisioned => (StatusCode::FORBIDDEN, "not_provisioned"),
             AuthError::DeadlinePassed => (StatusCode::FORBIDDEN, "deadline_passed"),

@@ -108,7 +108,22 @@ struct WireEntry {
 
 impl<'de> Deserialize<'de> for Entry {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = WireEntry::deserialize(deserializer)?;
+        // Objects only: the derived `Deserialize` of `WireEntry` would also take
+        // an array, by position (`["1-0", ["k", "v"]]`).
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = WireEntry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an entry object {\"id\", \"fields\" or \"fields64\"}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<WireEntry, A::Error> {
+                WireEntry::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        let wire = deserializer.deserialize_map(ObjectOnly)?;
         let fields: Vec<Vec<u8>> = match (wire.fields, wire.fields64) {
             (Some(f), None) => f.into_iter().map(String::into_bytes).collect(),
             (None, Some(f)) => f

@@ -90,6 +90,11 @@ impl<'a> Envelope<'a> {
     /// Parses a text frame. Fails when it is not JSON or has no string `type`, or
     /// when `id` is neither a string nor a number.
     pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        // serde's derived `Deserialize` also reads a struct from a JSON array,
+        // by position (`["xadd", 1, {...}]`); frames are objects only.
+        if !is_object(text) {
+            return Err(serde::de::Error::custom("a frame must be a JSON object"));
+        }
         let env: Envelope<'a> = serde_json::from_str(text)?;
         if let Some(id) = &env.id
             && !(id.is_string() || id.is_number() || id.is_null())
@@ -104,6 +109,9 @@ impl<'a> Envelope<'a> {
     /// Parses the payload as `T`; a missing payload reads as `{}`.
     pub fn payload<T: Deserialize<'a>>(&self) -> Result<T, serde_json::Error> {
         match self.payload {
+            Some(raw) if !is_object(raw.get()) => {
+                Err(serde::de::Error::custom("payload must be a JSON object"))
+            }
             Some(raw) => serde_json::from_str(raw.get()),
             None => serde_json::from_str("{}"),
         }
@@ -120,6 +128,12 @@ impl<'a> Envelope<'a> {
         peek.status?;
         serde_json::from_str(raw.get()).ok()
     }
+}
+
+/// Whether JSON `text` is an object (its first non-blank byte is `{`).
+fn is_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
 }
 
 /// A frame to send: `type`, optional `id`, payload.

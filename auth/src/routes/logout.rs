@@ -5,15 +5,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::body::{decode, read_error};
+use crate::body::{RawBody, decode};
 use crate::error::AuthError;
 use crate::sessions;
 
@@ -29,9 +27,8 @@ struct LogoutRequest {
 pub async fn logout(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, AuthError> {
-    let body = body.map_err(read_error)?;
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
