@@ -81,6 +81,11 @@ pub struct Config {
     pub clock: Clock,
     /// Limits of the accept loop (request head timeout, connection cap).
     pub serve: lula_runtime::ServeOptions,
+    /// Failed attempts allowed per client and per address.
+    pub limits: crate::throttle::Limits,
+    /// Take the client address from `X-Forwarded-For` (only behind a proxy
+    /// that sets it; otherwise anyone could pick their own address).
+    pub trust_forwarded_for: bool,
 }
 
 impl Config {
@@ -96,6 +101,8 @@ impl Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             clock: Clock::system(),
             serve: lula_runtime::ServeOptions::default(),
+            limits: crate::throttle::Limits::default(),
+            trust_forwarded_for: false,
         }
     }
 }

@@ -53,6 +53,15 @@ pub enum AuthError {
     /// The route exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Too many failed attempts for this client or from this address.
+    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until attempts are counted afresh.
+        retry_after_secs: u64,
+    },
+    /// Every password-hashing slot stayed busy: too many logins at once.
+    #[error("too many logins at once; retry shortly")]
+    Busy,
     /// Redis could not be reached or failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -82,6 +91,8 @@ impl AuthError {
             }
             AuthError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             AuthError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            AuthError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            AuthError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             AuthError::Redis(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AuthError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -102,12 +113,18 @@ impl IntoResponse for AuthError {
             }
             other => other.to_string(),
         };
+        let retry_after = match &self {
+            AuthError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            AuthError::Busy => Some(1),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(5),
+            _ => None,
+        };
         let mut response =
             (status, Json(json!({ "code": code, "message": message }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         response
     }

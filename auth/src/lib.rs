@@ -24,6 +24,7 @@
 //! - [`signing`]: the Ed25519 key and its publication.
 //! - [`otp`]: TOTP codes and `otpauth://` URIs.
 //! - [`password`]: bcrypt off the runtime.
+//! - [`throttle`]: failed-attempt limits kept in Redis.
 //! - [`body`]: JSON or form-urlencoded bodies.
 //! - [`error`]: [`AuthError`], the one error type, and its HTTP answers.
 
@@ -36,6 +37,7 @@ pub mod provision;
 pub mod routes;
 pub mod sessions;
 pub mod signing;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -71,6 +71,18 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "LULA_AUTH_MAX_BODY_BYTES", default_value_t = lula_auth::config::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Failed registrations or logins of one client per window before 429.
+    #[arg(long, env = "LULA_MAX_FAILURES_PER_CLIENT", default_value_t = 10)]
+    max_failures_per_client: u64,
+    /// Failed registrations or logins from one address per window before 429.
+    #[arg(long, env = "LULA_MAX_FAILURES_PER_ADDRESS", default_value_t = 100)]
+    max_failures_per_address: u64,
+    /// The window failed attempts are counted in.
+    #[arg(long, env = "LULA_FAILURE_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
+    failure_window: Duration,
+    /// Take client addresses from X-Forwarded-For (only behind a proxy that sets it).
+    #[arg(long, env = "LULA_TRUST_FORWARDED_FOR")]
+    trust_forwarded_for: bool,
 }
 
 #[derive(Args)]
@@ -124,6 +136,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signing_key_pem,
         redis_timeout: args.redis_timeout,
         max_body_bytes: args.max_body_bytes,
+        limits: lula_auth::throttle::Limits {
+            per_client: args.max_failures_per_client,
+            per_address: args.max_failures_per_address,
+            window: args.failure_window,
+        },
+        trust_forwarded_for: args.trust_forwarded_for,
         ..Config::new(args.common.redis_url)
     };
     tracing::info!(?config, "starting");

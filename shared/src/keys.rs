@@ -108,6 +108,24 @@ impl AuthKeys {
         format!("{}:session:{}", self.prefix, session_id)
     }
 
+    /// `lula-auth:fail:<action>:client:<client>`: failed attempts of one client
+    /// at `action` (`register`, `login`) in the current window; expires with it.
+    pub fn failures_of_client(&self, action: &str, client: &ClientId) -> String {
+        format!("{}:fail:{action}:client:{client}", self.prefix)
+    }
+
+    /// `lula-auth:fail:<action>:addr:<ip>`: failed attempts from one address.
+    pub fn failures_from(&self, action: &str, addr: &std::net::IpAddr) -> String {
+        format!("{}:fail:{action}:addr:{addr}", self.prefix)
+    }
+
+    /// `lula-auth:revoked`: the pub/sub channel on which lula-auth announces
+    /// revocations (message: the client id), so every hub replica closes that
+    /// device's live sockets at once.
+    pub fn revocations(&self) -> String {
+        format!("{}:revoked", self.prefix)
+    }
+
     /// `lula-auth:key:<kid>`: a token verification key published by lula-auth
     /// (base64url of the raw Ed25519 public key), kept alive while lula-auth runs.
     pub fn verify_key(&self, kid: &str) -> String {

@@ -13,7 +13,9 @@ use super::{check_secret, client_id};
 use crate::AppState;
 use crate::body::Body;
 use crate::error::AuthError;
+use crate::throttle::{self, Action, Attempt, Peer};
 use crate::{provision, sessions};
+use lula_protocol::ClientId;
 
 /// The login request.
 #[derive(Debug, Deserialize)]
@@ -44,17 +46,47 @@ pub struct LoginResponse {
     pub expires_at: u64,
 }
 
-/// Logs a device in: 200 with a token, 401 wrong secret, 403 not registered.
+/// Logs a device in: 200 with a token, 401 wrong secret, 403 not registered,
+/// 429 after too many failures for the client or from the address.
 pub async fn login(
     State(state): State<Arc<AppState>>,
+    Peer(addr): Peer,
     Body(req): Body<LoginRequest>,
 ) -> Result<Json<LoginResponse>, AuthError> {
     let client = client_id(&req.client)?;
     check_secret(&req.secret)?;
+    let attempt = Attempt {
+        action: Action::Login,
+        client: Some(&client),
+        addr,
+    };
     let mut redis = state.redis.clone();
-    let record = provision::record(&mut redis, &state.keys, &client).await?;
-    let hash = record.secret_hash.ok_or(AuthError::NotRegistered)?;
-    if !state.hasher.verify(req.secret, hash).await? {
+    let limits = state.config.limits;
+    throttle::check(&mut redis, &state.keys, &limits, &attempt).await?;
+    let result = log_in(&state, &mut redis, &client, req.secret).await;
+    match &result {
+        Ok(_) => throttle::succeeded(&mut redis, &state.keys, &attempt).await?,
+        Err(e) if throttle::counts(e) => {
+            throttle::failed(&mut redis, &state.keys, &limits, &attempt).await?
+        }
+        Err(_) => {}
+    }
+    result.map(Json)
+}
+
+async fn log_in(
+    state: &AppState,
+    redis: &mut redis::aio::ConnectionManager,
+    client: &ClientId,
+    secret: String,
+) -> Result<LoginResponse, AuthError> {
+    let record = provision::record(redis, &state.keys, client).await?;
+    let Some(hash) = record.secret_hash else {
+        // As long as a wrong secret takes: the answer differs, the time does not.
+        state.hasher.burn(secret).await?;
+        return Err(AuthError::NotRegistered);
+    };
+    if !state.hasher.verify(secret, hash).await? {
         return Err(AuthError::WrongSecret);
     }
 
@@ -70,13 +102,13 @@ pub async fn login(
         aud: AUDIENCE.into(),
     };
     let token = state.signer.sign(&claims).map_err(AuthError::Internal)?;
-    sessions::create(&mut redis, &state.keys, &client, &claims.sid, now, ttl).await?;
+    sessions::create(redis, &state.keys, client, &claims.sid, now, ttl).await?;
     tracing::info!(%client, sid = %claims.sid, "logged in");
-    Ok(Json(LoginResponse {
+    Ok(LoginResponse {
         session_token: token.clone(),
         bearer_token: token.clone(),
         access_token: token,
         ttl_seconds: ttl.as_secs(),
         expires_at: claims.exp * 1000,
-    }))
+    })
 }

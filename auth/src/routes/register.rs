@@ -18,7 +18,9 @@ use super::{check_secret, client_id};
 use crate::AppState;
 use crate::body::{Body, OtpCode};
 use crate::error::AuthError;
+use crate::throttle::{self, Action, Attempt, Peer};
 use crate::{otp, provision};
+use lula_protocol::ClientId;
 
 /// The registration request.
 #[derive(Debug, Deserialize)]
@@ -47,13 +49,15 @@ return 'ok'
 
 static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REGISTER));
 
-/// Registers a provisioned device: 200, or 400 / 403 / 409 (see [`AuthError`]).
+/// Registers a provisioned device: 200, or 400 / 403 / 409 (see [`AuthError`]),
+/// or 429 after too many failures for the client or from the address.
 pub async fn register(
     State(state): State<Arc<AppState>>,
+    Peer(addr): Peer,
     Body(req): Body<RegisterRequest>,
 ) -> Result<Json<Value>, AuthError> {
     let client = client_id(&req.client)?;
-    let code = req.otp.0.trim();
+    let code = req.otp.0.trim().to_owned();
     if code.len() != usize::from(otp::DIGITS) || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(AuthError::BadRequest(format!(
             "otp must be {} digits",
@@ -61,9 +65,31 @@ pub async fn register(
         )));
     }
     check_secret(&req.secret)?;
-
+    let attempt = Attempt {
+        action: Action::Register,
+        client: Some(&client),
+        addr,
+    };
     let mut redis = state.redis.clone();
-    let record = provision::record(&mut redis, &state.keys, &client).await?;
+    let limits = state.config.limits;
+    throttle::check(&mut redis, &state.keys, &limits, &attempt).await?;
+    let result = register_checked(&state, &mut redis, &client, &code, req.secret).await;
+    if let Err(e) = &result
+        && throttle::counts(e)
+    {
+        throttle::failed(&mut redis, &state.keys, &limits, &attempt).await?;
+    }
+    result
+}
+
+async fn register_checked(
+    state: &AppState,
+    redis: &mut redis::aio::ConnectionManager,
+    client: &ClientId,
+    code: &str,
+    secret: String,
+) -> Result<Json<Value>, AuthError> {
+    let record = provision::record(redis, &state.keys, client).await?;
     let otp_secret = record.otp_secret.ok_or(AuthError::NotProvisioned)?;
     if record.secret_hash.is_some() {
         return Err(AuthError::AlreadyRegistered);
@@ -81,13 +107,13 @@ pub async fn register(
         }
     }
 
-    let hash = state.hasher.hash(req.secret).await?;
+    let hash = state.hasher.hash(secret).await?;
     let outcome: String = REGISTER_SCRIPT
-        .key(state.keys.client(&client))
+        .key(state.keys.client(client))
         .arg(&otp_secret)
         .arg(&hash)
         .arg(now.epoch_ms())
-        .invoke_async(&mut redis)
+        .invoke_async(redis)
         .await?;
     match outcome.as_str() {
         "ok" => {

@@ -32,7 +32,7 @@ pub struct TestApp {
     pub conn: MultiplexedConnection,
     pub keys: AuthKeys,
     pub config: Config,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }

@@ -1,0 +1,204 @@
+//! lula-auth against a hostile network: failed-attempt limits that hold
+//! across replicas, refusals that take as long whoever is refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{secret, spawn_app_with};
+use lula_auth::throttle::Limits;
+use lula_testkit::RedisServer;
+use serde_json::json;
+
+fn limits(per_client: u64, per_address: u64) -> Limits {
+    Limits {
+        per_client,
+        per_address,
+        window: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test]
+async fn failed_logins_of_one_client_are_limited_across_replicas() {
+    let a = spawn_app_with(|mut c| {
+        c.limits = limits(3, 1000);
+        c
+    })
+    .await;
+    let good = secret("right");
+    a.register_device("dev-1", &good).await;
+    // A second replica on the same Redis shares the count.
+    let b = replica_of(&a).await;
+    let login = |addr: std::net::SocketAddr, secret: String| {
+        let http = reqwest::Client::new();
+        async move {
+            http.post(format!("http://{addr}/login"))
+                .json(&json!({"client": "dev-1", "secret": secret}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for (i, addr) in [a.addr, b, a.addr].into_iter().enumerate() {
+        let r = login(addr, secret(&format!("wrong-{i}"))).await;
+        assert_eq!(r.status(), 401);
+    }
+    // Now even the right secret waits for the window, on either replica.
+    for addr in [a.addr, b] {
+        let r = login(addr, good.clone()).await;
+        assert_eq!(r.status(), 429);
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "rate_limited");
+    }
+    // Other clients are not affected.
+    a.register_device("dev-2", &good).await;
+    assert_eq!(
+        a.login(json!({"client": "dev-2", "secret": good}))
+            .await
+            .status,
+        200
+    );
+}
+
+/// Another lula-auth on `app`'s Redis with the same settings; its address.
+async fn replica_of(app: &common::TestApp) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(lula_auth::run(
+        listener,
+        app.config.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    addr
+}
+
+#[tokio::test]
+async fn failed_registrations_from_one_address_are_limited() {
+    let app = spawn_app_with(|mut c| {
+        c.limits = limits(100, 3);
+        c
+    })
+    .await;
+    for i in 0..3 {
+        let client = format!("dev-{i}");
+        let p = app.provision(&client).await;
+        // A code for another time: wrong.
+        let wrong = lula_auth::otp::code_at(&p.otp_secret, 1_000_000).unwrap();
+        app.register(json!({"client": client, "otp": wrong, "secret": secret("s")}))
+            .await
+            .assert_error(403, "wrong_otp");
+    }
+    // A fourth client, even with the right code, from the same address: 429.
+    let p = app.provision("dev-9").await;
+    let r = app
+        .register(json!({"client": "dev-9", "otp": app.otp(&p.otp_secret), "secret": secret("s")}))
+        .await;
+    r.assert_error(429, "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_what_counts() {
+    let app = spawn_app_with(|mut c| {
+        c.limits = limits(100, 2);
+        c.trust_forwarded_for = true;
+        c
+    })
+    .await;
+    let attempt = |from: &'static str| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.url("/login"))
+                .header("x-forwarded-for", from)
+                .json(&json!({"client": "nobody", "secret": secret("x")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(attempt("203.0.113.1").await, 403);
+    assert_eq!(attempt("203.0.113.1, 10.0.0.1").await, 403);
+    assert_eq!(attempt("203.0.113.1").await, 429);
+    // Another address behind the same proxy is its own.
+    assert_eq!(attempt("198.51.100.7").await, 403);
+}
+
+#[tokio::test]
+async fn malformed_requests_and_a_success_do_not_count_as_failures() {
+    let app = spawn_app_with(|mut c| {
+        c.limits = limits(2, 1000);
+        c
+    })
+    .await;
+    let good = secret("right");
+    app.register_device("dev-1", &good).await;
+    for _ in 0..5 {
+        app.login(json!({"client": "dev-1", "secret": "short"}))
+            .await
+            .assert_error(400, "bad_request");
+    }
+    app.login(json!({"client": "dev-1", "secret": secret("wrong")}))
+        .await
+        .assert_error(401, "wrong_secret");
+    // A success clears the client's count...
+    assert_eq!(
+        app.login(json!({"client": "dev-1", "secret": good}))
+            .await
+            .status,
+        200
+    );
+    // ...so one more failure is not yet the limit.
+    app.login(json!({"client": "dev-1", "secret": secret("wrong")}))
+        .await
+        .assert_error(401, "wrong_secret");
+    assert_eq!(
+        app.login(json!({"client": "dev-1", "secret": good}))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_client_costs_a_bcrypt_like_a_wrong_secret() {
+    // Served by hand to see the hasher's work.
+    let redis = RedisServer::start();
+    let config = lula_auth::Config {
+        bcrypt_cost: 4,
+        ..lula_auth::Config::new(redis.url())
+    };
+    let state = lula_auth::AppState::new(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(lula_runtime::serve(
+        listener,
+        lula_auth::app(state.clone()),
+        shutdown.clone(),
+        Default::default(),
+    ));
+    let http = reqwest::Client::new();
+    let before = state.hasher.runs();
+    let r = http
+        .post(format!("http://{addr}/login"))
+        .json(&json!({"client": "nobody", "secret": secret("x")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        state.hasher.runs(),
+        before + 1,
+        "no bcrypt for an unknown client"
+    );
+    shutdown.cancel();
+}
