@@ -35,3 +35,25 @@ MSG
     exit 1
   fi
 }
+
+# Installs oathtool (an independent TOTP implementation the tests check lula's
+# codes against) the same way, or says how.
+ensure_oathtool() {
+  command -v oathtool >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = "0" ]; then
+    echo "==> installing oathtool with the system package manager" >&2
+    if command -v apt-get >/dev/null 2>&1; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -qq oathtool >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq oathtool >/dev/null; }
+    elif command -v dnf >/dev/null 2>&1; then
+      dnf install -y -q oathtool
+    elif command -v apk >/dev/null 2>&1; then
+      apk add --quiet oath-toolkit-oathtool
+    fi
+  fi
+  if ! command -v oathtool >/dev/null 2>&1; then
+    echo "the tests need oathtool: sudo apt-get install oathtool (or run this script as root)" >&2
+    exit 1
+  fi
+}

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_redis
+ensure_oathtool
 echo "==> $(redis-server --version | cut -d' ' -f1-3)"
 
 echo "==> cargo fmt --check"

@@ -147,7 +147,7 @@ pub async fn run(
     let state = AppState::new(config)?;
     tracing::info!(kid = state.signer.kid(), "token signing key");
     let publisher = tokio::spawn(keep_key_published(state.clone(), shutdown.clone()));
-    let serve_options = state.config.serve;
+    let serve_options = state.config.serve.clone();
     let served = lula_runtime::serve(listener, app(state), shutdown.clone(), serve_options)
         .await
         .context("serve");

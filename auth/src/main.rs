@@ -28,7 +28,8 @@ enum Command {
     Serve(ServeArgs),
     /// Let a device register: generate its OTP secret and registration deadline.
     Provision(ProvisionArgs),
-    /// Revoke every session of a device (hubs refuse its tokens at once).
+    /// Cut a device off: end its sessions (every hub closes its sockets at
+    /// once) and forget its secret, so it must be provisioned again.
     Revoke(RevokeArgs),
 }
 
@@ -83,6 +84,8 @@ struct ServeArgs {
     /// Take client addresses from X-Forwarded-For (only behind a proxy that sets it).
     #[arg(long, env = "LULA_TRUST_FORWARDED_FOR")]
     trust_forwarded_for: bool,
+    #[command(flatten)]
+    tls: lula_runtime::tls::ServeTlsArgs,
 }
 
 #[derive(Args)]
@@ -142,6 +145,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             window: args.failure_window,
         },
         trust_forwarded_for: args.trust_forwarded_for,
+        serve: lula_runtime::ServeOptions {
+            tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
+            ..Default::default()
+        },
         ..Config::new(args.common.redis_url)
     };
     tracing::info!(?config, "starting");
@@ -212,9 +219,12 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
 async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let mut conn = connect(&args.common).await?;
     let keys = AuthKeys::new(args.common.prefix.clone());
-    let n = lula_auth::sessions::revoke_all(&mut conn, &keys, &args.client)
+    let n = lula_auth::sessions::revoke_device(&mut conn, &keys, &args.client)
         .await
         .context("revoke")?;
-    println!("revoked {n} session(s) of {}", args.client);
+    println!(
+        "revoked {n} session(s) of {}; it must be provisioned again (lula-auth provision {}) to come back",
+        args.client, args.client
+    );
     Ok(())
 }

@@ -6,6 +6,9 @@
 //! token only while its session record exists and names the token's subject,
 //! so deleting the record revokes the token at once, on every hub.
 //!
+//! Revocations are announced on `lula-auth:revoked` (pub/sub), which every
+//! hub replica listens to, so live sockets close at once, not at expiry.
+//!
 //! The index is written before the record, so a failure between the two leaves
 //! at worst an index entry without a session, never a session nobody can revoke.
 //! The commands are pipelined, not one transaction, because record and index
@@ -77,6 +80,11 @@ pub async fn revoke<C: ConnectionLike>(
         .arg(keys.client_sessions(client))
         .arg(sid)
         .ignore()
+        // Every hub closes this session's sockets at once.
+        .cmd("PUBLISH")
+        .arg(keys.revocations())
+        .arg(format!("{client} {sid}"))
+        .ignore()
         .query_async::<()>(conn)
         .await?;
     Ok(())
@@ -104,11 +112,36 @@ pub async fn revoke_all<C: ConnectionLike>(
         let deleted: Vec<u64> = pipe.query_async(conn).await?;
         revoked += deleted.iter().sum::<u64>();
     }
-    redis::cmd("DEL")
+    redis::pipe()
+        .cmd("DEL")
         .arg(&index)
+        .ignore()
+        // Every hub closes the device's sockets at once.
+        .cmd("PUBLISH")
+        .arg(keys.revocations())
+        .arg(client.as_str())
+        .ignore()
         .query_async::<()>(conn)
         .await?;
     Ok(revoked)
+}
+
+/// Cuts a device off: ends every session (hubs close its sockets) and forgets
+/// its registered secret, so it cannot log in again until an operator
+/// provisions it anew. Returns how many sessions were live.
+pub async fn revoke_device<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &AuthKeys,
+    client: &ClientId,
+) -> Result<u64, AuthError> {
+    // The secret first: a login racing this cannot start a new session after.
+    redis::cmd("HDEL")
+        .arg(keys.client(client))
+        .arg(lula_protocol::keys::fields::SECRET)
+        .arg(lula_protocol::keys::fields::REG_DEADLINE)
+        .query_async::<()>(conn)
+        .await?;
+    revoke_all(conn, keys, client).await
 }
 
 /// Verifies a session token the way hubs do: signature against the key its

@@ -1,5 +1,6 @@
 //! Calls to lula-auth: one-time registration and login.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use lula_protocol::{ClientId, Redacted};
@@ -33,6 +34,9 @@ pub enum AuthCallError {
     /// The provisioned OTP secret is not valid base32.
     #[error("the OTP secret is not valid base32")]
     OtpSecret,
+    /// The trusted roots could not be loaded (an unreadable `--ca-file`).
+    #[error("TLS setup: {0}")]
+    Tls(#[from] lula_runtime::tls::TlsError),
 }
 
 impl AuthCallError {
@@ -100,12 +104,21 @@ struct ErrorBody {
 }
 
 impl AuthClient {
-    /// A client of the lula-auth at `base` (e.g. `http://localhost:3001`).
+    /// A client of the lula-auth at `base` (e.g. `http://localhost:3001`),
+    /// trusting the system roots for `https://`.
     pub fn new(base: &str) -> Result<Self, AuthCallError> {
+        Self::with_ca_file(base, None)
+    }
+
+    /// A client of the lula-auth at `base`, trusting the system roots and the
+    /// CA certificates in the PEM file `ca_file` for `https://`.
+    pub fn with_ca_file(base: &str, ca_file: Option<&Path>) -> Result<Self, AuthCallError> {
+        let tls = lula_runtime::tls::client_config(ca_file)?;
         let http = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
+            .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| AuthCallError::Network(e.to_string()))?;
+            .map_err(|e| AuthCallError::Network(error_chain(&e)))?;
         Ok(AuthClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -123,7 +136,7 @@ impl AuthClient {
             .json(&body)
             .send()
             .await
-            .map_err(|e| AuthCallError::Network(e.to_string()))?;
+            .map_err(|e| AuthCallError::Network(error_chain(&e)))?;
         if res.status().is_success() {
             return Ok(res);
         }
@@ -177,6 +190,22 @@ impl AuthClient {
             ttl: Duration::from_secs(body.ttl_seconds),
         })
     }
+}
+
+/// `e` and its causes: reqwest's own message ("error sending request for
+/// url ...") hides why, e.g. an untrusted certificate.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]

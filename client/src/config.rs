@@ -20,6 +20,9 @@ pub struct Config {
     pub auth_url: String,
     /// lula-hub WebSocket URL, e.g. `ws://localhost:3002`.
     pub hub_url: String,
+    /// A PEM file of CA certificates trusted for `https://` and `wss://`, in
+    /// addition to the system roots (a private CA).
+    pub ca_file: Option<PathBuf>,
     /// The device Redis.
     pub redis_url: String,
     /// Where the daemon keeps its identity (secret, registration state).
@@ -56,6 +59,7 @@ impl Config {
             otp_secret: Redacted::new(otp_secret.into()),
             auth_url: "http://localhost:3001".into(),
             hub_url: "ws://localhost:3002".into(),
+            ca_file: None,
             redis_url: "redis://127.0.0.1:6379".into(),
             state_dir: state_dir.into(),
             prefix: DEFAULT_DEVICE_PREFIX.into(),
@@ -78,6 +82,7 @@ impl std::fmt::Debug for Config {
             .field("otp_secret", &self.otp_secret)
             .field("auth_url", &redact_url(&self.auth_url))
             .field("hub_url", &redact_url(&self.hub_url))
+            .field("ca_file", &self.ca_file)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("state_dir", &self.state_dir)
             .field("prefix", &self.prefix)

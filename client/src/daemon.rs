@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use lula_protocol::keys::DeviceKeys;
+use lula_protocol::message::close;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
@@ -31,7 +32,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("load identity from --state-dir")?;
     let mut device = Device::new(&config.redis_url, DeviceKeys::new(config.prefix.clone()))
         .context("parse --redis-url")?;
-    let auth = AuthClient::new(&config.auth_url).context("build lula-auth client")?;
+    let auth = AuthClient::with_ca_file(&config.auth_url, config.ca_file.as_deref())
+        .context("build lula-auth client")?;
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
     let mut session: Option<Session> = None;
     let _ = device
@@ -47,7 +49,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             break;
         }
         let wait = if !identity.registered {
-            match register(&auth, &config, &mut identity, &mut backoff).await? {
+            match register(&auth, &config, &mut identity, &mut backoff, &mut device).await? {
                 None => continue,
                 Some(wait) => wait,
             }
@@ -100,11 +102,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 }
             }
         } else {
-            let token = session
-                .as_ref()
-                .map(|s| s.token.expose().clone())
-                .unwrap_or_default();
-            let report = session::run(&config, &mut device, &token, &shutdown).await;
+            let Some(current) = session.as_mut() else {
+                continue;
+            };
+            let login = session::Login {
+                auth: &auth,
+                secret: identity.secret.expose(),
+                current,
+            };
+            let report = session::run(&config, &mut device, login, &shutdown).await;
             if report.established {
                 backoff.reset();
             }
@@ -115,6 +121,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     match e {
                         SessionError::Unauthorized => {
                             tracing::info!("hub refused the session token; logging in again");
+                            session = None;
+                            backoff.next_delay()
+                        }
+                        SessionError::Closed(Some(
+                            code @ (close::SESSION_EXPIRED | close::SESSION_REVOKED),
+                        )) => {
+                            tracing::info!(code, "hub ended the session; logging in again");
                             session = None;
                             backoff.next_delay()
                         }
@@ -153,6 +166,7 @@ async fn register(
     config: &Config,
     identity: &mut Identity,
     backoff: &mut Backoff,
+    device: &mut Device,
 ) -> anyhow::Result<Option<Duration>> {
     let result = auth
         .register(
@@ -170,24 +184,28 @@ async fn register(
             .await
             .is_ok(),
         Err(AuthCallError::OtpSecret) => anyhow::bail!("--otp-secret is not valid base32"),
-        Err(AuthCallError::Status {
-            status: 429,
-            retry_after,
-            ..
-        }) => {
+        Err(e @ AuthCallError::Status { status: 429, .. }) => {
+            note_error(device, &format!("registration: {e}")).await;
+            let AuthCallError::Status { retry_after, .. } = e else {
+                return Ok(Some(config.register_retry));
+            };
             return Ok(Some(retry_after.unwrap_or(config.register_retry)));
         }
         Err(e @ AuthCallError::Status { .. }) => {
             tracing::warn!(error = %e, retry_in = ?config.register_retry, "registration refused");
+            note_error(device, &format!("registration: {e}")).await;
             return Ok(Some(config.register_retry));
         }
         Err(e) => {
             tracing::warn!(error = %e, "registration failed");
+            note_error(device, &format!("registration: {e}")).await;
             return Ok(Some(backoff.next_delay().min(config.register_retry)));
         }
     };
     if !registered {
-        tracing::error!(retry_in = ?config.register_retry, "this client id is registered with another secret; re-provision it with `lula-auth provision --force`");
+        let message = "this client id is registered with another secret; re-provision it with `lula-auth provision --force`";
+        tracing::error!(retry_in = ?config.register_retry, "{message}");
+        note_error(device, message).await;
         return Ok(Some(config.register_retry));
     }
     identity.set_registered(true).context("save identity")?;

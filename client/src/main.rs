@@ -62,6 +62,10 @@ struct RunArgs {
     /// lula-hub WebSocket URL.
     #[arg(long, env = "LULA_HUB_URL", default_value = "ws://localhost:3002")]
     hub_url: String,
+    /// PEM file of CA certificates trusted for https:// and wss:// besides the
+    /// system roots (a private CA).
+    #[arg(long, env = "LULA_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Most entries per upstream batch.
     #[arg(long, env = "LULA_BATCH_ENTRIES", default_value_t = lula_protocol::limits::DEFAULT_BATCH_ENTRIES)]
     batch_entries: usize,
@@ -115,6 +119,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = Config {
         auth_url: args.auth_url,
         hub_url: args.hub_url,
+        ca_file: args.ca_file,
         redis_url: args.common.redis_url,
         prefix: args.common.prefix,
         batch_entries: args.batch_entries.max(1),

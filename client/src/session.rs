@@ -27,7 +27,8 @@ use futures_util::{SinkExt, StreamExt};
 use lula_protocol::StreamId;
 use lula_protocol::limits::PUSH_WINDOW_ENTRIES;
 use lula_protocol::message::{
-    Ack, Envelope, ErrorReply, Frame, IdReply, Push, SubscribeRequest, XaddsReply, close, kind,
+    Ack, Envelope, ErrorReply, Frame, IdReply, Push, RenewRequest, SubscribeRequest, XaddsReply,
+    close, kind,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -43,6 +44,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
+use crate::auth::{AuthCallError, AuthClient, Session as AuthSession};
 use crate::device::{Device, status_fields};
 use crate::uplink::{self, Batch, UplinkError};
 
@@ -118,12 +120,13 @@ pub struct SessionReport {
 pub async fn run(
     config: &Config,
     device: &mut Device,
-    token: &str,
+    login: Login<'_>,
     shutdown: &CancellationToken,
 ) -> SessionReport {
+    let token = login.current.token.expose().clone();
     let ws = tokio::select! {
         _ = shutdown.cancelled() => return SessionReport { established: false, result: Ok(()) },
-        ws = connect(config, token) => ws,
+        ws = connect(config, &token) => ws,
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -148,6 +151,9 @@ pub async fn run(
         cursor: StreamId::ZERO,
         cursor_ordinal: None,
         subscribe_id: 0,
+        renew_at: renew_time(login.current),
+        renewal: Renewal::Idle,
+        login,
     };
     let limits = match session.handshake().await {
         Ok(l) => l,
@@ -210,9 +216,18 @@ async fn connect(config: &Config, token: &str) -> Result<Ws, SessionError> {
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_INCOMING))
         .max_frame_size(Some(MAX_INCOMING));
+    // wss:// trusts the system roots and --ca-file, read again on every
+    // connection, so a replaced CA file counts from the next reconnect.
+    let connector = if request.uri().scheme_str() == Some("wss") {
+        let tls = lula_runtime::tls::client_config(config.ca_file.as_deref())
+            .map_err(|e| SessionError::Connect(e.to_string()))?;
+        Some(tokio_tungstenite::Connector::Rustls(tls.into()))
+    } else {
+        None
+    };
     let connected = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true),
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector),
     )
     .await;
     match connected {
@@ -255,6 +270,58 @@ struct Session<'a> {
     /// Its ordinal in `out:x`, when known (see `uplink::Tracker`).
     cursor_ordinal: Option<u64>,
     subscribe_id: u64,
+    /// How to log in again, and the session token in use.
+    login: Login<'a>,
+    /// When to renew the token on this connection.
+    renew_at: Instant,
+    renewal: Renewal,
+}
+
+/// What a connection needs to renew its session token without reconnecting.
+pub struct Login<'a> {
+    /// lula-auth.
+    pub auth: &'a AuthClient,
+    /// The device's secret.
+    pub secret: &'a str,
+    /// The session in use; replaced when the hub accepts a renewed one.
+    pub current: &'a mut AuthSession,
+}
+
+/// Where a renewal of the session token stands.
+enum Renewal {
+    Idle,
+    /// Logging in again at lula-auth.
+    LoggingIn(tokio::task::JoinHandle<Result<AuthSession, AuthCallError>>),
+    /// `renew` sent with this request id and the new session.
+    Sent(u64, AuthSession),
+}
+
+/// Tokens are renewed this long before they expire (at most a quarter of
+/// their lifetime before), on the live connection.
+const RENEW_MARGIN: Duration = Duration::from_secs(30);
+/// Pause before trying a failed renewal again (the token may still be valid).
+const RENEW_RETRY: Duration = Duration::from_secs(5);
+
+/// When to renew `session` so the hub never closes the connection for expiry.
+fn renew_time(session: &AuthSession) -> Instant {
+    let margin = RENEW_MARGIN.min(session.ttl / 4);
+    let left = session
+        .expires_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+        .saturating_sub(margin);
+    Instant::now() + left
+}
+
+/// The outcome of the login of a renewal; pending while none is running.
+async fn renewal_login(renewal: &mut Renewal) -> Result<AuthSession, AuthCallError> {
+    match renewal {
+        Renewal::LoggingIn(task) => match task.await {
+            Ok(result) => result,
+            Err(e) => Err(AuthCallError::Network(format!("login task: {e}"))),
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 impl Session<'_> {
@@ -444,6 +511,30 @@ impl Session<'_> {
                     }
                 }
                 _ = tokio::time::sleep_until(idle_at) => return Err(SessionError::Idle),
+                _ = tokio::time::sleep_until(self.renew_at), if matches!(self.renewal, Renewal::Idle) && drain_deadline.is_none() => {
+                    let (auth, client, secret) = (
+                        self.login.auth.clone(),
+                        self.config.client_id.clone(),
+                        self.login.secret.to_owned(),
+                    );
+                    tracing::debug!("renewing the session token");
+                    self.renewal = Renewal::LoggingIn(tokio::spawn(async move {
+                        auth.login(&client, &secret).await
+                    }));
+                }
+                logged_in = renewal_login(&mut self.renewal) => match logged_in {
+                    Ok(new) => {
+                        let id = self.request_id();
+                        let renew = RenewRequest { token: new.token.expose().clone() };
+                        self.send_frame(kind::RENEW, Some(id), renew)?;
+                        self.renewal = Renewal::Sent(id, new);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the session token yet; retrying");
+                        self.renewal = Renewal::Idle;
+                        self.renew_at = Instant::now() + RENEW_RETRY;
+                    }
+                },
                 _ = heartbeat.tick() => {
                     published = self.cursor;
                     self.device.publish(&[
@@ -506,6 +597,34 @@ impl Session<'_> {
             )));
         }
         let id = env.id.as_ref().and_then(Value::as_u64);
+        if let Renewal::Sent(renew_id, _) = &self.renewal
+            && id == Some(*renew_id)
+        {
+            let Renewal::Sent(_, new) = std::mem::replace(&mut self.renewal, Renewal::Idle) else {
+                return Ok(());
+            };
+            match env.error() {
+                None => {
+                    let expires = new
+                        .expires_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    self.renew_at = renew_time(&new);
+                    *self.login.current = new;
+                    self.device
+                        .publish(&[(status_fields::SESSION_EXPIRES_AT, expires.to_string())])
+                        .await?;
+                    tracing::debug!("session token renewed on the live connection");
+                }
+                Some(err) => {
+                    // The hub will close at expiry; the next connection logs in.
+                    tracing::warn!(status = err.status, message = %err.message, "hub refused the renewed token");
+                    self.renew_at = Instant::now() + RENEW_RETRY;
+                }
+            }
+            return Ok(());
+        }
         if let Some(err) = env.error() {
             return Err(SessionError::Hub(err));
         }

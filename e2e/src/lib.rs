@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lula_protocol::keys::{AuthKeys, DeviceKeys, HubKeys};
@@ -138,6 +139,17 @@ pub struct CloudOptions {
     /// Run the cloud Redis with AOF (`appendfsync always`), so it can be
     /// restarted without losing what it acknowledged.
     pub persistent: bool,
+    /// Serve lula-auth and lula-hub over TLS with this config (their URLs
+    /// become `https://` and `wss://`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// More `redis-server` arguments for the cloud Redis (e.g. ACL users).
+    pub redis_args: Vec<String>,
+    /// `user:password` the services and the harness put in the cloud Redis URL.
+    pub redis_userinfo: Option<String>,
+    /// Reach the cloud Redis at `rediss://` on this port, a `--tls-port` given
+    /// in `redis_args` (its certificate must be trusted by the process, e.g.
+    /// through `SSL_CERT_FILE`).
+    pub redis_tls_port: Option<u16>,
 }
 
 impl Default for CloudOptions {
@@ -145,6 +157,10 @@ impl Default for CloudOptions {
         CloudOptions {
             token_ttl: Duration::from_secs(3600),
             persistent: false,
+            tls: None,
+            redis_args: Vec::new(),
+            redis_userinfo: None,
+            redis_tls_port: None,
         }
     }
 }
@@ -157,6 +173,8 @@ pub struct Cloud {
     pub keys: HubKeys,
     /// Auth key names.
     pub auth_keys: AuthKeys,
+    redis_url: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
     auth_addr: SocketAddr,
     hub_addr: SocketAddr,
     _auth: Isolated,
@@ -174,11 +192,22 @@ impl Cloud {
         init_logging();
         let redis = RedisServer::start_with(lula_testkit::RedisOptions {
             appendonly: options.persistent,
-            ..Default::default()
+            extra_args: options.redis_args.clone(),
         });
+        let scheme = if options.redis_tls_port.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let userinfo = (options.redis_userinfo.as_ref())
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        let port = options.redis_tls_port.unwrap_or(redis.port());
+        let redis_url = format!("{scheme}://{userinfo}127.0.0.1:{port}");
         let auth_listener = bind("127.0.0.1:0".parse().expect("addr"));
         let auth_addr = auth_listener.local_addr().expect("addr");
-        let mut auth_config = lula_auth::Config::new(redis.url());
+        let mut auth_config = lula_auth::Config::new(redis_url.clone());
+        auth_config.serve.tls = options.tls.clone();
         auth_config.bcrypt_cost = 4;
         auth_config.token_ttl = options.token_ttl;
         let auth = Isolated::spawn("lula-auth", move |shutdown| async move {
@@ -192,6 +221,8 @@ impl Cloud {
             keys: HubKeys::default(),
             auth_keys: AuthKeys::default(),
             redis,
+            redis_url,
+            tls: options.tls,
             auth_addr,
             hub_addr,
             _auth: auth,
@@ -217,7 +248,8 @@ impl Cloud {
     pub fn start_hub(&mut self) {
         assert!(self.hub.is_none(), "hub already running");
         let listener = bind(self.hub_addr);
-        let config = lula_hub::Config::new(self.redis.url());
+        let mut config = lula_hub::Config::new(self.redis_url.clone());
+        config.serve.tls = self.tls.clone();
         self.hub = Some(Isolated::spawn("lula-hub", move |shutdown| async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             lula_hub::run(listener, config, shutdown).await
@@ -233,17 +265,19 @@ impl Cloud {
 
     /// lula-auth's base URL.
     pub fn auth_url(&self) -> String {
-        format!("http://{}", self.auth_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.auth_addr)
     }
 
     /// lula-hub's WebSocket URL.
     pub fn hub_url(&self) -> String {
-        format!("ws://{}", self.hub_addr)
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.hub_addr)
     }
 
     /// A connection to the cloud Redis.
     pub async fn conn(&self) -> MultiplexedConnection {
-        connect(&self.redis.url()).await
+        connect(&self.redis_url).await
     }
 
     /// Provisions `client` and returns its OTP secret.

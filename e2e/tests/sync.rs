@@ -257,3 +257,58 @@ async fn many_devices_share_one_hub_and_stay_apart() {
         assert_exactly_once(&cloud, device, name).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_renewed_on_the_live_connection_without_reconnecting() {
+    let cloud = Cloud::start_with(CloudOptions {
+        token_ttl: Duration::from_secs(4),
+        ..Default::default()
+    })
+    .await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    device.produce(0, 10).await;
+    wait_upstream(&cloud, "dev-1", 10).await;
+    let first = device.status().await.session_expires_at.unwrap();
+    // Three token lifetimes; the hub closes a connection whose token expires,
+    // so the connection survives only if the client renews it in place.
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        device.produce(10 + i * 10, 20 + i * 10).await;
+    }
+    wait_upstream(&cloud, "dev-1", 70).await;
+    let status = device.status().await;
+    assert!(
+        status.session_expires_at.unwrap() >= first + 8,
+        "{status:?}"
+    );
+    assert!(status.connected, "{status:?}");
+    // Any disconnect would have been recorded as the last error.
+    assert_eq!(status.last_error, None, "{status:?}");
+    assert_exactly_once(&cloud, &device, "dev-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_cut_off_at_once_and_stays_off() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    device.produce(0, 10).await;
+    wait_upstream(&cloud, "dev-1", 10).await;
+    let client: ClientId = "dev-1".parse().unwrap();
+    lula_auth::sessions::revoke_device(&mut cloud.conn().await, &cloud.auth_keys, &client)
+        .await
+        .unwrap();
+    eventually("the device to be disconnected", WAIT, || async {
+        let s = device.status().await;
+        (!s.connected && s.last_error.is_some()).then_some(())
+    })
+    .await;
+    // It cannot come back: its secret is gone and its registration closed.
+    device.produce(10, 20).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!device.status().await.connected);
+    assert_eq!(cloud.in_entries().await.len(), 10);
+}

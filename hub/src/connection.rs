@@ -19,8 +19,8 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use lula_protocol::limits::MAX_BATCH_ENTRIES;
 use lula_protocol::message::{
-    Ack, Envelope, ErrorReply, Frame, IdReply, SubscribeReply, SubscribeRequest, XaddReply,
-    XaddsReply, XaddsRequest, XreadRequest, close, kind, status,
+    Ack, Envelope, ErrorReply, Frame, IdReply, RenewReply, RenewRequest, SubscribeReply,
+    SubscribeRequest, XaddReply, XaddsReply, XaddsRequest, XreadRequest, close, kind, status,
 };
 use lula_protocol::{ClientId, Entry, StreamId};
 use serde::Serialize;
@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 use crate::AppState;
 use crate::downstream::{self, XreadJob};
 use crate::ingest::{self, Appended, IngestError, Ingestor};
+use crate::live::Registration;
+use lula_protocol::token::Claims;
 
 /// Frames queued for the writer before the reader waits.
 const OUT_QUEUE: usize = 64;
@@ -54,6 +56,19 @@ struct Connection {
     xread: Option<mpsc::Sender<XreadJob>>,
     /// Batches submitted and not answered yet, oldest first.
     pending: VecDeque<PendingAppend>,
+    /// When the session ends unless renewed; the socket closes then.
+    expires_at: tokio::time::Instant,
+    /// This connection in the hub's registry of live connections.
+    registration: Registration,
+}
+
+/// The instant a token expiring at `exp` (epoch seconds) runs out.
+fn deadline_of(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = std::time::Duration::from_secs(exp).saturating_sub(now);
+    tokio::time::Instant::now() + left
 }
 
 /// A batch submitted to the ingestor, answered when its result comes.
@@ -79,20 +94,23 @@ async fn next_done(pending: &mut VecDeque<PendingAppend>) -> Result<Appended, In
 
 /// Serves one authenticated device until it disconnects, misbehaves past
 /// recovery, falls silent, or the hub shuts down.
-pub async fn serve(socket: WebSocket, client: ClientId, state: Arc<AppState>) {
+pub async fn serve(socket: WebSocket, claims: Claims, state: Arc<AppState>) {
     let (sink, mut stream) = socket.split();
     let (out, rx) = mpsc::channel(OUT_QUEUE);
     let writer = state.tracker.spawn(write_loop(sink, rx));
     let cancel = state.shutdown.child_token();
+    let (registration, mut kicked) = state.live.register(&claims.sub, &claims.sid);
     let mut conn = Connection {
         redis: state.redis.clone(),
         state: state.clone(),
-        client,
+        client: claims.sub,
         out,
         cancel: cancel.clone(),
         push: None,
         xread: None,
         pending: VecDeque::new(),
+        expires_at: deadline_of(claims.exp),
+        registration,
     };
     tracing::info!("connected");
 
@@ -103,6 +121,13 @@ pub async fn serve(socket: WebSocket, client: ClientId, state: Arc<AppState>) {
         tokio::select! {
             biased;
             _ = state.shutdown.cancelled() => break Some((close::GOING_AWAY, "hub shutting down")),
+            _ = kicked.changed() => match *kicked.borrow() {
+                Some(kick) => break Some((kick.code, kick.reason)),
+                None => continue,
+            },
+            _ = tokio::time::sleep_until(conn.expires_at) => {
+                break Some((close::SESSION_EXPIRED, "session expired"));
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > state.config.idle_timeout {
                     break Some((close::IDLE, "idle timeout"));
@@ -380,6 +405,37 @@ impl Connection {
                     .await?;
                 self.subscribe(request.id);
                 Ok(())
+            }
+            kind::RENEW => {
+                let request: RenewRequest = payload!(RenewRequest);
+                self.drain().await?;
+                let renewed = self
+                    .state
+                    .auth
+                    .authenticate(&mut self.redis, &request.token)
+                    .await;
+                match renewed {
+                    Ok(claims) if claims.sub == self.client => {
+                        self.expires_at = deadline_of(claims.exp);
+                        self.registration.set_sid(&claims.sid);
+                        tracing::debug!(sid = %claims.sid, exp = claims.exp, "session renewed");
+                        self.send(kind, id, RenewReply { exp: claims.exp }).await
+                    }
+                    Ok(_) => {
+                        let reply =
+                            ErrorReply::new(status::UNAUTHORIZED, "token is for another device");
+                        self.send(kind, id, reply).await
+                    }
+                    Err(crate::HubError::Redis(_)) => {
+                        let reply =
+                            ErrorReply::new(status::UNAVAILABLE, "redis unavailable, retry later");
+                        self.send(kind, id, reply).await
+                    }
+                    Err(e) => {
+                        let reply = ErrorReply::new(status::UNAUTHORIZED, e.to_string());
+                        self.send(kind, id, reply).await
+                    }
+                }
             }
             kind::ACK => {
                 let ack: Ack = payload!(Ack);

@@ -189,17 +189,35 @@ fn key_of_channel(channel: &str) -> Option<&str> {
         .map(|(_, key)| key)
 }
 
-/// Wakes the readers of out streams (`pattern`) as they change, until
-/// `shutdown`. Reconnects by itself; see the module docs.
+/// What [`watch`] listens for and whom it tells.
+pub struct Watched {
+    /// Glob of the out streams (`lula-hub:out:*:x`).
+    pub out_pattern: String,
+    /// Readers to wake when their out stream changes.
+    pub wakers: Arc<Wakers>,
+    /// lula-auth's revocation channel (`lula-auth:revoked`).
+    pub revocations: String,
+    /// Connections to close when their session is revoked.
+    pub live: Arc<crate::live::Live>,
+}
+
+/// Wakes the readers of out streams as they change, and closes the
+/// connections of revoked sessions, until `shutdown`. Reconnects by itself;
+/// see the module docs.
 pub async fn watch(
     client: redis::Client,
     mut redis: ConnectionManager,
-    pattern: String,
-    wakers: Arc<Wakers>,
+    watched: Watched,
     poll: Duration,
     shutdown: CancellationToken,
 ) {
-    let channel_pattern = format!("__keyspace@*__:{pattern}");
+    let Watched {
+        out_pattern,
+        wakers,
+        revocations,
+        live,
+    } = watched;
+    let channel_pattern = format!("__keyspace@*__:{out_pattern}");
     loop {
         let notifying = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -226,7 +244,11 @@ pub async fn watch(
                 continue;
             }
         };
-        if let Err(e) = pubsub.psubscribe(&channel_pattern).await {
+        let subscribed = match pubsub.psubscribe(&channel_pattern).await {
+            Ok(()) => pubsub.subscribe(&revocations).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = subscribed {
             tracing::warn!(error = %e, "downstream watch: psubscribe failed");
             if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
                 return;
@@ -243,7 +265,13 @@ pub async fn watch(
                 _ = shutdown.cancelled() => return,
                 msg = messages.next() => match msg {
                     Some(msg) => {
-                        if let Some(key) = key_of_channel(msg.get_channel_name()) {
+                        let channel = msg.get_channel_name();
+                        if channel == revocations {
+                            if let Ok(message) = msg.get_payload::<String>() {
+                                let closed = live.revoked(&message);
+                                tracing::info!(%message, closed, "session revoked");
+                            }
+                        } else if let Some(key) = key_of_channel(channel) {
                             wakers.wake(key);
                         }
                     }

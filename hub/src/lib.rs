@@ -13,6 +13,7 @@
 //! - [`config`]: [`Config`], the hub's settings.
 //! - [`session`]: token and session checks at upgrade time.
 //! - [`ingest`]: the exactly-once append script.
+//! - [`live`]: live connections by device, so revocation and expiry reach them.
 //! - [`downstream`]: server push and lula `xread`, woken by keyspace
 //!   notifications instead of a blocking read per device.
 //! - `connection`: one device's socket, its requests, pings and close codes.
@@ -25,6 +26,7 @@ mod connection;
 pub mod downstream;
 pub mod error;
 pub mod ingest;
+pub mod live;
 pub mod session;
 
 use std::sync::Arc;
@@ -70,6 +72,8 @@ pub struct AppState {
     pub wakers: Arc<downstream::Wakers>,
     /// Group commit of every connection's batches.
     pub ingestor: ingest::Ingestor,
+    /// Live connections by device.
+    pub live: Arc<live::Live>,
     /// Token verification.
     pub auth: Authenticator,
     /// Cancelled when the hub shuts down; connections close with 1001.
@@ -105,6 +109,7 @@ impl AppState {
             redis,
             redis_client,
             wakers: Arc::default(),
+            live: Arc::default(),
             shutdown,
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
@@ -131,14 +136,18 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let serve_options = config.serve;
+    let serve_options = config.serve.clone();
     let state = AppState::new(config, shutdown.clone())?;
     let tracker = state.tracker.clone();
     tracker.spawn(downstream::watch(
         state.redis_client.clone(),
         state.redis.clone(),
-        state.keys.out_stream_pattern(),
-        state.wakers.clone(),
+        downstream::Watched {
+            out_pattern: state.keys.out_stream_pattern(),
+            wakers: state.wakers.clone(),
+            revocations: AuthKeys::new(state.config.auth_prefix.clone()).revocations(),
+            live: state.live.clone(),
+        },
         state.config.downstream_poll,
         shutdown.clone(),
     ));
@@ -211,7 +220,7 @@ async fn upgrade(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::serve(socket, claims.sub, state).instrument(span))
+            tracker.track_future(connection::serve(socket, claims, state).instrument(span))
         })
         .into_response())
 }

@@ -54,6 +54,8 @@ struct ServeArgs {
     /// keyspace notifications (set `notify-keyspace-events` to include `Kt`).
     #[arg(long, env = "LULA_DOWNSTREAM_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
     downstream_poll: Duration,
+    #[command(flatten)]
+    tls: lula_runtime::tls::ServeTlsArgs,
 }
 
 #[tokio::main]
@@ -66,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
         max_frame_bytes: args.max_frame_bytes,
         redis_timeout: args.redis_timeout,
         downstream_poll: args.downstream_poll,
+        serve: lula_runtime::ServeOptions {
+            tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
+            ..Default::default()
+        },
         ..Config::new(args.redis_url)
     };
     tracing::info!(?config, "starting");

@@ -611,3 +611,73 @@ async fn readyz_follows_redis_and_healthz_stays_up() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_expired_session_closes_its_socket_with_4001() {
+    let hub = spawn_hub().await;
+    hub.session("s-short", "dev-1").await;
+    let token = common::sign_with(
+        hub.signing_key(),
+        &hub.kid(),
+        &hub.claims("dev-1", "s-short", 2),
+    );
+    let mut ws = hub.connect_with_token(&token).await.unwrap();
+    assert_eq!(ws.closed().await, Some(close::SESSION_EXPIRED));
+}
+
+#[tokio::test]
+async fn renew_moves_a_live_connection_to_a_new_token() {
+    let hub = spawn_hub().await;
+    hub.session("s-short", "dev-1").await;
+    let short = common::sign_with(
+        hub.signing_key(),
+        &hub.kid(),
+        &hub.claims("dev-1", "s-short", 2),
+    );
+    let mut ws = hub.connect_with_token(&short).await.unwrap();
+    // Another device's token is refused, and the connection goes on.
+    let foreign = hub.token("dev-2").await;
+    let r = ws.request("renew", json!({"token": foreign})).await;
+    assert_eq!(r["status"], 401);
+    let r = ws.request("renew", json!({"token": "garbage"})).await;
+    assert_eq!(r["status"], 401);
+    // A fresh token of the same device extends it.
+    let fresh = hub.token("dev-1").await;
+    let r = ws.request("renew", json!({"token": fresh})).await;
+    assert!(r["exp"].as_u64().unwrap() > common::now() + 60, "{r}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = ws.request("echo", json!({"still": "here"})).await;
+    assert_eq!(r["still"], "here");
+}
+
+#[tokio::test]
+async fn revocations_close_the_sockets_of_that_device_on_every_replica() {
+    let hub = spawn_hub().await;
+    let (replica, _stop) = hub.spawn_replica().await;
+    let mut a = hub.connect_to(hub.addr, "dev-1").await;
+    let mut b = hub.connect_to(replica, "dev-1").await;
+    let mut other = hub.connect_to(replica, "dev-2").await;
+    // Each connection is registered once its first request is answered.
+    for ws in [&mut a, &mut b, &mut other] {
+        ws.request("id", json!({})).await;
+    }
+    // Announce until heard: a replica's watcher subscribes when it starts,
+    // which a test cannot see.
+    let (mut conn, channel) = (hub.redis().await, hub.auth_keys.revocations());
+    let announcer = tokio::spawn(async move {
+        loop {
+            let _: u64 = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg("dev-1")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(a.closed().await, Some(close::SESSION_REVOKED));
+    assert_eq!(b.closed().await, Some(close::SESSION_REVOKED));
+    let r = other.request("echo", json!({"ok": 1})).await;
+    assert_eq!(r["ok"], 1);
+    announcer.abort();
+}

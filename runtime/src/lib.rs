@@ -4,9 +4,12 @@
 //!
 //! # Layout
 //! - [`serve`]: accepts connections for an axum [`Router`] until shutdown, with
-//!   a header read timeout and a cap on connections still in their HTTP phase.
+//!   a header read timeout and a cap on connections still in their HTTP phase,
+//!   over plain TCP or TLS ([`ServeOptions::tls`]).
 //! - [`shutdown_on_signal`]: cancels a token on Ctrl-C or SIGTERM.
 //! - [`init_tracing`]: `RUST_LOG`-filtered logs on stderr.
+//! - [`tls`]: rustls configs: a service's certificate and key, a client's
+//!   trusted roots (system plus a private CA).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +26,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Limits of the accept loop.
-#[derive(Debug, Clone, Copy)]
+pub mod tls;
+
+/// Limits of the accept loop, and its TLS.
+#[derive(Clone)]
 pub struct ServeOptions {
     /// A client must send its whole request head within this time, or the
     /// connection is closed: a peer that opens sockets and trickles bytes
@@ -35,6 +40,11 @@ pub struct ServeOptions {
     /// upgraded WebSocket no longer counts: it is bounded by its own idle
     /// timeout and the process's file limit.
     pub max_http_connections: usize,
+    /// Serve TLS with this config (see [`tls::server_config`]): each accepted
+    /// connection completes its handshake, within `header_read_timeout`,
+    /// before HTTP starts. `None`: plain TCP (behind an ingress that
+    /// terminates TLS, or in tests).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServeOptions {
@@ -42,7 +52,18 @@ impl Default for ServeOptions {
         ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_http_connections: 10_000,
+            tls: None,
         }
+    }
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_http_connections", &self.max_http_connections)
+            .field("tls", &self.tls.is_some())
+            .finish()
     }
 }
 
@@ -57,6 +78,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(options.max_http_connections.max(1)));
+    let header_read_timeout = options.header_read_timeout;
+    let acceptor = options.tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let slot = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -84,31 +107,61 @@ pub async fn serve(
             peer,
         };
         let shutdown = shutdown.clone();
+        let acceptor = acceptor.clone();
         tracker.spawn(async move {
             let _slot = slot;
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(options.header_read_timeout);
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let Some(acceptor) = acceptor else {
+                return serve_connection(stream, service, header_read_timeout, shutdown).await;
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // The handshake is bounded like the request head: a peer that
+            // opens a socket and never finishes its ClientHello is cut off.
+            let handshake = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(header_read_timeout, acceptor.accept(stream)) => r,
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    serve_connection(stream, service, header_read_timeout, shutdown).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one accepted connection, plain or TLS,
+/// until it ends or, after shutdown, its request in progress is answered.
+async fn serve_connection<I>(
+    io: I,
+    service: WithPeer,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = service.peer;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 /// The router, with each request told the address it came from
@@ -215,6 +268,7 @@ mod tests {
         let (addr, _shutdown) = start(ServeOptions {
             header_read_timeout: Duration::from_millis(500),
             max_http_connections: 1,
+            ..ServeOptions::default()
         })
         .await;
         // Holds the only slot with a half-sent request until the timeout frees it.

@@ -32,6 +32,8 @@ pub mod kind {
     pub const PUSH: &str = "push";
     /// Client acknowledgement of pushed entries (notification, client to hub).
     pub const ACK: &str = "ack";
+    /// Moves a live connection to a new session token ([`super::RenewRequest`]).
+    pub const RENEW: &str = "renew";
     /// Reply to a frame that could not be parsed at all.
     pub const ERR: &str = "err";
 }
@@ -40,6 +42,8 @@ pub mod kind {
 pub mod status {
     /// Malformed request: bad JSON shape, bad id, unknown type.
     pub const BAD_REQUEST: u16 = 400;
+    /// A `renew` token that is invalid, expired, revoked or for another device.
+    pub const UNAUTHORIZED: u16 = 401;
     /// Sequence conflict: a seq at or below the saved cursor, or a batch whose
     /// `prev` is ahead of the saved cursor (a gap).
     pub const CONFLICT: u16 = 409;
@@ -70,6 +74,11 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// The peer sent nothing, not even a pong, within the idle timeout.
     pub const IDLE: u16 = 4000;
+    /// The session token expired and was not renewed: log in again, reconnect.
+    pub const SESSION_EXPIRED: u16 = 4001;
+    /// The session was revoked (logout, `lula-auth revoke`, re-provisioning):
+    /// log in again; a device that was revoked must be provisioned again first.
+    pub const SESSION_REVOKED: u16 = 4003;
 }
 
 /// A received frame with its payload left unparsed until its `type` is known.
@@ -273,6 +282,21 @@ pub struct SubscribeReply {
 pub struct Push {
     /// Entries with their hub ids.
     pub entries: Vec<Entry>,
+}
+
+/// Request [`kind::RENEW`]: continue this connection under a new session token
+/// of the same device (from a fresh login), before the current one expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// The new token.
+    pub token: String,
+}
+
+/// Reply to [`kind::RENEW`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewReply {
+    /// When the connection's session now ends, epoch seconds.
+    pub exp: u64,
 }
 
 /// Notification [`kind::ACK`]: the device stored every pushed entry up to `id`.

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod pki;
+pub use pki::TestPki;
+
 /// A `redis-server` child process on 127.0.0.1 and a private data directory.
 pub struct RedisServer {
     child: Option<Child>,

@@ -1,0 +1,165 @@
+//! The hub's live connections by device, so a session's end reaches its socket.
+//!
+//! Each connection registers its device and session id, and gets a receiver
+//! that says when it must close and with which code. lula-auth announces
+//! revocations on a Redis pub/sub channel that every hub replica listens to
+//! (see `downstream::watch`), so `lula-auth revoke` or a logout closes the
+//! device's sockets on every replica at once; a token's expiry closes its
+//! socket from inside the connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lula_protocol::ClientId;
+use lula_protocol::message::close;
+use tokio::sync::watch;
+
+/// Why a connection must close: a close code of `lula_protocol::message::close`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kick {
+    /// The close code.
+    pub code: u16,
+    /// The close reason.
+    pub reason: &'static str,
+}
+
+impl Kick {
+    /// The session was revoked (logout, `lula-auth revoke`, re-provisioning).
+    pub const REVOKED: Kick = Kick {
+        code: close::SESSION_REVOKED,
+        reason: "session revoked",
+    };
+}
+
+struct Entry {
+    id: u64,
+    sid: Mutex<String>,
+    kick: watch::Sender<Option<Kick>>,
+}
+
+/// Live connections by device.
+#[derive(Default)]
+pub struct Live {
+    devices: Mutex<HashMap<String, Vec<Arc<Entry>>>>,
+    next_id: AtomicU64,
+}
+
+/// A connection's place in [`Live`]; dropping it unregisters.
+pub struct Registration {
+    live: Arc<Live>,
+    client: String,
+    entry: Arc<Entry>,
+}
+
+impl Registration {
+    /// The connection now runs under another session (after a renewal).
+    pub fn set_sid(&self, sid: &str) {
+        *lock(&self.entry.sid) = sid.to_owned();
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut devices = lock(&self.live.devices);
+        if let Some(list) = devices.get_mut(&self.client) {
+            list.retain(|e| e.id != self.entry.id);
+            if list.is_empty() {
+                devices.remove(&self.client);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every change is a single call on the guarded value, so it is consistent
+    // even if a holder panicked.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Live {
+    /// Registers a connection of `client` under session `sid`; the receiver
+    /// says when it must close.
+    pub fn register(
+        self: &Arc<Self>,
+        client: &ClientId,
+        sid: &str,
+    ) -> (Registration, watch::Receiver<Option<Kick>>) {
+        let (kick, rx) = watch::channel(None);
+        let entry = Arc::new(Entry {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            sid: Mutex::new(sid.to_owned()),
+            kick,
+        });
+        lock(&self.devices)
+            .entry(client.to_string())
+            .or_default()
+            .push(entry.clone());
+        (
+            Registration {
+                live: self.clone(),
+                client: client.to_string(),
+                entry,
+            },
+            rx,
+        )
+    }
+
+    /// Closes the connections of `client` (only those of session `sid`, when
+    /// given) with `kick`; returns how many.
+    pub fn kick(&self, client: &str, sid: Option<&str>, kick: Kick) -> usize {
+        let devices = lock(&self.devices);
+        let Some(list) = devices.get(client) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in list {
+            if sid.is_none_or(|s| *lock(&e.sid) == s) {
+                e.kick.send_replace(Some(kick));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Handles a revocation announced by lula-auth: `<client>` (every session)
+    /// or `<client> <sid>` (one session).
+    pub fn revoked(&self, message: &str) -> usize {
+        let mut parts = message.split_whitespace();
+        match parts.next() {
+            Some(client) => self.kick(client, parts.next(), Kick::REVOKED),
+            None => 0,
+        }
+    }
+
+    /// Devices with at least one live connection.
+    pub fn devices(&self) -> usize {
+        lock(&self.devices).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocations_reach_the_right_connections_and_dropping_unregisters() {
+        let live = Arc::new(Live::default());
+        let dev1: ClientId = "dev-1".parse().unwrap();
+        let dev2: ClientId = "dev-2".parse().unwrap();
+        let (a, a_rx) = live.register(&dev1, "s1");
+        let (b, b_rx) = live.register(&dev1, "s2");
+        let (_c, c_rx) = live.register(&dev2, "s3");
+        assert_eq!(live.revoked("dev-1 s2"), 1);
+        assert_eq!(*a_rx.borrow(), None);
+        assert_eq!(*b_rx.borrow(), Some(Kick::REVOKED));
+        a.set_sid("s4");
+        assert_eq!(live.revoked("dev-1 s1"), 0);
+        assert_eq!(live.revoked("dev-1"), 2);
+        assert_eq!(*a_rx.borrow(), Some(Kick::REVOKED));
+        assert_eq!(*c_rx.borrow(), None);
+        assert_eq!(live.revoked(""), 0);
+        drop((a, b));
+        assert_eq!(live.devices(), 1);
+    }
+}
