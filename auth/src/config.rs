@@ -10,7 +10,7 @@ use lula_protocol::keys::DEFAULT_AUTH_PREFIX;
 /// Default bcrypt cost of stored device secrets.
 pub const DEFAULT_BCRYPT_COST: u32 = 12;
 /// Default lifetime of a session token.
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// Largest request body accepted by `/register`, `/login` and `/logout`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 

@@ -59,7 +59,7 @@ struct ServeArgs {
     #[arg(long, env = "LULA_BCRYPT_COST", default_value_t = lula_auth::config::DEFAULT_BCRYPT_COST)]
     bcrypt_cost: u32,
     /// Lifetime of session tokens.
-    #[arg(long, env = "LULA_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LULA_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
     /// Ed25519 signing key, PKCS#8 PEM (`openssl genpkey -algorithm ed25519`).
     /// Without it a key is generated at start; its public half is published in

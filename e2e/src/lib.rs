@@ -134,6 +134,8 @@ fn bind(addr: SocketAddr) -> std::net::TcpListener {
 /// Options for [`Cloud::start_with`].
 #[derive(Debug, Clone)]
 pub struct CloudOptions {
+    /// lula-auth's failed-attempt limits (its defaults when `None`).
+    pub auth_limits: Option<lula_auth::throttle::Limits>,
     /// Lifetime of session tokens.
     pub token_ttl: Duration,
     /// Run the cloud Redis with AOF (`appendfsync always`), so it can be
@@ -161,6 +163,7 @@ impl Default for CloudOptions {
             redis_args: Vec::new(),
             redis_userinfo: None,
             redis_tls_port: None,
+            auth_limits: None,
         }
     }
 }
@@ -210,6 +213,9 @@ impl Cloud {
         auth_config.serve.tls = options.tls.clone();
         auth_config.bcrypt_cost = 4;
         auth_config.token_ttl = options.token_ttl;
+        if let Some(limits) = options.auth_limits {
+            auth_config.limits = limits;
+        }
         let auth = Isolated::spawn("lula-auth", move |shutdown| async move {
             let listener = tokio::net::TcpListener::from_std(auth_listener)?;
             lula_auth::run(listener, auth_config, shutdown).await

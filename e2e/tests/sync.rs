@@ -312,3 +312,44 @@ async fn a_revoked_device_is_cut_off_at_once_and_stays_off() {
     assert!(!device.status().await.connected);
     assert_eq!(cloud.in_entries().await.len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_client_waits_as_told_and_comes_back() {
+    let cloud = Cloud::start_with(CloudOptions {
+        auth_limits: Some(lula_auth::throttle::Limits {
+            per_client: 1,
+            per_address: 1_000,
+            window: Duration::from_secs(3),
+        }),
+        ..Default::default()
+    })
+    .await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    device.produce(0, 10).await;
+    wait_upstream(&cloud, "dev-1", 10).await;
+
+    // Someone fails a login as dev-1: its logins are refused for 3 s.
+    let refused = reqwest::Client::new()
+        .post(format!("{}/login", cloud.auth_url()))
+        .json(&serde_json::json!({"client": "dev-1", "secret": "not-the-secret-of-dev-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // Its session ends now, so it must log in during the lockout.
+    let client: ClientId = "dev-1".parse().unwrap();
+    lula_auth::sessions::revoke_all(&mut cloud.conn().await, &cloud.auth_keys, &client)
+        .await
+        .unwrap();
+    eventually("the 429 in the status", WAIT, || async {
+        let s = device.status().await;
+        s.last_error.filter(|e| e.contains("429")).map(|_| ())
+    })
+    .await;
+    // After Retry-After it logs in again and syncs.
+    device.produce(10, 20).await;
+    wait_upstream(&cloud, "dev-1", 20).await;
+    assert_exactly_once(&cloud, &device, "dev-1").await;
+}
