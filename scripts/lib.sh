@@ -36,24 +36,26 @@ MSG
   fi
 }
 
-# Installs oathtool (an independent TOTP implementation the tests check lula's
-# codes against) the same way, or says how.
-ensure_oathtool() {
-  command -v oathtool >/dev/null 2>&1 && return 0
+# Installs a tool the tests use through the system package manager when run as
+# root, or says what to install. ensure_tool <command> <debian package> <why>
+ensure_tool() {
+  local cmd=$1 pkg=$2 why=$3
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  [ -x "/usr/sbin/$cmd" ] && return 0
   if [ "$(id -u)" = "0" ]; then
-    echo "==> installing oathtool with the system package manager" >&2
+    echo "==> installing $pkg with the system package manager" >&2
     if command -v apt-get >/dev/null 2>&1; then
       export DEBIAN_FRONTEND=noninteractive
-      apt-get install -y -qq oathtool >/dev/null 2>&1 \
-        || { apt-get update -qq >/dev/null && apt-get install -y -qq oathtool >/dev/null; }
+      apt-get install -y -qq "$pkg" >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq "$pkg" >/dev/null; }
     elif command -v dnf >/dev/null 2>&1; then
-      dnf install -y -q oathtool
+      dnf install -y -q "$pkg"
     elif command -v apk >/dev/null 2>&1; then
-      apk add --quiet oath-toolkit-oathtool
+      apk add --quiet "$pkg"
     fi
   fi
-  if ! command -v oathtool >/dev/null 2>&1; then
-    echo "the tests need oathtool: sudo apt-get install oathtool (or run this script as root)" >&2
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+    echo "the tests need $cmd ($why): sudo apt-get install $pkg (or run this script as root)" >&2
     exit 1
   fi
 }

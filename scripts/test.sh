@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_redis
-ensure_oathtool
+ensure_tool oathtool oathtool "an independent TOTP implementation lula's codes are checked against"
+ensure_tool haproxy haproxy "a real load balancer in front of several hubs"
 echo "==> $(redis-server --version | cut -d' ' -f1-3)"
 
 echo "==> cargo fmt --check"
@@ -15,6 +16,9 @@ cargo fmt --all --check
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> deploy/k8s: kustomize render + schema validation"
+scripts/validate-k8s.sh
 
 echo "==> cargo test"
 cargo test --workspace --locked

@@ -111,7 +111,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 current,
             };
             let report = session::run(&config, &mut device, login, &shutdown).await;
-            if report.established {
+            // A connection that worked resets the backoff, unless another
+            // connection of this device took it over: a second daemon with
+            // the same identity would otherwise take turns with this one at
+            // full speed.
+            let replaced = matches!(
+                report.result,
+                Err(SessionError::Closed(Some(close::REPLACED)))
+            );
+            if report.established && !replaced {
                 backoff.reset();
             }
             match report.result {
@@ -122,6 +130,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                         SessionError::Unauthorized => {
                             tracing::info!("hub refused the session token; logging in again");
                             session = None;
+                            backoff.next_delay()
+                        }
+                        SessionError::Closed(Some(close::REPLACED)) => {
+                            tracing::warn!(
+                                "another connection of this device took over (is a second daemon running with this identity?); backing off"
+                            );
                             backoff.next_delay()
                         }
                         SessionError::Closed(Some(

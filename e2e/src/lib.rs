@@ -262,6 +262,11 @@ impl Cloud {
         }));
     }
 
+    /// The cloud Redis URL hubs and auth use.
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
     /// Kills the hub abruptly.
     pub fn kill_hub(&mut self) {
         if let Some(hub) = self.hub.take() {
@@ -329,6 +334,57 @@ impl Cloud {
             .await
             .expect("XADD out");
         id.parse().expect("stream id")
+    }
+}
+
+/// One more lula-hub on the cloud's Redis, on a port of its own: for several
+/// replicas behind a load balancer.
+pub struct Replica {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    redis_url: String,
+    hub: Option<Isolated>,
+}
+
+impl Replica {
+    /// Starts a hub on `cloud`'s Redis.
+    pub fn start(cloud: &Cloud) -> Replica {
+        let addr = bind("127.0.0.1:0".parse().expect("addr"))
+            .local_addr()
+            .expect("addr");
+        let mut replica = Replica {
+            addr,
+            redis_url: cloud.redis_url().to_owned(),
+            hub: None,
+        };
+        replica.restart();
+        replica
+    }
+
+    /// Starts it again on its port (after [`Replica::stop`] or [`Replica::kill`]).
+    pub fn restart(&mut self) {
+        assert!(self.hub.is_none(), "replica already running");
+        let listener = bind(self.addr);
+        let config = lula_hub::Config::new(self.redis_url.clone());
+        self.hub = Some(Isolated::spawn("lula-hub", move |shutdown| async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            lula_hub::run(listener, config, shutdown).await
+        }));
+    }
+
+    /// Stops it as SIGTERM does: it drains and closes every socket with 1001.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        match self.hub.take() {
+            Some(h) => h.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Kills it abruptly.
+    pub fn kill(&mut self) {
+        if let Some(h) = self.hub.take() {
+            h.kill();
+        }
     }
 }
 

@@ -30,6 +30,10 @@ pub struct Config {
     pub downstream_poll: Duration,
     /// Limits of the accept loop (request head timeout, connection cap).
     pub serve: lula_runtime::ServeOptions,
+    /// Keep one live connection per device across all replicas (the newest):
+    /// a device that reconnects elsewhere leaves no half-dead connection
+    /// behind. Off only for tests that race connections of one device.
+    pub one_connection_per_device: bool,
 }
 
 impl Config {
@@ -45,6 +49,7 @@ impl Config {
             idle_timeout: IDLE_TIMEOUT,
             downstream_poll: Duration::from_secs(1),
             serve: lula_runtime::ServeOptions::default(),
+            one_connection_per_device: true,
         }
     }
 }
@@ -61,6 +66,7 @@ impl fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("downstream_poll", &self.downstream_poll)
             .field("serve", &self.serve)
+            .field("one_connection_per_device", &self.one_connection_per_device)
             .finish()
     }
 }

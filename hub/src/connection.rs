@@ -94,12 +94,16 @@ async fn next_done(pending: &mut VecDeque<PendingAppend>) -> Result<Appended, In
 
 /// Serves one authenticated device until it disconnects, misbehaves past
 /// recovery, falls silent, or the hub shuts down.
-pub async fn serve(socket: WebSocket, claims: Claims, state: Arc<AppState>) {
+pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Arc<AppState>) {
     let (sink, mut stream) = socket.split();
     let (out, rx) = mpsc::channel(OUT_QUEUE);
     let writer = state.tracker.spawn(write_loop(sink, rx));
     let cancel = state.shutdown.child_token();
-    let (registration, mut kicked) = state.live.register(&claims.sub, &claims.sid);
+    let (registration, mut kicked) = state.live.register(&claims.sub, &claims.sid, generation);
+    if generation > 0 {
+        // At once on this hub; the announcement reaches the other replicas.
+        state.live.replaced(claims.sub.as_str(), generation);
+    }
     let mut conn = Connection {
         redis: state.redis.clone(),
         state: state.clone(),
@@ -120,7 +124,12 @@ pub async fn serve(socket: WebSocket, claims: Claims, state: Arc<AppState>) {
     let close_with = loop {
         tokio::select! {
             biased;
-            _ = state.shutdown.cancelled() => break Some((close::GOING_AWAY, "hub shutting down")),
+            _ = state.shutdown.cancelled() => {
+                // Drain: answer the batches already taken before going away,
+                // so the device does not send them again to another replica.
+                let _ = conn.drain().await;
+                break Some((close::GOING_AWAY, "hub shutting down"));
+            }
             _ = kicked.changed() => match *kicked.borrow() {
                 Some(kick) => break Some((kick.code, kick.reason)),
                 None => continue,

@@ -197,8 +197,11 @@ pub struct Watched {
     pub wakers: Arc<Wakers>,
     /// lula-auth's revocation channel (`lula-auth:revoked`).
     pub revocations: String,
-    /// Connections to close when their session is revoked.
+    /// Connections to close when their session is revoked or a newer
+    /// connection of their device appears.
     pub live: Arc<crate::live::Live>,
+    /// The hubs' new-connection channel (`lula-hub:connected`).
+    pub connections: String,
 }
 
 /// Wakes the readers of out streams as they change, and closes the
@@ -216,6 +219,7 @@ pub async fn watch(
         wakers,
         revocations,
         live,
+        connections,
     } = watched;
     let channel_pattern = format!("__keyspace@*__:{out_pattern}");
     loop {
@@ -245,7 +249,7 @@ pub async fn watch(
             }
         };
         let subscribed = match pubsub.psubscribe(&channel_pattern).await {
-            Ok(()) => pubsub.subscribe(&revocations).await,
+            Ok(()) => pubsub.subscribe(&[&revocations, &connections]).await,
             Err(e) => Err(e),
         };
         if let Err(e) = subscribed {
@@ -270,6 +274,10 @@ pub async fn watch(
                             if let Ok(message) = msg.get_payload::<String>() {
                                 let closed = live.revoked(&message);
                                 tracing::info!(%message, closed, "session revoked");
+                            }
+                        } else if channel == connections {
+                            if let Ok(message) = msg.get_payload::<String>() {
+                                live.connected(&message);
                             }
                         } else if let Some(key) = key_of_channel(channel) {
                             wakers.wake(key);

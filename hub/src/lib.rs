@@ -40,6 +40,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use lula_protocol::ClientId;
 use lula_protocol::keys::{AuthKeys, HubKeys};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
@@ -146,6 +147,7 @@ pub async fn run(
             out_pattern: state.keys.out_stream_pattern(),
             wakers: state.wakers.clone(),
             revocations: AuthKeys::new(state.config.auth_prefix.clone()).revocations(),
+            connections: state.keys.connected_channel(),
             live: state.live.clone(),
         },
         state.config.downstream_poll,
@@ -197,6 +199,33 @@ fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     })
 }
 
+/// KEYS[1] the device's connection counter; ARGV[1] the announcement channel,
+/// ARGV[2] the client. Takes the next generation and announces it, in one trip.
+static TAKE_OVER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local g = redis.call('INCR', KEYS[1]) \
+         redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. g) \
+         return g",
+    )
+});
+
+/// Makes the new connection of `client` its only one: takes the device's next
+/// connection generation from Redis and announces it, so every replica closes
+/// the device's older connections (see [`live`]). Returns the generation, 0
+/// when several connections per device are allowed.
+async fn take_over(state: &AppState, client: &ClientId) -> Result<u64, HubError> {
+    if !state.config.one_connection_per_device {
+        return Ok(0);
+    }
+    let generation: u64 = TAKE_OVER
+        .key(state.keys.connection_generation(client))
+        .arg(state.keys.connected_channel())
+        .arg(client.as_str())
+        .invoke_async(&mut state.redis.clone())
+        .await?;
+    Ok(generation)
+}
+
 async fn upgrade(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -211,6 +240,7 @@ async fn upgrade(
         .authenticate(&mut state.redis.clone(), &token)
         .await?;
     let ws = ws?;
+    let generation = take_over(&state, &claims.sub).await?;
     let conn_id = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", client = %claims.sub, conn = conn_id);
     let limit = state.config.max_frame_bytes;
@@ -220,7 +250,8 @@ async fn upgrade(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            tracker.track_future(connection::serve(socket, claims, state).instrument(span))
+            tracker
+                .track_future(connection::serve(socket, claims, generation, state).instrument(span))
         })
         .into_response())
 }

@@ -1,5 +1,11 @@
 //! The hub's live connections by device, so a session's end reaches its socket.
 //!
+//! One connection per device: each new connection takes the next generation
+//! of its device from a Redis counter and announces it on a channel every hub
+//! replica listens to; each hub then closes that device's connections of
+//! older generations (close code 4002). Generations come from Redis, so of two
+//! connections racing on two replicas the later one wins on both.
+//!
 //! Each connection registers its device and session id, and gets a receiver
 //! that says when it must close and with which code. lula-auth announces
 //! revocations on a Redis pub/sub channel that every hub replica listens to
@@ -30,10 +36,16 @@ impl Kick {
         code: close::SESSION_REVOKED,
         reason: "session revoked",
     };
+    /// A newer connection of the device took over.
+    pub const REPLACED: Kick = Kick {
+        code: close::REPLACED,
+        reason: "replaced by a newer connection",
+    };
 }
 
 struct Entry {
     id: u64,
+    generation: u64,
     sid: Mutex<String>,
     kick: watch::Sender<Option<Kick>>,
 }
@@ -84,10 +96,12 @@ impl Live {
         self: &Arc<Self>,
         client: &ClientId,
         sid: &str,
+        generation: u64,
     ) -> (Registration, watch::Receiver<Option<Kick>>) {
         let (kick, rx) = watch::channel(None);
         let entry = Arc::new(Entry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            generation,
             sid: Mutex::new(sid.to_owned()),
             kick,
         });
@@ -132,6 +146,34 @@ impl Live {
         }
     }
 
+    /// Closes the connections of `client` older than `generation`; returns how
+    /// many it newly told to close.
+    pub fn replaced(&self, client: &str, generation: u64) -> usize {
+        let devices = lock(&self.devices);
+        let Some(list) = devices.get(client) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in list.iter().filter(|e| e.generation < generation) {
+            // Each connection is told once (the announcement also comes back
+            // to the hub that made it).
+            if e.kick.borrow().is_none() {
+                e.kick.send_replace(Some(Kick::REPLACED));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Handles a connection announced by a hub: `<client> <generation>`.
+    pub fn connected(&self, message: &str) -> usize {
+        let mut parts = message.split_whitespace();
+        match (parts.next(), parts.next().and_then(|g| g.parse().ok())) {
+            (Some(client), Some(generation)) => self.replaced(client, generation),
+            _ => 0,
+        }
+    }
+
     /// Devices with at least one live connection.
     pub fn devices(&self) -> usize {
         lock(&self.devices).len()
@@ -147,9 +189,9 @@ mod tests {
         let live = Arc::new(Live::default());
         let dev1: ClientId = "dev-1".parse().unwrap();
         let dev2: ClientId = "dev-2".parse().unwrap();
-        let (a, a_rx) = live.register(&dev1, "s1");
-        let (b, b_rx) = live.register(&dev1, "s2");
-        let (_c, c_rx) = live.register(&dev2, "s3");
+        let (a, a_rx) = live.register(&dev1, "s1", 1);
+        let (b, b_rx) = live.register(&dev1, "s2", 2);
+        let (_c, c_rx) = live.register(&dev2, "s3", 1);
         assert_eq!(live.revoked("dev-1 s2"), 1);
         assert_eq!(*a_rx.borrow(), None);
         assert_eq!(*b_rx.borrow(), Some(Kick::REVOKED));
@@ -161,5 +203,20 @@ mod tests {
         assert_eq!(live.revoked(""), 0);
         drop((a, b));
         assert_eq!(live.devices(), 1);
+    }
+
+    #[test]
+    fn a_newer_generation_closes_the_older_connections_only() {
+        let live = Arc::new(Live::default());
+        let dev1: ClientId = "dev-1".parse().unwrap();
+        let (_a, a_rx) = live.register(&dev1, "s", 3);
+        let (_b, b_rx) = live.register(&dev1, "s", 5);
+        assert_eq!(live.connected("dev-1 5"), 1);
+        assert_eq!(*a_rx.borrow(), Some(Kick::REPLACED));
+        assert_eq!(*b_rx.borrow(), None);
+        // A late announcement of an older connection closes nothing newer.
+        assert_eq!(live.connected("dev-1 4"), 0);
+        assert_eq!(live.connected("dev-1 x"), 0);
+        assert_eq!(live.connected("dev-2 9"), 0);
     }
 }

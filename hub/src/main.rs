@@ -54,6 +54,10 @@ struct ServeArgs {
     /// keyspace notifications (set `notify-keyspace-events` to include `Kt`).
     #[arg(long, env = "LULA_DOWNSTREAM_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
     downstream_poll: Duration,
+    /// Let a device hold several connections at once (by default the newest
+    /// closes the older ones, on every replica, with close code 4002).
+    #[arg(long, env = "LULA_ALLOW_CONCURRENT_CONNECTIONS")]
+    allow_concurrent_connections: bool,
     #[command(flatten)]
     tls: lula_runtime::tls::ServeTlsArgs,
 }
@@ -68,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         max_frame_bytes: args.max_frame_bytes,
         redis_timeout: args.redis_timeout,
         downstream_poll: args.downstream_poll,
+        one_connection_per_device: !args.allow_concurrent_connections,
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
             ..Default::default()

@@ -202,8 +202,14 @@ async fn many_devices_at_once_each_get_exactly_their_entries_in_order() {
 
 #[tokio::test]
 async fn hub_replicas_racing_for_one_device_store_every_seq_once() {
-    let hub = spawn_hub().await;
-    let (replica, stop_replica) = hub.spawn_replica().await;
+    // Several live connections per device, so they race for as long as the
+    // test wants (by default a newer one closes the older ones).
+    let racing = |c| lula_hub::Config {
+        one_connection_per_device: false,
+        ..c
+    };
+    let hub = common::spawn_hub_with(racing).await;
+    let (replica, stop_replica) = hub.spawn_replica_with(racing).await;
     const N: u64 = 2_000;
     let mut tasks = Vec::new();
     for i in 0..4 {

@@ -298,7 +298,13 @@ async fn binary_values_and_reserved_names_survive_ingest() {
 
 #[tokio::test]
 async fn concurrent_connections_of_one_device_never_duplicate() {
-    let hub = spawn_hub().await;
+    // Several live connections per device, so they race for as long as the
+    // test wants (by default a newer one closes the older ones).
+    let hub = spawn_hub_with(|c| lula_hub::Config {
+        one_connection_per_device: false,
+        ..c
+    })
+    .await;
     const N: u64 = 3_000;
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -652,8 +658,13 @@ async fn renew_moves_a_live_connection_to_a_new_token() {
 
 #[tokio::test]
 async fn revocations_close_the_sockets_of_that_device_on_every_replica() {
-    let hub = spawn_hub().await;
-    let (replica, _stop) = hub.spawn_replica().await;
+    // Two live connections of one device (one per replica) to revoke at once.
+    let racing = |c| lula_hub::Config {
+        one_connection_per_device: false,
+        ..c
+    };
+    let hub = spawn_hub_with(racing).await;
+    let (replica, _stop) = hub.spawn_replica_with(racing).await;
     let mut a = hub.connect_to(hub.addr, "dev-1").await;
     let mut b = hub.connect_to(replica, "dev-1").await;
     let mut other = hub.connect_to(replica, "dev-2").await;
@@ -680,4 +691,27 @@ async fn revocations_close_the_sockets_of_that_device_on_every_replica() {
     let r = other.request("echo", json!({"ok": 1})).await;
     assert_eq!(r["ok"], 1);
     announcer.abort();
+}
+
+#[tokio::test]
+async fn a_newer_connection_of_a_device_closes_the_older_on_every_replica() {
+    let hub = spawn_hub().await;
+    let (replica, _stop) = hub.spawn_replica().await;
+    let mut first = hub.connect_to(hub.addr, "dev-1").await;
+    first.request("id", json!({})).await;
+    let mut other = hub.connect_to(hub.addr, "dev-2").await;
+    other.request("id", json!({})).await;
+    // The device comes back through another replica: the old socket goes
+    // (the replica announces it; this hub's watcher hears it).
+    let mut second = hub.connect_to(replica, "dev-1").await;
+    second.request("id", json!({})).await;
+    assert_eq!(first.closed().await, Some(close::REPLACED));
+    let r = second.request("echo", json!({"n": 1})).await;
+    assert_eq!(r["n"], 1);
+    // On one hub too, at once.
+    let mut third = hub.connect_to(replica, "dev-1").await;
+    third.request("id", json!({})).await;
+    assert_eq!(second.closed().await, Some(close::REPLACED));
+    let r = other.request("echo", json!({"n": 2})).await;
+    assert_eq!(r["n"], 2);
 }

@@ -45,6 +45,19 @@ impl HubKeys {
         format!("{}:out:*:x", escape_glob(&self.prefix))
     }
 
+    /// `lula-hub:conn:<client>`: a counter each new connection of the device
+    /// increments; the highest generation is the one connection that stays.
+    pub fn connection_generation(&self, client: &ClientId) -> String {
+        format!("{}:conn:{}", self.prefix, client)
+    }
+
+    /// `lula-hub:connected`: the pub/sub channel on which a hub announces a new
+    /// connection (`<client> <generation>`), so every replica closes the
+    /// device's older ones.
+    pub fn connected_channel(&self) -> String {
+        format!("{}:connected", self.prefix)
+    }
+
     /// `lula-hub:cursor:h`: field per device, value the last device seq appended to
     /// the in stream. Updated in the same Lua script as the append.
     pub fn cursors(&self) -> String {

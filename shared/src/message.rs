@@ -76,6 +76,9 @@ pub mod close {
     pub const IDLE: u16 = 4000;
     /// The session token expired and was not renewed: log in again, reconnect.
     pub const SESSION_EXPIRED: u16 = 4001;
+    /// A newer connection of the same device took over (on this hub or another
+    /// replica): one live connection per device.
+    pub const REPLACED: u16 = 4002;
     /// The session was revoked (logout, `lula-auth revoke`, re-provisioning):
     /// log in again; a device that was revoked must be provisioned again first.
     pub const SESSION_REVOKED: u16 = 4003;

@@ -152,12 +152,20 @@ impl TestHub {
     /// Starts another hub replica on the same Redis; returns its address and
     /// the token that stops it.
     pub async fn spawn_replica(&self) -> (std::net::SocketAddr, CancellationToken) {
+        self.spawn_replica_with(|c| c).await
+    }
+
+    /// A replica with `configure` applied to its default config.
+    pub async fn spawn_replica_with(
+        &self,
+        configure: impl FnOnce(Config) -> Config,
+    ) -> (std::net::SocketAddr, CancellationToken) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         tokio::spawn(lula_hub::run(
             listener,
-            Config::new(self.redis.url()),
+            configure(Config::new(self.redis.url())),
             shutdown.clone(),
         ));
         (addr, shutdown)
