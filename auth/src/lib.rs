@@ -130,6 +130,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/register", post(routes::register::register))
         .route("/login", post(routes::login::login))
         .route("/logout", post(routes::logout::logout))
+        .route("/renew", post(routes::renew::renew))
         .route("/healthz", get(routes::health::healthz))
         .fallback(|| async { AuthError::NotFound })
         .method_not_allowed_fallback(|| async { AuthError::MethodNotAllowed })

@@ -202,3 +202,96 @@ async fn an_unknown_client_costs_a_bcrypt_like_a_wrong_secret() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_live_session_renews_without_a_bcrypt_and_a_dead_one_cannot() {
+    let redis = RedisServer::start();
+    let config = lula_auth::Config {
+        bcrypt_cost: 4,
+        ..lula_auth::Config::new(redis.url())
+    };
+    let state = lula_auth::AppState::new(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(lula_runtime::serve(
+        listener,
+        lula_auth::app(state.clone()),
+        shutdown.clone(),
+        Default::default(),
+    ));
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let client: lula_protocol::ClientId = "dev-1".parse().unwrap();
+    let p = lula_auth::provision::provision(
+        &mut conn,
+        &state.keys,
+        &client,
+        Duration::from_secs(60),
+        false,
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, body: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            http.post(format!("http://{addr}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let code = lula_auth::otp::code_at(&p.otp_secret, state.config.clock.epoch_secs()).unwrap();
+    let secret = secret("device");
+    assert_eq!(
+        post(
+            "/register",
+            json!({"client": "dev-1", "otp": code, "secret": secret})
+        )
+        .await
+        .status(),
+        200
+    );
+    let login: serde_json::Value = post("/login", json!({"client": "dev-1", "secret": secret}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = login["accessToken"].as_str().unwrap().to_owned();
+
+    let bcrypts = state.hasher.runs();
+    let renewed = post("/renew", json!({"sessionToken": token})).await;
+    assert_eq!(renewed.status(), 200);
+    let renewed: serde_json::Value = renewed.json().await.unwrap();
+    let new_token = renewed["accessToken"].as_str().unwrap();
+    assert_ne!(new_token, token);
+    assert_eq!(state.hasher.runs(), bcrypts, "a renewal ran a bcrypt");
+    // The new token is a session of its own, for the same device.
+    let kid = lula_protocol::token::kid_of(new_token).unwrap();
+    assert_eq!(kid, state.signer.kid());
+    let claims = lula_protocol::token::verify(new_token, &state.signer.public_key()).unwrap();
+    assert_eq!(claims.sub, client);
+
+    // Logged out (or revoked, or expired): no renewal.
+    assert_eq!(
+        post("/logout", json!({"sessionToken": new_token}))
+            .await
+            .status(),
+        200
+    );
+    let refused = post("/renew", json!({"sessionToken": new_token})).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        post("/renew", json!({"sessionToken": "garbage"}))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(post("/renew", json!({})).await.status(), 401);
+    shutdown.cancel();
+}

@@ -178,18 +178,33 @@ impl AuthClient {
         let res = self
             .post("/login", json!({ "client": client, "secret": secret }))
             .await?;
-        let body: LoginBody = res
-            .json()
-            .await
-            .map_err(|e| AuthCallError::Protocol(e.to_string()))?;
-        Ok(Session {
-            token: Redacted::new(body.access_token),
-            // Measured from before the request, so clock differences with
-            // lula-auth cannot make us think the token lives longer than it does.
-            expires_at: started + Duration::from_secs(body.ttl_seconds),
-            ttl: Duration::from_secs(body.ttl_seconds),
-        })
+        session_from(res, started).await
     }
+
+    /// A fresh session for a live one, without the secret (no bcrypt at
+    /// lula-auth): what the daemon uses to renew its token while connected.
+    pub async fn renew(&self, current: &Session) -> Result<Session, AuthCallError> {
+        let started = SystemTime::now();
+        let res = self
+            .post("/renew", json!({ "sessionToken": current.token.expose() }))
+            .await?;
+        session_from(res, started).await
+    }
+}
+
+/// The session of a successful `/login` or `/renew` answer.
+async fn session_from(res: reqwest::Response, started: SystemTime) -> Result<Session, AuthCallError> {
+    let body: LoginBody = res
+        .json()
+        .await
+        .map_err(|e| AuthCallError::Protocol(e.to_string()))?;
+    Ok(Session {
+        token: Redacted::new(body.access_token),
+        // Measured from before the request, so clock differences with
+        // lula-auth cannot make us think the token lives longer than it does.
+        expires_at: started + Duration::from_secs(body.ttl_seconds),
+        ttl: Duration::from_secs(body.ttl_seconds),
+    })
 }
 
 /// `e` and its causes: reqwest's own message ("error sending request for

@@ -512,14 +512,24 @@ impl Session<'_> {
                 }
                 _ = tokio::time::sleep_until(idle_at) => return Err(SessionError::Idle),
                 _ = tokio::time::sleep_until(self.renew_at), if matches!(self.renewal, Renewal::Idle) && drain_deadline.is_none() => {
-                    let (auth, client, secret) = (
+                    let (auth, client, secret, current) = (
                         self.login.auth.clone(),
                         self.config.client_id.clone(),
                         self.login.secret.to_owned(),
+                        self.login.current.clone(),
                     );
                     tracing::debug!("renewing the session token");
                     self.renewal = Renewal::LoggingIn(tokio::spawn(async move {
-                        auth.login(&client, &secret).await
+                        // Renewing by the live session costs lula-auth no
+                        // bcrypt; a full login is the fallback (an older
+                        // lula-auth, or a session it no longer knows).
+                        match auth.renew(&current).await {
+                            Ok(renewed) => Ok(renewed),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "renewal refused; logging in");
+                                auth.login(&client, &secret).await
+                            }
+                        }
                     }));
                 }
                 logged_in = renewal_login(&mut self.renewal) => match logged_in {

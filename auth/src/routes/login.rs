@@ -89,7 +89,15 @@ async fn log_in(
     if !state.hasher.verify(secret, hash).await? {
         return Err(AuthError::WrongSecret);
     }
+    issue(state, redis, client).await
+}
 
+/// Starts a new session of `client` and signs its token.
+pub(crate) async fn issue(
+    state: &AppState,
+    redis: &mut redis::aio::ConnectionManager,
+    client: &ClientId,
+) -> Result<LoginResponse, AuthError> {
     state.ensure_key_published().await?;
     let ttl = state.config.token_ttl;
     let now = state.config.clock.epoch_secs();

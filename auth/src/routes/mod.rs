@@ -4,9 +4,13 @@ pub mod health;
 pub mod login;
 pub mod logout;
 pub mod register;
+pub mod renew;
 
+use axum::http::{HeaderMap, header};
 use lula_protocol::ClientId;
+use serde::Deserialize;
 
+use crate::body::decode;
 use crate::error::AuthError;
 
 /// Shortest device secret accepted. lula-client sends 43 characters (256 bits).
@@ -30,5 +34,37 @@ fn check_secret(secret: &str) -> Result<(), AuthError> {
         Err(AuthError::BadRequest(format!(
             "secret must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes"
         )))
+    }
+}
+
+/// The session token of a request: `Authorization: Bearer`, else the body's
+/// `sessionToken`, `accessToken` or `token`.
+fn session_token(headers: &HeaderMap, body: &[u8]) -> Result<String, AuthError> {
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct TokenBody {
+        session_token: Option<String>,
+        access_token: Option<String>,
+        token: Option<String>,
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    match bearer {
+        Some(t) => Ok(t),
+        None if body.iter().all(u8::is_ascii_whitespace) => Err(AuthError::MissingToken),
+        None => {
+            let req: TokenBody = decode(headers, body)?;
+            req.session_token
+                .or(req.access_token)
+                .or(req.token)
+                .ok_or(AuthError::MissingToken)
+        }
     }
 }

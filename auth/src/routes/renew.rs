@@ -1,0 +1,35 @@
+//! `POST /renew`: a fresh token for a device whose session is still live, given
+//! its current token (`Authorization: Bearer`, or `sessionToken` in the body).
+//!
+//! A renewal proves the device by its live session instead of its secret, so
+//! it costs a signature check, not a bcrypt: a fleet renewing every few minutes
+//! stays cheap. The old session is left to expire (its socket moves to the new
+//! token with the hub's `renew`); a revoked or expired session cannot renew.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+
+use super::login::{LoginResponse, issue};
+use super::session_token;
+use crate::AppState;
+use crate::body::RawBody;
+use crate::error::AuthError;
+use crate::sessions;
+
+/// Renews a live session: 200 with a new token, 401 when the given token is
+/// not a live session's.
+pub async fn renew(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<LoginResponse>, AuthError> {
+    let token = session_token(&headers, &body)?;
+    let mut redis = state.redis.clone();
+    let claims = sessions::verify(&mut redis, &state.keys, &state.signer, &token).await?;
+    let renewed = issue(&state, &mut redis, &claims.sub).await?;
+    tracing::debug!(client = %claims.sub, from = %claims.sid, "session renewed");
+    Ok(Json(renewed))
+}
