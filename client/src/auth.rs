@@ -193,7 +193,10 @@ impl AuthClient {
 }
 
 /// The session of a successful `/login` or `/renew` answer.
-async fn session_from(res: reqwest::Response, started: SystemTime) -> Result<Session, AuthCallError> {
+async fn session_from(
+    res: reqwest::Response,
+    started: SystemTime,
+) -> Result<Session, AuthCallError> {
     let body: LoginBody = res
         .json()
         .await

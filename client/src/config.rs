@@ -45,6 +45,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// On shutdown, how long to wait for batches in flight to be acknowledged.
     pub drain_timeout: Duration,
+    /// Serve Prometheus metrics at `GET /metrics` on this address.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             max_backoff: Duration::from_secs(30),
             idle_timeout: IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 }
@@ -93,6 +96,7 @@ impl std::fmt::Debug for Config {
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
             .field("idle_timeout", &self.idle_timeout)
+            .field("metrics_listen", &self.metrics_listen)
             .finish_non_exhaustive()
     }
 }

@@ -19,7 +19,9 @@ use crate::auth::{AuthCallError, AuthClient, Session};
 use crate::backoff::Backoff;
 use crate::device::{Device, status_fields};
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::session::{self, SessionError};
+use std::sync::Arc;
 
 /// A token this close to expiry is renewed before connecting with it.
 const RENEW_MARGIN: Duration = Duration::from_secs(30);
@@ -28,6 +30,24 @@ const RENEW_MARGIN: Duration = Duration::from_secs(30);
 /// problems retrying cannot solve (unreadable state dir, malformed OTP secret,
 /// unparseable URLs).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    if let Some(listen) = config.metrics_listen {
+        let (m, s) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listen, m, s).await {
+                tracing::error!(error = format!("{e:#}"), "metrics endpoint stopped");
+            }
+        });
+    }
+    run_with_metrics(config, metrics, shutdown).await
+}
+
+/// [`run`], counting into `metrics` (which the caller may read or serve).
+pub async fn run_with_metrics(
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut identity = Identity::load_or_create(&config.state_dir, &config.client_id)
         .context("load identity from --state-dir")?;
     let mut device = Device::new(&config.redis_url, DeviceKeys::new(config.prefix.clone()))
@@ -110,7 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 secret: identity.secret.expose(),
                 current,
             };
-            let report = session::run(&config, &mut device, login, &shutdown).await;
+            let report = session::run(&config, &mut device, login, &metrics, &shutdown).await;
             // A connection that worked resets the backoff, unless another
             // connection of this device took it over: a second daemon with
             // the same identity would otherwise take turns with this one at

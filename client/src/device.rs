@@ -141,8 +141,12 @@ impl Device {
 
     /// Appends hub entries (in hub order) to `in:x` and moves the downstream
     /// cursor in one script; entries at or below the cursor are skipped, so a
-    /// push repeated after a reconnect is stored once. Returns the new cursor.
-    pub async fn store_downstream(&mut self, entries: Vec<Entry>) -> Result<StreamId, RedisError> {
+    /// push repeated after a reconnect is stored once. Returns the new cursor
+    /// and how many entries were new.
+    pub async fn store_downstream(
+        &mut self,
+        entries: Vec<Entry>,
+    ) -> Result<(StreamId, u64), RedisError> {
         let mut invocation = STORE.key(self.keys.in_stream());
         invocation.key(self.keys.state());
         for entry in entries {
@@ -154,8 +158,8 @@ impl Device {
                 invocation.arg(value);
             }
         }
-        let (cursor, _added): (String, u64) = invocation.invoke_async(&mut self.redis).await?;
-        parse_id(Some(cursor))
+        let (cursor, added): (String, u64) = invocation.invoke_async(&mut self.redis).await?;
+        Ok((parse_id(Some(cursor))?, added))
     }
 
     /// Writes status fields (and `updatedAt`) to the state hash.

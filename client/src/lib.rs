@@ -20,6 +20,7 @@
 //! - [`auth`]: lula-auth calls and TOTP.
 //! - [`identity`]: the secret and registration state in `--state-dir`.
 //! - [`backoff`]: capped, jittered exponential backoff.
+//! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`status`]: `lula-client status`.
 
 pub mod auth;
@@ -28,9 +29,10 @@ pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod identity;
+pub mod metrics;
 pub mod session;
 pub mod status;
 pub mod uplink;
 
 pub use config::Config;
-pub use daemon::run;
+pub use daemon::{run, run_with_metrics};

@@ -78,6 +78,11 @@ struct RunArgs {
     /// Pause between refused registration attempts.
     #[arg(long, env = "LULA_REGISTER_RETRY", default_value = "60s", value_parser = humantime::parse_duration)]
     register_retry: Duration,
+    #[command(flatten)]
+    log: lula_runtime::LogArgs,
+    /// Serve Prometheus metrics at GET /metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "LULA_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Cap of the reconnect backoff.
     #[arg(long, env = "LULA_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     max_backoff: Duration,
@@ -90,6 +95,10 @@ struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long, env = "LULA_JSON")]
     json: bool,
+    /// Then keep watching: one progress line a second (backlog, drain rate,
+    /// time left) until the backlog is empty or Ctrl-C.
+    #[arg(long, env = "LULA_WATCH")]
+    watch: bool,
 }
 
 #[tokio::main]
@@ -109,13 +118,40 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 println!("{report}");
             }
+            if args.watch {
+                watch(&args.common).await?;
+            }
             Ok(())
         }
     }
 }
 
+/// Prints a progress line a second while the upstream backlog drains.
+async fn watch(common: &Common) -> anyhow::Result<()> {
+    let mut progress = lula_client::status::Progress::default();
+    loop {
+        let report =
+            lula_client::status::status(&common.state_dir, &common.redis_url, &common.prefix)
+                .await
+                .context("read status")?;
+        let line = progress.line(
+            std::time::Instant::now(),
+            report.upstream_backlog,
+            report.connected,
+        );
+        println!("{line}");
+        if report.upstream_backlog == 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    lula_runtime::init_tracing();
+    lula_runtime::init_tracing_as(args.log.log_format);
     let config = Config {
         auth_url: args.auth_url,
         hub_url: args.hub_url,
@@ -127,6 +163,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_frame_bytes: args.max_frame_bytes,
         register_retry: args.register_retry,
         max_backoff: args.max_backoff,
+        metrics_listen: args.metrics_listen,
         ..Config::new(args.client_id, args.otp_secret, args.common.state_dir)
     };
     tracing::info!(?config, "starting");

@@ -46,7 +46,9 @@ use tokio_util::sync::CancellationToken;
 use crate::Config;
 use crate::auth::{AuthCallError, AuthClient, Session as AuthSession};
 use crate::device::{Device, status_fields};
+use crate::metrics::Metrics;
 use crate::uplink::{self, Batch, UplinkError};
+use std::sync::Arc;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -121,6 +123,7 @@ pub async fn run(
     config: &Config,
     device: &mut Device,
     login: Login<'_>,
+    metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> SessionReport {
     let token = login.current.token.expose().clone();
@@ -154,6 +157,7 @@ pub async fn run(
         renew_at: renew_time(login.current),
         renewal: Renewal::Idle,
         login,
+        metrics: metrics.clone(),
     };
     let limits = match session.handshake().await {
         Ok(l) => l,
@@ -165,6 +169,8 @@ pub async fn run(
             };
         }
     };
+    metrics.sessions.inc();
+    metrics.connected.set(1);
     let mut writer_done = false;
     let result = tokio::select! {
         // Biased: when the session ends by closing, the writer ends too; the
@@ -197,6 +203,7 @@ pub async fn run(
     {
         writer.abort();
     }
+    metrics.connected.set(0);
     SessionReport {
         established: true,
         result,
@@ -275,6 +282,7 @@ struct Session<'a> {
     /// When to renew the token on this connection.
     renew_at: Instant,
     renewal: Renewal,
+    metrics: Arc<Metrics>,
 }
 
 /// What a connection needs to renew its session token without reconnecting.
@@ -456,6 +464,7 @@ impl Session<'_> {
         tokio::spawn(uplink::read_batches(
             reader,
             self.device.clone(),
+            self.metrics.clone(),
             self.cursor,
             self.cursor_ordinal,
             limits.max_entries,
@@ -566,6 +575,9 @@ impl Session<'_> {
             batch.entries_json
         );
         self.send(text)?;
+        self.metrics
+            .upstream_batch_entries
+            .observe(batch.count as f64);
         self.inflight
             .push_back((id, batch.last, batch.last_ordinal));
         self.prev = batch.last;
@@ -594,7 +606,8 @@ impl Session<'_> {
             if push.entries.is_empty() {
                 return Ok(());
             }
-            let stored = self.device.store_downstream(push.entries).await?;
+            let (stored, added) = self.device.store_downstream(push.entries).await?;
+            self.metrics.downstream_entries.inc_by(added);
             return self.send_frame(kind::ACK, None, Ack { id: stored });
         }
         if env.kind == kind::ERR {
@@ -622,6 +635,7 @@ impl Session<'_> {
                         .unwrap_or(0);
                     self.renew_at = renew_time(&new);
                     *self.login.current = new;
+                    self.metrics.renewals.inc();
                     self.device
                         .publish(&[(status_fields::SESSION_EXPIRES_AT, expires.to_string())])
                         .await?;
@@ -659,6 +673,19 @@ impl Session<'_> {
                 // Ahead of our batch only if another daemon sent more: then we
                 // do not know where in out:x the cursor is.
                 self.cursor_ordinal = if reply.id == last { last_ordinal } else { None };
+                self.metrics
+                    .upstream_entries
+                    .inc_by(reply.added + reply.duplicates);
+                self.metrics.upstream_duplicates.inc_by(reply.duplicates);
+                if let Some(ordinal) = self.cursor_ordinal {
+                    let added = self
+                        .metrics
+                        .out_added
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .upstream_lag
+                        .set(added.saturating_sub(ordinal) as i64);
+                }
                 if reply.duplicates > 0 {
                     tracing::debug!(
                         duplicates = reply.duplicates,

@@ -157,3 +157,82 @@ impl fmt::Display for StatusReport {
         )
     }
 }
+
+/// The one-line progress of a draining backlog for `lula-client status
+/// --watch`: how many entries wait, how fast they go, and about how long is
+/// left, from the backlog's change between two looks.
+#[derive(Debug, Default)]
+pub struct Progress {
+    last: Option<(std::time::Instant, u64)>,
+}
+
+impl Progress {
+    /// The line for a backlog of `backlog` entries seen at `at`.
+    pub fn line(&mut self, at: std::time::Instant, backlog: u64, connected: bool) -> String {
+        let previous = self.last.replace((at, backlog));
+        let state = if connected {
+            "connected"
+        } else {
+            "NOT connected"
+        };
+        let rate = previous.and_then(|(then, before)| {
+            let secs = at.duration_since(then).as_secs_f64();
+            (secs > 0.0 && before >= backlog).then(|| (before - backlog) as f64 / secs)
+        });
+        match rate {
+            _ if backlog == 0 => format!("upstream backlog: 0 entries, caught up ({state})"),
+            Some(rate) if rate >= 1.0 => format!(
+                "upstream backlog: {} entries, draining at {}/s, about {} left ({state})",
+                thousands(backlog),
+                thousands(rate as u64),
+                humantime::format_duration(Duration::from_secs(
+                    (backlog as f64 / rate).ceil() as u64
+                ))
+            ),
+            _ => format!(
+                "upstream backlog: {} entries, not draining ({state})",
+                thousands(backlog)
+            ),
+        }
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn progress_shows_the_rate_and_the_time_left() {
+        let mut p = Progress::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            p.line(t0, 1_200_000, true),
+            "upstream backlog: 1,200,000 entries, not draining (connected)"
+        );
+        assert_eq!(
+            p.line(t0 + Duration::from_secs(2), 1_000_000, true),
+            "upstream backlog: 1,000,000 entries, draining at 100,000/s, about 10s left (connected)"
+        );
+        assert_eq!(
+            p.line(t0 + Duration::from_secs(3), 1_000_000, false),
+            "upstream backlog: 1,000,000 entries, not draining (NOT connected)"
+        );
+        assert_eq!(
+            p.line(t0 + Duration::from_secs(4), 0, true),
+            "upstream backlog: 0 entries, caught up (connected)"
+        );
+    }
+}

@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::device::{Device, OutRead, OutReader, status_fields};
+use crate::metrics::Metrics;
+use std::sync::Arc;
 
 /// How long one `XREAD` on the out stream blocks before it is issued again.
 pub const READ_BLOCK: Duration = Duration::from_secs(1);
@@ -264,6 +266,7 @@ impl Tracker {
 pub async fn read_batches(
     mut reader: OutReader,
     mut device: Device,
+    metrics: Arc<Metrics>,
     start: StreamId,
     start_ordinal: Option<u64>,
     max_entries: usize,
@@ -284,7 +287,13 @@ pub async fn read_batches(
             match read {
                 Ok(read) => {
                     if let Some(gap) = tracker.observe(&read, max_entries) {
+                        metrics.gaps.inc();
                         report_gap(&mut device, &gap).await;
+                    }
+                    if let Some(added) = read.added {
+                        metrics
+                            .out_added
+                            .store(added, std::sync::atomic::Ordering::Relaxed);
                     }
                     let n = read.entries.len() as u64;
                     next_ordinal = tracker.ordinal.map(|o| o + 1 - n);

@@ -206,14 +206,46 @@ pub async fn shutdown_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// How logs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// The `--log-format` flag every binary takes (env `LULA_LOG_FORMAT`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format: `text` for people, `json` for log pipelines (one object a
+    /// line, with the per-connection span fields: client, conn).
+    #[arg(long, env = "LULA_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Logs to stderr as text, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing_as(LogFormat::Text)
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing_as(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[cfg(test)]
