@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the sync daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show registration, connection, backlogs and cursors.
     Status(StatusArgs),
 }
@@ -104,7 +104,7 @@ struct StatusArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Status(args) => {
             let report = lula_client::status::status(
                 &args.common.state_dir,
