@@ -21,6 +21,7 @@
 //! - [`identity`]: the secret and registration state in `--state-dir`.
 //! - [`backoff`]: capped, jittered exponential backoff.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
+//! - [`rpc`]: request/response with the cloud over the synced streams.
 //! - [`status`]: `lula-client status`.
 
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod daemon;
 pub mod device;
 pub mod identity;
 pub mod metrics;
+pub mod rpc;
 pub mod session;
 pub mod status;
 pub mod uplink;

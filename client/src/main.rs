@@ -26,6 +26,32 @@ enum Command {
     Run(Box<RunArgs>),
     /// Show registration, connection, backlogs and cursors.
     Status(StatusArgs),
+    /// Ask the cloud: append a request to out:x and wait for its response
+    /// (the daemon must be running to carry both).
+    Request(RequestArgs),
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The method, e.g. `config.get`.
+    method: String,
+    /// Arguments as `key=value`.
+    #[arg(value_parser = parse_pair)]
+    args: Vec<(String, String)>,
+    /// How long to wait for the response.
+    #[arg(long, env = "LULA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print the response as JSON.
+    #[arg(long, env = "LULA_JSON")]
+    json: bool,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 #[derive(Args)]
@@ -105,6 +131,7 @@ struct StatusArgs {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args).await,
+        Command::Request(args) => request(args).await,
         Command::Status(args) => {
             let report = lula_client::status::status(
                 &args.common.state_dir,
@@ -124,6 +151,38 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn request(args: RequestArgs) -> anyhow::Result<()> {
+    let keys = lula_protocol::keys::DeviceKeys::new(args.common.prefix.clone());
+    let mut conn = lula_client::rpc::connect(&args.common.redis_url)
+        .await
+        .context("connect to the device redis")?;
+    let fields: Vec<(Vec<u8>, Vec<u8>)> = args
+        .args
+        .iter()
+        .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+        .collect();
+    let response =
+        lula_client::rpc::request(&mut conn, &keys, &args.method, &fields, args.timeout).await?;
+    let payload = lula_protocol::rpc::payload(&response);
+    if args.json {
+        let map: serde_json::Map<String, serde_json::Value> = payload
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned().into(),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        for (k, v) in payload {
+            println!("{}={}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v));
+        }
+    }
+    Ok(())
 }
 
 /// Prints a progress line a second while the upstream backlog drains.

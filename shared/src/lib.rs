@@ -14,6 +14,7 @@
 //! - [`limits`]: sizes and timeouts both ends respect.
 //! - [`lua`]: Lua shared by the Redis scripts of hub and client.
 //! - [`redact`]: keeping secrets out of logs.
+//! - [`rpc`]: request/response conventions over the streams.
 //! - `redis_value` (feature `redis`): stream replies from redis-rs values.
 
 pub mod client_id;
@@ -25,6 +26,7 @@ pub mod message;
 pub mod redact;
 #[cfg(feature = "redis")]
 pub mod redis_value;
+pub mod rpc;
 pub mod stream_id;
 pub mod token;
 

@@ -1,0 +1,116 @@
+//! Request and response over lula's streams, both ways, by two field names.
+//!
+//! - A **request** is an entry whose first field is `rpc`, valued with the
+//!   method name; its other fields are the arguments.
+//! - A **response** is an entry whose first field is `req`, valued with the id
+//!   of the request it answers, in the stream the request was read from.
+//!
+//! Device to cloud: the device appends `rpc <method> ...` to its
+//! `lula-client:out:x`; it reaches `lula-hub:in:x` with `seq` = its device id;
+//! a cloud service answers by appending `req <that seq> ...` to
+//! `lula-hub:out:<client>:x`, which reaches the device's `lula-client:in:x`.
+//! Cloud to device: a cloud service appends `rpc <method> ...` to
+//! `lula-hub:out:<client>:x` (hub id `H`); it reaches the device's `in:x` with
+//! `seq H`; the device answers by appending `req H ...` to its `out:x`, which
+//! reaches `lula-hub:in:x` with the device's `client`.
+//!
+//! Both directions ride the exactly-once streams, so a request is delivered
+//! once and a response once. A caller waits with a timeout; a response that
+//! comes after it gave up still lands in the stream like any entry, and nobody
+//! waits for it (consumers that see a `req` they do not know drop it).
+
+use crate::{Entry, StreamId};
+
+/// First field of a request; its value is the method.
+pub const FIELD_RPC: &str = "rpc";
+/// First field of a response; its value is the id of the request it answers.
+pub const FIELD_REQ: &str = "req";
+
+/// The flattened fields of a request: `rpc <method>`, then `args`.
+pub fn request_fields(method: &str, args: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
+    let mut out = vec![FIELD_RPC.as_bytes().to_vec(), method.as_bytes().to_vec()];
+    for (k, v) in args {
+        out.push(k.clone());
+        out.push(v.clone());
+    }
+    out
+}
+
+/// The flattened fields of a response to `request`: `req <id>`, then `fields`.
+pub fn response_fields(request: StreamId, fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
+    let mut out = vec![
+        FIELD_REQ.as_bytes().to_vec(),
+        request.to_string().into_bytes(),
+    ];
+    for (k, v) in fields {
+        out.push(k.clone());
+        out.push(v.clone());
+    }
+    out
+}
+
+/// The value of the first field named `name` among an entry's fields.
+pub fn field<'a>(entry: &'a Entry, name: &str) -> Option<&'a [u8]> {
+    entry
+        .pairs()
+        .find(|(k, _)| *k == name.as_bytes())
+        .map(|(_, v)| v)
+}
+
+/// The request an entry answers, if it is a response.
+pub fn answers(entry: &Entry) -> Option<StreamId> {
+    std::str::from_utf8(field(entry, FIELD_REQ)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The method of a request entry.
+pub fn method(entry: &Entry) -> Option<&str> {
+    std::str::from_utf8(field(entry, FIELD_RPC)?).ok()
+}
+
+/// Fields other than lula's own (`client`, `seq`, `rpc`, `req`), in order:
+/// a request's arguments or a response's payload.
+pub fn payload(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
+    entry
+        .pairs()
+        .filter(|(k, _)| {
+            ![crate::FIELD_CLIENT, crate::FIELD_SEQ, FIELD_RPC, FIELD_REQ]
+                .iter()
+                .any(|r| *k == r.as_bytes())
+        })
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_are_told_apart_by_their_first_field() {
+        let args = vec![(b"delay".to_vec(), b"5".to_vec())];
+        let req = Entry {
+            id: StreamId::new(7, 0),
+            fields: request_fields("reboot", &args),
+        };
+        assert_eq!(method(&req), Some("reboot"));
+        assert_eq!(answers(&req), None);
+        assert_eq!(payload(&req), args);
+
+        // As it arrives on the device: seq first.
+        let mut fields = vec![b"seq".to_vec(), b"9-1".to_vec()];
+        fields.extend(response_fields(
+            StreamId::new(7, 0),
+            &[(b"ok".to_vec(), b"1".to_vec())],
+        ));
+        let resp = Entry {
+            id: StreamId::new(10, 0),
+            fields,
+        };
+        assert_eq!(answers(&resp), Some(StreamId::new(7, 0)));
+        assert_eq!(method(&resp), None);
+        assert_eq!(payload(&resp), vec![(b"ok".to_vec(), b"1".to_vec())]);
+    }
+}
