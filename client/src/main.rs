@@ -179,7 +179,11 @@ async fn request(args: RequestArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Object(map));
     } else {
         for (k, v) in payload {
-            println!("{}={}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v));
+            println!(
+                "{}={}",
+                String::from_utf8_lossy(&k),
+                String::from_utf8_lossy(&v)
+            );
         }
     }
     Ok(())
