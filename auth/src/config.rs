@@ -63,6 +63,8 @@ impl fmt::Debug for Clock {
 pub struct Config {
     /// Redis holding client records, sessions and published verification keys.
     pub redis_url: String,
+    /// `redis_url` is a seed node of a Redis Cluster.
+    pub redis_cluster: bool,
     /// Prefix of lula-auth's keys (`lula-auth`).
     pub prefix: String,
     /// bcrypt cost for device secrets (4 to 31).
@@ -93,6 +95,7 @@ impl Config {
     pub fn new(redis_url: impl Into<String>) -> Self {
         Config {
             redis_url: redis_url.into(),
+            redis_cluster: false,
             prefix: DEFAULT_AUTH_PREFIX.into(),
             bcrypt_cost: DEFAULT_BCRYPT_COST,
             token_ttl: DEFAULT_TOKEN_TTL,
@@ -111,6 +114,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("redis_url", &lula_protocol::redact_url(&self.redis_url))
+            .field("redis_cluster", &self.redis_cluster)
             .field("prefix", &self.prefix)
             .field("bcrypt_cost", &self.bcrypt_cost)
             .field("token_ttl", &self.token_ttl)

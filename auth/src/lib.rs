@@ -48,7 +48,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use lula_protocol::keys::AuthKeys;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use lula_runtime::redis::{RedisConn, RedisTarget};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -66,8 +66,8 @@ pub struct AppState {
     pub config: Config,
     /// Key names.
     pub keys: AuthKeys,
-    /// Cheap-to-clone multiplexed Redis connection.
-    pub redis: ConnectionManager,
+    /// Cheap-to-clone multiplexed Redis connection (one server or a cluster).
+    pub redis: RedisConn,
     /// The token signing key.
     pub signer: Signer,
     /// bcrypt, bounded and off the runtime.
@@ -79,18 +79,15 @@ impl AppState {
     /// Builds the state. Connects to Redis lazily, so lula-auth starts (and
     /// answers 503) while Redis is still coming up.
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(config.redis_url.as_str()).context("parse --redis-url")?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.redis_timeout))
-            .set_connection_timeout(Some(config.redis_timeout))
-            // Requests wait on a reconnect in progress, and the default is 6
-            // retries with backoff (~10 s): while Redis is down every request
-            // would hang that long instead of answering 503 within redis_timeout.
-            // One attempt per reconnect; the next request tries again.
-            .set_number_of_retries(0);
-        let redis = client
-            .get_connection_manager_lazy(manager_config)
-            .context("redis connection manager")?;
+        // Requests fail within redis_timeout while Redis is down (503),
+        // rather than wait on reconnects (see lula_runtime::redis).
+        let redis = RedisTarget {
+            url: config.redis_url.clone(),
+            cluster: config.redis_cluster,
+            timeout: config.redis_timeout,
+        }
+        .connect_lazy()
+        .context("parse --redis-url")?;
         let signer = match &config.signing_key_pem {
             Some(pem) => Signer::from_pem(pem.expose())?,
             None => Signer::generate(),

@@ -43,6 +43,9 @@ struct Common {
         hide_env_values = true
     )]
     redis_url: String,
+    /// Treat --redis-url as a seed node of a Redis Cluster.
+    #[arg(long, env = "LULA_REDIS_CLUSTER")]
+    redis_cluster: bool,
     /// Prefix of lula-auth's Redis keys.
     #[arg(long, env = "LULA_AUTH_PREFIX", default_value = lula_protocol::keys::DEFAULT_AUTH_PREFIX)]
     prefix: String,
@@ -133,6 +136,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let config = Config {
+        redis_cluster: args.common.redis_cluster,
         prefix: args.common.prefix,
         bcrypt_cost: args.bcrypt_cost,
         token_ttl: args.token_ttl,
@@ -161,10 +165,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     lula_auth::run(listener, config, shutdown).await
 }
 
-async fn connect(common: &Common) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    redis::Client::open(common.redis_url.as_str())
-        .context("parse --redis-url")?
-        .get_multiplexed_async_connection()
+async fn connect(common: &Common) -> anyhow::Result<lula_runtime::redis::RedisConn> {
+    lula_runtime::redis::RedisTarget::new(common.redis_url.as_str(), common.redis_cluster)
+        .connect()
         .await
         .with_context(|| {
             format!(

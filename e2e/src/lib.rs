@@ -13,11 +13,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lula_protocol::keys::{AuthKeys, DeviceKeys, HubKeys};
+use lula_protocol::keys::{AuthKeys, DeviceKeys, HubKeys, IngestLayout};
 use lula_protocol::redis_value::entries_from_range;
 use lula_protocol::{ClientId, Entry, StreamId};
-use lula_testkit::RedisServer;
-use redis::aio::MultiplexedConnection;
+use lula_runtime::redis::{RedisConn, RedisTarget};
+use lula_testkit::{RedisCluster, RedisServer};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use tokio_util::sync::CancellationToken;
 
 /// Turns on test logging once (`RUST_LOG=lula_hub=debug cargo test ...`).
@@ -152,6 +153,12 @@ pub struct CloudOptions {
     /// in `redis_args` (its certificate must be trusted by the process, e.g.
     /// through `SSL_CERT_FILE`).
     pub redis_tls_port: Option<u16>,
+    /// Run the cloud Redis as a Redis Cluster of this many masters (at least
+    /// 3), with hubs and auth on `--redis-cluster`. (`persistent`,
+    /// `redis_args` and the TLS and user options apply to one server only.)
+    pub cluster_masters: Option<usize>,
+    /// The hubs' `--ingest-partitions`.
+    pub ingest_partitions: u32,
 }
 
 impl Default for CloudOptions {
@@ -164,19 +171,68 @@ impl Default for CloudOptions {
             redis_userinfo: None,
             redis_tls_port: None,
             auth_limits: None,
+            cluster_masters: None,
+            ingest_partitions: 1,
         }
     }
 }
 
-/// The cloud side: one Redis, lula-auth and lula-hub.
+/// The cloud Redis: one server, or a Redis Cluster.
+pub enum CloudRedis {
+    /// One `redis-server`.
+    Server(RedisServer),
+    /// A Redis Cluster of local `redis-server`s.
+    Cluster(RedisCluster),
+}
+
+impl CloudRedis {
+    /// The one server; panics on a cluster.
+    pub fn server(&mut self) -> &mut RedisServer {
+        match self {
+            CloudRedis::Server(s) => s,
+            CloudRedis::Cluster(_) => panic!("the cloud Redis is a cluster"),
+        }
+    }
+
+    /// The cluster, if it is one.
+    pub fn cluster(&self) -> Option<&RedisCluster> {
+        match self {
+            CloudRedis::Server(_) => None,
+            CloudRedis::Cluster(c) => Some(c),
+        }
+    }
+
+    /// The port of the server, or of the cluster's seed node.
+    pub fn port(&self) -> u16 {
+        match self {
+            CloudRedis::Server(s) => s.port(),
+            CloudRedis::Cluster(c) => c.nodes()[0].port(),
+        }
+    }
+
+    /// Kills the one server (see [`RedisServer::kill`]).
+    pub fn kill(&mut self) {
+        self.server().kill()
+    }
+
+    /// Restarts the one server (see [`RedisServer::restart`]).
+    pub fn restart(&mut self) {
+        self.server().restart()
+    }
+}
+
+/// The cloud side: one Redis (or a Redis Cluster), lula-auth and lula-hub.
 pub struct Cloud {
     /// The cloud Redis (hub streams, auth keys).
-    pub redis: RedisServer,
+    pub redis: CloudRedis,
     /// Hub key names.
     pub keys: HubKeys,
+    /// Where hubs append devices' entries.
+    pub layout: IngestLayout,
     /// Auth key names.
     pub auth_keys: AuthKeys,
     redis_url: String,
+    redis_cluster: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
     auth_addr: SocketAddr,
     hub_addr: SocketAddr,
@@ -193,10 +249,14 @@ impl Cloud {
     /// Starts Redis, auth and hub.
     pub async fn start_with(options: CloudOptions) -> Cloud {
         init_logging();
-        let redis = RedisServer::start_with(lula_testkit::RedisOptions {
-            appendonly: options.persistent,
-            extra_args: options.redis_args.clone(),
-        });
+        let redis = match options.cluster_masters {
+            Some(masters) => CloudRedis::Cluster(RedisCluster::start(masters)),
+            None => CloudRedis::Server(RedisServer::start_with(lula_testkit::RedisOptions {
+                appendonly: options.persistent,
+                extra_args: options.redis_args.clone(),
+                ..Default::default()
+            })),
+        };
         let scheme = if options.redis_tls_port.is_some() {
             "rediss"
         } else {
@@ -207,9 +267,11 @@ impl Cloud {
             .unwrap_or_default();
         let port = options.redis_tls_port.unwrap_or(redis.port());
         let redis_url = format!("{scheme}://{userinfo}127.0.0.1:{port}");
+        let redis_cluster = options.cluster_masters.is_some();
         let auth_listener = bind("127.0.0.1:0".parse().expect("addr"));
         let auth_addr = auth_listener.local_addr().expect("addr");
         let mut auth_config = lula_auth::Config::new(redis_url.clone());
+        auth_config.redis_cluster = redis_cluster;
         auth_config.serve.tls = options.tls.clone();
         auth_config.bcrypt_cost = 4;
         auth_config.token_ttl = options.token_ttl;
@@ -223,11 +285,14 @@ impl Cloud {
         let hub_addr = bind("127.0.0.1:0".parse().expect("addr"))
             .local_addr()
             .expect("addr");
+        let keys = HubKeys::default();
         let mut cloud = Cloud {
-            keys: HubKeys::default(),
+            layout: IngestLayout::new(&keys, options.ingest_partitions, redis_cluster),
+            keys,
             auth_keys: AuthKeys::default(),
             redis,
             redis_url,
+            redis_cluster,
             tls: options.tls,
             auth_addr,
             hub_addr,
@@ -254,8 +319,7 @@ impl Cloud {
     pub fn start_hub(&mut self) {
         assert!(self.hub.is_none(), "hub already running");
         let listener = bind(self.hub_addr);
-        let mut config = lula_hub::Config::new(self.redis_url.clone());
-        config.serve.tls = self.tls.clone();
+        let config = self.hub_config();
         self.hub = Some(Isolated::spawn("lula-hub", move |shutdown| async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             lula_hub::run(listener, config, shutdown).await
@@ -265,6 +329,15 @@ impl Cloud {
     /// The cloud Redis URL hubs and auth use.
     pub fn redis_url(&self) -> &str {
         &self.redis_url
+    }
+
+    /// The configuration every hub of this cloud runs with.
+    pub fn hub_config(&self) -> lula_hub::Config {
+        let mut config = lula_hub::Config::new(self.redis_url.clone());
+        config.serve.tls = self.tls.clone();
+        config.redis_cluster = self.redis_cluster;
+        config.ingest_partitions = self.layout.partitions();
+        config
     }
 
     /// Kills the hub abruptly.
@@ -286,9 +359,13 @@ impl Cloud {
         format!("{scheme}://{}", self.hub_addr)
     }
 
-    /// A connection to the cloud Redis.
-    pub async fn conn(&self) -> MultiplexedConnection {
-        connect(&self.redis_url).await
+    /// A connection to the cloud Redis (to the cluster, on a cluster).
+    pub async fn conn(&self) -> RedisConn {
+        // Generous: a loaded CI machine reading a long stream can be slow, and
+        // a test must not fail for being slow.
+        let mut target = RedisTarget::new(self.redis_url.as_str(), self.redis_cluster);
+        target.timeout = Duration::from_secs(60);
+        target.connect().await.expect("connect to the cloud Redis")
     }
 
     /// Provisions `client` and returns its OTP secret.
@@ -307,18 +384,30 @@ impl Cloud {
         provisioned.otp_secret
     }
 
-    /// Length of `lula-hub:in:x`.
+    /// Length of `lula-hub:in:x` (of every partition's in stream together).
     pub async fn in_len(&self) -> u64 {
-        redis::cmd("XLEN")
-            .arg(self.keys.in_stream())
-            .query_async(&mut self.conn().await)
-            .await
-            .expect("XLEN")
+        let mut conn = self.conn().await;
+        let mut total = 0;
+        for stream in self.layout.in_streams() {
+            let n: u64 = redis::cmd("XLEN")
+                .arg(stream)
+                .query_async(&mut conn)
+                .await
+                .expect("XLEN");
+            total += n;
+        }
+        total
     }
 
-    /// Every entry of `lula-hub:in:x`.
+    /// Every entry of `lula-hub:in:x` (of every partition's in stream, one
+    /// after the other: a device's entries are all in one of them).
     pub async fn in_entries(&self) -> Vec<Entry> {
-        read_all(&mut self.conn().await, &self.keys.in_stream()).await
+        let mut conn = self.conn().await;
+        let mut all = Vec::new();
+        for stream in self.layout.in_streams() {
+            all.extend(read_all(&mut conn, &stream).await);
+        }
+        all
     }
 
     /// Appends a message for `client` to `lula-hub:out:<client>:x`.
@@ -342,7 +431,7 @@ impl Cloud {
 pub struct Replica {
     /// Where it listens.
     pub addr: SocketAddr,
-    redis_url: String,
+    config: lula_hub::Config,
     hub: Option<Isolated>,
 }
 
@@ -354,7 +443,7 @@ impl Replica {
             .expect("addr");
         let mut replica = Replica {
             addr,
-            redis_url: cloud.redis_url().to_owned(),
+            config: cloud.hub_config(),
             hub: None,
         };
         replica.restart();
@@ -365,7 +454,7 @@ impl Replica {
     pub fn restart(&mut self) {
         assert!(self.hub.is_none(), "replica already running");
         let listener = bind(self.addr);
-        let config = lula_hub::Config::new(self.redis_url.clone());
+        let config = self.config.clone();
         self.hub = Some(Isolated::spawn("lula-hub", move |shutdown| async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             lula_hub::run(listener, config, shutdown).await
@@ -564,7 +653,7 @@ async fn connect(url: &str) -> MultiplexedConnection {
 }
 
 /// All entries of a stream, paged.
-pub async fn read_all(conn: &mut MultiplexedConnection, key: &str) -> Vec<Entry> {
+pub async fn read_all<C: ConnectionLike>(conn: &mut C, key: &str) -> Vec<Entry> {
     let mut all = Vec::new();
     let mut from = "-".to_owned();
     loop {

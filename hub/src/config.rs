@@ -11,6 +11,14 @@ use lula_protocol::limits::{DEFAULT_MAX_FRAME_BYTES, IDLE_TIMEOUT, PING_INTERVAL
 pub struct Config {
     /// Cloud Redis holding the streams, cursors and (by default) auth's sessions.
     pub redis_url: String,
+    /// `redis_url` is a seed node of a Redis Cluster: keys are spread over
+    /// its masters, downstream notifications come from each master.
+    pub redis_cluster: bool,
+    /// In streams devices' entries are split into (1: `lula-hub:in:x`; more:
+    /// `lula-hub:in:{p}:x`, a device always in partition
+    /// `lula_protocol::keys::partition`). Every hub on one Redis must use the
+    /// same number; see `lula_protocol::keys::IngestLayout`.
+    pub ingest_partitions: u32,
     /// Prefix of the hub's keys (`lula-hub`).
     pub prefix: String,
     /// Prefix of lula-auth's keys, where sessions and verification keys live (`lula-auth`).
@@ -37,10 +45,30 @@ pub struct Config {
 }
 
 impl Config {
+    /// The cloud Redis to connect to.
+    pub fn redis_target(&self) -> lula_runtime::redis::RedisTarget {
+        lula_runtime::redis::RedisTarget {
+            url: self.redis_url.clone(),
+            cluster: self.redis_cluster,
+            timeout: self.redis_timeout,
+        }
+    }
+
+    /// Where entries are appended.
+    pub fn ingest_layout(&self) -> lula_protocol::keys::IngestLayout {
+        lula_protocol::keys::IngestLayout::new(
+            &lula_protocol::keys::HubKeys::new(self.prefix.clone()),
+            self.ingest_partitions,
+            self.redis_cluster,
+        )
+    }
+
     /// Defaults for everything but the Redis URL.
     pub fn new(redis_url: impl Into<String>) -> Self {
         Config {
             redis_url: redis_url.into(),
+            redis_cluster: false,
+            ingest_partitions: 1,
             prefix: DEFAULT_HUB_PREFIX.into(),
             auth_prefix: DEFAULT_AUTH_PREFIX.into(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
@@ -58,6 +86,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("redis_url", &lula_protocol::redact_url(&self.redis_url))
+            .field("redis_cluster", &self.redis_cluster)
+            .field("ingest_partitions", &self.ingest_partitions)
             .field("prefix", &self.prefix)
             .field("auth_prefix", &self.auth_prefix)
             .field("max_frame_bytes", &self.max_frame_bytes)

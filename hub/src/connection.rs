@@ -48,7 +48,7 @@ struct Closed;
 struct Connection {
     state: Arc<AppState>,
     client: ClientId,
-    redis: redis::aio::ConnectionManager,
+    redis: lula_runtime::redis::RedisConn,
     out: mpsc::Sender<Message>,
     /// Cancelled when the connection ends; stops its helper tasks.
     cancel: CancellationToken,
@@ -468,7 +468,7 @@ impl Connection {
     }
 
     async fn cursor_reply(&mut self, id: Option<&Value>) -> Result<(), Closed> {
-        match ingest::cursor(&mut self.redis, &self.state.keys, &self.client).await {
+        match ingest::cursor(&mut self.redis, self.state.ingestor.layout(), &self.client).await {
             Ok(cursor) => {
                 let reply = IdReply {
                     id: cursor,

@@ -5,9 +5,10 @@
 //! and a device's reader sleeps until something may have arrived for it:
 //! - [`Wakers`] maps each subscribed out stream to the readers waiting on it.
 //! - [`watch`] listens for Redis keyspace notifications on the out streams
-//!   (one pub/sub connection per hub) and wakes the readers of the stream that
-//!   changed. It also wakes every reader after (re)subscribing, since
-//!   notifications sent meanwhile are lost, and every [`SWEEP`] as a safety net.
+//!   (one pub/sub connection per hub, or on a Redis Cluster one per master)
+//!   and wakes the readers of the stream that changed. It also wakes every
+//!   reader after (re)subscribing, since notifications sent meanwhile are
+//!   lost, and every [`SWEEP`] as a safety net.
 //!   Where notifications cannot be enabled (a managed Redis refusing
 //!   `CONFIG SET`) it wakes every reader each `downstream_poll` instead.
 //! - [`push`]: after `subscribe`, reads what follows the device's cursor and
@@ -34,7 +35,8 @@ use lula_protocol::limits::{
 use lula_protocol::message::{ErrorReply, Frame, Push, XreadRequest, kind, status};
 use lula_protocol::redis_value::entries_from_read;
 use lula_protocol::{Entry, StreamId};
-use redis::aio::ConnectionManager;
+use lula_runtime::redis::{NodeAddr, RedisConn, RedisTarget, node_client};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch as watch_channel};
 use tokio_util::sync::CancellationToken;
@@ -140,7 +142,7 @@ impl Wakers {
 /// Makes sure Redis publishes keyspace events for streams (`K` and `t`, or
 /// `A`), adding them to whatever else is configured. False when the server
 /// refuses (`CONFIG` disabled or renamed).
-async fn ensure_keyspace_events(redis: &mut ConnectionManager) -> bool {
+async fn ensure_keyspace_events<C: ConnectionLike>(redis: &mut C) -> bool {
     let current: redis::RedisResult<(String, String)> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("notify-keyspace-events")
@@ -204,12 +206,89 @@ pub struct Watched {
     pub connections: String,
 }
 
+/// One Redis server [`watch`] subscribes to: the server itself, or one
+/// master of a cluster.
+struct Node {
+    /// Where it is (`None`: the one server).
+    addr: Option<NodeAddr>,
+    /// For its pub/sub connection.
+    client: redis::Client,
+    /// For `CONFIG` on it.
+    control: Control,
+}
+
+/// The connection [`ensure_keyspace_events`] runs on.
+enum Control {
+    /// The hub's shared connection (one server).
+    Shared(RedisConn),
+    /// A connection of its own to one cluster master (`CONFIG` is per node).
+    Node(MultiplexedConnection),
+}
+
+impl Control {
+    async fn ensure_keyspace_events(&mut self) -> bool {
+        match self {
+            Control::Shared(c) => ensure_keyspace_events(c).await,
+            Control::Node(c) => ensure_keyspace_events(c).await,
+        }
+    }
+}
+
+/// The servers to subscribe to: the one server, or every master of the
+/// cluster (each sends the keyspace notifications of its own keys only).
+async fn discover(target: &RedisTarget, redis: &mut RedisConn) -> Result<Vec<Node>, String> {
+    if !target.cluster {
+        let client = redis::Client::open(target.url.as_str()).map_err(|e| e.to_string())?;
+        return Ok(vec![Node {
+            addr: None,
+            client,
+            control: Control::Shared(redis.clone()),
+        }]);
+    }
+    let masters = tokio::time::timeout(WATCH_TIMEOUT, redis.masters())
+        .await
+        .map_err(|_| "CLUSTER SLOTS timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if masters.is_empty() {
+        return Err("the cluster lists no master serving slots".into());
+    }
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(WATCH_TIMEOUT))
+        .set_response_timeout(Some(WATCH_TIMEOUT));
+    let mut nodes = Vec::with_capacity(masters.len());
+    for addr in masters {
+        let client = node_client(&target.url, &addr).map_err(|e| format!("{addr}: {e}"))?;
+        let control = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        nodes.push(Node {
+            addr: Some(addr),
+            client,
+            control: Control::Node(control),
+        });
+    }
+    Ok(nodes)
+}
+
+/// A message from one node's pub/sub connection; `None` when it ended.
+type NodeMessage = Option<redis::Msg>;
+
 /// Wakes the readers of out streams as they change, and closes the
 /// connections of revoked sessions, until `shutdown`. Reconnects by itself;
 /// see the module docs.
+///
+/// On a Redis Cluster a node publishes keyspace notifications for its own
+/// keys only, so the watcher subscribes to the out-stream pattern on every
+/// master (found with `CLUSTER SLOTS`) and enables notifications on each. It
+/// finds the masters again whenever it reconnects and at every [`SWEEP`], and
+/// starts over when they changed (a failover, a resharding), waking every
+/// reader. The revocation and connection channels are plain pub/sub, which a
+/// cluster delivers on every node, so it listens to them on the first master
+/// only.
 pub async fn watch(
-    client: redis::Client,
-    mut redis: ConnectionManager,
+    target: RedisTarget,
+    mut redis: RedisConn,
     watched: Watched,
     poll: Duration,
     shutdown: CancellationToken,
@@ -223,82 +302,137 @@ pub async fn watch(
     } = watched;
     let channel_pattern = format!("__keyspace@*__:{out_pattern}");
     loop {
-        let notifying = tokio::select! {
+        let discovered = tokio::select! {
             _ = shutdown.cancelled() => return,
-            on = ensure_keyspace_events(&mut redis) => on,
+            d = discover(&target, &mut redis) => d,
         };
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = tokio::time::timeout(WATCH_TIMEOUT, client.get_async_pubsub()) => c,
-        };
-        let mut pubsub = match connected {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "downstream watch: cannot connect; polling meanwhile");
-                if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
-                    return;
-                }
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!("downstream watch: connect timed out; polling meanwhile");
+        let mut nodes = match discovered {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(error = %e, "downstream watch: cannot find the servers to subscribe to; polling meanwhile");
                 if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
                     return;
                 }
                 continue;
             }
         };
-        let subscribed = match pubsub.psubscribe(&channel_pattern).await {
-            Ok(()) => pubsub.subscribe(&[&revocations, &connections]).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = subscribed {
-            tracing::warn!(error = %e, "downstream watch: psubscribe failed");
+        let masters: Vec<Option<NodeAddr>> = nodes.iter().map(|n| n.addr.clone()).collect();
+        let mut notifying = true;
+        for node in &mut nodes {
+            let on = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                on = node.control.ensure_keyspace_events() => on,
+            };
+            notifying &= on;
+        }
+        let mut sinks = Vec::with_capacity(nodes.len());
+        let mut streams = Vec::with_capacity(nodes.len());
+        let mut failed = None;
+        for (i, node) in nodes.iter().enumerate() {
+            let at = node
+                .addr
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = tokio::time::timeout(WATCH_TIMEOUT, node.client.get_async_pubsub()) => c,
+            };
+            let mut pubsub = match connected {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    failed = Some(format!("cannot connect {at}: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    failed = Some(format!("connect {at} timed out"));
+                    break;
+                }
+            };
+            let mut subscribed = pubsub.psubscribe(&channel_pattern).await;
+            if subscribed.is_ok() && i == 0 {
+                subscribed = pubsub.subscribe(&[&revocations, &connections]).await;
+            }
+            if let Err(e) = subscribed {
+                failed = Some(format!("subscribe {at}: {e}"));
+                break;
+            }
+            let (sink, stream) = pubsub.split();
+            sinks.push(sink);
+            // A stream that ends says so, so one lost node restarts them all.
+            streams.push(
+                stream
+                    .map(Some)
+                    .chain(futures_util::stream::once(async { None }))
+                    .boxed(),
+            );
+        }
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "downstream watch: pub/sub failed; polling meanwhile");
             if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
                 return;
             }
             continue;
         }
-        // Anything that arrived before the subscription took effect.
+        // Anything that arrived before the subscriptions took effect.
         wakers.wake_all();
-        let (mut sink, mut messages) = pubsub.split();
+        let mut messages = futures_util::stream::select_all(streams);
         let mut sweep = tokio::time::interval(if notifying { SWEEP } else { poll });
         sweep.tick().await;
         loop {
-            tokio::select! {
+            let msg: Option<NodeMessage> = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                msg = messages.next() => match msg {
-                    Some(msg) => {
-                        let channel = msg.get_channel_name();
-                        if channel == revocations {
-                            if let Ok(message) = msg.get_payload::<String>() {
-                                let closed = live.revoked(&message);
-                                tracing::info!(%message, closed, "session revoked");
-                            }
-                        } else if channel == connections {
-                            if let Ok(message) = msg.get_payload::<String>() {
-                                live.connected(&message);
-                            }
-                        } else if let Some(key) = key_of_channel(channel) {
-                            wakers.wake(key);
-                        }
-                    }
-                    None => {
-                        tracing::warn!("downstream watch: pub/sub connection lost; reconnecting");
-                        break;
-                    }
-                },
+                msg = messages.next() => msg,
                 _ = sweep.tick() => {
                     wakers.wake_all();
-                    let alive = tokio::time::timeout(WATCH_TIMEOUT, sink.ping::<redis::Value>()).await;
-                    if !matches!(alive, Ok(Ok(_))) {
+                    let pings = futures_util::future::join_all(
+                        sinks.iter_mut().map(|s| tokio::time::timeout(WATCH_TIMEOUT, s.ping::<redis::Value>())),
+                    ).await;
+                    if !pings.iter().all(|p| matches!(p, Ok(Ok(_)))) {
                         tracing::warn!("downstream watch: pub/sub connection does not answer; reconnecting");
                         break;
                     }
-                    if notifying != ensure_keyspace_events(&mut redis).await {
+                    if target.cluster {
+                        let now = tokio::time::timeout(WATCH_TIMEOUT, redis.masters()).await;
+                        let now: Option<Vec<Option<NodeAddr>>> = match now {
+                            Ok(Ok(m)) => Some(m.into_iter().map(Some).collect()),
+                            _ => None,
+                        };
+                        if now.as_ref() != Some(&masters) {
+                            tracing::info!(?now, before = ?masters, "downstream watch: the cluster's masters changed; subscribing again");
+                            break;
+                        }
+                    }
+                    let mut still = true;
+                    for node in &mut nodes {
+                        still &= node.control.ensure_keyspace_events().await;
+                    }
+                    if notifying != still {
                         // Switch between notified and polling sweeps.
                         break;
                     }
+                    continue;
+                }
+            };
+            match msg.flatten() {
+                Some(msg) => {
+                    let channel = msg.get_channel_name();
+                    if channel == revocations {
+                        if let Ok(message) = msg.get_payload::<String>() {
+                            let closed = live.revoked(&message);
+                            tracing::info!(%message, closed, "session revoked");
+                        }
+                    } else if channel == connections {
+                        if let Ok(message) = msg.get_payload::<String>() {
+                            live.connected(&message);
+                        }
+                    } else if let Some(key) = key_of_channel(channel) {
+                        wakers.wake(key);
+                    }
+                }
+                None => {
+                    tracing::warn!("downstream watch: pub/sub connection lost; reconnecting");
+                    break;
                 }
             }
         }
@@ -331,7 +465,7 @@ async fn poll_until(
 
 /// Non-blocking `XREAD COUNT count STREAMS key after`.
 async fn xread(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     key: &str,
     after: StreamId,
     count: usize,
@@ -375,7 +509,7 @@ fn frames_by_size(entries: Vec<Entry>, max_bytes: usize) -> Vec<Vec<Entry>> {
 /// when the stream may have grown.
 #[allow(clippy::too_many_arguments)]
 pub async fn push(
-    mut redis: ConnectionManager,
+    mut redis: RedisConn,
     key: String,
     waker: Waker,
     start: StreamId,
@@ -459,7 +593,7 @@ pub struct XreadJob {
 
 /// Answers lula `xread` requests of one connection, in order.
 pub async fn legacy_reader(
-    mut redis: ConnectionManager,
+    mut redis: RedisConn,
     key: String,
     waker: Waker,
     mut jobs: mpsc::Receiver<XreadJob>,

@@ -27,6 +27,9 @@ pub enum HubError {
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The hub cannot append (another ingest layout is recorded, or Redis failed).
+    #[error("ingest: {0}")]
+    Ingest(#[from] crate::ingest::IngestError),
 }
 
 impl IntoResponse for HubError {
@@ -43,6 +46,14 @@ impl IntoResponse for HubError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "redis unavailable".to_owned(),
+                )
+            }
+            HubError::Ingest(e) => {
+                tracing::warn!(error = %e, "not ready to ingest");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "not ready to ingest".to_owned(),
                 )
             }
         };

@@ -14,16 +14,26 @@
 //! increasing, within limits), so the script trusts their order: duplicates can
 //! only be a prefix of the batch, and when the first entry is already past the
 //! cursor (the normal case) the script compares one id, not all of them.
+//!
+//! With several ingest partitions ([`IngestLayout`]) each partition has its
+//! own in stream and cursor hash, in one hash slot, and its own group-commit
+//! task: a device's batches always go to its partition's task, so they keep
+//! their order, and the partitions' script calls run side by side (on a
+//! Redis Cluster, on the masters that hold them). Before its first call a
+//! hub checks the layout every hub records in `lula-hub:ingest-layout`
+//! ([`Ingestor::check_layout`]): a hub with another partition count would look
+//! for a device's cursor in another partition and take its entries again.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use lula_protocol::keys::HubKeys;
+use lula_protocol::keys::{HubKeys, IngestLayout};
 use lula_protocol::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_VALUES};
 use lula_protocol::message::{ErrorReply, status};
 use lula_protocol::{ClientId, Entry, FIELD_CLIENT, FIELD_SEQ, StreamId, escape_reserved};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use lula_runtime::redis::RedisConn;
+use redis::aio::ConnectionLike;
 use redis::{RedisError, Script, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OnceCell, mpsc, oneshot};
 
 /// KEYS[1] cursor hash, KEYS[2] in stream.
 /// ARGV: per section: client, prev ('' = no gap check), number of entries, then
@@ -128,6 +138,15 @@ pub enum IngestError {
     /// The script answered something unexpected (500).
     #[error("unexpected ingest reply: {0}")]
     Reply(String),
+    /// The hubs on this Redis were started with another ingest layout (503):
+    /// this hub appends nothing until it is configured alike.
+    #[error("ingest layout {configured:?} differs from the recorded {recorded:?}")]
+    Layout {
+        /// This hub's [`IngestLayout::description`].
+        configured: String,
+        /// What `lula-hub:ingest-layout` holds.
+        recorded: String,
+    },
 }
 
 impl IngestError {
@@ -138,6 +157,9 @@ impl IngestError {
             IngestError::TooLarge(m) => ErrorReply::new(status::TOO_LARGE, m.clone()),
             IngestError::Redis(_) => {
                 ErrorReply::new(status::UNAVAILABLE, "redis unavailable, retry later")
+            }
+            IngestError::Layout { .. } => {
+                ErrorReply::new(status::UNAVAILABLE, "hub misconfigured, retry later")
             }
             IngestError::Reply(_) => ErrorReply::new(status::INTERNAL, "internal error"),
         }
@@ -177,11 +199,11 @@ pub fn validate(entries: &[Entry]) -> Result<(), IngestError> {
 /// The device's saved cursor: the last seq the hub appended, `0-0` at first.
 pub async fn cursor<C: ConnectionLike>(
     redis: &mut C,
-    keys: &HubKeys,
+    layout: &IngestLayout,
     client: &ClientId,
 ) -> Result<StreamId, IngestError> {
     let saved: Option<String> = redis::cmd("HGET")
-        .arg(keys.cursors())
+        .arg(layout.cursors(layout.partition_of(client)))
         .arg(client.as_str())
         .query_async(redis)
         .await?;
@@ -197,7 +219,7 @@ pub async fn cursor<C: ConnectionLike>(
 /// ahead of the saved cursor (see [`Appended::Gap`]).
 pub async fn append<C: ConnectionLike>(
     redis: &mut C,
-    keys: &HubKeys,
+    layout: &IngestLayout,
     client: &ClientId,
     prev: Option<StreamId>,
     entries: Vec<Entry>,
@@ -208,23 +230,30 @@ pub async fn append<C: ConnectionLike>(
         prev,
         entries,
     };
-    let mut results = append_many(redis, keys, vec![section]).await?;
+    let partition = layout.partition_of(client);
+    let mut results = append_many(redis, layout, partition, vec![section]).await?;
     results
         .pop()
         .ok_or_else(|| IngestError::Reply("no result".into()))
 }
 
 /// Appends several sections (validated batches, possibly of different
-/// devices) in one script call, in order, each exactly once. Returns one result
-/// per section.
+/// devices, all of `partition`) in one script call, in order, each exactly
+/// once. Returns one result per section.
 pub async fn append_many<C: ConnectionLike>(
     redis: &mut C,
-    keys: &HubKeys,
+    layout: &IngestLayout,
+    partition: u32,
     sections: Vec<Section>,
 ) -> Result<Vec<Appended>, IngestError> {
+    debug_assert!(
+        sections
+            .iter()
+            .all(|s| layout.partition_of(&s.client) == partition)
+    );
     let expected = sections.len();
-    let mut invocation = INGEST.key(keys.cursors());
-    invocation.key(keys.in_stream());
+    let mut invocation = INGEST.key(layout.cursors(partition));
+    invocation.key(layout.in_stream(partition));
     for section in sections {
         invocation.arg(section.client.as_str());
         match section.prev {
@@ -267,22 +296,95 @@ struct Job {
 /// The result of a submitted batch, once its script call returns.
 pub type Pending = oneshot::Receiver<Result<Appended, IngestError>>;
 
-/// Group commit of every connection's batches. One task takes the first batch
-/// in the queue plus whatever else is queued (up to [`MAX_BATCH_ENTRIES`]
-/// entries, since a script blocks Redis while it runs), appends them in one
-/// call in queue order, answers each, and repeats. While a call runs, the next
-/// group gathers. Batches of one connection stay in the order it submitted them.
+/// Group commit of every connection's batches, one task per partition. Each
+/// takes the first batch in its queue plus whatever else is queued (up to
+/// [`MAX_BATCH_ENTRIES`] entries, since a script blocks Redis while it runs),
+/// appends them in one call in queue order, answers each, and repeats. While
+/// a call runs, the next group gathers. Batches of one connection stay in the
+/// order it submitted them (one device, one partition, one queue).
 #[derive(Clone)]
 pub struct Ingestor {
-    jobs: mpsc::Sender<Job>,
+    layout: IngestLayout,
+    partitions: Vec<mpsc::Sender<Job>>,
+    guard: Arc<LayoutGuard>,
+}
+
+/// Checks once, before the first append, that this hub's layout is the one
+/// recorded on the Redis (recording it if none is).
+struct LayoutGuard {
+    redis: RedisConn,
+    key: String,
+    description: String,
+    confirmed: OnceCell<()>,
+}
+
+impl LayoutGuard {
+    async fn check(&self) -> Result<(), IngestError> {
+        self.confirmed
+            .get_or_try_init(|| async {
+                let mut redis = self.redis.clone();
+                let () = redis::cmd("SET")
+                    .arg(&self.key)
+                    .arg(&self.description)
+                    .arg("NX")
+                    .query_async(&mut redis)
+                    .await?;
+                let recorded: Option<String> = redis::cmd("GET")
+                    .arg(&self.key)
+                    .query_async(&mut redis)
+                    .await?;
+                match recorded {
+                    Some(r) if r == self.description => Ok(()),
+                    recorded => Err(IngestError::Layout {
+                        configured: self.description.clone(),
+                        recorded: recorded.unwrap_or_default(),
+                    }),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
 }
 
 impl Ingestor {
-    /// Starts the ingest task. It ends when every clone of the ingestor is gone.
-    pub fn start(redis: ConnectionManager, keys: HubKeys) -> Self {
-        let (jobs, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(ingest_loop(redis, keys, rx));
-        Ingestor { jobs }
+    /// Starts one ingest task per partition of `layout`. They end when every
+    /// clone of the ingestor is gone.
+    pub fn start(redis: RedisConn, keys: &HubKeys, layout: IngestLayout) -> Self {
+        let guard = Arc::new(LayoutGuard {
+            redis: redis.clone(),
+            key: keys.ingest_layout(),
+            description: layout.description(),
+            confirmed: OnceCell::new(),
+        });
+        let partitions = (0..layout.partitions())
+            .map(|p| {
+                let (jobs, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(ingest_loop(
+                    redis.clone(),
+                    layout.clone(),
+                    p,
+                    guard.clone(),
+                    rx,
+                ));
+                jobs
+            })
+            .collect();
+        Ingestor {
+            layout,
+            partitions,
+            guard,
+        }
+    }
+
+    /// Where entries are appended.
+    pub fn layout(&self) -> &IngestLayout {
+        &self.layout
+    }
+
+    /// Whether this hub's layout is the one recorded on the Redis (checked
+    /// once; a Redis failure is tried again on the next call).
+    pub async fn check_layout(&self) -> Result<(), IngestError> {
+        self.guard.check().await
     }
 
     /// Queues a batch ([`validate`]d here) and returns where its result will
@@ -303,7 +405,8 @@ impl Ingestor {
             },
             reply,
         };
-        self.jobs
+        let partition = self.layout.partition_of(client) as usize;
+        self.partitions[partition]
             .send(job)
             .await
             .map_err(|_| IngestError::Reply("ingest task stopped".into()))?;
@@ -311,7 +414,13 @@ impl Ingestor {
     }
 }
 
-async fn ingest_loop(mut redis: ConnectionManager, keys: HubKeys, mut rx: mpsc::Receiver<Job>) {
+async fn ingest_loop(
+    mut redis: RedisConn,
+    layout: IngestLayout,
+    partition: u32,
+    guard: Arc<LayoutGuard>,
+    mut rx: mpsc::Receiver<Job>,
+) {
     let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
@@ -338,7 +447,16 @@ async fn ingest_loop(mut redis: ConnectionManager, keys: HubKeys, mut rx: mpsc::
         }
         let (sections, replies): (Vec<Section>, Vec<_>) =
             group.into_iter().map(|j| (j.section, j.reply)).unzip();
-        match append_many(&mut redis, &keys, sections).await {
+        let appended = match guard.check().await {
+            Ok(()) => append_many(&mut redis, &layout, partition, sections).await,
+            Err(e) => {
+                if matches!(e, IngestError::Layout { .. }) {
+                    tracing::error!(error = %e, "refusing to ingest: every hub on this Redis must run with the same --ingest-partitions and --redis-cluster");
+                }
+                Err(e)
+            }
+        };
+        match appended {
             Ok(results) => {
                 for (result, reply) in results.into_iter().zip(replies) {
                     let _ = reply.send(Ok(result));

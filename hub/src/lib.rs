@@ -9,13 +9,18 @@
 //! cursor lives in Redis (upstream) or on the device (downstream), so a hub can
 //! be killed at any moment and any replica can take over.
 //!
+//! The cloud Redis is one server or, with `--redis-cluster`, a Redis Cluster
+//! (`lula_runtime::redis`); with `--ingest-partitions` the in stream is split
+//! into partitions spread over its masters (`lula_protocol::keys::IngestLayout`).
+//!
 //! # Layout
 //! - [`config`]: [`Config`], the hub's settings.
 //! - [`session`]: token and session checks at upgrade time.
-//! - [`ingest`]: the exactly-once append script.
+//! - [`ingest`]: the exactly-once append script, one group commit per partition.
 //! - [`live`]: live connections by device, so revocation and expiry reach them.
 //! - [`downstream`]: server push and lula `xread`, woken by keyspace
-//!   notifications instead of a blocking read per device.
+//!   notifications (from every master of a cluster) instead of a blocking
+//!   read per device.
 //! - `connection`: one device's socket, its requests, pings and close codes.
 //! - [`error`]: [`HubError`], HTTP refusals before an upgrade.
 //!
@@ -42,7 +47,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lula_protocol::ClientId;
 use lula_protocol::keys::{AuthKeys, HubKeys};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use lula_runtime::redis::{RedisConn, RedisTarget};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -65,10 +70,11 @@ pub struct AppState {
     pub config: Config,
     /// Hub key names.
     pub keys: HubKeys,
-    /// Cheap-to-clone multiplexed connection for ordinary (non-blocking) commands.
-    pub redis: ConnectionManager,
-    /// For the downstream watcher's pub/sub connection.
-    pub redis_client: redis::Client,
+    /// Cheap-to-clone multiplexed connection for ordinary (non-blocking)
+    /// commands: to one Redis, or to a Redis Cluster.
+    pub redis: RedisConn,
+    /// Where `redis` goes, for the downstream watcher's pub/sub connections.
+    pub redis_target: RedisTarget,
     /// Downstream readers waiting for their out stream to change.
     pub wakers: Arc<downstream::Wakers>,
     /// Group commit of every connection's batches.
@@ -88,27 +94,29 @@ impl AppState {
     /// Builds the state. Connects to Redis lazily, so the hub starts (and
     /// answers 503) while Redis is still coming up.
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
-        let redis_client =
-            redis::Client::open(config.redis_url.as_str()).context("parse --redis-url")?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.redis_timeout))
-            .set_connection_timeout(Some(config.redis_timeout))
-            // Requests wait on a reconnect in progress, and redis-rs retries six
-            // times with backoff (~10 s) by default: while Redis is down every
-            // upgrade and request would hang that long instead of answering 503.
-            // One attempt per reconnect; the next request tries again.
-            .set_number_of_retries(0);
-        let redis = redis_client
-            .get_connection_manager_lazy(manager_config)
-            .context("redis connection manager")?;
+        let redis_target = config.redis_target();
+        // Requests fail within --redis-timeout while Redis is down (503),
+        // rather than wait on reconnects (see lula_runtime::redis).
+        let redis = redis_target.connect_lazy().context("parse --redis-url")?;
         let keys = HubKeys::new(config.prefix.clone());
+        let layout = config.ingest_layout();
+        if config.redis_cluster
+            && let Some(p) = layout.cross_slot_partition()
+        {
+            anyhow::bail!(
+                "--prefix {:?} puts {} and {} in different Redis Cluster slots; use a prefix without braces",
+                config.prefix,
+                layout.cursors(p),
+                layout.in_stream(p)
+            );
+        }
         Ok(Arc::new(AppState {
-            ingestor: ingest::Ingestor::start(redis.clone(), keys.clone()),
+            ingestor: ingest::Ingestor::start(redis.clone(), &keys, layout),
             keys,
             auth: Authenticator::new(AuthKeys::new(config.auth_prefix.clone())),
             config,
             redis,
-            redis_client,
+            redis_target,
             wakers: Arc::default(),
             live: Arc::default(),
             shutdown,
@@ -141,7 +149,7 @@ pub async fn run(
     let state = AppState::new(config, shutdown.clone())?;
     let tracker = state.tracker.clone();
     tracker.spawn(downstream::watch(
-        state.redis_client.clone(),
+        state.redis_target.clone(),
         state.redis.clone(),
         downstream::Watched {
             out_pattern: state.keys.out_stream_pattern(),
@@ -166,12 +174,15 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: Redis answers, so devices connecting here can sync. A load
-/// balancer stops sending devices to a hub that cannot reach its Redis.
+/// Readiness: Redis answers (on a cluster, every node) and this hub's ingest
+/// layout is the one recorded there, so devices connecting here can sync. A
+/// load balancer stops sending devices to a hub that cannot reach its Redis,
+/// and a rollout with a mistaken `--ingest-partitions` stalls at its first pod.
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, HubError> {
     redis::cmd("PING")
         .query_async::<()>(&mut state.redis.clone())
         .await?;
+    state.ingestor.check_layout().await?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 

@@ -38,6 +38,14 @@ struct ServeArgs {
         hide_env_values = true
     )]
     redis_url: String,
+    /// Treat --redis-url as a seed node of a Redis Cluster.
+    #[arg(long, env = "LULA_REDIS_CLUSTER")]
+    redis_cluster: bool,
+    /// Split devices' entries over this many in streams, `<prefix>:in:{p}:x`
+    /// for p in 0..N (1: one `<prefix>:in:x`). Every hub must use the same
+    /// number; changing it needs the cursors moved (README, "Redis Cluster").
+    #[arg(long, env = "LULA_INGEST_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    ingest_partitions: u32,
     /// Prefix of the hub's Redis keys.
     #[arg(long, env = "LULA_HUB_PREFIX", default_value = lula_protocol::keys::DEFAULT_HUB_PREFIX)]
     prefix: String,
@@ -67,6 +75,8 @@ async fn main() -> anyhow::Result<()> {
     lula_runtime::init_tracing();
     let Command::Serve(args) = Cli::parse().command;
     let config = Config {
+        redis_cluster: args.redis_cluster,
+        ingest_partitions: args.ingest_partitions,
         prefix: args.prefix,
         auth_prefix: args.auth_prefix,
         max_frame_bytes: args.max_frame_bytes,

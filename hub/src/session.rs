@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use lula_protocol::keys::AuthKeys;
 use lula_protocol::token::{self, Claims, TokenError};
+use lula_runtime::redis::RedisConn;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::error::HubError;
 
@@ -36,7 +36,7 @@ impl Authenticator {
     /// Verifies `token` and checks its session still exists; returns its claims.
     pub async fn authenticate(
         &self,
-        redis: &mut ConnectionManager,
+        redis: &mut RedisConn,
         token: &str,
     ) -> Result<Claims, HubError> {
         let kid = token::kid_of(token)?;
@@ -49,7 +49,7 @@ impl Authenticator {
         Ok(claims)
     }
 
-    async fn key(&self, redis: &mut ConnectionManager, kid: &str) -> Result<[u8; 32], HubError> {
+    async fn key(&self, redis: &mut RedisConn, kid: &str) -> Result<[u8; 32], HubError> {
         if let Some((at, key)) = self.lock().get(kid)
             && at.elapsed() < KEY_CACHE_TTL
         {

@@ -6,7 +6,7 @@ mod common;
 
 use common::{entry, spawn_hub};
 use lula_hub::ingest::{self, Appended, Section};
-use lula_protocol::keys::HubKeys;
+use lula_protocol::keys::{HubKeys, IngestLayout};
 use lula_protocol::{Entry, StreamId};
 use lula_testkit::RedisServer;
 use serde_json::json;
@@ -40,7 +40,8 @@ async fn sections_of_several_devices_in_one_call_are_each_checked_on_their_own()
     let keys = HubKeys::default();
     let results = ingest::append_many(
         &mut conn,
-        &keys,
+        &IngestLayout::single(&keys),
+        0,
         vec![
             section("a", None, 1..4),
             section("b", None, 1..3),

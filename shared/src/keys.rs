@@ -1,5 +1,22 @@
 //! Redis key names. Every key lula touches is named here, once, under a
 //! configurable prefix so tests and tenants can share a Redis without colliding.
+//!
+//! # Redis Cluster
+//!
+//! Every key one Lua script touches must live in one hash slot. The only
+//! script with two keys is the hub's ingest script: a partition's cursor hash
+//! and its in stream. [`IngestLayout`] names them so they share a slot:
+//! - one partition on one Redis (the default): `lula-hub:cursor:h` and
+//!   `lula-hub:in:x`, as always;
+//! - one partition on a cluster: `lula-hub:cursor:{lula-hub:in:x}:h`, whose
+//!   hash tag is the in stream's whole name, so it hashes to the stream's
+//!   slot while the stream keeps the name consumers know;
+//! - `N` partitions: `lula-hub:in:{p}:x` and `lula-hub:cursor:{p}:h` for `p` in
+//!   `0..N`, sharing the tag `{p}`, so partitions spread over the masters.
+//!
+//! A device's partition is [`partition`]: FNV-1a (32 bit) of its client id,
+//! modulo `N`, so consumers and tools can compute it too. [`key_slot`] is
+//! Redis Cluster's own slot function, for checking a layout.
 
 use crate::ClientId;
 
@@ -59,10 +76,155 @@ impl HubKeys {
     }
 
     /// `lula-hub:cursor:h`: field per device, value the last device seq appended to
-    /// the in stream. Updated in the same Lua script as the append.
+    /// the in stream. Updated in the same Lua script as the append. (With
+    /// partitions or on a cluster, see [`IngestLayout::cursors`].)
     pub fn cursors(&self) -> String {
         format!("{}:cursor:h", self.prefix)
     }
+
+    /// `lula-hub:ingest-layout`: the [`IngestLayout::description`] the hubs
+    /// write with, recorded by the first hub; a hub configured otherwise
+    /// refuses to ingest, since a device moved to another partition would have
+    /// its entries accepted again.
+    pub fn ingest_layout(&self) -> String {
+        format!("{}:ingest-layout", self.prefix)
+    }
+}
+
+/// Where the hub appends devices' entries: `partitions` in streams, each with
+/// its cursor hash in the same hash slot (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestLayout {
+    prefix: String,
+    partitions: u32,
+    cluster: bool,
+}
+
+impl IngestLayout {
+    /// The layout of `keys` with `partitions` partitions (at least 1), on a
+    /// Redis Cluster when `cluster`.
+    pub fn new(keys: &HubKeys, partitions: u32, cluster: bool) -> Self {
+        IngestLayout {
+            prefix: keys.prefix.clone(),
+            partitions: partitions.max(1),
+            cluster,
+        }
+    }
+
+    /// One partition on one Redis: `lula-hub:in:x` and `lula-hub:cursor:h`.
+    pub fn single(keys: &HubKeys) -> Self {
+        IngestLayout::new(keys, 1, false)
+    }
+
+    /// How many partitions.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition of `client`'s entries.
+    pub fn partition_of(&self, client: &ClientId) -> u32 {
+        partition(client, self.partitions)
+    }
+
+    /// Partition `p`'s in stream: `lula-hub:in:x` with one partition,
+    /// `lula-hub:in:{p}:x` with several.
+    pub fn in_stream(&self, p: u32) -> String {
+        if self.partitions == 1 {
+            format!("{}:in:x", self.prefix)
+        } else {
+            format!("{}:in:{{{p}}}:x", self.prefix)
+        }
+    }
+
+    /// Partition `p`'s cursor hash (field per device, the last seq appended):
+    /// `lula-hub:cursor:h` with one partition on one Redis,
+    /// `lula-hub:cursor:{lula-hub:in:x}:h` with one partition on a cluster,
+    /// `lula-hub:cursor:{p}:h` with several.
+    pub fn cursors(&self, p: u32) -> String {
+        if self.partitions > 1 {
+            format!("{}:cursor:{{{p}}}:h", self.prefix)
+        } else if self.cluster {
+            format!("{}:cursor:{{{}}}:h", self.prefix, self.in_stream(0))
+        } else {
+            format!("{}:cursor:h", self.prefix)
+        }
+    }
+
+    /// Every partition's in stream, in partition order.
+    pub fn in_streams(&self) -> Vec<String> {
+        (0..self.partitions).map(|p| self.in_stream(p)).collect()
+    }
+
+    /// What the hubs record in [`HubKeys::ingest_layout`]:
+    /// `partitions=<N> cursors=<partition 0's cursor hash>`.
+    pub fn description(&self) -> String {
+        format!("partitions={} cursors={}", self.partitions, self.cursors(0))
+    }
+
+    /// The first partition whose cursor hash and in stream fall in different
+    /// hash slots (possible only with a prefix holding `{` or `}`); `None`
+    /// when every ingest script call stays in one slot.
+    pub fn cross_slot_partition(&self) -> Option<u32> {
+        (0..self.partitions).find(|&p| {
+            key_slot(self.cursors(p).as_bytes()) != key_slot(self.in_stream(p).as_bytes())
+        })
+    }
+}
+
+/// The partition of `client` among `partitions` (at least 1): the 32-bit
+/// FNV-1a hash of the client id's bytes, modulo `partitions`.
+///
+/// ```text
+/// h = 2166136261
+/// for each byte b of the client id: h = (h XOR b) * 16777619 mod 2^32
+/// partition = h mod partitions
+/// ```
+pub fn partition(client: &ClientId, partitions: u32) -> u32 {
+    fnv1a32(client.as_str().as_bytes()) % partitions.max(1)
+}
+
+/// FNV-1a, 32 bits.
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Number of hash slots of a Redis Cluster.
+pub const CLUSTER_SLOTS: u16 = 16384;
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (what
+/// lies between the first `{` and the next `}`, when not empty) or else of the
+/// whole key, modulo [`CLUSTER_SLOTS`]. Keys with the same slot can be used
+/// together in one script.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16_xmodem(hashed) % CLUSTER_SLOTS
+}
+
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 /// Escapes the characters Redis glob patterns treat specially.
@@ -225,5 +387,76 @@ mod tests {
         let dev = DeviceKeys::default();
         assert_eq!(dev.out_stream(), "lula-client:out:x");
         assert_eq!(dev.in_stream(), "lula-client:in:x");
+    }
+
+    #[test]
+    fn one_partition_on_one_redis_keeps_the_documented_names() {
+        let layout = IngestLayout::single(&HubKeys::default());
+        assert_eq!(layout.in_stream(0), "lula-hub:in:x");
+        assert_eq!(layout.cursors(0), "lula-hub:cursor:h");
+        assert_eq!(layout.in_stream(0), HubKeys::default().in_stream());
+        assert_eq!(layout.cursors(0), HubKeys::default().cursors());
+        assert_eq!(
+            layout.description(),
+            "partitions=1 cursors=lula-hub:cursor:h"
+        );
+    }
+
+    #[test]
+    fn cluster_layouts_keep_each_script_in_one_slot() {
+        let keys = HubKeys::default();
+        let one = IngestLayout::new(&keys, 1, true);
+        assert_eq!(one.in_stream(0), "lula-hub:in:x");
+        assert_eq!(one.cursors(0), "lula-hub:cursor:{lula-hub:in:x}:h");
+        assert_eq!(one.cross_slot_partition(), None);
+        let four = IngestLayout::new(&keys, 4, true);
+        assert_eq!(four.in_stream(3), "lula-hub:in:{3}:x");
+        assert_eq!(four.cursors(3), "lula-hub:cursor:{3}:h");
+        // Several partitions have the same names with or without a cluster.
+        assert_eq!(
+            IngestLayout::new(&keys, 4, false).cursors(3),
+            four.cursors(3)
+        );
+        assert_eq!(four.cross_slot_partition(), None);
+        // A prefix with a hash tag of its own puts everything in its slot.
+        let tagged = IngestLayout::new(&HubKeys::new("t{1}"), 4, true);
+        assert_eq!(tagged.cross_slot_partition(), None);
+        // One with an unclosed brace cannot keep the one-partition script in one slot.
+        let broken = IngestLayout::new(&HubKeys::new("a{b"), 1, true);
+        assert_eq!(broken.cross_slot_partition(), Some(0));
+    }
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{foo}.bar"), 12182);
+        // An empty tag does not count: the whole key is hashed.
+        assert_eq!(
+            key_slot(b"foo{}{bar}"),
+            crc16_xmodem(b"foo{}{bar}") % CLUSTER_SLOTS
+        );
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+        assert_eq!(key_slot(b"lula-hub:in:{0}:x"), key_slot(b"0"));
+    }
+
+    #[test]
+    fn partitions_are_fnv1a_of_the_client_id() {
+        // FNV-1a test vectors.
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
+        // The README's Python version gives the same.
+        let d: ClientId = "dev-4711".parse().unwrap();
+        assert_eq!((partition(&d, 4), partition(&d, 16)), (0, 12));
+        let c: ClientId = "dev-1".parse().unwrap();
+        assert_eq!(partition(&c, 1), 0);
+        assert_eq!(partition(&c, 4), fnv1a32(b"dev-1") % 4);
+        assert_eq!(partition(&c, 0), 0);
+        let spread: std::collections::HashSet<u32> = (0..100)
+            .map(|i| partition(&format!("dev-{i}").parse().unwrap(), 4))
+            .collect();
+        assert_eq!(spread.len(), 4);
     }
 }

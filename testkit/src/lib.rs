@@ -4,7 +4,8 @@
 //! Nothing here mocks Redis. Each test starts the servers it needs, so tests run
 //! in parallel without sharing state and never rely on a server started by hand.
 //!
-//! The server binary is `redis-server` from `PATH`, or `$LULA_REDIS_SERVER`.
+//! The server binary is `redis-server` from `PATH`, or `$LULA_REDIS_SERVER`;
+//! [`cluster::RedisCluster`] also runs `redis-cli` (or `$LULA_REDIS_CLI`).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod haproxy;
 pub mod pki;
+pub use cluster::RedisCluster;
 pub use pki::TestPki;
 
 /// A `redis-server` child process on 127.0.0.1 and a private data directory.
@@ -33,6 +36,9 @@ pub struct RedisOptions {
     /// More `redis-server` arguments, e.g. `["--rename-command", "CONFIG", ""]`
     /// to play a managed Redis that refuses `CONFIG`.
     pub extra_args: Vec<String>,
+    /// Start as a Redis Cluster node (`--cluster-enabled yes`, on a port whose
+    /// cluster bus port, 10000 above, is free too); see [`RedisCluster`].
+    pub cluster: bool,
 }
 
 fn server_binary() -> PathBuf {
@@ -47,6 +53,18 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0 to find a free port")
+}
+
+/// A free port whose Redis Cluster bus port (the port + 10000) is free and
+/// valid too.
+fn free_cluster_port() -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        if port <= u16::MAX - 10_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port with a free cluster bus port 10000 above it");
 }
 
 impl RedisServer {
@@ -67,7 +85,11 @@ impl RedisServer {
         let mut last_err = String::new();
         // A port found free can be taken before redis binds it; try a few.
         for _ in 0..5 {
-            server.port = free_port();
+            server.port = if server.options.cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
             match server.spawn() {
                 Ok(()) => return server,
                 Err(e) => last_err = e,
@@ -88,6 +110,13 @@ impl RedisServer {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             cmd.args(["--appendonly", "no"]);
+        }
+        if self.options.cluster {
+            // The bus listens 10000 above the port (`--cluster-port` would
+            // choose another, but only from Redis 7 on).
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "5000"]);
         }
         cmd.args(&self.options.extra_args);
         let child = cmd

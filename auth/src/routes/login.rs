@@ -76,7 +76,7 @@ pub async fn login(
 
 async fn log_in(
     state: &AppState,
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut lula_runtime::redis::RedisConn,
     client: &ClientId,
     secret: String,
 ) -> Result<LoginResponse, AuthError> {
@@ -95,7 +95,7 @@ async fn log_in(
 /// Starts a new session of `client` and signs its token.
 pub(crate) async fn issue(
     state: &AppState,
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut lula_runtime::redis::RedisConn,
     client: &ClientId,
 ) -> Result<LoginResponse, AuthError> {
     state.ensure_key_published().await?;

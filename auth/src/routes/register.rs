@@ -84,7 +84,7 @@ pub async fn register(
 
 async fn register_checked(
     state: &AppState,
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut lula_runtime::redis::RedisConn,
     client: &ClientId,
     code: &str,
     secret: String,

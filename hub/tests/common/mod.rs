@@ -229,6 +229,12 @@ pub struct Ws {
     next_id: u64,
 }
 
+impl From<WebSocketStream<MaybeTlsStream<TcpStream>>> for Ws {
+    fn from(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Ws { ws, next_id: 1 }
+    }
+}
+
 impl Ws {
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws.send(Message::text(text.into())).await.unwrap();
