@@ -54,6 +54,8 @@ struct Common {
 #[derive(Args)]
 struct ServeArgs {
     #[command(flatten)]
+    log: lula_runtime::LogArgs,
+    #[command(flatten)]
     common: Common,
     /// Address to listen on.
     #[arg(long, env = "LULA_AUTH_LISTEN", default_value = "0.0.0.0:3001")]
@@ -119,11 +121,19 @@ struct RevokeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    lula_runtime::init_tracing();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
-        Command::Provision(args) => provision(args).await,
-        Command::Revoke(args) => revoke(args).await,
+        Command::Serve(args) => {
+            lula_runtime::init_tracing_as(args.log.log_format);
+            serve(args).await
+        }
+        Command::Provision(args) => {
+            lula_runtime::init_tracing();
+            provision(args).await
+        }
+        Command::Revoke(args) => {
+            lula_runtime::init_tracing();
+            revoke(args).await
+        }
     }
 }
 

@@ -196,3 +196,63 @@ async fn the_device_answers_each_cloud_request_exactly_once_across_restarts() {
     stop.cancel();
     server.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_service_calls_a_device_and_an_offline_one_times_out() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    let stop = CancellationToken::new();
+    let server = {
+        let (url, keys, stop) = (device.redis.url(), device.keys.clone(), stop.clone());
+        tokio::spawn(async move {
+            lula_client::rpc::serve(
+                &url,
+                &keys,
+                |method, _args| async move { vec![(b"ran".to_vec(), method.into_bytes())] },
+                stop,
+            )
+            .await
+            .unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client: ClientId = "dev-1".parse().unwrap();
+    let mut conn = lula_client::rpc::connect(cloud.redis_url()).await.unwrap();
+    let answer = lula_hub::rpc::call(
+        &mut conn,
+        &cloud.keys.out_stream(&client),
+        &cloud.keys.in_stream(),
+        &client,
+        "reboot",
+        &[],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rpc::payload(&answer),
+        vec![(b"ran".to_vec(), b"reboot".to_vec())]
+    );
+
+    // Offline: a clear timeout, not a hang; the request stays queued for it.
+    stop.cancel();
+    server.await.unwrap();
+    device.stop().await.unwrap();
+    let err = lula_hub::rpc::call(
+        &mut conn,
+        &cloud.keys.out_stream(&client),
+        &cloud.keys.in_stream(),
+        &client,
+        "reboot",
+        &[],
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, lula_hub::rpc::CallError::Timeout { .. }),
+        "{err}"
+    );
+}

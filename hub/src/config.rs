@@ -14,6 +14,11 @@ pub struct Config {
     /// `redis_url` is a seed node of a Redis Cluster: keys are spread over
     /// its masters, downstream notifications come from each master.
     pub redis_cluster: bool,
+    /// lula-auth's Redis (sessions, verification keys, revocations) when it is
+    /// not the hub's own.
+    pub auth_redis_url: Option<String>,
+    /// Whether `auth_redis_url` is a Redis Cluster seed.
+    pub auth_redis_cluster: bool,
     /// In streams devices' entries are split into (1: `lula-hub:in:x`; more:
     /// `lula-hub:in:{p}:x`, a device always in partition
     /// `lula_protocol::keys::partition`). Every hub on one Redis must use the
@@ -54,6 +59,18 @@ impl Config {
         }
     }
 
+    /// Where lula-auth's keys are: its own Redis, or the hub's.
+    pub fn auth_redis_target(&self) -> lula_runtime::redis::RedisTarget {
+        match &self.auth_redis_url {
+            Some(url) => lula_runtime::redis::RedisTarget {
+                url: url.clone(),
+                cluster: self.auth_redis_cluster,
+                timeout: self.redis_timeout,
+            },
+            None => self.redis_target(),
+        }
+    }
+
     /// Where entries are appended.
     pub fn ingest_layout(&self) -> lula_protocol::keys::IngestLayout {
         lula_protocol::keys::IngestLayout::new(
@@ -68,6 +85,8 @@ impl Config {
         Config {
             redis_url: redis_url.into(),
             redis_cluster: false,
+            auth_redis_url: None,
+            auth_redis_cluster: false,
             ingest_partitions: 1,
             prefix: DEFAULT_HUB_PREFIX.into(),
             auth_prefix: DEFAULT_AUTH_PREFIX.into(),
@@ -87,6 +106,14 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("redis_url", &lula_protocol::redact_url(&self.redis_url))
             .field("redis_cluster", &self.redis_cluster)
+            .field(
+                "auth_redis_url",
+                &self
+                    .auth_redis_url
+                    .as_deref()
+                    .map(lula_protocol::redact_url),
+            )
+            .field("auth_redis_cluster", &self.auth_redis_cluster)
             .field("ingest_partitions", &self.ingest_partitions)
             .field("prefix", &self.prefix)
             .field("auth_prefix", &self.auth_prefix)

@@ -421,7 +421,7 @@ impl Connection {
                 let renewed = self
                     .state
                     .auth
-                    .authenticate(&mut self.redis, &request.token)
+                    .authenticate(&mut self.state.auth_redis.clone(), &request.token)
                     .await;
                 match renewed {
                     Ok(claims) if claims.sub == self.client => {

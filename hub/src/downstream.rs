@@ -197,8 +197,10 @@ pub struct Watched {
     pub out_pattern: String,
     /// Readers to wake when their out stream changes.
     pub wakers: Arc<Wakers>,
-    /// lula-auth's revocation channel (`lula-auth:revoked`).
-    pub revocations: String,
+    /// lula-auth's revocation channel (`lula-auth:revoked`), when lula-auth
+    /// shares the hub's Redis (otherwise [`watch_revocations`] listens on
+    /// lula-auth's own).
+    pub revocations: Option<String>,
     /// Connections to close when their session is revoked or a newer
     /// connection of their device appears.
     pub live: Arc<crate::live::Live>,
@@ -351,7 +353,9 @@ pub async fn watch(
             };
             let mut subscribed = pubsub.psubscribe(&channel_pattern).await;
             if subscribed.is_ok() && i == 0 {
-                subscribed = pubsub.subscribe(&[&revocations, &connections]).await;
+                let mut channels = vec![connections.as_str()];
+                channels.extend(revocations.as_deref());
+                subscribed = pubsub.subscribe(&channels).await;
             }
             if let Err(e) = subscribed {
                 failed = Some(format!("subscribe {at}: {e}"));
@@ -417,7 +421,7 @@ pub async fn watch(
             match msg.flatten() {
                 Some(msg) => {
                     let channel = msg.get_channel_name();
-                    if channel == revocations {
+                    if Some(channel) == revocations.as_deref() {
                         if let Ok(message) = msg.get_payload::<String>() {
                             let closed = live.revoked(&message);
                             tracing::info!(%message, closed, "session revoked");
@@ -676,6 +680,60 @@ fn legacy_item(entry: Entry) -> Value {
     }
     item.insert("id".into(), Value::String(entry.id.to_string()));
     Value::Object(item)
+}
+
+/// Closes the connections of revoked sessions, as announced on `channel` of
+/// lula-auth's own Redis (when it is not the hub's), until `shutdown`.
+/// Reconnects by itself. A cluster delivers `PUBLISH` on every node, so the
+/// node `client` points at is enough.
+pub async fn watch_revocations(
+    client: redis::Client,
+    channel: String,
+    live: Arc<crate::live::Live>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = tokio::time::timeout(WATCH_TIMEOUT, client.get_async_pubsub()) => c,
+        };
+        let mut pubsub = match connected {
+            Ok(Ok(p)) => p,
+            _ => {
+                tracing::warn!("revocation watch: cannot connect to lula-auth's redis; retrying");
+                if pause(&shutdown, RETRY_PAUSE).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(&channel).await {
+            tracing::warn!(error = %e, "revocation watch: subscribe failed; retrying");
+            if pause(&shutdown, RETRY_PAUSE).await {
+                return;
+            }
+            continue;
+        }
+        let mut messages = pubsub.into_on_message();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                msg = messages.next() => match msg {
+                    Some(msg) => {
+                        if let Ok(message) = msg.get_payload::<String>() {
+                            let closed = live.revoked(&message);
+                            tracing::info!(%message, closed, "session revoked");
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        tracing::warn!("revocation watch: connection lost; reconnecting");
+        if pause(&shutdown, RETRY_PAUSE).await {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

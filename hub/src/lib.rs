@@ -18,6 +18,7 @@
 //! - [`session`]: token and session checks at upgrade time.
 //! - [`ingest`]: the exactly-once append script, one group commit per partition.
 //! - [`live`]: live connections by device, so revocation and expiry reach them.
+//! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
 //! - [`downstream`]: server push and lula `xread`, woken by keyspace
 //!   notifications (from every master of a cluster) instead of a blocking
 //!   read per device.
@@ -32,6 +33,7 @@ pub mod downstream;
 pub mod error;
 pub mod ingest;
 pub mod live;
+pub mod rpc;
 pub mod session;
 
 use std::sync::Arc;
@@ -83,6 +85,9 @@ pub struct AppState {
     pub live: Arc<live::Live>,
     /// Token verification.
     pub auth: Authenticator,
+    /// lula-auth's Redis (sessions, verification keys): `redis` itself unless
+    /// `--auth-redis-url` names another.
+    pub auth_redis: RedisConn,
     /// Cancelled when the hub shuts down; connections close with 1001.
     pub shutdown: CancellationToken,
     /// Connection tasks, awaited on shutdown (axum does not track upgraded sockets).
@@ -98,6 +103,13 @@ impl AppState {
         // Requests fail within --redis-timeout while Redis is down (503),
         // rather than wait on reconnects (see lula_runtime::redis).
         let redis = redis_target.connect_lazy().context("parse --redis-url")?;
+        let auth_redis = match &config.auth_redis_url {
+            Some(_) => config
+                .auth_redis_target()
+                .connect_lazy()
+                .context("parse --auth-redis-url")?,
+            None => redis.clone(),
+        };
         let keys = HubKeys::new(config.prefix.clone());
         let layout = config.ingest_layout();
         if config.redis_cluster
@@ -117,6 +129,7 @@ impl AppState {
             config,
             redis,
             redis_target,
+            auth_redis,
             wakers: Arc::default(),
             live: Arc::default(),
             shutdown,
@@ -154,13 +167,27 @@ pub async fn run(
         downstream::Watched {
             out_pattern: state.keys.out_stream_pattern(),
             wakers: state.wakers.clone(),
-            revocations: AuthKeys::new(state.config.auth_prefix.clone()).revocations(),
+            revocations: state
+                .config
+                .auth_redis_url
+                .is_none()
+                .then(|| AuthKeys::new(state.config.auth_prefix.clone()).revocations()),
             connections: state.keys.connected_channel(),
             live: state.live.clone(),
         },
         state.config.downstream_poll,
         shutdown.clone(),
     ));
+    if let Some(url) = &state.config.auth_redis_url {
+        // lula-auth announces revocations on its own Redis.
+        let client = redis::Client::open(url.as_str()).context("parse --auth-redis-url")?;
+        tracker.spawn(downstream::watch_revocations(
+            client,
+            AuthKeys::new(state.config.auth_prefix.clone()).revocations(),
+            state.live.clone(),
+            shutdown.clone(),
+        ));
+    }
     lula_runtime::serve(listener, app(state), shutdown, serve_options)
         .await
         .context("serve")?;
@@ -248,7 +275,7 @@ async fn upgrade(
     let token = token_from(&headers, query.as_deref()).ok_or(HubError::MissingToken)?;
     let claims = state
         .auth
-        .authenticate(&mut state.redis.clone(), &token)
+        .authenticate(&mut state.auth_redis.clone(), &token)
         .await?;
     let ws = ws?;
     let generation = take_over(&state, &claims.sub).await?;

@@ -22,14 +22,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Accept device WebSockets.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Ask one device: append a request (`rpc <method> ...`) to its out stream
+    /// and wait for its answer.
+    Call(CallArgs),
 }
 
+/// Where the hub's data is: every subcommand that reads or writes it.
 #[derive(clap::Args)]
-struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "LULA_HUB_LISTEN", default_value = "0.0.0.0:3002")]
-    listen: SocketAddr,
+struct Store {
     /// Cloud Redis (streams, cursors, and lula-auth's sessions and keys).
     #[arg(
         long,
@@ -49,15 +50,43 @@ struct ServeArgs {
     /// Prefix of the hub's Redis keys.
     #[arg(long, env = "LULA_HUB_PREFIX", default_value = lula_protocol::keys::DEFAULT_HUB_PREFIX)]
     prefix: String,
+    /// Timeout of one Redis command.
+    #[arg(long, env = "LULA_REDIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    redis_timeout: Duration,
+}
+
+impl Store {
+    fn config(&self) -> Config {
+        Config {
+            redis_cluster: self.redis_cluster,
+            ingest_partitions: self.ingest_partitions,
+            prefix: self.prefix.clone(),
+            redis_timeout: self.redis_timeout,
+            ..Config::new(self.redis_url.clone())
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Address to listen on.
+    #[arg(long, env = "LULA_HUB_LISTEN", default_value = "0.0.0.0:3002")]
+    listen: SocketAddr,
+    /// lula-auth's Redis (sessions, verification keys, revocations), when it
+    /// is not the hub's own --redis-url.
+    #[arg(long, env = "LULA_AUTH_REDIS_URL", hide_env_values = true)]
+    auth_redis_url: Option<String>,
+    /// Treat --auth-redis-url as a seed node of a Redis Cluster.
+    #[arg(long, env = "LULA_AUTH_REDIS_CLUSTER")]
+    auth_redis_cluster: bool,
     /// Prefix of lula-auth's Redis keys (sessions, verification keys).
     #[arg(long, env = "LULA_AUTH_PREFIX", default_value = lula_protocol::keys::DEFAULT_AUTH_PREFIX)]
     auth_prefix: String,
     /// Largest WebSocket message accepted, in bytes.
     #[arg(long, env = "LULA_MAX_FRAME_BYTES", default_value_t = lula_protocol::limits::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
-    /// Timeout of one Redis command.
-    #[arg(long, env = "LULA_REDIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    redis_timeout: Duration,
     /// How often out streams are re-read when the hub's Redis refuses to send
     /// keyspace notifications (set `notify-keyspace-events` to include `Kt`).
     #[arg(long, env = "LULA_DOWNSTREAM_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -68,26 +97,57 @@ struct ServeArgs {
     allow_concurrent_connections: bool,
     #[command(flatten)]
     tls: lula_runtime::tls::ServeTlsArgs,
+    #[command(flatten)]
+    log: lula_runtime::LogArgs,
+}
+
+#[derive(clap::Args)]
+struct CallArgs {
+    #[command(flatten)]
+    store: Store,
+    /// The device.
+    client: lula_protocol::ClientId,
+    /// The method, e.g. `reboot`.
+    method: String,
+    /// Arguments as `key=value`.
+    #[arg(value_parser = parse_pair)]
+    args: Vec<(String, String)>,
+    /// How long to wait for the answer.
+    #[arg(long, env = "LULA_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print the answer as JSON.
+    #[arg(long, env = "LULA_JSON")]
+    json: bool,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    lula_runtime::init_tracing();
-    let Command::Serve(args) = Cli::parse().command;
+    match Cli::parse().command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Call(args) => call(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    lula_runtime::init_tracing_as(args.log.log_format);
     let config = Config {
-        redis_cluster: args.redis_cluster,
-        ingest_partitions: args.ingest_partitions,
-        prefix: args.prefix,
+        auth_redis_url: args.auth_redis_url,
+        auth_redis_cluster: args.auth_redis_cluster,
         auth_prefix: args.auth_prefix,
         max_frame_bytes: args.max_frame_bytes,
-        redis_timeout: args.redis_timeout,
         downstream_poll: args.downstream_poll,
         one_connection_per_device: !args.allow_concurrent_connections,
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
             ..Default::default()
         },
-        ..Config::new(args.redis_url)
+        ..args.store.config()
     };
     tracing::info!(?config, "starting");
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -97,4 +157,55 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_hub::run(listener, config, shutdown).await
+}
+
+async fn call(args: CallArgs) -> anyhow::Result<()> {
+    let config = args.store.config();
+    let layout = config.ingest_layout();
+    let keys = lula_protocol::keys::HubKeys::new(config.prefix.clone());
+    // A connection of its own: the call waits with blocking reads.
+    let mut conn = lula_runtime::redis::RedisTarget {
+        timeout: args.timeout + Duration::from_secs(10),
+        ..config.redis_target()
+    }
+    .connect()
+    .await
+    .context("connect to redis")?;
+    let fields: Vec<(Vec<u8>, Vec<u8>)> = args
+        .args
+        .iter()
+        .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+        .collect();
+    let answer = lula_hub::rpc::call(
+        &mut conn,
+        &keys.out_stream(&args.client),
+        &layout.in_stream(layout.partition_of(&args.client)),
+        &args.client,
+        &args.method,
+        &fields,
+        args.timeout,
+    )
+    .await?;
+    let payload = lula_protocol::rpc::payload(&answer);
+    if args.json {
+        let map: serde_json::Map<String, serde_json::Value> = payload
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned().into(),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        for (k, v) in payload {
+            println!(
+                "{}={}",
+                String::from_utf8_lossy(&k),
+                String::from_utf8_lossy(&v)
+            );
+        }
+    }
+    Ok(())
 }
