@@ -25,12 +25,14 @@
 //! - [`otp`]: TOTP codes and `otpauth://` URIs.
 //! - [`password`]: bcrypt off the runtime.
 //! - [`throttle`]: failed-attempt limits kept in Redis.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`body`]: JSON or form-urlencoded bodies.
 //! - [`error`]: [`AuthError`], the one error type, and its HTTP answers.
 
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod otp;
 pub mod password;
 pub mod provision;
@@ -72,6 +74,8 @@ pub struct AppState {
     pub signer: Signer,
     /// bcrypt, bounded and off the runtime.
     pub hasher: Hasher,
+    /// What lula-auth counts (`GET /metrics`).
+    pub metrics: std::sync::Arc<metrics::AuthMetrics>,
     key_published: AtomicBool,
 }
 
@@ -92,9 +96,11 @@ impl AppState {
             Some(pem) => Signer::from_pem(pem.expose())?,
             None => Signer::generate(),
         };
+        let metrics = Arc::new(metrics::AuthMetrics::default());
         Ok(Arc::new(AppState {
             keys: AuthKeys::new(config.prefix.clone()),
-            hasher: Hasher::new(config.bcrypt_cost),
+            hasher: Hasher::new(config.bcrypt_cost, metrics.clone()),
+            metrics,
             config,
             redis,
             signer,
@@ -129,6 +135,20 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/logout", post(routes::logout::logout))
         .route("/renew", post(routes::renew::renew))
         .route("/healthz", get(routes::health::healthz))
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(state): axum::extract::State<Arc<AppState>>| async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        state.metrics.render(),
+                    )
+                },
+            ),
+        )
         .fallback(|| async { AuthError::NotFound })
         .method_not_allowed_fallback(|| async { AuthError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))

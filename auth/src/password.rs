@@ -30,13 +30,14 @@ pub struct Hasher {
     dummy: String,
     /// bcrypt operations run (hash, verify or burn), for tests and metrics.
     runs: AtomicU64,
+    metrics: std::sync::Arc<crate::metrics::AuthMetrics>,
     running: AtomicUsize,
     peak: AtomicUsize,
 }
 
 impl Hasher {
     /// A hasher at bcrypt `cost` (clamped to bcrypt's 4..=31).
-    pub fn new(cost: u32) -> Self {
+    pub fn new(cost: u32, metrics: std::sync::Arc<crate::metrics::AuthMetrics>) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cost = cost.clamp(4, 31);
         let nobody = format!("{:x}", rand::random::<u128>());
@@ -47,6 +48,7 @@ impl Hasher {
             // would only make `burn` faster, never accept anything.
             dummy: bcrypt::hash(nobody, cost).unwrap_or_default(),
             runs: AtomicU64::new(0),
+            metrics,
             running: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         }
@@ -109,7 +111,9 @@ impl Hasher {
         self.runs.fetch_add(1, Ordering::Relaxed);
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(f).await;
+        self.metrics.bcrypt(started.elapsed());
         self.running.fetch_sub(1, Ordering::SeqCst);
         result
             .map_err(|e| AuthError::Internal(e.into()))?
@@ -123,7 +127,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_flood_of_verifications_never_runs_more_than_one_per_core() {
-        let hasher = std::sync::Arc::new(Hasher::new(6));
+        let hasher = std::sync::Arc::new(Hasher::new(6, Default::default()));
         let hash = hasher.hash("the secret of a device".into()).await.unwrap();
         let tasks: Vec<_> = (0..24)
             .map(|i| {
@@ -140,7 +144,7 @@ mod tests {
 
     #[tokio::test]
     async fn burning_costs_a_bcrypt_and_accepts_nothing() {
-        let hasher = Hasher::new(4);
+        let hasher = Hasher::new(4, Default::default());
         hasher.burn("anything".into()).await.unwrap();
         assert_eq!(hasher.runs(), 1);
     }

@@ -53,3 +53,38 @@ async fn the_client_exports_what_it_moved_as_prometheus_metrics() {
     assert_eq!(metric(&text, "lula_client_upstream_lag_entries"), Some(0.0));
     assert!(text.contains("lula_client_upstream_batch_entries_bucket"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_auth_export_what_they_did_as_prometheus_metrics() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    device.produce(0, 50).await;
+    cloud.send_down("dev-1", &[("n", "1".into())]).await;
+    let hub = cloud.hub_url().replacen("ws://", "http://", 1) + "/metrics";
+    let text = eventually("the hub's counts", WAIT, || {
+        let hub = hub.clone();
+        async move {
+            let text = reqwest::get(&hub).await.ok()?.text().await.ok()?;
+            let up = metric(&text, "lula_hub_entries_in_total")?;
+            let down = metric(&text, "lula_hub_entries_out_total")?;
+            (up >= 50.0 && down >= 1.0).then_some(text)
+        }
+    })
+    .await;
+    assert_eq!(metric(&text, "lula_hub_entries_in_total"), Some(50.0));
+    assert_eq!(metric(&text, "lula_hub_connections"), Some(1.0));
+    assert_eq!(metric(&text, "lula_hub_duplicates_total"), Some(0.0));
+    assert!(metric(&text, "lula_hub_ingest_calls_total").unwrap() >= 1.0);
+    assert!(text.contains("lula_hub_ingest_seconds_bucket"));
+
+    let auth = format!("{}/metrics", cloud.auth_url());
+    let text = reqwest::get(&auth).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        metric(&text, r#"lula_auth_registrations_total{outcome="ok"}"#),
+        Some(1.0)
+    );
+    assert!(metric(&text, r#"lula_auth_logins_total{outcome="ok"}"#).unwrap() >= 1.0);
+    assert!(text.contains("lula_auth_bcrypt_seconds_bucket"));
+}

@@ -32,6 +32,7 @@ use crate::AppState;
 use crate::downstream::{self, XreadJob};
 use crate::ingest::{self, Appended, IngestError, Ingestor};
 use crate::live::Registration;
+use crate::metrics::HubMetrics;
 use lula_protocol::token::Claims;
 
 /// Frames queued for the writer before the reader waits.
@@ -97,7 +98,10 @@ async fn next_done(pending: &mut VecDeque<PendingAppend>) -> Result<Appended, In
 pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Arc<AppState>) {
     let (sink, mut stream) = socket.split();
     let (out, rx) = mpsc::channel(OUT_QUEUE);
-    let writer = state.tracker.spawn(write_loop(sink, rx));
+    let writer = state
+        .tracker
+        .spawn(write_loop(sink, rx, state.metrics.clone()));
+    state.metrics.connections.inc();
     let cancel = state.shutdown.child_token();
     let (registration, mut kicked) = state.live.register(&claims.sub, &claims.sid, generation);
     if generation > 0 {
@@ -157,11 +161,13 @@ pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Ar
                 match msg {
                     None | Some(Ok(Message::Close(_))) => break None,
                     Some(Ok(Message::Text(text))) => {
+                        state.metrics.frames_in.inc();
                         if conn.handle(text.as_str()).await.is_err() {
                             break None;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
+                        state.metrics.frames_in.inc();
                         let reply = ErrorReply::bad_request("binary frames are not supported; send JSON text frames");
                         if conn.reply(kind::ERR, None, reply).await.is_err() {
                             break None;
@@ -183,7 +189,28 @@ pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Ar
     }
     drop(conn);
     let _ = writer.await;
+    state.metrics.connections.dec();
+    HubMetrics::count(
+        &state.metrics.closed,
+        "reason",
+        close_reason(close_with.map(|(code, _)| code)),
+    );
     tracing::info!("disconnected");
+}
+
+/// The `reason` label of a closed connection, from the close code the hub sent.
+fn close_reason(code: Option<u16>) -> &'static str {
+    match code {
+        None => "device",
+        Some(close::GOING_AWAY) => "shutdown",
+        Some(close::IDLE) => "idle",
+        Some(close::SESSION_EXPIRED) => "session_expired",
+        Some(close::REPLACED) => "replaced",
+        Some(close::SESSION_REVOKED) => "revoked",
+        Some(close::TOO_BIG) => "too_big",
+        Some(close::POLICY) => "protocol",
+        Some(_) => "other",
+    }
 }
 
 /// Maps a read error to the close frame the device should see, if any.
@@ -206,18 +233,25 @@ fn read_error_close(e: axum::Error) -> Option<(u16, &'static str)> {
     }
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    metrics: Arc<HubMetrics>,
+) {
     while let Some(msg) = rx.recv().await {
         let mut closing = matches!(msg, Message::Close(_));
+        let mut frames = u64::from(matches!(msg, Message::Text(_)));
         if sink.feed(msg).await.is_err() {
             return;
         }
         while !closing && let Ok(more) = rx.try_recv() {
             closing = matches!(more, Message::Close(_));
+            frames += u64::from(matches!(more, Message::Text(_)));
             if sink.feed(more).await.is_err() {
                 return;
             }
         }
+        metrics.frames_out.inc_by(frames);
         if sink.flush().await.is_err() || closing {
             let _ = sink.close().await;
             return;
@@ -425,22 +459,26 @@ impl Connection {
                     .await;
                 match renewed {
                     Ok(claims) if claims.sub == self.client => {
+                        HubMetrics::count(&self.state.metrics.renewals, "outcome", "ok");
                         self.expires_at = deadline_of(claims.exp);
                         self.registration.set_sid(&claims.sid);
                         tracing::debug!(sid = %claims.sid, exp = claims.exp, "session renewed");
                         self.send(kind, id, RenewReply { exp: claims.exp }).await
                     }
                     Ok(_) => {
+                        HubMetrics::count(&self.state.metrics.renewals, "outcome", "refused");
                         let reply =
                             ErrorReply::new(status::UNAUTHORIZED, "token is for another device");
                         self.send(kind, id, reply).await
                     }
                     Err(crate::HubError::Redis(_)) => {
+                        HubMetrics::count(&self.state.metrics.renewals, "outcome", "unavailable");
                         let reply =
                             ErrorReply::new(status::UNAVAILABLE, "redis unavailable, retry later");
                         self.send(kind, id, reply).await
                     }
                     Err(e) => {
+                        HubMetrics::count(&self.state.metrics.renewals, "outcome", "refused");
                         let reply = ErrorReply::new(status::UNAUTHORIZED, e.to_string());
                         self.send(kind, id, reply).await
                     }
@@ -531,6 +569,7 @@ impl Connection {
             self.out.clone(),
             acks_rx,
             self.state.config.max_frame_bytes,
+            self.state.metrics.clone(),
             cancel.clone(),
         );
         self.state.tracker.spawn(task);

@@ -27,10 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::metrics::HubMetrics;
 use axum::extract::ws::Message;
 use futures_util::StreamExt;
 use lula_protocol::limits::{
-    PUSH_BATCH_ENTRIES, PUSH_WINDOW_ENTRIES, XREAD_MAX_BLOCK, XREAD_MAX_COUNT,
+    BACKLOG_COUNT_CAP, PUSH_BATCH_ENTRIES, PUSH_WINDOW_ENTRIES, XREAD_MAX_BLOCK, XREAD_MAX_COUNT,
 };
 use lula_protocol::message::{ErrorReply, Frame, Push, XreadRequest, kind, status};
 use lula_protocol::redis_value::entries_from_read;
@@ -520,12 +521,17 @@ pub async fn push(
     out: mpsc::Sender<Message>,
     mut acks: watch_channel::Receiver<StreamId>,
     max_frame_bytes: usize,
+    metrics: Arc<HubMetrics>,
     cancel: CancellationToken,
 ) {
     let mut last = start;
     // (last id of a pushed frame, entries in it), oldest first.
     let mut inflight: VecDeque<(StreamId, usize)> = VecDeque::new();
-    let mut unacked = 0usize;
+    let mut unacked = Unacked {
+        n: 0,
+        gauge: metrics.unacked.clone(),
+    };
+    let mut counted_at: Option<tokio::time::Instant> = None;
     loop {
         let acked = *acks.borrow_and_update();
         while let Some(&(id, n)) = inflight.front() {
@@ -533,16 +539,16 @@ pub async fn push(
                 break;
             }
             inflight.pop_front();
-            unacked -= n;
+            unacked.sub(n);
         }
-        if unacked >= PUSH_WINDOW_ENTRIES {
+        if unacked.n >= PUSH_WINDOW_ENTRIES {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 changed = acks.changed() => if changed.is_err() { return },
             }
             continue;
         }
-        let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - unacked);
+        let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - unacked.n);
         let entries = match xread(&mut redis, &key, last, count).await {
             Ok(entries) => entries,
             Err(e) => {
@@ -554,9 +560,26 @@ pub async fn push(
             }
         };
         let caught_up = entries.len() < count;
-        for frame in frames_by_size(entries, max_frame_bytes / 2) {
+        let read_last = entries.last().map(|e| e.id).unwrap_or(last);
+        // What still waits after this read: none when it came short; counted
+        // (capped) at most once a second while a backlog drains.
+        let backlog = if caught_up {
+            Some(0)
+        } else if counted_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            counted_at = Some(tokio::time::Instant::now());
+            count_after(&mut redis, &key, read_last).await.ok()
+        } else {
+            None
+        };
+        let frames = frames_by_size(entries, max_frame_bytes / 2);
+        let last_frame = frames.len().saturating_sub(1);
+        for (i, frame) in frames.into_iter().enumerate() {
             let (frame_last, n) = (frame.last().map(|e| e.id).unwrap_or(last), frame.len());
-            let text = match Frame::new(kind::PUSH, None, Push { entries: frame }).to_text() {
+            let push = Push {
+                entries: frame,
+                backlog: backlog.filter(|_| i == last_frame),
+            };
+            let text = match Frame::new(kind::PUSH, None, push).to_text() {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::error!(error = %e, "push: cannot encode frame");
@@ -568,7 +591,8 @@ pub async fn push(
             }
             last = frame_last;
             inflight.push_back((frame_last, n));
-            unacked += n;
+            unacked.add(n);
+            metrics.entries_out.inc_by(n as u64);
         }
         if caught_up {
             tokio::select! {
@@ -577,6 +601,51 @@ pub async fn push(
             }
         }
     }
+}
+
+/// This connection's share of the hub-wide unacknowledged-entries gauge,
+/// given back when the push ends however it ends.
+struct Unacked {
+    n: usize,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Unacked {
+    fn add(&mut self, n: usize) {
+        self.n += n;
+        self.gauge.inc_by(n as i64);
+    }
+
+    fn sub(&mut self, n: usize) {
+        self.n -= n;
+        self.gauge.dec_by(n as i64);
+    }
+}
+
+impl Drop for Unacked {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.n as i64);
+    }
+}
+
+/// Entries of `key` after `after`, counted up to [`BACKLOG_COUNT_CAP`].
+pub async fn count_after(
+    redis: &mut RedisConn,
+    key: &str,
+    after: StreamId,
+) -> Result<u64, redis::RedisError> {
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(format!("({after}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(BACKLOG_COUNT_CAP)
+        .query_async(redis)
+        .await?;
+    Ok(match v {
+        redis::Value::Array(items) => items.len() as u64,
+        _ => 0,
+    })
 }
 
 /// Sleeps unless cancelled first; true when cancelled.

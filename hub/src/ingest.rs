@@ -24,6 +24,7 @@
 //! ([`Ingestor::check_layout`]): a hub with another partition count would look
 //! for a device's cursor in another partition and take its entries again.
 
+use crate::metrics::HubMetrics;
 use std::sync::{Arc, LazyLock};
 
 use lula_protocol::keys::{HubKeys, IngestLayout};
@@ -349,7 +350,12 @@ impl LayoutGuard {
 impl Ingestor {
     /// Starts one ingest task per partition of `layout`. They end when every
     /// clone of the ingestor is gone.
-    pub fn start(redis: RedisConn, keys: &HubKeys, layout: IngestLayout) -> Self {
+    pub fn start(
+        redis: RedisConn,
+        keys: &HubKeys,
+        layout: IngestLayout,
+        metrics: Arc<HubMetrics>,
+    ) -> Self {
         let guard = Arc::new(LayoutGuard {
             redis: redis.clone(),
             key: keys.ingest_layout(),
@@ -365,6 +371,7 @@ impl Ingestor {
                     p,
                     guard.clone(),
                     rx,
+                    metrics.clone(),
                 ));
                 jobs
             })
@@ -420,6 +427,7 @@ async fn ingest_loop(
     partition: u32,
     guard: Arc<LayoutGuard>,
     mut rx: mpsc::Receiver<Job>,
+    metrics: Arc<HubMetrics>,
 ) {
     let mut carry: Option<Job> = None;
     loop {
@@ -447,6 +455,11 @@ async fn ingest_loop(
         }
         let (sections, replies): (Vec<Section>, Vec<_>) =
             group.into_iter().map(|j| (j.section, j.reply)).unzip();
+        for s in &sections {
+            metrics.batch_entries.observe(s.entries.len() as f64);
+        }
+        let batches = sections.len();
+        let started = std::time::Instant::now();
         let appended = match guard.check().await {
             Ok(()) => append_many(&mut redis, &layout, partition, sections).await,
             Err(e) => {
@@ -456,8 +469,22 @@ async fn ingest_loop(
                 Err(e)
             }
         };
+        metrics.ingest_call(batches, started.elapsed(), appended.is_ok());
         match appended {
             Ok(results) => {
+                for result in &results {
+                    match result {
+                        Appended::Applied {
+                            added, duplicates, ..
+                        } => {
+                            metrics.entries_in.inc_by(*added);
+                            metrics.duplicates.inc_by(*duplicates);
+                        }
+                        Appended::Gap { .. } => {
+                            metrics.gaps.inc();
+                        }
+                    }
+                }
                 for (result, reply) in results.into_iter().zip(replies) {
                     let _ = reply.send(Ok(result));
                 }

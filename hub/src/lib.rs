@@ -18,6 +18,7 @@
 //! - [`session`]: token and session checks at upgrade time.
 //! - [`ingest`]: the exactly-once append script, one group commit per partition.
 //! - [`live`]: live connections by device, so revocation and expiry reach them.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
 //! - [`downstream`]: server push and lula `xread`, woken by keyspace
 //!   notifications (from every master of a cluster) instead of a blocking
@@ -33,6 +34,7 @@ pub mod downstream;
 pub mod error;
 pub mod ingest;
 pub mod live;
+pub mod metrics;
 pub mod rpc;
 pub mod session;
 
@@ -83,6 +85,8 @@ pub struct AppState {
     pub ingestor: ingest::Ingestor,
     /// Live connections by device.
     pub live: Arc<live::Live>,
+    /// What the hub counts (`GET /metrics`).
+    pub metrics: Arc<metrics::HubMetrics>,
     /// Token verification.
     pub auth: Authenticator,
     /// lula-auth's Redis (sessions, verification keys): `redis` itself unless
@@ -112,6 +116,7 @@ impl AppState {
         };
         let keys = HubKeys::new(config.prefix.clone());
         let layout = config.ingest_layout();
+        let metrics = Arc::new(metrics::HubMetrics::default());
         if config.redis_cluster
             && let Some(p) = layout.cross_slot_partition()
         {
@@ -123,7 +128,8 @@ impl AppState {
             );
         }
         Ok(Arc::new(AppState {
-            ingestor: ingest::Ingestor::start(redis.clone(), &keys, layout),
+            ingestor: ingest::Ingestor::start(redis.clone(), &keys, layout, metrics.clone()),
+            metrics,
             keys,
             auth: Authenticator::new(AuthKeys::new(config.auth_prefix.clone())),
             config,
@@ -146,6 +152,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async { HubError::NotFound })
         .with_state(state)
 }
@@ -194,6 +201,18 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// The Prometheus text exposition of [`metrics::HubMetrics`].
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Liveness: the process serves requests.
@@ -268,6 +287,25 @@ async fn upgrade(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, HubError> {
+    let result = authenticated_upgrade(state.clone(), headers, query, ws).await;
+    if let Err(e) = &result {
+        let reason = match e {
+            HubError::MissingToken | HubError::Token(_) => "unauthorized",
+            HubError::NotUpgrade(_) => "not_websocket",
+            HubError::Redis(_) => "unavailable",
+            _ => "other",
+        };
+        metrics::HubMetrics::count(&state.metrics.refused, "reason", reason);
+    }
+    result
+}
+
+async fn authenticated_upgrade(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    query: Option<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, HubError> {
     // Authenticate before looking at the upgrade, so an unauthenticated caller

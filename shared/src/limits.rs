@@ -38,3 +38,8 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 
 /// A connection that sent nothing (not even a pong) for this long is dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Most entries the hub counts when it reports a backlog (downstream in push
+/// frames, in `lula-hub fleet`): counting is a read of the entries, so a large
+/// backlog is reported as "at least this many".
+pub const BACKLOG_COUNT_CAP: usize = 10_000;

@@ -285,6 +285,11 @@ pub struct SubscribeReply {
 pub struct Push {
     /// Entries with their hub ids.
     pub entries: Vec<Entry>,
+    /// Entries still waiting after these when the hub read them, counted up
+    /// to [`crate::limits::BACKLOG_COUNT_CAP`] (the cap means "at least").
+    /// Absent when the hub did not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u64>,
 }
 
 /// Request [`kind::RENEW`]: continue this connection under a new session token

@@ -46,9 +46,29 @@ pub struct LoginResponse {
     pub expires_at: u64,
 }
 
+/// The endpoint, with its outcome counted in the metrics.
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    Peer(addr): Peer,
+    Body(req): Body<LoginRequest>,
+) -> Result<Json<LoginResponse>, AuthError> {
+    let state_for_metrics = state.clone();
+    let result = login_request(State(state), Peer(addr), Body(req)).await;
+    let state = state_for_metrics;
+    crate::metrics::AuthMetrics::outcome(&state.metrics.logins, &result);
+    if matches!(result, Err(AuthError::RateLimited { .. })) {
+        state
+            .metrics
+            .rate_limited
+            .get_or_create(&[("action", "login")])
+            .inc();
+    }
+    result
+}
+
 /// Logs a device in: 200 with a token, 401 wrong secret, 403 not registered,
 /// 429 after too many failures for the client or from the address.
-pub async fn login(
+async fn login_request(
     State(state): State<Arc<AppState>>,
     Peer(addr): Peer,
     Body(req): Body<LoginRequest>,

@@ -15,8 +15,21 @@ use crate::body::RawBody;
 use crate::error::AuthError;
 use crate::sessions;
 
-/// Revokes a session: 200, or 401 when the token is not a valid one.
+/// The endpoint, with its outcome counted in the metrics.
 pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, AuthError> {
+    let state_for_metrics = state.clone();
+    let result = logout_request(State(state), headers, RawBody(body)).await;
+    let state = state_for_metrics;
+    crate::metrics::AuthMetrics::outcome(&state.metrics.logouts, &result);
+    result
+}
+
+/// Revokes a session: 200, or 401 when the token is not a valid one.
+async fn logout_request(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawBody(body): RawBody,

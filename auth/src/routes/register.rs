@@ -49,9 +49,29 @@ return 'ok'
 
 static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REGISTER));
 
+/// The endpoint, with its outcome counted in the metrics.
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    Peer(addr): Peer,
+    Body(req): Body<RegisterRequest>,
+) -> Result<Json<Value>, AuthError> {
+    let state_for_metrics = state.clone();
+    let result = register_request(State(state), Peer(addr), Body(req)).await;
+    let state = state_for_metrics;
+    crate::metrics::AuthMetrics::outcome(&state.metrics.registrations, &result);
+    if matches!(result, Err(AuthError::RateLimited { .. })) {
+        state
+            .metrics
+            .rate_limited
+            .get_or_create(&[("action", "register")])
+            .inc();
+    }
+    result
+}
+
 /// Registers a provisioned device: 200, or 400 / 403 / 409 (see [`AuthError`]),
 /// or 429 after too many failures for the client or from the address.
-pub async fn register(
+async fn register_request(
     State(state): State<Arc<AppState>>,
     Peer(addr): Peer,
     Body(req): Body<RegisterRequest>,

@@ -19,9 +19,22 @@ use crate::body::RawBody;
 use crate::error::AuthError;
 use crate::sessions;
 
+/// The endpoint, with its outcome counted in the metrics.
+pub async fn renew(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<LoginResponse>, AuthError> {
+    let state_for_metrics = state.clone();
+    let result = renew_request(State(state), headers, RawBody(body)).await;
+    let state = state_for_metrics;
+    crate::metrics::AuthMetrics::outcome(&state.metrics.renewals, &result);
+    result
+}
+
 /// Renews a live session: 200 with a new token, 401 when the given token is
 /// not a live session's.
-pub async fn renew(
+async fn renew_request(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawBody(body): RawBody,

@@ -1,0 +1,190 @@
+//! The hub's Prometheus metrics, at `GET /metrics`.
+//!
+//! No per-device labels: a fleet has too many devices for a time series each
+//! (the fleet view in Redis answers per-device questions). Label values come
+//! from small fixed sets (close reasons, refusal reasons).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A counter by one label.
+pub type ByLabel = Family<[(&'static str, &'static str); 1], Counter>;
+
+/// Everything the hub counts. Cheap to share; updates are atomic.
+pub struct HubMetrics {
+    registry: Registry,
+    /// Live device connections on this hub.
+    pub connections: Gauge,
+    /// Connections closed, by reason.
+    pub closed: ByLabel,
+    /// Upgrades refused, by reason.
+    pub refused: ByLabel,
+    /// Frames received from devices.
+    pub frames_in: Counter,
+    /// Frames sent to devices (replies and pushes).
+    pub frames_out: Counter,
+    /// Entries appended to the in streams.
+    pub entries_in: Counter,
+    /// Entries the hub already had (suppressed duplicates).
+    pub duplicates: Counter,
+    /// Batches refused for a gap (409).
+    pub gaps: Counter,
+    /// Entries per batch.
+    pub batch_entries: Histogram,
+    /// Ingest script calls (each carries the batches queued meanwhile).
+    pub ingest_calls: Counter,
+    /// Batches per ingest call.
+    pub ingest_batches: Histogram,
+    /// Ingest script latency, seconds.
+    pub ingest_seconds: Histogram,
+    /// Ingest calls that failed (Redis down or timed out).
+    pub ingest_errors: Counter,
+    /// Entries pushed to devices.
+    pub entries_out: Counter,
+    /// Entries pushed and not yet acknowledged, over all devices here: the
+    /// downstream lag.
+    pub unacked: Gauge,
+    /// Session renewals on live connections, by outcome.
+    pub renewals: ByLabel,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        let latency = || Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        let sizes = || Histogram::new(exponential_buckets(1.0, 4.0, 8));
+        let m = HubMetrics {
+            registry: Registry::default(),
+            connections: Gauge::default(),
+            closed: ByLabel::default(),
+            refused: ByLabel::default(),
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            entries_in: Counter::default(),
+            duplicates: Counter::default(),
+            gaps: Counter::default(),
+            batch_entries: sizes(),
+            ingest_calls: Counter::default(),
+            ingest_batches: sizes(),
+            ingest_seconds: latency(),
+            ingest_errors: Counter::default(),
+            entries_out: Counter::default(),
+            unacked: Gauge::default(),
+            renewals: ByLabel::default(),
+        };
+        let mut r = Registry::with_prefix("lula_hub");
+        r.register(
+            "connections",
+            "Live device connections",
+            m.connections.clone(),
+        );
+        r.register("closed", "Connections closed, by reason", m.closed.clone());
+        r.register("refused", "Upgrades refused, by reason", m.refused.clone());
+        r.register(
+            "frames_in",
+            "Frames received from devices",
+            m.frames_in.clone(),
+        );
+        r.register("frames_out", "Frames sent to devices", m.frames_out.clone());
+        r.register(
+            "entries_in",
+            "Entries appended to the in streams",
+            m.entries_in.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Entries the hub already had (suppressed)",
+            m.duplicates.clone(),
+        );
+        r.register("gaps", "Batches refused for a gap (409)", m.gaps.clone());
+        r.register(
+            "batch_entries",
+            "Entries per batch",
+            m.batch_entries.clone(),
+        );
+        r.register(
+            "ingest_calls",
+            "Ingest script calls",
+            m.ingest_calls.clone(),
+        );
+        r.register(
+            "ingest_batches",
+            "Batches per ingest script call",
+            m.ingest_batches.clone(),
+        );
+        r.register(
+            "ingest_seconds",
+            "Ingest script latency",
+            m.ingest_seconds.clone(),
+        );
+        r.register(
+            "ingest_errors",
+            "Ingest calls that failed",
+            m.ingest_errors.clone(),
+        );
+        r.register(
+            "entries_out",
+            "Entries pushed to devices",
+            m.entries_out.clone(),
+        );
+        r.register(
+            "unacked_entries",
+            "Entries pushed and not yet acknowledged (downstream lag)",
+            m.unacked.clone(),
+        );
+        r.register(
+            "renewals",
+            "Session renewals on live connections, by outcome",
+            m.renewals.clone(),
+        );
+        HubMetrics { registry: r, ..m }
+    }
+}
+
+impl HubMetrics {
+    /// Counts one of a labelled counter.
+    pub fn count(family: &ByLabel, key: &'static str, value: &'static str) {
+        family.get_or_create(&[(key, value)]).inc();
+    }
+
+    /// Records one ingest call.
+    pub fn ingest_call(&self, batches: usize, took: Duration, ok: bool) {
+        self.ingest_calls.inc();
+        self.ingest_batches.observe(batches as f64);
+        self.ingest_seconds.observe(took.as_secs_f64());
+        if !ok {
+            self.ingest_errors.inc();
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labelled_counters_show_their_label() {
+        let m = HubMetrics::default();
+        HubMetrics::count(&m.closed, "reason", "idle");
+        m.ingest_call(3, Duration::from_millis(2), true);
+        let text = m.render();
+        assert!(
+            text.contains(r#"lula_hub_closed_total{reason="idle"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("lula_hub_ingest_calls_total 1"), "{text}");
+        assert!(text.contains("lula_hub_ingest_seconds_bucket"), "{text}");
+    }
+}
