@@ -62,6 +62,9 @@ pub enum AuthError {
     /// Every password-hashing slot stayed busy: too many logins at once.
     #[error("too many logins at once; retry shortly")]
     Busy,
+    /// The service is stopping (`/readyz` while draining).
+    #[error("draining: this instance is shutting down")]
+    Draining,
     /// Redis could not be reached or failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -93,6 +96,7 @@ impl AuthError {
             AuthError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             AuthError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             AuthError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            AuthError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             AuthError::Redis(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AuthError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -76,6 +76,9 @@ pub struct AppState {
     pub hasher: Hasher,
     /// What lula-auth counts (`GET /metrics`).
     pub metrics: std::sync::Arc<metrics::AuthMetrics>,
+    /// Cancelled when the service was told to stop: `/readyz` answers 503
+    /// while it still serves for `--drain-delay`.
+    pub draining: CancellationToken,
     key_published: AtomicBool,
 }
 
@@ -104,6 +107,7 @@ impl AppState {
             config,
             redis,
             signer,
+            draining: CancellationToken::new(),
             key_published: AtomicBool::new(false),
         }))
     }
@@ -135,6 +139,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/logout", post(routes::logout::logout))
         .route("/renew", post(routes::renew::renew))
         .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
         .route(
             "/metrics",
             get(
@@ -166,7 +171,14 @@ pub async fn run(
     tracing::info!(kid = state.signer.kid(), "token signing key");
     let publisher = tokio::spawn(keep_key_published(state.clone(), shutdown.clone()));
     let serve_options = state.config.serve.clone();
-    let served = lula_runtime::serve(listener, app(state), shutdown.clone(), serve_options)
+    let stop = lula_runtime::stop_after(&shutdown, serve_options.drain_delay);
+    let draining = state.draining.clone();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        signal.cancelled().await;
+        draining.cancel();
+    });
+    let served = lula_runtime::serve(listener, app(state), stop, serve_options)
         .await
         .context("serve");
     shutdown.cancel();

@@ -53,6 +53,10 @@ struct Common {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// After SIGTERM, keep serving this long with /readyz answering 503, so
+    /// a load balancer that polls readiness stops sending requests here first.
+    #[arg(long, env = "LULA_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
     #[command(flatten)]
     log: lula_runtime::LogArgs,
     #[command(flatten)]
@@ -161,6 +165,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         trust_forwarded_for: args.trust_forwarded_for,
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
+            drain_delay: args.drain_delay,
             ..Default::default()
         },
         ..Config::new(args.common.redis_url)

@@ -786,16 +786,19 @@ async fn concurrent_registrations_with_the_same_code_store_exactly_one_secret() 
 }
 
 #[tokio::test]
-async fn healthz_and_requests_answer_503_while_redis_is_down_and_recover_after() {
+async fn readyz_and_requests_answer_503_while_redis_is_down_and_recover_after() {
     let mut app = spawn_app_with(|c| Config {
         redis_timeout: Duration::from_millis(500),
         ..c
     })
     .await;
     assert_eq!(app.healthz().await.ok(), json!({ "status": "ok" }));
+    assert_eq!(app.readyz().await.ok(), json!({ "status": "ready" }));
 
     app.redis.kill();
-    let down = app.healthz().await;
+    // Alive (an orchestrator must not restart it for Redis), not ready.
+    assert_eq!(app.healthz().await.ok(), json!({ "status": "ok" }));
+    let down = app.readyz().await;
     down.assert_error(503, "unavailable");
     assert_eq!(
         down.headers
@@ -804,16 +807,16 @@ async fn healthz_and_requests_answer_503_while_redis_is_down_and_recover_after()
         Some("5")
     );
     // Every request while Redis is down is a 503, not just the first.
-    app.healthz().await.assert_error(503, "unavailable");
+    app.readyz().await.assert_error(503, "unavailable");
     app.login(json!({ "client": "dev-1", "secret": secret("dev-1") }))
         .await
         .assert_error(503, "unavailable");
 
     app.redis.restart();
     eventually(
-        "healthz ok after Redis restarted",
+        "readyz ok after Redis restarted",
         Duration::from_secs(30),
-        || async { (app.healthz().await.status == 200).then_some(()) },
+        || async { (app.readyz().await.status == 200).then_some(()) },
     )
     .await;
     // Redis came back empty (no persistence); the device is simply unknown.
@@ -845,4 +848,26 @@ async fn tokens_keep_verifying_after_the_instance_that_signed_them_stops() {
     // B honours A's token too: it finds A's published key and revokes the session.
     b.logout(&token_a).await.ok();
     b.logout(&token_a).await.assert_error(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn told_to_stop_it_reports_not_ready_while_it_drains_then_stops() {
+    let app = spawn_app_with(|c| Config {
+        serve: lula_runtime::ServeOptions {
+            drain_delay: Duration::from_secs(2),
+            ..c.serve
+        },
+        ..c
+    })
+    .await;
+    assert_eq!(app.readyz().await.ok(), json!({ "status": "ready" }));
+    app.shutdown.cancel();
+    // Still serving (a load balancer polling readiness sees 503 and moves on).
+    app.readyz().await.assert_error(503, "draining");
+    assert_eq!(app.healthz().await.ok(), json!({ "status": "ok" }));
+    tokio::time::timeout(Duration::from_secs(30), app.task)
+        .await
+        .expect("stops after the drain delay")
+        .unwrap()
+        .unwrap();
 }

@@ -36,6 +36,9 @@ pub mod status_fields {
     pub const GAPS: &str = "gaps";
     /// The most recent such finding, in words.
     pub const LAST_GAP: &str = "lastGap";
+    /// Entries waiting for the device on the hub (its out stream after the
+    /// device's cursor), as the hub last reported; counted up to 10,000.
+    pub const DOWNSTREAM_BACKLOG: &str = "downstreamBacklog";
     /// A condition that needs an operator, as of the last connection (empty
     /// when there is none).
     pub const WARNING: &str = "warning";

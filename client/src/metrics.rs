@@ -36,6 +36,9 @@ pub struct Metrics {
     pub upstream_lag: Gauge,
     /// Hub messages stored in `in:x`.
     pub downstream_entries: Counter,
+    /// Entries waiting for the device in its out stream on the hub, as the
+    /// hub last reported (with its pushes).
+    pub downstream_backlog: Gauge,
     /// Times entries were found deleted from `out:x` before sync.
     pub gaps: Counter,
     /// Session tokens renewed on a live connection.
@@ -56,6 +59,7 @@ impl Default for Metrics {
             upstream_batch_entries: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             upstream_lag: Gauge::default(),
             downstream_entries: Counter::default(),
+            downstream_backlog: Gauge::default(),
             gaps: Counter::default(),
             renewals: Counter::default(),
             out_added: AtomicU64::new(0),
@@ -91,6 +95,11 @@ impl Default for Metrics {
             "downstream_entries",
             "Hub messages stored in in:x",
             m.downstream_entries.clone(),
+        );
+        registry.register(
+            "downstream_backlog_entries",
+            "Entries waiting for this device on the hub, as the hub last reported",
+            m.downstream_backlog.clone(),
         );
         registry.register(
             "gaps",
@@ -165,6 +174,7 @@ mod tests {
             "lula_client_upstream_batch_entries_bucket",
             "lula_client_upstream_lag_entries",
             "lula_client_downstream_entries_total",
+            "lula_client_downstream_backlog_entries",
             "lula_client_gaps_total",
             "lula_client_renewals_total",
         ] {

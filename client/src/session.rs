@@ -158,6 +158,7 @@ pub async fn run(
         renewal: Renewal::Idle,
         login,
         metrics: metrics.clone(),
+        downstream_backlog: None,
     };
     let limits = match session.handshake().await {
         Ok(l) => l,
@@ -283,6 +284,8 @@ struct Session<'a> {
     renew_at: Instant,
     renewal: Renewal,
     metrics: Arc<Metrics>,
+    /// The downstream backlog last published to the status hash.
+    downstream_backlog: Option<u64>,
 }
 
 /// What a connection needs to renew its session token without reconnecting.
@@ -603,6 +606,16 @@ impl Session<'_> {
             let push: Push = env
                 .payload()
                 .map_err(|e| SessionError::Protocol(format!("bad push: {e}")))?;
+            if let Some(backlog) = push.backlog
+                && self.downstream_backlog != Some(backlog)
+            {
+                // Only when it changes: a caught-up device gets 0 with every push.
+                self.downstream_backlog = Some(backlog);
+                self.metrics.downstream_backlog.set(backlog as i64);
+                self.device
+                    .publish(&[(status_fields::DOWNSTREAM_BACKLOG, backlog.to_string())])
+                    .await?;
+            }
             if push.entries.is_empty() {
                 return Ok(());
             }

@@ -35,6 +35,9 @@ pub struct StatusReport {
     pub upstream_backlog: u64,
     /// The last hub id stored in `in:x`.
     pub downstream_cursor: StreamId,
+    /// Entries waiting for the device on the hub, as the hub last reported
+    /// (counted up to 10,000); unknown until the first push.
+    pub downstream_backlog: Option<u64>,
     /// The daemon's most recent error.
     pub last_error: Option<String>,
     /// Epoch seconds when the session token expires.
@@ -86,6 +89,7 @@ pub async fn status(
         downstream_cursor: get(DOWNSTREAM_FIELD)
             .and_then(|v| v.parse().ok())
             .unwrap_or(StreamId::ZERO),
+        downstream_backlog: get(status_fields::DOWNSTREAM_BACKLOG).and_then(|v| v.parse().ok()),
         last_error: get(status_fields::LAST_ERROR),
         session_expires_at: get(status_fields::SESSION_EXPIRES_AT).and_then(|v| v.parse().ok()),
         gaps: get(status_fields::GAPS)
@@ -136,6 +140,26 @@ impl fmt::Display for StatusReport {
             "downstream cursor:  {} (last hub entry stored in in:x)",
             self.downstream_cursor
         )?;
+        match self.downstream_backlog {
+            Some(n) => writeln!(
+                f,
+                "downstream backlog: {}{n} entries waiting on the hub{}",
+                if n >= lula_protocol::limits::BACKLOG_COUNT_CAP as u64 {
+                    "at least "
+                } else {
+                    ""
+                },
+                if self.connected {
+                    ""
+                } else {
+                    " (as last reported)"
+                }
+            )?,
+            None => writeln!(
+                f,
+                "downstream backlog: unknown (no message from the hub yet)"
+            )?,
+        }
         if let Some(exp) = self.session_expires_at {
             writeln!(
                 f,

@@ -88,3 +88,53 @@ async fn hub_and_auth_export_what_they_did_as_prometheus_metrics() {
     assert!(metric(&text, r#"lula_auth_logins_total{outcome="ok"}"#).unwrap() >= 1.0);
     assert!(text.contains("lula_auth_bcrypt_seconds_bucket"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_both_backlogs_and_the_session() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.produce(0, 100).await;
+    let mut last = lula_protocol::StreamId::ZERO;
+    for i in 0..1_200 {
+        last = cloud.send_down("dev-1", &[("n", i.to_string())]).await;
+    }
+    let (dir, url) = (
+        device.state_dir().to_owned(),
+        device.config.redis_url.clone(),
+    );
+    let status = || {
+        let (dir, url) = (dir.clone(), url.clone());
+        async move {
+            lula_client::status::status(&dir, &url, "lula-client")
+                .await
+                .unwrap()
+        }
+    };
+    let before = status().await;
+    assert!(!before.connected);
+    assert_eq!(before.upstream_backlog, 100);
+    assert_eq!(before.downstream_backlog, None, "no hub has spoken yet");
+    assert!(before.to_string().contains("downstream backlog: unknown"));
+
+    device.start();
+    let after = eventually("both directions caught up", WAIT, || async {
+        let s = status().await;
+        (s.connected
+            && s.upstream_backlog == 0
+            && s.downstream_cursor == last
+            && s.downstream_backlog == Some(0))
+        .then_some(s)
+    })
+    .await;
+    assert!(after.session_expires_at.is_some());
+    let text = after.to_string();
+    assert!(text.contains("upstream backlog:   0 entries"), "{text}");
+    assert!(
+        text.contains("downstream backlog: 0 entries waiting on the hub"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&after).unwrap();
+    assert_eq!(json["downstreamBacklog"], 0);
+    assert_eq!(json["upstreamBacklog"], 0);
+}

@@ -47,6 +47,10 @@ pub struct Config {
     /// a device that reconnects elsewhere leaves no half-dead connection
     /// behind. Off only for tests that race connections of one device.
     pub one_connection_per_device: bool,
+    /// This replica's name in the fleet view (`None`: `<hostname>:<port>`).
+    pub hub_id: Option<String>,
+    /// Bearer token that opens `GET /fleet` (`None`: the endpoint answers 404).
+    pub admin_token: Option<lula_protocol::Redacted<String>>,
 }
 
 impl Config {
@@ -97,6 +101,8 @@ impl Config {
             downstream_poll: Duration::from_secs(1),
             serve: lula_runtime::ServeOptions::default(),
             one_connection_per_device: true,
+            hub_id: None,
+            admin_token: None,
         }
     }
 }
@@ -124,6 +130,8 @@ impl fmt::Debug for Config {
             .field("downstream_poll", &self.downstream_poll)
             .field("serve", &self.serve)
             .field("one_connection_per_device", &self.one_connection_per_device)
+            .field("hub_id", &self.hub_id)
+            .field("admin_token", &self.admin_token)
             .finish()
     }
 }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::downstream::{self, XreadJob};
+use crate::fleet::{self, Recorder};
 use crate::ingest::{self, Appended, IngestError, Ingestor};
 use crate::live::Registration;
 use crate::metrics::HubMetrics;
@@ -61,6 +62,8 @@ struct Connection {
     expires_at: tokio::time::Instant,
     /// This connection in the hub's registry of live connections.
     registration: Registration,
+    /// What the fleet view shows of this device.
+    fleet: Recorder,
 }
 
 /// The instant a token expiring at `exp` (epoch seconds) runs out.
@@ -95,7 +98,13 @@ async fn next_done(pending: &mut VecDeque<PendingAppend>) -> Result<Appended, In
 
 /// Serves one authenticated device until it disconnects, misbehaves past
 /// recovery, falls silent, or the hub shuts down.
-pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Arc<AppState>) {
+pub async fn serve(
+    socket: WebSocket,
+    claims: Claims,
+    generation: u64,
+    conn_id: u64,
+    state: Arc<AppState>,
+) {
     let (sink, mut stream) = socket.split();
     let (out, rx) = mpsc::channel(OUT_QUEUE);
     let writer = state
@@ -108,7 +117,16 @@ pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Ar
         // At once on this hub; the announcement reaches the other replicas.
         state.live.replaced(claims.sub.as_str(), generation);
     }
+    let fleet = Recorder::connected(
+        state.redis.clone(),
+        state.tracker.clone(),
+        &state.keys,
+        &claims.sub,
+        &state.hub_id,
+        conn_id,
+    );
     let mut conn = Connection {
+        fleet,
         redis: state.redis.clone(),
         state: state.clone(),
         client: claims.sub,
@@ -125,6 +143,9 @@ pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Ar
     let mut ping = tokio::time::interval(state.config.ping_interval);
     ping.tick().await;
     let mut last_heard = Instant::now();
+    let mut fleet_tick = tokio::time::interval(fleet::WRITE_EVERY);
+    fleet_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    fleet_tick.tick().await;
     let close_with = loop {
         tokio::select! {
             biased;
@@ -140,6 +161,13 @@ pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Ar
             },
             _ = tokio::time::sleep_until(conn.expires_at) => {
                 break Some((close::SESSION_EXPIRED, "session expired"));
+            }
+            _ = fleet_tick.tick() => {
+                if let Some((_, acks)) = &conn.push {
+                    let acked = *acks.borrow();
+                    conn.fleet.downstream(acked);
+                }
+                conn.fleet.tick();
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > state.config.idle_timeout {
@@ -158,6 +186,7 @@ pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Ar
             }
             msg = stream.next(), if conn.pending.len() < MAX_PIPELINED => {
                 last_heard = Instant::now();
+                conn.fleet.heard();
                 match msg {
                     None | Some(Ok(Message::Close(_))) => break None,
                     Some(Ok(Message::Text(text))) => {
@@ -168,6 +197,7 @@ pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Ar
                     }
                     Some(Ok(Message::Binary(_))) => {
                         state.metrics.frames_in.inc();
+                        conn.fleet.error("binary frame");
                         let reply = ErrorReply::bad_request("binary frames are not supported; send JSON text frames");
                         if conn.reply(kind::ERR, None, reply).await.is_err() {
                             break None;
@@ -187,14 +217,24 @@ pub async fn serve(socket: WebSocket, claims: Claims, generation: u64, state: Ar
         };
         let _ = conn.out.send(Message::Close(Some(frame))).await;
     }
-    drop(conn);
+    if let Some((_, acks)) = &conn.push {
+        let acked = *acks.borrow();
+        conn.fleet.downstream(acked);
+    }
+    let close_code = close_with.map(|(code, _)| code);
+    let description = match close_with {
+        Some((code, reason)) => format!("{code} {reason}"),
+        None => "closed by the device".to_owned(),
+    };
+    let abnormal = match close_code {
+        None | Some(close::GOING_AWAY) | Some(close::REPLACED) => None,
+        Some(_) => Some(description.as_str()),
+    };
+    let Connection { fleet, .. } = conn;
+    fleet.closed(&description, abnormal);
     let _ = writer.await;
     state.metrics.connections.dec();
-    HubMetrics::count(
-        &state.metrics.closed,
-        "reason",
-        close_reason(close_with.map(|(code, _)| code)),
-    );
+    HubMetrics::count(&state.metrics.closed, "reason", close_reason(close_code));
     tracing::info!("disconnected");
 }
 
@@ -391,6 +431,7 @@ impl Connection {
         let env = match Envelope::parse(text) {
             Ok(env) => env,
             Err(e) => {
+                self.fleet.error(format!("unparseable frame: {e}"));
                 let reply = ErrorReply::bad_request(format!("unparseable frame: {e}"));
                 return self.reply(kind::ERR, None, reply).await;
             }
@@ -402,6 +443,7 @@ impl Connection {
                 match env.payload::<$t>() {
                     Ok(p) => p,
                     Err(e) => {
+                        self.fleet.error(format!("bad {kind} payload: {e}"));
                         let reply = ErrorReply::bad_request(format!("bad {kind} payload: {e}"));
                         return self.reply(kind, id, reply).await;
                     }
@@ -498,6 +540,8 @@ impl Connection {
                 Ok(())
             }
             other => {
+                self.fleet
+                    .error(format!("unknown message type {:?}", truncate(other)));
                 let reply =
                     ErrorReply::bad_request(format!("unknown message type {:?}", truncate(other)));
                 self.reply(other, id, reply).await
@@ -522,7 +566,8 @@ impl Connection {
         }
     }
 
-    fn failure(&self, e: ingest::IngestError) -> ErrorReply {
+    fn failure(&mut self, e: ingest::IngestError) -> ErrorReply {
+        self.fleet.error(e.to_string());
         match &e {
             ingest::IngestError::Redis(_) | ingest::IngestError::Reply(_) => {
                 tracing::warn!(error = %e, "request failed")
@@ -558,6 +603,7 @@ impl Connection {
             old.cancel();
         }
         let cancel = self.cancel.child_token();
+        self.fleet.downstream(from);
         let (acks_tx, acks_rx) = watch::channel(from);
         let key = self.state.keys.out_stream(&self.client);
         let waker = self.state.wakers.register(key.clone());

@@ -532,6 +532,8 @@ pub async fn push(
         gauge: metrics.unacked.clone(),
     };
     let mut counted_at: Option<tokio::time::Instant> = None;
+    // The backlog the device last heard of.
+    let mut reported: Option<u64> = None;
     loop {
         let acked = *acks.borrow_and_update();
         while let Some(&(id, n)) = inflight.front() {
@@ -571,7 +573,12 @@ pub async fn push(
         } else {
             None
         };
-        let frames = frames_by_size(entries, max_frame_bytes / 2);
+        let mut frames = frames_by_size(entries, max_frame_bytes / 2);
+        if frames.is_empty() && backlog == Some(0) && reported.is_some_and(|r| r > 0) {
+            // The backlog drained exactly at a full read: say so with an
+            // empty push, or the device would keep showing the last count.
+            frames.push(Vec::new());
+        }
         let last_frame = frames.len().saturating_sub(1);
         for (i, frame) in frames.into_iter().enumerate() {
             let (frame_last, n) = (frame.last().map(|e| e.id).unwrap_or(last), frame.len());
@@ -579,6 +586,9 @@ pub async fn push(
                 entries: frame,
                 backlog: backlog.filter(|_| i == last_frame),
             };
+            if push.backlog.is_some() {
+                reported = push.backlog;
+            }
             let text = match Frame::new(kind::PUSH, None, push).to_text() {
                 Ok(t) => t,
                 Err(e) => {
@@ -588,6 +598,9 @@ pub async fn push(
             };
             if out.send(Message::Text(text.into())).await.is_err() {
                 return;
+            }
+            if n == 0 {
+                continue;
             }
             last = frame_last;
             inflight.push_back((frame_last, n));

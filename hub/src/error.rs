@@ -21,9 +21,18 @@ pub enum HubError {
     /// Authenticated, but the request is not a WebSocket upgrade.
     #[error("not a WebSocket upgrade: {0}")]
     NotUpgrade(#[from] WebSocketUpgradeRejection),
-    /// No such route.
+    /// No such route (also `/fleet` when no admin token is configured).
     #[error("not found")]
     NotFound,
+    /// `/fleet` without the admin token.
+    #[error("admin token required")]
+    NotAdmin,
+    /// The hub is stopping (`/readyz` while draining).
+    #[error("draining: this hub is shutting down")]
+    Draining,
+    /// A bad query parameter.
+    #[error("{0}")]
+    BadRequest(String),
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -40,6 +49,13 @@ impl IntoResponse for HubError {
             }
             HubError::NotUpgrade(r) => (r.status(), "not_websocket", self.to_string()),
             HubError::NotFound => (StatusCode::NOT_FOUND, "not_found", self.to_string()),
+            HubError::NotAdmin => (StatusCode::UNAUTHORIZED, "unauthorized", self.to_string()),
+            HubError::Draining => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                self.to_string(),
+            ),
+            HubError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", self.to_string()),
             HubError::Redis(e) => {
                 tracing::warn!(error = %e, "redis unavailable during upgrade");
                 (

@@ -17,6 +17,8 @@
 //! - [`config`]: [`Config`], the hub's settings.
 //! - [`session`]: token and session checks at upgrade time.
 //! - [`ingest`]: the exactly-once append script, one group commit per partition.
+//! - [`fleet`]: what each hub records of its devices, and the fleet view
+//!   read back from it (`lula-hub fleet`, `GET /fleet`).
 //! - [`live`]: live connections by device, so revocation and expiry reach them.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
@@ -32,6 +34,7 @@ pub mod config;
 mod connection;
 pub mod downstream;
 pub mod error;
+pub mod fleet;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
@@ -94,6 +97,11 @@ pub struct AppState {
     pub auth_redis: RedisConn,
     /// Cancelled when the hub shuts down; connections close with 1001.
     pub shutdown: CancellationToken,
+    /// Cancelled when the hub was told to stop, `--drain-delay` before
+    /// `shutdown`: `/readyz` answers 503 from then on.
+    pub draining: CancellationToken,
+    /// This replica's name in the fleet view.
+    pub hub_id: String,
     /// Connection tasks, awaited on shutdown (axum does not track upgraded sockets).
     pub tracker: TaskTracker,
     next_conn: AtomicU64,
@@ -103,6 +111,15 @@ impl AppState {
     /// Builds the state. Connects to Redis lazily, so the hub starts (and
     /// answers 503) while Redis is still coming up.
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
+        Self::build(config, shutdown.clone(), shutdown)
+    }
+
+    /// [`AppState::new`] with readiness ending (`draining`) before the stop.
+    fn build(
+        config: Config,
+        draining: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
         let redis_target = config.redis_target();
         // Requests fail within --redis-timeout while Redis is down (503),
         // rather than wait on reconnects (see lula_runtime::redis).
@@ -115,6 +132,7 @@ impl AppState {
             None => redis.clone(),
         };
         let keys = HubKeys::new(config.prefix.clone());
+        let hub_id = config.hub_id.clone().unwrap_or_else(hostname);
         let layout = config.ingest_layout();
         let metrics = Arc::new(metrics::HubMetrics::default());
         if config.redis_cluster
@@ -138,6 +156,8 @@ impl AppState {
             auth_redis,
             wakers: Arc::default(),
             live: Arc::default(),
+            hub_id,
+            draining,
             shutdown,
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
@@ -153,20 +173,29 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/fleet", get(fleet_view))
         .fallback(|| async { HubError::NotFound })
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown` is cancelled, then closes every device
-/// connection with 1001 (after the request it is handling) and returns once all
-/// are closed.
+/// Serves on `listener` until `shutdown` is cancelled, then (after
+/// `--drain-delay` with `/readyz` answering 503) closes every device
+/// connection with 1001 (after the request it is handling) and returns once
+/// all are closed.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let serve_options = config.serve.clone();
-    let state = AppState::new(config, shutdown.clone())?;
+    let mut config = config;
+    if config.hub_id.is_none() {
+        let port = listener.local_addr().context("local address")?.port();
+        config.hub_id = Some(format!("{}:{port}", hostname()));
+    }
+    let draining = shutdown;
+    let shutdown = lula_runtime::stop_after(&draining, serve_options.drain_delay);
+    let state = AppState::build(config, draining, shutdown.clone())?;
     let tracker = state.tracker.clone();
     tracker.spawn(downstream::watch(
         state.redis_target.clone(),
@@ -220,16 +249,87 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: Redis answers (on a cluster, every node) and this hub's ingest
+/// Readiness: not draining, Redis answers (on a cluster, every node) and this hub's ingest
 /// layout is the one recorded there, so devices connecting here can sync. A
 /// load balancer stops sending devices to a hub that cannot reach its Redis,
 /// and a rollout with a mistaken `--ingest-partitions` stalls at its first pod.
 async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, HubError> {
+    if state.draining.is_cancelled() {
+        return Err(HubError::Draining);
+    }
     redis::cmd("PING")
         .query_async::<()>(&mut state.redis.clone())
         .await?;
     state.ingestor.check_layout().await?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+/// This machine's name: `$HOSTNAME` (a pod's name on Kubernetes), else the
+/// kernel's, else `hub`.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hub".to_owned())
+}
+
+#[derive(Deserialize, Default)]
+struct FleetQuery {
+    client: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /fleet[?client=<id>][&limit=N]` with `Authorization: Bearer <admin
+/// token>`: the fleet view as JSON (`{"devices": [...]}`, see
+/// [`fleet::DeviceView`]). 404 unless the hub has an admin token, so a hub
+/// without one exposes nothing.
+async fn fleet_view(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, HubError> {
+    let Some(admin) = &state.config.admin_token else {
+        return Err(HubError::NotFound);
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !constant_time_eq(given.as_bytes(), admin.expose().as_bytes()) {
+        return Err(HubError::NotAdmin);
+    }
+    let q: FleetQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|e| HubError::BadRequest(format!("bad query: {e}")))?;
+    let client = q
+        .client
+        .map(|c| {
+            c.parse::<ClientId>()
+                .map_err(|e| HubError::BadRequest(format!("client: {e}")))
+        })
+        .transpose()?;
+    let devices = fleet::list(
+        &state.redis,
+        &state.keys,
+        state.ingestor.layout(),
+        &fleet::Query {
+            client,
+            limit: q.limit.unwrap_or(0),
+        },
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "devices": devices })))
+}
+
+/// Compares without an early exit, so the time taken does not tell how much
+/// of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Deserialize, Default)]
@@ -326,8 +426,9 @@ async fn authenticated_upgrade(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            tracker
-                .track_future(connection::serve(socket, claims, generation, state).instrument(span))
+            tracker.track_future(
+                connection::serve(socket, claims, generation, conn_id, state).instrument(span),
+            )
         })
         .into_response())
 }

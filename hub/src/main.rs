@@ -26,6 +26,10 @@ enum Command {
     /// Ask one device: append a request (`rpc <method> ...`) to its out stream
     /// and wait for its answer.
     Call(CallArgs),
+    /// List devices: connected replica, last seen, upstream cursor,
+    /// downstream backlog, last close and error. Reads Redis, so it shows
+    /// every replica's devices.
+    Fleet(FleetArgs),
 }
 
 /// Where the hub's data is: every subcommand that reads or writes it.
@@ -95,10 +99,34 @@ struct ServeArgs {
     /// closes the older ones, on every replica, with close code 4002).
     #[arg(long, env = "LULA_ALLOW_CONCURRENT_CONNECTIONS")]
     allow_concurrent_connections: bool,
+    /// This replica's name in the fleet view (default `<hostname>:<port>`).
+    #[arg(long, env = "LULA_HUB_ID")]
+    hub_id: Option<String>,
+    /// Bearer token that opens `GET /fleet` (unset: /fleet answers 404).
+    #[arg(long, env = "LULA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     #[command(flatten)]
     tls: lula_runtime::tls::ServeTlsArgs,
+    /// After SIGTERM, keep serving this long with /readyz answering 503, so
+    /// a load balancer that polls readiness stops sending requests here first.
+    #[arg(long, env = "LULA_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
     #[command(flatten)]
     log: lula_runtime::LogArgs,
+}
+
+#[derive(clap::Args)]
+struct FleetArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Only this device.
+    client: Option<lula_protocol::ClientId>,
+    /// At most this many devices, most recently seen first (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Print JSON (`{"devices": [...]}`, as `GET /fleet` answers).
+    #[arg(long, env = "LULA_JSON")]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -131,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args).await,
         Command::Call(args) => call(args).await,
+        Command::Fleet(args) => fleet(args).await,
     }
 }
 
@@ -143,8 +172,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_frame_bytes: args.max_frame_bytes,
         downstream_poll: args.downstream_poll,
         one_connection_per_device: !args.allow_concurrent_connections,
+        hub_id: args.hub_id,
+        admin_token: args.admin_token.map(Into::into),
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
+            drain_delay: args.drain_delay,
             ..Default::default()
         },
         ..args.store.config()
@@ -157,6 +189,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_hub::run(listener, config, shutdown).await
+}
+
+async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
+    let config = args.store.config();
+    let layout = config.ingest_layout();
+    let keys = lula_protocol::keys::HubKeys::new(config.prefix.clone());
+    let redis = config
+        .redis_target()
+        .connect()
+        .await
+        .context("connect to redis")?;
+    let devices = lula_hub::fleet::list(
+        &redis,
+        &keys,
+        &layout,
+        &lula_hub::fleet::Query {
+            client: args.client.clone(),
+            limit: args.limit,
+        },
+    )
+    .await
+    .context("read the fleet")?;
+    if let (Some(client), true) = (&args.client, devices.is_empty()) {
+        anyhow::bail!("no hub has seen device {client}");
+    }
+    if args.json {
+        println!("{}", serde_json::json!({ "devices": devices }));
+    } else {
+        print!(
+            "{}",
+            lula_hub::fleet::table(&devices, lula_hub::fleet::now_ms())
+        );
+    }
+    Ok(())
 }
 
 async fn call(args: CallArgs) -> anyhow::Result<()> {

@@ -344,3 +344,61 @@ async fn pushes_are_woken_by_the_keyspace_notifications_of_every_master() {
         stop.cancel();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lula_hub_fleet_reads_the_fleet_from_a_cluster() {
+    let hubs = ClusterHubs::start(2, |c| Config {
+        ingest_partitions: 3,
+        ..c
+    })
+    .await;
+    let mut devices = Vec::new();
+    for d in 0..4 {
+        let mut ws = hubs
+            .connect(d % 2, &format!("dev-{d}"), &format!("s-{d}"))
+            .await;
+        let r = ws
+            .request(
+                "xadds",
+                json!({"prev": "0-0", "entries": [entry(&format!("{}-0", d + 1), &["k", "v"])]}),
+            )
+            .await;
+        assert_eq!(r["added"], 1, "{r}");
+        devices.push(ws);
+    }
+    let fleet = lula_testkit::eventually(
+        "every device in the fleet",
+        Duration::from_secs(60),
+        || async {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_lula-hub"))
+                .args([
+                    "fleet",
+                    "--redis-cluster",
+                    "--ingest-partitions",
+                    "3",
+                    "--json",
+                ])
+                .args(["--redis-url", &hubs.cluster.url()])
+                .output()
+                .expect("run lula-hub fleet");
+            assert!(out.status.success(), "{out:?}");
+            let fleet: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            (fleet["devices"].as_array()?.len() == 4).then_some(fleet)
+        },
+    )
+    .await;
+    for d in fleet["devices"].as_array().unwrap() {
+        let n: u64 = d["client"].as_str().unwrap()[4..].parse().unwrap();
+        assert_eq!(d["state"], "connected", "{d}");
+        // Each device's cursor, from the partition it hashes to.
+        assert_eq!(d["upstreamCursor"], format!("{}-0", n + 1), "{d}");
+        let port = hubs.hubs[n as usize % 2].0.port();
+        assert!(
+            d["hub"].as_str().unwrap().ends_with(&format!(":{port}")),
+            "{d}"
+        );
+    }
+    for (_, stop) in &hubs.hubs {
+        stop.cancel();
+    }
+}

@@ -381,6 +381,11 @@ async fn subscribe_pushes_the_out_stream_in_order_within_the_ack_window() {
     while got.len() < window {
         let push = ws.recv().await;
         assert_eq!(push["type"], "push");
+        if got.is_empty() {
+            // The first push says how much more waits after it.
+            let n = push["payload"]["entries"].as_array().unwrap().len();
+            assert_eq!(push["payload"]["backlog"], json!(total - n), "{push}");
+        }
         for e in push["payload"]["entries"].as_array().unwrap() {
             got.push((
                 e["id"].as_str().unwrap().into(),
@@ -417,8 +422,18 @@ async fn subscribe_pushes_the_out_stream_in_order_within_the_ack_window() {
         .unwrap();
     ws.send_text(json!({"type": "ack", "payload": {"id": got.last().unwrap().0}}).to_string())
         .await;
-    let push = ws.recv().await;
+    let push = loop {
+        let push = ws.recv().await;
+        if push["payload"]["entries"].as_array().unwrap().is_empty() {
+            // The drained backlog, reported on its own.
+            assert_eq!(push["payload"]["backlog"], 0, "{push}");
+            continue;
+        }
+        break push;
+    };
     assert_eq!(push["payload"]["entries"][0]["fields"][1], "live");
+    // Caught up: nothing waits after it.
+    assert_eq!(push["payload"]["backlog"], 0, "{push}");
 }
 
 #[tokio::test]

@@ -48,6 +48,12 @@ pub struct ServeOptions {
     /// before HTTP starts. `None`: plain TCP (behind an ingress that
     /// terminates TLS, or in tests).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a service keeps serving after it was told to stop, with
+    /// `/readyz` answering 503 meanwhile, so a load balancer that polls
+    /// readiness (haproxy, a cloud LB) takes it out of rotation before it
+    /// stops accepting. Zero: stop at once (Kubernetes does the same with a
+    /// `preStop` pause).
+    pub drain_delay: Duration,
 }
 
 impl Default for ServeOptions {
@@ -56,6 +62,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_http_connections: 10_000,
             tls: None,
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -66,8 +73,28 @@ impl std::fmt::Debug for ServeOptions {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_http_connections", &self.max_http_connections)
             .field("tls", &self.tls.is_some())
+            .field("drain_delay", &self.drain_delay)
             .finish()
     }
+}
+
+/// The stop of a service in two steps. `draining` is the caller's shutdown
+/// token: once it is cancelled the service reports not ready; the returned
+/// token is cancelled `delay` later, and stops the accept loop and closes
+/// connections.
+pub fn stop_after(draining: &CancellationToken, delay: Duration) -> CancellationToken {
+    if delay.is_zero() {
+        return draining.clone();
+    }
+    let stop = CancellationToken::new();
+    let (draining, stopping) = (draining.clone(), stop.clone());
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        tracing::info!(?delay, "draining: not ready, still serving");
+        tokio::time::sleep(delay).await;
+        stopping.cancel();
+    });
+    stop
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets every

@@ -271,6 +271,7 @@ mod tests {
             header_read_timeout: Duration::from_millis(300),
             max_http_connections: 1,
             tls: Some(server(&pki)),
+            drain_delay: Duration::ZERO,
         })
         .await;
         // Connects and never sends a ClientHello; the server must hang up by

@@ -82,6 +82,19 @@ impl HubKeys {
         format!("{}:cursor:h", self.prefix)
     }
 
+    /// `lula-hub:device:<client>:h`: what the hubs last saw of one device, for
+    /// the fleet view: which replica holds its connection, when it was last
+    /// heard, its downstream cursor, why its last connection ended.
+    pub fn device(&self, client: &ClientId) -> String {
+        format!("{}:device:{}:h", self.prefix, client)
+    }
+
+    /// `lula-hub:devices:z`: every device a hub has seen, scored by when a hub
+    /// last wrote its [`HubKeys::device`] hash (epoch ms).
+    pub fn devices(&self) -> String {
+        format!("{}:devices:z", self.prefix)
+    }
+
     /// `lula-hub:ingest-layout`: the [`IngestLayout::description`] the hubs
     /// write with, recorded by the first hub; a hub configured otherwise
     /// refuses to ingest, since a device moved to another partition would have

@@ -33,8 +33,8 @@ pub struct TestApp {
     pub keys: AuthKeys,
     pub config: Config,
     pub http: reqwest::Client,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
 }
 
 /// lula-auth with test defaults (bcrypt cost 4) on a fresh Redis.
@@ -234,6 +234,10 @@ impl TestApp {
 
     pub async fn healthz(&self) -> Reply {
         self.get("/healthz").await
+    }
+
+    pub async fn readyz(&self) -> Reply {
+        self.get("/readyz").await
     }
 
     /// The operator's `provision` (not forced); panics when refused.

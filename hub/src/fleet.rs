@@ -1,0 +1,446 @@
+//! The fleet view: which device is connected where, when it was last heard,
+//! how far each direction has got, and what went wrong last.
+//!
+//! Every hub replica writes what it sees of its own connections into Redis,
+//! one hash per device ([`HubKeys::device`]) and an index of devices by the
+//! time of that write ([`HubKeys::devices`]); [`list`] reads them back
+//! together with the upstream cursor (the ingest cursors) and the downstream
+//! backlog (entries of the device's out stream after its acknowledged
+//! cursor). Because all of it lives in Redis, `lula-hub fleet` and `GET
+//! /fleet` on any replica show the whole fleet.
+//!
+//! A connection owns the hash while it is the device's newest: each write
+//! after the first checks the hash's `owner` (hub and connection id), so a
+//! replaced connection closing late does not mark a connected device as gone.
+//! A hub killed without closing leaves `connected = 1` behind; its heartbeat
+//! stops, and after [`STALE_AFTER`] the device shows as `lost`.
+//!
+//! These writes are bookkeeping beside the sync path, never in it: they are
+//! sent in the background, at most every [`WRITE_EVERY`] per connection
+//! (plus connect and close), and a failure is logged and forgotten.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt as _;
+use lula_protocol::keys::{HubKeys, IngestLayout};
+use lula_protocol::limits::BACKLOG_COUNT_CAP;
+use lula_protocol::{ClientId, StreamId};
+use lula_runtime::redis::RedisConn;
+use serde::Serialize;
+
+use crate::downstream::count_after;
+
+/// A connection writes its device's hash at most this often while something
+/// changes (a frame heard, an ack, an error).
+pub const WRITE_EVERY: Duration = Duration::from_secs(5);
+/// ... and at least this often while it lives, so a reader can tell a live
+/// connection from one whose hub died.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+/// A device marked connected whose hub has not written for this long is
+/// shown as `lost`: its hub died or lost Redis.
+pub const STALE_AFTER: Duration = Duration::from_secs(90);
+/// Devices whose backlogs [`list`] counts at once.
+const READ_CONCURRENCY: usize = 32;
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// KEYS[1] the device hash; ARGV: owner, heartbeat (ms), lastSeen (ms),
+/// downstream cursor or '', last error or ''. Writes only while `owner` holds
+/// the hash.
+static HEARTBEAT_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end \
+         redis.call('HSET', KEYS[1], 'heartbeat', ARGV[2], 'lastSeen', ARGV[3]) \
+         if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'downstreamCursor', ARGV[4]) end \
+         if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'lastError', ARGV[5], 'lastErrorAt', ARGV[2]) end \
+         return 1",
+    )
+});
+
+/// KEYS[1] the device hash; ARGV: owner, now (ms), lastSeen (ms), downstream
+/// cursor or '', close description, last error or ''.
+static CLOSED_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end \
+         redis.call('HSET', KEYS[1], 'connected', '0', 'closedAt', ARGV[2], 'heartbeat', ARGV[2], \
+           'lastSeen', ARGV[3], 'lastClose', ARGV[5]) \
+         if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'downstreamCursor', ARGV[4]) end \
+         if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'lastError', ARGV[6], 'lastErrorAt', ARGV[2]) end \
+         return 1",
+    )
+});
+
+/// What one connection knows and has not written yet.
+pub struct Recorder {
+    redis: RedisConn,
+    tracker: tokio_util::task::TaskTracker,
+    device_key: String,
+    index_key: String,
+    client: String,
+    owner: String,
+    /// When the hash was last written.
+    written: tokio::time::Instant,
+    /// Something changed since.
+    dirty: bool,
+    /// Last frame from the device (ms).
+    pub last_seen: u64,
+    /// The device's acknowledged downstream cursor.
+    downstream: Option<StreamId>,
+    /// An error not written yet.
+    error: Option<String>,
+}
+
+impl Recorder {
+    /// Marks `client` connected to `hub` (connection `conn`), in the
+    /// background.
+    pub fn connected(
+        redis: RedisConn,
+        tracker: tokio_util::task::TaskTracker,
+        keys: &HubKeys,
+        client: &ClientId,
+        hub: &str,
+        conn: u64,
+    ) -> Self {
+        let now = now_ms();
+        let recorder = Recorder {
+            redis,
+            tracker,
+            device_key: keys.device(client),
+            index_key: keys.devices(),
+            client: client.as_str().to_owned(),
+            owner: format!("{hub}/{conn}"),
+            written: tokio::time::Instant::now(),
+            dirty: false,
+            last_seen: now,
+            downstream: None,
+            error: None,
+        };
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&recorder.device_key)
+            .arg("owner")
+            .arg(&recorder.owner)
+            .arg("hub")
+            .arg(hub)
+            .arg("connected")
+            .arg("1")
+            .arg("connectedAt")
+            .arg(now)
+            .arg("heartbeat")
+            .arg(now)
+            .arg("lastSeen")
+            .arg(now);
+        let mut redis = recorder.redis.clone();
+        recorder.spawn(async move { hset.query_async::<()>(&mut redis).await });
+        recorder.touch_index(now);
+        recorder
+    }
+
+    /// The device was heard from.
+    pub fn heard(&mut self) {
+        self.last_seen = now_ms();
+        self.dirty = true;
+    }
+
+    /// The device acknowledged downstream entries up to `cursor` (or
+    /// subscribed from it).
+    pub fn downstream(&mut self, cursor: StreamId) {
+        if self.downstream != Some(cursor) {
+            self.downstream = Some(cursor);
+            self.dirty = true;
+        }
+    }
+
+    /// The hub answered the device with an error.
+    pub fn error(&mut self, message: impl Into<String>) {
+        self.error = Some(message.into());
+        self.dirty = true;
+    }
+
+    /// Called every [`WRITE_EVERY`]: writes what changed, or a heartbeat
+    /// when [`HEARTBEAT`] has passed.
+    pub fn tick(&mut self) {
+        if !self.dirty && self.written.elapsed() < HEARTBEAT {
+            return;
+        }
+        let now = now_ms();
+        let mut invocation = HEARTBEAT_SCRIPT.key(&self.device_key);
+        invocation
+            .arg(&self.owner)
+            .arg(now)
+            .arg(self.last_seen)
+            .arg(self.downstream.map(|c| c.to_string()).unwrap_or_default())
+            .arg(self.error.take().unwrap_or_default());
+        let mut redis = self.redis.clone();
+        self.spawn(async move { invocation.invoke_async::<i64>(&mut redis).await.map(drop) });
+        self.touch_index(now);
+        self.written = tokio::time::Instant::now();
+        self.dirty = false;
+    }
+
+    /// The connection ended, as `close` says.
+    pub fn closed(mut self, close: &str, error: Option<&str>) {
+        let now = now_ms();
+        let mut invocation = CLOSED_SCRIPT.key(&self.device_key);
+        invocation
+            .arg(&self.owner)
+            .arg(now)
+            .arg(self.last_seen)
+            .arg(self.downstream.map(|c| c.to_string()).unwrap_or_default())
+            .arg(close)
+            .arg(
+                error
+                    .map(str::to_owned)
+                    .or(self.error.take())
+                    .unwrap_or_default(),
+            );
+        let mut redis = self.redis.clone();
+        self.spawn(async move { invocation.invoke_async::<i64>(&mut redis).await.map(drop) });
+        self.touch_index(now);
+    }
+
+    fn touch_index(&self, now: u64) {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(&self.index_key).arg(now).arg(&self.client);
+        let mut redis = self.redis.clone();
+        self.spawn(async move { zadd.query_async::<()>(&mut redis).await });
+    }
+
+    fn spawn(&self, write: impl Future<Output = redis::RedisResult<()>> + Send + 'static) {
+        self.tracker.spawn(async move {
+            if let Err(e) = write.await {
+                tracing::debug!(error = %e, "fleet: cannot record the device's state");
+            }
+        });
+    }
+}
+
+/// A device as the fleet view shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceView {
+    /// The device.
+    pub client: String,
+    /// `connected`, `disconnected`, or `lost` (marked connected, but its hub
+    /// stopped writing: killed, or cut off from Redis).
+    pub state: &'static str,
+    /// The replica that holds (or last held) its connection.
+    pub hub: Option<String>,
+    /// When its current (or last) connection was made, epoch ms.
+    pub connected_at: Option<u64>,
+    /// When a hub last heard from it, epoch ms (to within [`WRITE_EVERY`]).
+    pub last_seen: Option<u64>,
+    /// The last device seq appended to the in stream.
+    pub upstream_cursor: String,
+    /// The last hub id the device acknowledged.
+    pub downstream_cursor: Option<String>,
+    /// Entries of its out stream after that cursor, counted up to
+    /// [`BACKLOG_COUNT_CAP`] (`downstreamBacklogCapped` then true).
+    pub downstream_backlog: u64,
+    /// The backlog is at least `downstream_backlog`.
+    pub downstream_backlog_capped: bool,
+    /// How its last connection ended (`<code> <reason>`).
+    pub last_close: Option<String>,
+    /// The last error the hub answered it with, or the last abnormal close.
+    pub last_error: Option<String>,
+    /// When, epoch ms.
+    pub last_error_at: Option<u64>,
+}
+
+/// Which devices [`list`] shows.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Only this device.
+    pub client: Option<ClientId>,
+    /// At most this many, most recently seen first (0: all).
+    pub limit: usize,
+}
+
+/// The fleet, most recently seen first.
+pub async fn list(
+    redis: &RedisConn,
+    keys: &HubKeys,
+    layout: &IngestLayout,
+    query: &Query,
+) -> Result<Vec<DeviceView>, redis::RedisError> {
+    let clients: Vec<String> = match &query.client {
+        Some(c) => vec![c.as_str().to_owned()],
+        None => {
+            let stop = if query.limit == 0 {
+                -1
+            } else {
+                query.limit as i64 - 1
+            };
+            redis::cmd("ZREVRANGE")
+                .arg(keys.devices())
+                .arg(0)
+                .arg(stop)
+                .query_async(&mut redis.clone())
+                .await?
+        }
+    };
+    let now = now_ms();
+    let views = futures_util::stream::iter(clients)
+        .map(|client| view(redis.clone(), keys, layout, client, now))
+        .buffered(READ_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    let mut out = Vec::with_capacity(views.len());
+    for v in views {
+        if let Some(v) = v? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// One device; `None` for an id that is not a valid client id (written by
+/// hand into the index) or a device no hub has seen.
+async fn view(
+    mut redis: RedisConn,
+    keys: &HubKeys,
+    layout: &IngestLayout,
+    client: String,
+    now: u64,
+) -> Result<Option<DeviceView>, redis::RedisError> {
+    let Ok(id) = client.parse::<ClientId>() else {
+        return Ok(None);
+    };
+    let hash: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys.device(&id))
+        .query_async(&mut redis)
+        .await?;
+    let upstream: Option<String> = redis::cmd("HGET")
+        .arg(layout.cursors(layout.partition_of(&id)))
+        .arg(id.as_str())
+        .query_async(&mut redis)
+        .await?;
+    if hash.is_empty() && upstream.is_none() {
+        return Ok(None);
+    }
+    let num = |k: &str| hash.get(k).and_then(|v| v.parse::<u64>().ok());
+    let text = |k: &str| hash.get(k).filter(|v| !v.is_empty()).cloned();
+    let downstream: Option<StreamId> = hash.get("downstreamCursor").and_then(|v| v.parse().ok());
+    let backlog = count_after(
+        &mut redis,
+        &keys.out_stream(&id),
+        downstream.unwrap_or(StreamId::ZERO),
+    )
+    .await?;
+    let state = if hash.get("connected").map(String::as_str) != Some("1") {
+        "disconnected"
+    } else if num("heartbeat")
+        .is_some_and(|h| now.saturating_sub(h) > STALE_AFTER.as_millis() as u64)
+    {
+        "lost"
+    } else {
+        "connected"
+    };
+    Ok(Some(DeviceView {
+        client,
+        state,
+        hub: text("hub"),
+        connected_at: num("connectedAt"),
+        last_seen: num("lastSeen"),
+        upstream_cursor: upstream.unwrap_or_else(|| StreamId::ZERO.to_string()),
+        downstream_cursor: downstream.map(|c| c.to_string()),
+        downstream_backlog: backlog,
+        downstream_backlog_capped: backlog >= BACKLOG_COUNT_CAP as u64,
+        last_close: text("lastClose"),
+        last_error: text("lastError"),
+        last_error_at: num("lastErrorAt"),
+    }))
+}
+
+/// The fleet as a table for people.
+pub fn table(devices: &[DeviceView], now: u64) -> String {
+    let ago = |t: Option<u64>| match t {
+        Some(t) => format!("{}s ago", now.saturating_sub(t) / 1000),
+        None => "-".into(),
+    };
+    let rows: Vec<[String; 8]> = devices
+        .iter()
+        .map(|d| {
+            [
+                d.client.clone(),
+                d.state.to_owned(),
+                d.hub.clone().unwrap_or_else(|| "-".into()),
+                ago(d.last_seen),
+                d.upstream_cursor.clone(),
+                format!(
+                    "{}{}",
+                    d.downstream_backlog,
+                    if d.downstream_backlog_capped { "+" } else { "" }
+                ),
+                d.last_close.clone().unwrap_or_else(|| "-".into()),
+                d.last_error.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = [
+        "CLIENT",
+        "STATE",
+        "HUB",
+        "LAST SEEN",
+        "UPSTREAM CURSOR",
+        "DOWN BACKLOG",
+        "LAST CLOSE",
+        "LAST ERROR",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_aligns_columns_and_marks_capped_backlogs() {
+        let d = DeviceView {
+            client: "dev-1".into(),
+            state: "connected",
+            hub: Some("hub-a:3002".into()),
+            connected_at: Some(1_000),
+            last_seen: Some(9_000),
+            upstream_cursor: "5-0".into(),
+            downstream_cursor: None,
+            downstream_backlog: 10_000,
+            downstream_backlog_capped: true,
+            last_close: None,
+            last_error: None,
+            last_error_at: None,
+        };
+        let t = table(&[d], 12_000);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("CLIENT  STATE"));
+        assert!(lines[1].contains("dev-1   connected  hub-a:3002  3s ago"));
+        assert!(lines[1].contains("10000+"));
+    }
+}
