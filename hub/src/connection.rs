@@ -230,8 +230,9 @@ pub async fn serve(
         None | Some(close::GOING_AWAY) | Some(close::REPLACED) => None,
         Some(_) => Some(description.as_str()),
     };
-    let Connection { fleet, .. } = conn;
-    fleet.closed(&description, abnormal);
+    conn.fleet.closed(&description, abnormal);
+    // Ends the writer (its queue's last sender) and the helper tasks' handles.
+    drop(conn);
     let _ = writer.await;
     state.metrics.connections.dec();
     HubMetrics::count(&state.metrics.closed, "reason", close_reason(close_code));

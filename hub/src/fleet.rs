@@ -185,7 +185,7 @@ impl Recorder {
     }
 
     /// The connection ended, as `close` says.
-    pub fn closed(mut self, close: &str, error: Option<&str>) {
+    pub fn closed(&mut self, close: &str, error: Option<&str>) {
         let now = now_ms();
         let mut invocation = CLOSED_SCRIPT.key(&self.device_key);
         invocation

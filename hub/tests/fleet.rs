@@ -143,6 +143,21 @@ async fn the_fleet_view_shows_where_each_device_is_how_far_it_got_and_what_went_
     );
     assert!(d3["lastSeen"].as_u64().unwrap() > 0);
 
+    // dev-3's connection ended all the way (its writer too): only dev-1 is
+    // counted on hub-a.
+    eventually("dev-3's connection to end", WAIT, || async {
+        let text = reqwest::get(format!("http://{}/metrics", hub.addr))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .any(|l| l == "lula_hub_connections 1")
+            .then_some(())
+    })
+    .await;
+
     // One device; refusals with JSON bodies.
     let (status, one) = get_fleet(hub.addr, "?client=dev-2", Some(ADMIN)).await;
     assert_eq!(status, 200);
