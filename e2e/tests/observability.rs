@@ -78,6 +78,10 @@ async fn hub_and_auth_export_what_they_did_as_prometheus_metrics() {
     assert_eq!(metric(&text, "lula_hub_duplicates_total"), Some(0.0));
     assert!(metric(&text, "lula_hub_ingest_calls_total").unwrap() >= 1.0);
     assert!(text.contains("lula_hub_ingest_seconds_bucket"));
+    assert!(metric(&text, "lula_hub_upstream_lag_seconds_count").unwrap() >= 1.0);
+    assert!(metric(&text, "lula_hub_downstream_lag_seconds_count").unwrap() >= 1.0);
+    assert!(metric(&text, r#"lula_hub_redis_seconds_count{op="authenticate"}"#).unwrap() >= 1.0);
+    assert!(metric(&text, r#"lula_hub_redis_seconds_count{op="xread"}"#).unwrap() >= 1.0);
 
     let auth = format!("{}/metrics", cloud.auth_url());
     let text = reqwest::get(&auth).await.unwrap().text().await.unwrap();

@@ -551,7 +551,10 @@ pub async fn push(
             continue;
         }
         let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - unacked.n);
-        let entries = match xread(&mut redis, &key, last, count).await {
+        let started = std::time::Instant::now();
+        let read = xread(&mut redis, &key, last, count).await;
+        metrics.redis_call("xread", started.elapsed());
+        let entries = match read {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "push: read failed; retrying");
@@ -606,6 +609,7 @@ pub async fn push(
             inflight.push_back((frame_last, n));
             unacked.add(n);
             metrics.entries_out.inc_by(n as u64);
+            HubMetrics::lag(&metrics.downstream_lag, frame_last.ms);
         }
         if caught_up {
             tokio::select! {

@@ -455,8 +455,10 @@ async fn ingest_loop(
         }
         let (sections, replies): (Vec<Section>, Vec<_>) =
             group.into_iter().map(|j| (j.section, j.reply)).unzip();
+        let mut last_ms = Vec::with_capacity(sections.len());
         for s in &sections {
             metrics.batch_entries.observe(s.entries.len() as f64);
+            last_ms.push(s.entries.last().map(|e| e.id.ms));
         }
         let batches = sections.len();
         let started = std::time::Instant::now();
@@ -472,13 +474,18 @@ async fn ingest_loop(
         metrics.ingest_call(batches, started.elapsed(), appended.is_ok());
         match appended {
             Ok(results) => {
-                for result in &results {
+                for (result, last_ms) in results.iter().zip(&last_ms) {
                     match result {
                         Appended::Applied {
                             added, duplicates, ..
                         } => {
                             metrics.entries_in.inc_by(*added);
                             metrics.duplicates.inc_by(*duplicates);
+                            if *added > 0
+                                && let Some(ms) = last_ms
+                            {
+                                HubMetrics::lag(&metrics.upstream_lag, *ms);
+                            }
                         }
                         Appended::Gap { .. } => {
                             metrics.gaps.inc();

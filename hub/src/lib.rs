@@ -411,12 +411,18 @@ async fn authenticated_upgrade(
     // Authenticate before looking at the upgrade, so an unauthenticated caller
     // learns nothing but 401.
     let token = token_from(&headers, query.as_deref()).ok_or(HubError::MissingToken)?;
+    let started = std::time::Instant::now();
     let claims = state
         .auth
         .authenticate(&mut state.auth_redis.clone(), &token)
-        .await?;
+        .await;
+    state.metrics.redis_call("authenticate", started.elapsed());
+    let claims = claims?;
     let ws = ws?;
-    let generation = take_over(&state, &claims.sub).await?;
+    let started = std::time::Instant::now();
+    let generation = take_over(&state, &claims.sub).await;
+    state.metrics.redis_call("take_over", started.elapsed());
+    let generation = generation?;
     let conn_id = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", client = %claims.sub, conn = conn_id);
     let limit = state.config.max_frame_bytes;

@@ -52,6 +52,26 @@ pub struct HubMetrics {
     pub unacked: Gauge,
     /// Session renewals on live connections, by outcome.
     pub renewals: ByLabel,
+    /// Seconds from an entry's device seq (the device's clock when it was
+    /// added to `out:x`) to its append, per batch (its last entry).
+    pub upstream_lag: Histogram,
+    /// Seconds from a message's hub id (the hub Redis's clock when a cloud
+    /// service added it) to its push, per frame (its last entry).
+    pub downstream_lag: Histogram,
+    /// Latency of the hub's Redis commands besides ingest, by operation.
+    pub redis_seconds: LatencyByOp,
+}
+
+/// A latency histogram per operation.
+pub type LatencyByOp = Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+}
+
+fn lag_histogram() -> Histogram {
+    // 1 ms to ~9 h: from live sync to a device that was offline for hours.
+    Histogram::new(exponential_buckets(0.001, 3.0, 16))
 }
 
 impl Default for HubMetrics {
@@ -76,6 +96,9 @@ impl Default for HubMetrics {
             entries_out: Counter::default(),
             unacked: Gauge::default(),
             renewals: ByLabel::default(),
+            upstream_lag: lag_histogram(),
+            downstream_lag: lag_histogram(),
+            redis_seconds: LatencyByOp::new_with_constructor(latency_histogram),
         };
         let mut r = Registry::with_prefix("lula_hub");
         r.register(
@@ -142,6 +165,21 @@ impl Default for HubMetrics {
             "Session renewals on live connections, by outcome",
             m.renewals.clone(),
         );
+        r.register(
+            "upstream_lag_seconds",
+            "From an entry's device seq time to its append, per batch (includes device clock skew)",
+            m.upstream_lag.clone(),
+        );
+        r.register(
+            "downstream_lag_seconds",
+            "From a message's hub id time to its push, per frame",
+            m.downstream_lag.clone(),
+        );
+        r.register(
+            "redis_seconds",
+            "Latency of Redis commands besides ingest, by operation",
+            m.redis_seconds.clone(),
+        );
         HubMetrics { registry: r, ..m }
     }
 }
@@ -160,6 +198,19 @@ impl HubMetrics {
         if !ok {
             self.ingest_errors.inc();
         }
+    }
+
+    /// Records the latency of one Redis command.
+    pub fn redis_call(&self, op: &'static str, took: Duration) {
+        self.redis_seconds
+            .get_or_create(&[("op", op)])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records the age of an entry whose id was taken at `id_ms` (epoch ms).
+    pub fn lag(histogram: &Histogram, id_ms: u64) {
+        let now = crate::fleet::now_ms();
+        histogram.observe(now.saturating_sub(id_ms) as f64 / 1000.0);
     }
 
     /// The text exposition.
