@@ -38,6 +38,10 @@ pub struct Metrics {
     pub downstream_entries: Counter,
     /// Times entries were found deleted from `out:x` before sync.
     pub gaps: Counter,
+    /// Broadcasts stored in `in:x`.
+    pub broadcast_entries: Counter,
+    /// Times the hub reported broadcasts deleted before this device got them.
+    pub broadcast_gaps: Counter,
     /// Session tokens renewed on a live connection.
     pub renewals: Counter,
     /// `entries-added` of `out:x` at the reader's last read (not exported;
@@ -57,6 +61,8 @@ impl Default for Metrics {
             upstream_lag: Gauge::default(),
             downstream_entries: Counter::default(),
             gaps: Counter::default(),
+            broadcast_entries: Counter::default(),
+            broadcast_gaps: Counter::default(),
             renewals: Counter::default(),
             out_added: AtomicU64::new(0),
             registry: Registry::default(),
@@ -96,6 +102,16 @@ impl Default for Metrics {
             "gaps",
             "Times entries were found deleted from out:x before they were synced",
             m.gaps.clone(),
+        );
+        registry.register(
+            "broadcast_entries",
+            "Broadcasts stored in in:x",
+            m.broadcast_entries.clone(),
+        );
+        registry.register(
+            "broadcast_gaps",
+            "Times broadcasts were deleted (past the hub's retention) before this device received them",
+            m.broadcast_gaps.clone(),
         );
         registry.register(
             "renewals",
@@ -166,6 +182,8 @@ mod tests {
             "lula_client_upstream_lag_entries",
             "lula_client_downstream_entries_total",
             "lula_client_gaps_total",
+            "lula_client_broadcast_entries_total",
+            "lula_client_broadcast_gaps_total",
             "lula_client_renewals_total",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
