@@ -4,7 +4,7 @@
 # Starts two Redis servers (one playing the device, one the cloud), lula-auth,
 # lula-hub and one lula-client; provisions the device; publishes events with
 # plain redis-cli XADD on the device; shows them arriving in the cloud through
-# XREADGROUP; sends a message down and shows it in the device's in stream.
+# XREADGROUP; sends a message down and a broadcast and shows them in the device's in stream.
 # Then keeps publishing one event every 2 seconds until Ctrl-C, which stops
 # everything it started.
 #
@@ -138,6 +138,17 @@ for _ in $(seq 1 100); do
 done
 dev XRANGE lula-client:in:x - +
 [ "$(dev XLEN lula-client:in:x)" -ge 1 ] || { echo "the message did not arrive; see $dir/client.log" >&2; exit 1; }
+
+bold "The cloud broadcasts once to every device"
+step "XADD lula-hub:broadcast:x * notice maintenance at 02:00"
+cloud XADD lula-hub:broadcast:x '*' notice 'maintenance at 02:00'
+step "XRANGE lula-client:in:x - +     (on the device; broadcast = the broadcast's id)"
+for _ in $(seq 1 100); do
+  [ "$(dev XLEN lula-client:in:x)" -ge 2 ] && break
+  sleep 0.1
+done
+dev XRANGE lula-client:in:x - +
+[ "$(dev XLEN lula-client:in:x)" -ge 2 ] || { echo "the broadcast did not arrive; see $dir/client.log" >&2; exit 1; }
 
 bold "lula-client status"
 "$bin/lula-client" status --redis-url "redis://127.0.0.1:$device_port" --state-dir "$dir/client-state"

@@ -1,18 +1,33 @@
 //! The device Redis: the out stream producers write, the in stream hub messages
-//! land in, and the state hash holding the downstream cursor and the daemon's
-//! published status.
+//! and broadcasts land in, and the state hash holding the downstream and
+//! broadcast cursors and the daemon's published status.
 
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lula_protocol::keys::DeviceKeys;
+use lula_protocol::message::PushStream;
 use lula_protocol::redis_value::entries_from_range;
-use lula_protocol::{Entry, FIELD_SEQ, StreamId, escape_reserved};
+use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_reserved};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
 
 /// Field of the state hash holding the last hub id stored in `in:x`.
 pub const DOWNSTREAM_FIELD: &str = "downstream";
+/// Field of the state hash holding the last broadcast id stored in `in:x`.
+pub const BROADCAST_FIELD: &str = "broadcast";
+
+/// What [`Device::store`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The stream's cursor after the store.
+    pub cursor: StreamId,
+    /// Entries that were new.
+    pub added: u64,
+    /// When the push reported a gap ahead of the cursor: the cursor before
+    /// it (the device missed entries after this id up to the gap).
+    pub missed_after: Option<StreamId>,
+}
 
 /// Status fields the daemon publishes in the state hash for `lula-client status`.
 pub mod status_fields {
@@ -42,35 +57,57 @@ pub mod status_fields {
     /// A condition that needs an operator, as of the last connection (empty
     /// when there is none).
     pub const WARNING: &str = "warning";
+    /// Times broadcasts were found deleted (past the hub's retention) before
+    /// this device received them; counted by the store script.
+    pub const BROADCAST_GAPS: &str = "broadcastGaps";
+    /// The most recent such finding: the broadcast ids missed and when.
+    pub const LAST_BROADCAST_GAP: &str = "lastBroadcastGap";
 }
 
 /// KEYS[1] in stream, KEYS[2] state hash.
-/// ARGV: per entry: hub id, number of values, values.
-/// Appends the entries after the stored cursor with `seq` = hub id first, moves
-/// the cursor, atomically. Returns {cursor, added}.
+/// ARGV[1] the cursor's field, ARGV[2] the marker field written first into
+/// each entry (`seq` or `broadcast`), ARGV[3] a gap: the id the hub says
+/// entries up to were deleted ('' when none), ARGV[4] the field counting
+/// gaps, ARGV[5] the field describing the last one, ARGV[6] now (epoch ms);
+/// then per entry: hub id, number of values, values.
+/// Moves the cursor to the gap if it is ahead (counting the gap), appends
+/// the entries after the cursor with the marker = hub id first, moves the
+/// cursor, atomically. Returns {cursor, added, cursor before a counted gap
+/// or ''}.
 const STORE_BODY: &str = r#"
-local cur = redis.call('HGET', KEYS[2], 'downstream') or '0-0'
+local field, marker, gap = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call('HGET', KEYS[2], field) or '0-0'
+local moved = false
+local missed = ''
+if gap ~= '' and id_gt(gap, cur) then
+  missed = cur
+  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+  redis.call('HSET', KEYS[2], ARGV[5], 'after ' .. cur .. ' up to ' .. gap .. ' (at ' .. ARGV[6] .. ' ms)')
+  cur = gap
+  moved = true
+end
 local n = #ARGV
-local i = 1
+local i = 7
 local added = 0
 while i <= n do
   local id = ARGV[i]
   local nv = tonumber(ARGV[i + 1])
   if id_gt(id, cur) then
-    local args = {'XADD', KEYS[1], '*', 'seq', id}
+    local args = {'XADD', KEYS[1], '*', marker, id}
     for j = 1, nv do
       args[5 + j] = ARGV[i + 1 + j]
     end
     redis.call(unpack(args))
     cur = id
     added = added + 1
+    moved = true
   end
   i = i + 2 + nv
 end
-if added > 0 then
-  redis.call('HSET', KEYS[2], 'downstream', cur)
+if moved then
+  redis.call('HSET', KEYS[2], field, cur)
 end
-return {cur, added}
+return {cur, added, missed}
 "#;
 
 /// KEYS[1] out stream. ARGV[1] read after this id, ARGV[2] count.
@@ -142,6 +179,13 @@ impl Device {
         parse_id(v)
     }
 
+    /// The last broadcast id stored in `in:x`, `0-0` at first (a new device
+    /// gets every broadcast the hub still keeps).
+    pub async fn broadcast_cursor(&mut self) -> Result<StreamId, RedisError> {
+        let v: Option<String> = self.redis.hget(self.keys.state(), BROADCAST_FIELD).await?;
+        parse_id(v)
+    }
+
     /// Appends hub entries (in hub order) to `in:x` and moves the downstream
     /// cursor in one script; entries at or below the cursor are skipped, so a
     /// push repeated after a reconnect is stored once. Returns the new cursor
@@ -150,19 +194,59 @@ impl Device {
         &mut self,
         entries: Vec<Entry>,
     ) -> Result<(StreamId, u64), RedisError> {
+        let stored = self.store(PushStream::Direct, entries, None).await?;
+        Ok((stored.cursor, stored.added))
+    }
+
+    /// Stores pushed entries of `stream` in `in:x` with their cursor, in one
+    /// script: direct messages as `seq <hub id> ...`, broadcasts as
+    /// `broadcast <broadcast id> ...`, each after its own cursor. A `gap`
+    /// (entries up to it deleted before they reached this device) moves the
+    /// cursor there first and is counted in the state hash, in the same step,
+    /// so a crash can neither lose nor double the count.
+    pub async fn store(
+        &mut self,
+        stream: PushStream,
+        entries: Vec<Entry>,
+        gap: Option<StreamId>,
+    ) -> Result<Stored, RedisError> {
+        let (field, marker, reserved): (&str, &str, &[&str]) = match stream {
+            PushStream::Direct => (DOWNSTREAM_FIELD, FIELD_SEQ, &[FIELD_SEQ]),
+            PushStream::Broadcast => (
+                BROADCAST_FIELD,
+                FIELD_BROADCAST,
+                &[FIELD_SEQ, FIELD_BROADCAST],
+            ),
+        };
         let mut invocation = STORE.key(self.keys.in_stream());
-        invocation.key(self.keys.state());
+        invocation
+            .key(self.keys.state())
+            .arg(field)
+            .arg(marker)
+            .arg(gap.map(|g| g.to_string()).unwrap_or_default())
+            .arg(status_fields::BROADCAST_GAPS)
+            .arg(status_fields::LAST_BROADCAST_GAP)
+            .arg(now_ms());
         for entry in entries {
             invocation.arg(entry.id.to_string()).arg(entry.fields.len());
             for (i, mut value) in entry.fields.into_iter().enumerate() {
                 if i.is_multiple_of(2) {
-                    escape_reserved(&mut value, &[FIELD_SEQ]);
+                    escape_reserved(&mut value, reserved);
                 }
                 invocation.arg(value);
             }
         }
-        let (cursor, added): (String, u64) = invocation.invoke_async(&mut self.redis).await?;
-        Ok((parse_id(Some(cursor))?, added))
+        let (cursor, added, missed): (String, u64, String) =
+            invocation.invoke_async(&mut self.redis).await?;
+        Ok(Stored {
+            cursor: parse_id(Some(cursor))?,
+            added,
+            missed_after: if missed.is_empty() {
+                None
+            } else {
+                Some(parse_id(Some(missed))?)
+            },
+        })
     }
 
     /// Writes status fields (and `updatedAt`) to the state hash.

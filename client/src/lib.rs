@@ -8,7 +8,8 @@
 //!   the hub acknowledges it (duplicates included). Resending is always safe.
 //! - Downstream, the device owns the cursor. Each pushed frame is appended to
 //!   `in:x` together with the cursor in one Lua script, then acknowledged; a
-//!   frame seen twice is stored once.
+//!   frame seen twice is stored once. Broadcasts (the fleet's one
+//!   `lula-hub:broadcast:x`) the same, with a cursor of their own.
 //!
 //! # Layout
 //! - [`config`]: the daemon's settings, [`Config`].

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub downstream_backlog: Gauge,
     /// Times entries were found deleted from `out:x` before sync.
     pub gaps: Counter,
+    /// Broadcasts stored in `in:x`.
+    pub broadcast_entries: Counter,
+    /// Times the hub reported broadcasts deleted before this device got them.
+    pub broadcast_gaps: Counter,
     /// Session tokens renewed on a live connection.
     pub renewals: Counter,
     /// `entries-added` of `out:x` at the reader's last read (not exported;
@@ -61,6 +65,8 @@ impl Default for Metrics {
             downstream_entries: Counter::default(),
             downstream_backlog: Gauge::default(),
             gaps: Counter::default(),
+            broadcast_entries: Counter::default(),
+            broadcast_gaps: Counter::default(),
             renewals: Counter::default(),
             out_added: AtomicU64::new(0),
             registry: Registry::default(),
@@ -105,6 +111,16 @@ impl Default for Metrics {
             "gaps",
             "Times entries were found deleted from out:x before they were synced",
             m.gaps.clone(),
+        );
+        registry.register(
+            "broadcast_entries",
+            "Broadcasts stored in in:x",
+            m.broadcast_entries.clone(),
+        );
+        registry.register(
+            "broadcast_gaps",
+            "Times broadcasts were deleted (past the hub's retention) before this device received them",
+            m.broadcast_gaps.clone(),
         );
         registry.register(
             "renewals",
@@ -176,6 +192,8 @@ mod tests {
             "lula_client_downstream_entries_total",
             "lula_client_downstream_backlog_entries",
             "lula_client_gaps_total",
+            "lula_client_broadcast_entries_total",
+            "lula_client_broadcast_gaps_total",
             "lula_client_renewals_total",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");

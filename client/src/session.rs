@@ -8,7 +8,9 @@
 //!   fails the hub refuses the ones after it instead of leaving a hole;
 //! - advances the upstream cursor only on the hub's reply (a duplicate counts as
 //!   delivered);
-//! - stores each pushed downstream frame and its cursor in one script, then acks;
+//! - stores each pushed downstream frame and its cursor in one script, then acks
+//!   it; broadcasts (asked for in `subscribe` from the broadcast cursor) the
+//!   same way with a cursor, marker field and acks of their own;
 //! - gives up on the connection when the hub is silent past the idle timeout.
 //!
 //! Writes go through a writer task, so the loop keeps reading while a large
@@ -27,8 +29,8 @@ use futures_util::{SinkExt, StreamExt};
 use lula_protocol::StreamId;
 use lula_protocol::limits::PUSH_WINDOW_ENTRIES;
 use lula_protocol::message::{
-    Ack, Envelope, ErrorReply, Frame, IdReply, Push, RenewRequest, SubscribeRequest, XaddsReply,
-    close, kind,
+    Ack, Envelope, ErrorReply, Frame, IdReply, Push, PushStream, RenewRequest, SubscribeReply,
+    SubscribeRequest, XaddsReply, close, kind,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -141,7 +143,8 @@ pub async fn run(
         }
     };
     let (sink, stream) = ws.split();
-    let (out, rx) = mpsc::channel(config.inflight_batches + PUSH_WINDOW_ENTRIES + 16);
+    // Acks of two push windows: the out stream's and the broadcast stream's.
+    let (out, rx) = mpsc::channel(config.inflight_batches + 2 * PUSH_WINDOW_ENTRIES + 16);
     let mut writer = tokio::spawn(write_loop(sink, rx));
     let mut session = Session {
         config,
@@ -434,13 +437,17 @@ impl Session<'_> {
             .publish(&[(status_fields::WARNING, warning)])
             .await?;
         let downstream = self.device.downstream_cursor().await?;
+        let broadcast = self.device.broadcast_cursor().await?;
         self.subscribe_id = self.request_id();
         self.send_frame(
             kind::SUBSCRIBE,
             Some(self.subscribe_id),
-            SubscribeRequest { id: downstream },
+            SubscribeRequest {
+                id: downstream,
+                broadcast_after: Some(broadcast),
+            },
         )?;
-        tracing::info!(upstream = %self.cursor, %downstream, "connected to hub");
+        tracing::info!(upstream = %self.cursor, %downstream, %broadcast, "connected to hub");
         Ok(Limits {
             max_entries,
             max_bytes: max_bytes.saturating_sub(uplink::ENVELOPE_RESERVE).max(1),
@@ -606,22 +613,7 @@ impl Session<'_> {
             let push: Push = env
                 .payload()
                 .map_err(|e| SessionError::Protocol(format!("bad push: {e}")))?;
-            if let Some(backlog) = push.backlog
-                && self.downstream_backlog != Some(backlog)
-            {
-                // Only when it changes: a caught-up device gets 0 with every push.
-                self.downstream_backlog = Some(backlog);
-                self.metrics.downstream_backlog.set(backlog as i64);
-                self.device
-                    .publish(&[(status_fields::DOWNSTREAM_BACKLOG, backlog.to_string())])
-                    .await?;
-            }
-            if push.entries.is_empty() {
-                return Ok(());
-            }
-            let (stored, added) = self.device.store_downstream(push.entries).await?;
-            self.metrics.downstream_entries.inc_by(added);
-            return self.send_frame(kind::ACK, None, Ack { id: stored });
+            return self.on_push(push).await;
         }
         if env.kind == kind::ERR {
             let err = env
@@ -707,12 +699,68 @@ impl Session<'_> {
                 }
                 Ok(())
             }
-            Some(id) if id == self.subscribe_id => Ok(()),
+            Some(id) if id == self.subscribe_id => {
+                let reply: SubscribeReply = env
+                    .payload()
+                    .map_err(|e| SessionError::Protocol(format!("bad subscribe reply: {e}")))?;
+                if reply.broadcast_after.is_none() {
+                    tracing::warn!(
+                        "the hub does not push broadcasts (older than broadcasts?); direct messages still arrive"
+                    );
+                }
+                Ok(())
+            }
             _ => Err(SessionError::Protocol(format!(
                 "unexpected {} frame",
                 env.kind
             ))),
         }
+    }
+
+    /// Stores a pushed frame with its stream's cursor in one script, then
+    /// acknowledges it on that stream.
+    async fn on_push(&mut self, push: Push) -> Result<(), SessionError> {
+        let stream = push.stream;
+        if stream == PushStream::Direct
+            && let Some(backlog) = push.backlog
+            && self.downstream_backlog != Some(backlog)
+        {
+            // Only when it changes: a caught-up device gets 0 with every push.
+            self.downstream_backlog = Some(backlog);
+            self.metrics.downstream_backlog.set(backlog as i64);
+            self.device
+                .publish(&[(status_fields::DOWNSTREAM_BACKLOG, backlog.to_string())])
+                .await?;
+        }
+        // Gaps are reported on the broadcast stream only (the hub reports
+        // none on the out stream, whose retention is the cloud's business).
+        let gap = push.gap.filter(|_| stream == PushStream::Broadcast);
+        if push.entries.is_empty() && gap.is_none() {
+            return Ok(());
+        }
+        let stored = self.device.store(stream, push.entries, gap).await?;
+        let counter = match stream {
+            PushStream::Direct => &self.metrics.downstream_entries,
+            PushStream::Broadcast => &self.metrics.broadcast_entries,
+        };
+        counter.inc_by(stored.added);
+        if let (Some(after), Some(gap)) = (stored.missed_after, gap) {
+            self.metrics.broadcast_gaps.inc();
+            tracing::warn!(
+                stream = stream.as_str(),
+                %after,
+                up_to = %gap,
+                "missed broadcasts: the hub deleted them (retention) before this device received them"
+            );
+        }
+        self.send_frame(
+            kind::ACK,
+            None,
+            Ack {
+                id: stored.cursor,
+                stream,
+            },
+        )
     }
 
     /// Publishes the final status, then queues the close frame. In that order:

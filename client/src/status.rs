@@ -10,7 +10,7 @@ use lula_protocol::keys::DeviceKeys;
 use redis::AsyncCommands;
 use serde::Serialize;
 
-use crate::device::{DOWNSTREAM_FIELD, count_after, now_ms, status_fields};
+use crate::device::{BROADCAST_FIELD, DOWNSTREAM_FIELD, count_after, now_ms, status_fields};
 use crate::identity::{IDENTITY_FILE, Identity};
 
 /// A daemon whose last status write is older than this is not running.
@@ -38,6 +38,13 @@ pub struct StatusReport {
     /// Entries waiting for the device on the hub, as the hub last reported
     /// (counted up to 10,000); unknown until the first push.
     pub downstream_backlog: Option<u64>,
+    /// The last broadcast id stored in `in:x`.
+    pub broadcast_cursor: StreamId,
+    /// Times broadcasts were deleted (past the hub's retention) before this
+    /// device received them.
+    pub broadcast_gaps: u64,
+    /// The most recent such finding.
+    pub last_broadcast_gap: Option<String>,
     /// The daemon's most recent error.
     pub last_error: Option<String>,
     /// Epoch seconds when the session token expires.
@@ -90,6 +97,13 @@ pub async fn status(
             .and_then(|v| v.parse().ok())
             .unwrap_or(StreamId::ZERO),
         downstream_backlog: get(status_fields::DOWNSTREAM_BACKLOG).and_then(|v| v.parse().ok()),
+        broadcast_cursor: get(BROADCAST_FIELD)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(StreamId::ZERO),
+        broadcast_gaps: get(status_fields::BROADCAST_GAPS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        last_broadcast_gap: get(status_fields::LAST_BROADCAST_GAP),
         last_error: get(status_fields::LAST_ERROR),
         session_expires_at: get(status_fields::SESSION_EXPIRES_AT).and_then(|v| v.parse().ok()),
         gaps: get(status_fields::GAPS)
@@ -160,6 +174,11 @@ impl fmt::Display for StatusReport {
                 "downstream backlog: unknown (no message from the hub yet)"
             )?,
         }
+        writeln!(
+            f,
+            "broadcast cursor:   {} (last broadcast stored in in:x)",
+            self.broadcast_cursor
+        )?;
         if let Some(exp) = self.session_expires_at {
             writeln!(
                 f,
@@ -170,6 +189,13 @@ impl fmt::Display for StatusReport {
         match (&self.last_gap, self.gaps) {
             (Some(gap), n) if n > 0 => writeln!(f, "lost before sync:   {n} time(s); last: {gap}")?,
             _ => writeln!(f, "lost before sync:   none")?,
+        }
+        match (&self.last_broadcast_gap, self.broadcast_gaps) {
+            (Some(gap), n) if n > 0 => writeln!(
+                f,
+                "missed broadcasts:  {n} time(s) (trimmed by the hub's retention first); last: {gap}"
+            )?,
+            _ => writeln!(f, "missed broadcasts:  none")?,
         }
         if let Some(w) = &self.warning {
             writeln!(f, "WARNING:            {w}")?;

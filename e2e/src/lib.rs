@@ -159,6 +159,9 @@ pub struct CloudOptions {
     pub cluster_masters: Option<usize>,
     /// The hubs' `--ingest-partitions`.
     pub ingest_partitions: u32,
+    /// The hubs' `--broadcast-retention` and how often they trim to it
+    /// (their defaults when `None`).
+    pub broadcast_retention: Option<(Duration, Duration)>,
 }
 
 impl Default for CloudOptions {
@@ -173,6 +176,7 @@ impl Default for CloudOptions {
             auth_limits: None,
             cluster_masters: None,
             ingest_partitions: 1,
+            broadcast_retention: None,
         }
     }
 }
@@ -234,6 +238,7 @@ pub struct Cloud {
     redis_url: String,
     redis_cluster: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
+    broadcast_retention: Option<(Duration, Duration)>,
     auth_addr: SocketAddr,
     hub_addr: SocketAddr,
     _auth: Isolated,
@@ -294,6 +299,7 @@ impl Cloud {
             redis_url,
             redis_cluster,
             tls: options.tls,
+            broadcast_retention: options.broadcast_retention,
             auth_addr,
             hub_addr,
             _auth: auth,
@@ -313,6 +319,12 @@ impl Cloud {
             )
             .await;
         }
+    }
+
+    /// Sets the `--broadcast-retention` and trim interval of hubs started
+    /// from now on (`None`: their defaults).
+    pub fn set_broadcast_retention(&mut self, retention: Option<(Duration, Duration)>) {
+        self.broadcast_retention = retention;
     }
 
     /// Starts the hub (again) on its port.
@@ -337,6 +349,10 @@ impl Cloud {
         config.serve.tls = self.tls.clone();
         config.redis_cluster = self.redis_cluster;
         config.ingest_partitions = self.layout.partitions();
+        if let Some((retention, every)) = self.broadcast_retention {
+            config.broadcast_retention = retention;
+            config.broadcast_trim_interval = every;
+        }
         config
     }
 
@@ -423,6 +439,33 @@ impl Cloud {
             .await
             .expect("XADD out");
         id.parse().expect("stream id")
+    }
+}
+
+impl Cloud {
+    /// Appends a broadcast for every device to `lula-hub:broadcast:x` with
+    /// id `id` (`*` for a new one) and returns its id.
+    pub async fn broadcast_with_id(&self, id: &str, fields: &[(&str, String)]) -> StreamId {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.keys.broadcast_stream()).arg(id);
+        for (k, v) in fields {
+            cmd.arg(*k).arg(v);
+        }
+        let id: String = cmd
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("XADD broadcast");
+        id.parse().expect("stream id")
+    }
+
+    /// Appends a broadcast for every device to `lula-hub:broadcast:x`.
+    pub async fn broadcast(&self, fields: &[(&str, String)]) -> StreamId {
+        self.broadcast_with_id("*", fields).await
+    }
+
+    /// Every entry of `lula-hub:broadcast:x`.
+    pub async fn broadcast_entries(&self) -> Vec<Entry> {
+        read_all(&mut self.conn().await, &self.keys.broadcast_stream()).await
     }
 }
 
@@ -717,6 +760,44 @@ pub fn check_upstream(client: &str, sent: &[Entry], hub_in: &[Entry]) -> Result<
                 "{client}: entry {i} differs: got {got:?}, want seq {} with {want:?}",
                 want.id
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the broadcasts among the device's `in:x` entries (those whose
+/// first field is `broadcast`) are exactly `sent` (entries of
+/// `lula-hub:broadcast:x`), once each, in order, with `broadcast` = their id
+/// first and the original fields after.
+pub fn check_broadcasts(sent: &[Entry], device_in: &[Entry]) -> Result<(), String> {
+    let got: Vec<&Entry> = device_in
+        .iter()
+        .filter(|e| e.fields.first().map(Vec::as_slice) == Some(b"broadcast".as_slice()))
+        .collect();
+    if got.len() != sent.len() {
+        let ids: std::collections::HashSet<&[u8]> = got
+            .iter()
+            .filter_map(|e| e.fields.get(1).map(Vec::as_slice))
+            .collect();
+        return Err(format!(
+            "{} broadcasts on the device ({} distinct), {} sent",
+            got.len(),
+            ids.len(),
+            sent.len()
+        ));
+    }
+    for (i, (got, want)) in got.iter().zip(sent).enumerate() {
+        let mut expected = vec![b"broadcast".to_vec(), want.id.to_string().into_bytes()];
+        // Field names lula writes itself arrive with a `_` in front.
+        expected.extend(want.fields.iter().enumerate().map(|(i, f)| {
+            if i % 2 == 0 && (f == b"seq" || f == b"broadcast") {
+                [b"_".as_slice(), f].concat()
+            } else {
+                f.clone()
+            }
+        }));
+        if got.fields != expected {
+            return Err(format!("broadcast {i} differs: got {got:?}, want {want:?}"));
         }
     }
     Ok(())

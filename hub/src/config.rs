@@ -6,6 +6,9 @@ use std::time::Duration;
 use lula_protocol::keys::{DEFAULT_AUTH_PREFIX, DEFAULT_HUB_PREFIX};
 use lula_protocol::limits::{DEFAULT_MAX_FRAME_BYTES, IDLE_TIMEOUT, PING_INTERVAL};
 
+/// How long broadcasts are kept by default: a week.
+pub const DEFAULT_BROADCAST_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Everything `run` needs besides the listener.
 #[derive(Clone)]
 pub struct Config {
@@ -41,6 +44,12 @@ pub struct Config {
     /// How often out streams are re-read when Redis cannot send keyspace
     /// notifications (`CONFIG SET notify-keyspace-events` refused).
     pub downstream_poll: Duration,
+    /// Broadcasts older than this are trimmed from `lula-hub:broadcast:x`
+    /// (zero: keep every broadcast). A device offline for longer misses
+    /// them and is told so.
+    pub broadcast_retention: Duration,
+    /// How often the hub trims the broadcast stream to the retention.
+    pub broadcast_trim_interval: Duration,
     /// Limits of the accept loop (request head timeout, connection cap).
     pub serve: lula_runtime::ServeOptions,
     /// Keep one live connection per device across all replicas (the newest):
@@ -99,6 +108,8 @@ impl Config {
             ping_interval: PING_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
             downstream_poll: Duration::from_secs(1),
+            broadcast_retention: DEFAULT_BROADCAST_RETENTION,
+            broadcast_trim_interval: crate::downstream::SWEEP,
             serve: lula_runtime::ServeOptions::default(),
             one_connection_per_device: true,
             hub_id: None,
@@ -128,6 +139,8 @@ impl fmt::Debug for Config {
             .field("ping_interval", &self.ping_interval)
             .field("idle_timeout", &self.idle_timeout)
             .field("downstream_poll", &self.downstream_poll)
+            .field("broadcast_retention", &self.broadcast_retention)
+            .field("broadcast_trim_interval", &self.broadcast_trim_interval)
             .field("serve", &self.serve)
             .field("one_connection_per_device", &self.one_connection_per_device)
             .field("hub_id", &self.hub_id)

@@ -1,5 +1,6 @@
 //! One device's WebSocket: read frames, answer each request in order, run the
-//! downstream pusher beside it, ping, and close with a documented code.
+//! downstream pushers beside it (the device's out stream and, when it asked,
+//! the fleet's broadcast stream), ping, and close with a documented code.
 //!
 //! Requests on one connection are answered in the order they came. Batches
 //! (`xadd`, `xadds`) are pipelined: each goes to the hub's [`Ingestor`] as it
@@ -19,8 +20,9 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use lula_protocol::limits::MAX_BATCH_ENTRIES;
 use lula_protocol::message::{
-    Ack, Envelope, ErrorReply, Frame, IdReply, RenewReply, RenewRequest, SubscribeReply,
-    SubscribeRequest, XaddReply, XaddsReply, XaddsRequest, XreadRequest, close, kind, status,
+    Ack, Envelope, ErrorReply, Frame, IdReply, PushStream, RenewReply, RenewRequest,
+    SubscribeReply, SubscribeRequest, XaddReply, XaddsReply, XaddsRequest, XreadRequest, close,
+    kind, status,
 };
 use lula_protocol::{ClientId, Entry, StreamId};
 use serde::Serialize;
@@ -54,7 +56,10 @@ struct Connection {
     out: mpsc::Sender<Message>,
     /// Cancelled when the connection ends; stops its helper tasks.
     cancel: CancellationToken,
+    /// The push of the device's out stream: stops it, and carries its acks.
     push: Option<(CancellationToken, watch::Sender<StreamId>)>,
+    /// The push of the broadcast stream, when the device asked for it.
+    broadcast: Option<(CancellationToken, watch::Sender<StreamId>)>,
     xread: Option<mpsc::Sender<XreadJob>>,
     /// Batches submitted and not answered yet, oldest first.
     pending: VecDeque<PendingAppend>,
@@ -133,6 +138,7 @@ pub async fn serve(
         out,
         cancel: cancel.clone(),
         push: None,
+        broadcast: None,
         xread: None,
         pending: VecDeque::new(),
         expires_at: deadline_of(claims.exp),
@@ -486,10 +492,13 @@ impl Connection {
             }
             kind::SUBSCRIBE => {
                 let request: SubscribeRequest = payload!(SubscribeRequest);
+                let reply = SubscribeReply {
+                    id: request.id,
+                    broadcast_after: request.broadcast_after,
+                };
                 // Reply first: pushes must not overtake the reply that starts them.
-                self.reply(kind, id, SubscribeReply { id: request.id })
-                    .await?;
-                self.subscribe(request.id);
+                self.reply(kind, id, reply).await?;
+                self.subscribe(request.id, request.broadcast_after);
                 Ok(())
             }
             kind::RENEW => {
@@ -529,7 +538,11 @@ impl Connection {
             }
             kind::ACK => {
                 let ack: Ack = payload!(Ack);
-                if let Some((_, acks)) = &self.push {
+                let push = match ack.stream {
+                    PushStream::Direct => &self.push,
+                    PushStream::Broadcast => &self.broadcast,
+                };
+                if let Some((_, acks)) = push {
                     acks.send_if_modified(|cur| {
                         let newer = ack.id > *cur;
                         if newer {
@@ -598,21 +611,49 @@ impl Connection {
             .clone()
     }
 
-    /// Starts (or restarts from a new cursor) the push of the out stream.
-    fn subscribe(&mut self, from: StreamId) {
-        if let Some((old, _)) = self.push.take() {
+    /// Starts (or restarts from new cursors) the push of the out stream and,
+    /// when `broadcast_after` is given, of the broadcast stream; a
+    /// subscription without it stops pushing broadcasts.
+    fn subscribe(&mut self, from: StreamId, broadcast_after: Option<StreamId>) {
+        let key = self.state.keys.out_stream(&self.client);
+        self.push = Some(self.start_push(PushStream::Direct, key, from));
+        if let Some((old, _)) = self.broadcast.take() {
+            old.cancel();
+        }
+        if let Some(after) = broadcast_after {
+            let key = self.state.keys.broadcast_stream();
+            self.broadcast = Some(self.start_push(PushStream::Broadcast, key, after));
+        }
+    }
+
+    /// Starts pushing `key` after `from`, stopping the push it replaces.
+    fn start_push(
+        &mut self,
+        stream: PushStream,
+        key: String,
+        from: StreamId,
+    ) -> (CancellationToken, watch::Sender<StreamId>) {
+        let slot = match stream {
+            PushStream::Direct => &mut self.push,
+            PushStream::Broadcast => &mut self.broadcast,
+        };
+        if let Some((old, _)) = slot.take() {
             old.cancel();
         }
         let cancel = self.cancel.child_token();
-        self.fleet.downstream(from);
+        if stream == PushStream::Direct {
+            self.fleet.downstream(from);
+        }
         let (acks_tx, acks_rx) = watch::channel(from);
-        let key = self.state.keys.out_stream(&self.client);
         let waker = self.state.wakers.register(key.clone());
         let task = downstream::push(
             self.state.redis.clone(),
-            key,
-            waker,
-            from,
+            downstream::PushSource {
+                stream,
+                key,
+                waker,
+                start: from,
+            },
             self.out.clone(),
             acks_rx,
             self.state.config.max_frame_bytes,
@@ -620,7 +661,7 @@ impl Connection {
             cancel.clone(),
         );
         self.state.tracker.spawn(task);
-        self.push = Some((cancel, acks_tx));
+        (cancel, acks_tx)
     }
 }
 

@@ -5,14 +5,18 @@
 //! and a device's reader sleeps until something may have arrived for it:
 //! - [`Wakers`] maps each subscribed out stream to the readers waiting on it.
 //! - [`watch`] listens for Redis keyspace notifications on the out streams
-//!   (one pub/sub connection per hub, or on a Redis Cluster one per master)
+//!   and the broadcast stream (one pub/sub connection per hub, or on a Redis
+//!   Cluster one per master)
 //!   and wakes the readers of the stream that changed. It also wakes every
 //!   reader after (re)subscribing, since notifications sent meanwhile are
 //!   lost, and every [`SWEEP`] as a safety net.
 //!   Where notifications cannot be enabled (a managed Redis refusing
 //!   `CONFIG SET`) it wakes every reader each `downstream_poll` instead.
 //! - [`push`]: after `subscribe`, reads what follows the device's cursor and
-//!   pushes it, keeping at most [`PUSH_WINDOW_ENTRIES`] unacknowledged. The
+//!   pushes it, keeping at most [`PUSH_WINDOW_ENTRIES`] unacknowledged; one
+//!   such task for the device's out stream and, when the device asked for
+//!   broadcasts, one reading the shared broadcast stream after the device's
+//!   broadcast cursor (see [`crate::broadcast`]). The
 //!   device stores each push and its cursor atomically before acking, so a
 //!   push lost with the connection is simply sent again after the device
 //!   resubscribes from its own cursor.
@@ -33,7 +37,7 @@ use futures_util::StreamExt;
 use lula_protocol::limits::{
     BACKLOG_COUNT_CAP, PUSH_BATCH_ENTRIES, PUSH_WINDOW_ENTRIES, XREAD_MAX_BLOCK, XREAD_MAX_COUNT,
 };
-use lula_protocol::message::{ErrorReply, Frame, Push, XreadRequest, kind, status};
+use lula_protocol::message::{ErrorReply, Frame, Push, PushStream, XreadRequest, kind, status};
 use lula_protocol::redis_value::entries_from_read;
 use lula_protocol::{Entry, StreamId};
 use lula_runtime::redis::{NodeAddr, RedisConn, RedisTarget, node_client};
@@ -196,6 +200,9 @@ fn key_of_channel(channel: &str) -> Option<&str> {
 pub struct Watched {
     /// Glob of the out streams (`lula-hub:out:*:x`).
     pub out_pattern: String,
+    /// Glob matching the broadcast stream (`lula-hub:broadcast:x`), whose
+    /// readers are every connection that asked for broadcasts.
+    pub broadcast_pattern: String,
     /// Readers to wake when their out stream changes.
     pub wakers: Arc<Wakers>,
     /// lula-auth's revocation channel (`lula-auth:revoked`), when lula-auth
@@ -277,7 +284,7 @@ async fn discover(target: &RedisTarget, redis: &mut RedisConn) -> Result<Vec<Nod
 /// A message from one node's pub/sub connection; `None` when it ended.
 type NodeMessage = Option<redis::Msg>;
 
-/// Wakes the readers of out streams as they change, and closes the
+/// Wakes the readers of out streams and of the broadcast stream as they change, and closes the
 /// connections of revoked sessions, until `shutdown`. Reconnects by itself;
 /// see the module docs.
 ///
@@ -298,12 +305,18 @@ pub async fn watch(
 ) {
     let Watched {
         out_pattern,
+        broadcast_pattern,
         wakers,
         revocations,
         live,
         connections,
     } = watched;
-    let channel_pattern = format!("__keyspace@*__:{out_pattern}");
+    // The broadcast stream lives on one master of a cluster, like any key;
+    // subscribing to it on every master finds it wherever it is.
+    let channel_patterns = [
+        format!("__keyspace@*__:{out_pattern}"),
+        format!("__keyspace@*__:{broadcast_pattern}"),
+    ];
     loop {
         let discovered = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -352,7 +365,7 @@ pub async fn watch(
                     break;
                 }
             };
-            let mut subscribed = pubsub.psubscribe(&channel_pattern).await;
+            let mut subscribed = pubsub.psubscribe(&channel_patterns).await;
             if subscribed.is_ok() && i == 0 {
                 let mut channels = vec![connections.as_str()];
                 channels.extend(revocations.as_deref());
@@ -509,21 +522,70 @@ fn frames_by_size(entries: Vec<Entry>, max_bytes: usize) -> Vec<Vec<Entry>> {
     frames
 }
 
-/// Pushes `key` after `start` to the device through `out` until `cancel` or
-/// `out` closing. `acks` carries the last id the device stored; `waker` says
-/// when the stream may have grown.
-#[allow(clippy::too_many_arguments)]
+/// What one read of a pushed stream found.
+struct Batch {
+    entries: Vec<Entry>,
+    /// Entries after the read position were deleted up to this id (only the
+    /// broadcast stream reports this).
+    gap: Option<StreamId>,
+}
+
+/// Reads up to `count` entries of `key` after `after`: a plain `XREAD` for
+/// a device's out stream; for the broadcast stream a script that also tells
+/// whether entries after `after` were deleted first.
+async fn read_batch(
+    redis: &mut RedisConn,
+    stream: PushStream,
+    key: &str,
+    after: StreamId,
+    count: usize,
+) -> Result<Batch, String> {
+    match stream {
+        PushStream::Direct => Ok(Batch {
+            entries: xread(redis, key, after, count).await?,
+            gap: None,
+        }),
+        PushStream::Broadcast => {
+            let read = crate::broadcast::read(redis, key, after, count).await?;
+            Ok(Batch {
+                gap: read.gap(after),
+                entries: read.entries,
+            })
+        }
+    }
+}
+
+/// One stream to push to one device.
+pub struct PushSource {
+    /// Which stream it is, as the push frames name it.
+    pub stream: PushStream,
+    /// Its key.
+    pub key: String,
+    /// Says when it may have grown.
+    pub waker: Waker,
+    /// Push what follows this id.
+    pub start: StreamId,
+}
+
+/// Pushes `source` to the device through `out` until `cancel` or `out`
+/// closing. `acks` carries the last id the device stored of this stream.
+/// A connection runs one for its out stream and, when the device asked for
+/// broadcasts, one more for the broadcast stream, each with its own window.
 pub async fn push(
     mut redis: RedisConn,
-    key: String,
-    waker: Waker,
-    start: StreamId,
+    source: PushSource,
     out: mpsc::Sender<Message>,
     mut acks: watch_channel::Receiver<StreamId>,
     max_frame_bytes: usize,
     metrics: Arc<HubMetrics>,
     cancel: CancellationToken,
 ) {
+    let PushSource {
+        stream,
+        key,
+        waker,
+        start,
+    } = source;
     let mut last = start;
     // (last id of a pushed frame, entries in it), oldest first.
     let mut inflight: VecDeque<(StreamId, usize)> = VecDeque::new();
@@ -552,18 +614,30 @@ pub async fn push(
         }
         let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - unacked.n);
         let started = std::time::Instant::now();
-        let read = xread(&mut redis, &key, last, count).await;
-        metrics.redis_call("xread", started.elapsed());
-        let entries = match read {
-            Ok(entries) => entries,
+        let read = read_batch(&mut redis, stream, &key, last, count).await;
+        let op = match stream {
+            PushStream::Direct => "xread",
+            PushStream::Broadcast => "broadcast_read",
+        };
+        metrics.redis_call(op, started.elapsed());
+        let Batch { entries, gap } = match read {
+            Ok(batch) => batch,
             Err(e) => {
-                tracing::warn!(error = %e, "push: read failed; retrying");
+                tracing::warn!(error = %e, stream = stream.as_str(), "push: read failed; retrying");
                 if pause(&cancel, RETRY_PAUSE).await {
                     return;
                 }
                 continue;
             }
         };
+        if let Some(gap) = gap {
+            tracing::warn!(
+                stream = stream.as_str(),
+                after = %last,
+                deleted_up_to = %gap,
+                "entries were deleted before they could be pushed; telling the device"
+            );
+        }
         let caught_up = entries.len() < count;
         let read_last = entries.last().map(|e| e.id).unwrap_or(last);
         // What still waits after this read: none when it came short; counted
@@ -577,17 +651,24 @@ pub async fn push(
             None
         };
         let mut frames = frames_by_size(entries, max_frame_bytes / 2);
-        if frames.is_empty() && backlog == Some(0) && reported.is_some_and(|r| r > 0) {
-            // The backlog drained exactly at a full read: say so with an
-            // empty push, or the device would keep showing the last count.
+        if frames.is_empty()
+            && (gap.is_some() || (backlog == Some(0) && reported.is_some_and(|r| r > 0)))
+        {
+            // Nothing to send, but the device must still learn of a gap, or
+            // that the backlog drained exactly at a full read (it would keep
+            // showing the last count).
             frames.push(Vec::new());
         }
         let last_frame = frames.len().saturating_sub(1);
         for (i, frame) in frames.into_iter().enumerate() {
-            let (frame_last, n) = (frame.last().map(|e| e.id).unwrap_or(last), frame.len());
+            let frame_gap = gap.filter(|_| i == 0);
+            let frame_last = frame.last().map(|e| e.id).or(frame_gap).unwrap_or(last);
+            let n = frame.len();
             let push = Push {
                 entries: frame,
                 backlog: backlog.filter(|_| i == last_frame),
+                stream,
+                gap: frame_gap,
             };
             if push.backlog.is_some() {
                 reported = push.backlog;
@@ -602,10 +683,11 @@ pub async fn push(
             if out.send(Message::Text(text.into())).await.is_err() {
                 return;
             }
+            // A gap-only frame moves past the deleted entries.
+            last = frame_last;
             if n == 0 {
                 continue;
             }
-            last = frame_last;
             inflight.push_back((frame_last, n));
             unacked.add(n);
             metrics.entries_out.inc_by(n as u64);

@@ -5,7 +5,9 @@
 //! script per batch that deduplicates by the entry's device seq against a saved
 //! cursor, atomically. Downstream, entries cloud services add to
 //! `lula-hub:out:<client>:x` are pushed to the device, which stores them and its
-//! cursor atomically and acknowledges. The hub keeps no state of its own: every
+//! cursor atomically and acknowledges; so are the fleet's broadcasts, which
+//! every connection reads from the one `lula-hub:broadcast:x` after the
+//! device's own broadcast cursor. The hub keeps no state of its own: every
 //! cursor lives in Redis (upstream) or on the device (downstream), so a hub can
 //! be killed at any moment and any replica can take over.
 //!
@@ -22,6 +24,8 @@
 //! - [`live`]: live connections by device, so revocation and expiry reach them.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
+//! - [`broadcast`]: the fleet's broadcast stream: reads with gap detection,
+//!   trimming to the retention.
 //! - [`downstream`]: server push and lula `xread`, woken by keyspace
 //!   notifications (from every master of a cluster) instead of a blocking
 //!   read per device.
@@ -30,6 +34,7 @@
 //!
 //! The wire protocol is documented in `shared/PROTOCOL.md`.
 
+pub mod broadcast;
 pub mod config;
 mod connection;
 pub mod downstream;
@@ -202,6 +207,7 @@ pub async fn run(
         state.redis.clone(),
         downstream::Watched {
             out_pattern: state.keys.out_stream_pattern(),
+            broadcast_pattern: state.keys.broadcast_stream_pattern(),
             wakers: state.wakers.clone(),
             revocations: state
                 .config
@@ -214,6 +220,15 @@ pub async fn run(
         state.config.downstream_poll,
         shutdown.clone(),
     ));
+    if !state.config.broadcast_retention.is_zero() {
+        tracker.spawn(broadcast::retain(
+            state.redis.clone(),
+            state.keys.broadcast_stream(),
+            state.config.broadcast_retention,
+            state.config.broadcast_trim_interval,
+            shutdown.clone(),
+        ));
+    }
     if let Some(url) = &state.config.auth_redis_url {
         // lula-auth announces revocations on its own Redis.
         let client = redis::Client::open(url.as_str()).context("parse --auth-redis-url")?;

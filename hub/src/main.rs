@@ -95,6 +95,11 @@ struct ServeArgs {
     /// keyspace notifications (set `notify-keyspace-events` to include `Kt`).
     #[arg(long, env = "LULA_DOWNSTREAM_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
     downstream_poll: Duration,
+    /// How long broadcasts (`<prefix>:broadcast:x`) are kept; a device
+    /// offline for longer misses the older ones and is told so. 0 keeps
+    /// every broadcast.
+    #[arg(long, env = "LULA_BROADCAST_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    broadcast_retention: Duration,
     /// Let a device hold several connections at once (by default the newest
     /// closes the older ones, on every replica, with close code 4002).
     #[arg(long, env = "LULA_ALLOW_CONCURRENT_CONNECTIONS")]
@@ -171,6 +176,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth_prefix: args.auth_prefix,
         max_frame_bytes: args.max_frame_bytes,
         downstream_poll: args.downstream_poll,
+        broadcast_retention: args.broadcast_retention,
         one_connection_per_device: !args.allow_concurrent_connections,
         hub_id: args.hub_id,
         admin_token: args.admin_token.map(Into::into),

@@ -730,3 +730,94 @@ async fn a_newer_connection_of_a_device_closes_the_older_on_every_replica() {
     let r = other.request("echo", json!({"n": 2})).await;
     assert_eq!(r["n"], 2);
 }
+
+#[tokio::test]
+async fn broadcasts_go_only_to_devices_that_ask_with_a_window_and_acks_of_their_own() {
+    let hub = spawn_hub().await;
+    let mut c = hub.redis().await;
+    let broadcast = hub.keys.broadcast_stream();
+    let window = lula_protocol::limits::PUSH_WINDOW_ENTRIES;
+    let total = window + 100;
+    for i in 0..total {
+        let _: String = redis::cmd("XADD")
+            .arg(&broadcast)
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let old: lula_protocol::ClientId = "dev-old".parse().unwrap();
+    let direct: String = redis::cmd("XADD")
+        .arg(hub.keys.out_stream(&old))
+        .arg("*")
+        .arg("n")
+        .arg("direct")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    // A client that does not name a broadcast cursor (as before broadcasts)
+    // gets its direct message, unmarked, and no broadcast.
+    let mut ws = hub.connect("dev-old").await;
+    let r = ws.request("subscribe", json!({"id": "0-0"})).await;
+    assert_eq!(r, json!({"id": "0-0"}));
+    let push = ws.recv().await;
+    assert_eq!(push["type"], "push");
+    assert_eq!(push["payload"]["entries"][0]["id"], direct.as_str());
+    assert!(push["payload"].get("stream").is_none(), "{push}");
+    let quiet = tokio::time::timeout(Duration::from_millis(300), ws.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "broadcast pushed to a client that did not ask"
+    );
+
+    // One that does gets them marked, up to the window.
+    let mut ws = hub.connect("dev-new").await;
+    let r = ws
+        .request("subscribe", json!({"id": "0-0", "broadcastAfter": "0-0"}))
+        .await;
+    assert_eq!(r["broadcastAfter"], "0-0");
+    let mut got: Vec<(String, String)> = Vec::new();
+    let recv_broadcasts = async |ws: &mut common::Ws, got: &mut Vec<(String, String)>, n| {
+        while got.len() < n {
+            let push = ws.recv().await;
+            assert_eq!(push["type"], "push");
+            assert_eq!(push["payload"]["stream"], "broadcast", "{push}");
+            for e in push["payload"]["entries"].as_array().unwrap() {
+                got.push((
+                    e["id"].as_str().unwrap().into(),
+                    e["fields"][1].as_str().unwrap().into(),
+                ));
+            }
+        }
+    };
+    recv_broadcasts(&mut ws, &mut got, window).await;
+    assert_eq!(got.len(), window);
+    // An ack of the direct stream does not open the broadcast window...
+    let last = got.last().unwrap().0.clone();
+    ws.send_text(json!({"type": "ack", "payload": {"id": last}}).to_string())
+        .await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), ws.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "pushed past the window without broadcast acks"
+    );
+    // ...an ack of the broadcast stream does.
+    ws.send_text(
+        json!({"type": "ack", "payload": {"id": last, "stream": "broadcast"}}).to_string(),
+    )
+    .await;
+    recv_broadcasts(&mut ws, &mut got, total).await;
+    let ns: Vec<String> = got.iter().map(|(_, n)| n.clone()).collect();
+    assert_eq!(ns, (0..total).map(|i| i.to_string()).collect::<Vec<_>>());
+    // Nothing was copied into per-device streams.
+    let new: lula_protocol::ClientId = "dev-new".parse().unwrap();
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(hub.keys.out_stream(&new))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+}

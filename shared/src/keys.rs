@@ -62,6 +62,20 @@ impl HubKeys {
         format!("{}:out:*:x", escape_glob(&self.prefix))
     }
 
+    /// `lula-hub:broadcast:x`: messages for every device, added by cloud
+    /// services once. Each hub connection reads this one stream after the
+    /// device's own broadcast cursor; nothing is copied per device. Trimmed
+    /// by the hubs to their broadcast retention.
+    pub fn broadcast_stream(&self) -> String {
+        format!("{}:broadcast:x", self.prefix)
+    }
+
+    /// [`HubKeys::broadcast_stream`] as a glob pattern matching only itself
+    /// (glob characters in the prefix escaped), for keyspace subscriptions.
+    pub fn broadcast_stream_pattern(&self) -> String {
+        format!("{}:broadcast:x", escape_glob(&self.prefix))
+    }
+
     /// `lula-hub:conn:<client>`: a counter each new connection of the device
     /// increments; the highest generation is the one connection that stays.
     pub fn connection_generation(&self, client: &ClientId) -> String {
@@ -391,6 +405,12 @@ mod tests {
         assert_eq!(hub.in_stream(), "lula-hub:in:x");
         assert_eq!(hub.out_stream(&c), "lula-hub:out:dev-1:x");
         assert_eq!(hub.out_stream_pattern(), "lula-hub:out:*:x");
+        assert_eq!(hub.broadcast_stream(), "lula-hub:broadcast:x");
+        assert_eq!(hub.broadcast_stream_pattern(), "lula-hub:broadcast:x");
+        assert_eq!(
+            HubKeys::new("t*").broadcast_stream_pattern(),
+            r"t\*:broadcast:x"
+        );
         assert_eq!(
             HubKeys::new("t[1]*").out_stream_pattern(),
             r"t\[1\]\*:out:*:x"

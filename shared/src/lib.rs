@@ -41,6 +41,10 @@ pub const FIELD_CLIENT: &str = "client";
 /// Field holding the entry's id in the stream it came from: the device's out-stream
 /// id in `lula-hub:in:x`, the hub's out-stream id in `lula-client:in:x`.
 pub const FIELD_SEQ: &str = "seq";
+/// Field the client writes first into each broadcast it stores in
+/// `lula-client:in:x`, in place of [`FIELD_SEQ`]: the entry's id in
+/// `lula-hub:broadcast:x`. Consumers tell broadcasts from direct messages by it.
+pub const FIELD_BROADCAST: &str = "broadcast";
 
 /// Renames a source field that would shadow one lula writes (`client`, `seq`) by
 /// prefixing `_`, so a consumer reading an entry into a map can never see a

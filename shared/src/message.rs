@@ -266,18 +266,58 @@ pub struct XreadRequest {
     pub count: Option<usize>,
 }
 
-/// Request [`kind::SUBSCRIBE`]: push the device's out stream after `id`.
+/// Request [`kind::SUBSCRIBE`]: push the device's out stream after `id`, and
+/// the fleet's broadcast stream after `broadcastAfter` when given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SubscribeRequest {
     /// The device's downstream cursor: the last hub id it stored.
     pub id: StreamId,
+    /// The device's broadcast cursor: the last `lula-hub:broadcast:x` id it
+    /// stored (`0-0`: every retained broadcast). Absent: the device wants no
+    /// broadcasts (clients older than broadcasts, the Node lula-client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_after: Option<StreamId>,
 }
 
 /// Reply to [`kind::SUBSCRIBE`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SubscribeReply {
     /// Where pushing starts (after this id).
     pub id: StreamId,
+    /// Where pushing broadcasts starts, when the request asked for them and
+    /// the hub serves them (a hub older than broadcasts leaves it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_after: Option<StreamId>,
+}
+
+/// Which stream a [`Push`] or an [`Ack`] is about. Each has its own cursor,
+/// window and acknowledgements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushStream {
+    /// The device's own out stream, `lula-hub:out:<client>:x` (on the wire:
+    /// no `stream` field, as before broadcasts existed).
+    #[default]
+    Direct,
+    /// The fleet's broadcast stream, `lula-hub:broadcast:x`.
+    Broadcast,
+}
+
+impl PushStream {
+    /// Whether this is [`PushStream::Direct`] (left out on the wire).
+    pub fn is_direct(&self) -> bool {
+        *self == PushStream::Direct
+    }
+
+    /// Its name on the wire and in logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PushStream::Direct => "direct",
+            PushStream::Broadcast => "broadcast",
+        }
+    }
 }
 
 /// Notification [`kind::PUSH`]: out-stream entries for the device, in order.
@@ -290,6 +330,16 @@ pub struct Push {
     /// Absent when the hub did not count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<u64>,
+    /// The stream the entries come from: absent for the device's own out
+    /// stream, `"broadcast"` for the broadcast stream.
+    #[serde(default, skip_serializing_if = "PushStream::is_direct")]
+    pub stream: PushStream,
+    /// Entries after the device's cursor up to this id were deleted
+    /// (trimmed by the broadcast retention) before they could be pushed: the
+    /// device missed them. Every entry of this push is after it; the device
+    /// moves its cursor to it and reports the gap. Absent: nothing missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<StreamId>,
 }
 
 /// Request [`kind::RENEW`]: continue this connection under a new session token
@@ -307,11 +357,16 @@ pub struct RenewReply {
     pub exp: u64,
 }
 
-/// Notification [`kind::ACK`]: the device stored every pushed entry up to `id`.
+/// Notification [`kind::ACK`]: the device stored every pushed entry up to `id`
+/// of one stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// Last hub id the device stored.
     pub id: StreamId,
+    /// The stream acknowledged: absent for the device's own out stream,
+    /// `"broadcast"` for the broadcast stream.
+    #[serde(default, skip_serializing_if = "PushStream::is_direct")]
+    pub stream: PushStream,
 }
 
 #[cfg(test)]
@@ -367,5 +422,85 @@ mod tests {
         assert_eq!(text, r#"{"type":"id","id":"abc","payload":{"id":"0-0"}}"#);
         let xread: XreadRequest = serde_json::from_str(r#"{"id":"0-0","blockMs":100}"#).unwrap();
         assert_eq!(xread.block_timeout, Some(100));
+    }
+
+    #[test]
+    fn frames_without_broadcast_fields_keep_their_old_shape() {
+        // What clients and hubs older than broadcasts send still decodes...
+        let sub: SubscribeRequest = serde_json::from_str(r#"{"id":"5-1"}"#).unwrap();
+        assert_eq!(sub.broadcast_after, None);
+        let ack: Ack = serde_json::from_str(r#"{"id":"5-1"}"#).unwrap();
+        assert_eq!(ack.stream, PushStream::Direct);
+        let push: Push = serde_json::from_str(r#"{"entries":[]}"#).unwrap();
+        assert_eq!((push.stream, push.gap), (PushStream::Direct, None));
+        // ...and direct frames are encoded exactly as before.
+        let direct = Push {
+            entries: vec![Entry::from_pairs(StreamId::new(9, 0), &[("k", "v")])],
+            backlog: None,
+            stream: PushStream::Direct,
+            gap: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&direct).unwrap(),
+            r#"{"entries":[{"id":"9-0","fields":["k","v"]}]}"#
+        );
+        let ack = Ack {
+            id: StreamId::new(9, 0),
+            stream: PushStream::Direct,
+        };
+        assert_eq!(serde_json::to_string(&ack).unwrap(), r#"{"id":"9-0"}"#);
+        let sub = SubscribeRequest {
+            id: StreamId::ZERO,
+            broadcast_after: None,
+        };
+        assert_eq!(serde_json::to_string(&sub).unwrap(), r#"{"id":"0-0"}"#);
+    }
+
+    #[test]
+    fn broadcast_fields_are_named_on_the_wire() {
+        let sub = SubscribeRequest {
+            id: StreamId::new(1, 0),
+            broadcast_after: Some(StreamId::ZERO),
+        };
+        let text = serde_json::to_string(&sub).unwrap();
+        assert_eq!(text, r#"{"id":"1-0","broadcastAfter":"0-0"}"#);
+        assert_eq!(
+            serde_json::from_str::<SubscribeRequest>(&text).unwrap(),
+            sub
+        );
+        let reply = SubscribeReply {
+            id: StreamId::new(1, 0),
+            broadcast_after: Some(StreamId::new(2, 0)),
+        };
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            r#"{"id":"1-0","broadcastAfter":"2-0"}"#
+        );
+        let push = Push {
+            entries: vec![],
+            backlog: Some(0),
+            stream: PushStream::Broadcast,
+            gap: Some(StreamId::new(7, 0)),
+        };
+        let text = serde_json::to_string(&push).unwrap();
+        assert_eq!(
+            text,
+            r#"{"entries":[],"backlog":0,"stream":"broadcast","gap":"7-0"}"#
+        );
+        assert_eq!(serde_json::from_str::<Push>(&text).unwrap(), push);
+        let ack: Ack = serde_json::from_str(r#"{"id":"7-0","stream":"broadcast"}"#).unwrap();
+        assert_eq!(ack.stream, PushStream::Broadcast);
+        assert_eq!(
+            serde_json::to_string(&ack).unwrap(),
+            r#"{"id":"7-0","stream":"broadcast"}"#
+        );
+        // An explicit "direct" is accepted too; an unknown stream is refused.
+        let ack: Ack = serde_json::from_str(r#"{"id":"7-0","stream":"direct"}"#).unwrap();
+        assert_eq!(ack.stream, PushStream::Direct);
+        assert!(serde_json::from_str::<Ack>(r#"{"id":"7-0","stream":"other"}"#).is_err());
+        assert!(
+            serde_json::from_str::<SubscribeRequest>(r#"{"id":"0-0","broadcastAfter":"x"}"#)
+                .is_err()
+        );
     }
 }

@@ -70,15 +70,21 @@ pub fn method(entry: &Entry) -> Option<&str> {
     std::str::from_utf8(field(entry, FIELD_RPC)?).ok()
 }
 
-/// Fields other than lula's own (`client`, `seq`, `rpc`, `req`), in order:
-/// a request's arguments or a response's payload.
+/// Fields other than lula's own (`client`, `seq`, `broadcast`, `rpc`,
+/// `req`), in order: a request's arguments or a response's payload.
 pub fn payload(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
     entry
         .pairs()
         .filter(|(k, _)| {
-            ![crate::FIELD_CLIENT, crate::FIELD_SEQ, FIELD_RPC, FIELD_REQ]
-                .iter()
-                .any(|r| *k == r.as_bytes())
+            ![
+                crate::FIELD_CLIENT,
+                crate::FIELD_SEQ,
+                crate::FIELD_BROADCAST,
+                FIELD_RPC,
+                FIELD_REQ,
+            ]
+            .iter()
+            .any(|r| *k == r.as_bytes())
         })
         .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect()
