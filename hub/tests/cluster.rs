@@ -402,3 +402,65 @@ async fn lula_hub_fleet_reads_the_fleet_from_a_cluster() {
         stop.cancel();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_devices_on_every_hub_of_a_cluster_by_notification() {
+    // Polling so slow that only notifications can deliver within the test.
+    let hubs = ClusterHubs::start(2, |c| Config {
+        downstream_poll: Duration::from_secs(3600),
+        ..c
+    })
+    .await;
+    let keys = HubKeys::default();
+    let mut devices = Vec::new();
+    for d in 0..4 {
+        let mut ws = hubs
+            .connect(d % 2, &format!("dev-{d}"), &format!("s-{d}"))
+            .await;
+        let r = ws
+            .request("subscribe", json!({"id": "0-0", "broadcastAfter": "0-0"}))
+            .await;
+        assert_eq!(r["broadcastAfter"], "0-0", "{r}");
+        devices.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let id: String = redis::cmd("XADD")
+            .arg(keys.broadcast_stream())
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .query_async(&mut hubs.conn.clone())
+            .await
+            .unwrap();
+        sent.push(json!(id));
+    }
+    for ws in &mut devices {
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            // Ws::recv gives up after 10 s; the safety sweep is 30 s away.
+            let push = ws.recv().await;
+            assert_eq!(push["type"], "push", "{push}");
+            assert_eq!(push["payload"]["stream"], "broadcast", "{push}");
+            for e in push["payload"]["entries"].as_array().unwrap() {
+                got.push(e["id"].clone());
+            }
+        }
+        assert_eq!(got, sent);
+    }
+    // One stream for the fleet, no copies per device.
+    let mut conn = hubs.conn.clone();
+    for d in 0..4 {
+        let out = keys.out_stream(&format!("dev-{d}").parse().unwrap());
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&out)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!exists, "{out} was created");
+    }
+    for (_, stop) in &hubs.hubs {
+        stop.cancel();
+    }
+}
