@@ -38,20 +38,14 @@ struct RequestArgs {
     /// The method, e.g. `config.get`.
     method: String,
     /// Arguments as `key=value`.
-    #[arg(value_parser = parse_pair)]
-    args: Vec<(String, String)>,
+    #[arg(value_parser = lula_protocol::rpc::parse_arg)]
+    args: Vec<(Vec<u8>, Vec<u8>)>,
     /// How long to wait for the response.
     #[arg(long, env = "LULA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Print the response as JSON.
     #[arg(long, env = "LULA_JSON")]
     json: bool,
-}
-
-fn parse_pair(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 #[derive(Args)]
@@ -158,34 +152,9 @@ async fn request(args: RequestArgs) -> anyhow::Result<()> {
     let mut conn = lula_client::rpc::connect(&args.common.redis_url)
         .await
         .context("connect to the device redis")?;
-    let fields: Vec<(Vec<u8>, Vec<u8>)> = args
-        .args
-        .iter()
-        .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
-        .collect();
     let response =
-        lula_client::rpc::request(&mut conn, &keys, &args.method, &fields, args.timeout).await?;
-    let payload = lula_protocol::rpc::payload(&response);
-    if args.json {
-        let map: serde_json::Map<String, serde_json::Value> = payload
-            .iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned().into(),
-                )
-            })
-            .collect();
-        println!("{}", serde_json::Value::Object(map));
-    } else {
-        for (k, v) in payload {
-            println!(
-                "{}={}",
-                String::from_utf8_lossy(&k),
-                String::from_utf8_lossy(&v)
-            );
-        }
-    }
+        lula_client::rpc::request(&mut conn, &keys, &args.method, &args.args, args.timeout).await?;
+    print!("{}", lula_protocol::rpc::render(&response, args.json));
     Ok(())
 }
 

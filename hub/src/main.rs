@@ -143,20 +143,14 @@ struct CallArgs {
     /// The method, e.g. `reboot`.
     method: String,
     /// Arguments as `key=value`.
-    #[arg(value_parser = parse_pair)]
-    args: Vec<(String, String)>,
+    #[arg(value_parser = lula_protocol::rpc::parse_arg)]
+    args: Vec<(Vec<u8>, Vec<u8>)>,
     /// How long to wait for the answer.
     #[arg(long, env = "LULA_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Print the answer as JSON.
     #[arg(long, env = "LULA_JSON")]
     json: bool,
-}
-
-fn parse_pair(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 #[tokio::main]
@@ -243,41 +237,16 @@ async fn call(args: CallArgs) -> anyhow::Result<()> {
     .connect()
     .await
     .context("connect to redis")?;
-    let fields: Vec<(Vec<u8>, Vec<u8>)> = args
-        .args
-        .iter()
-        .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
-        .collect();
     let answer = lula_hub::rpc::call(
         &mut conn,
         &keys.out_stream(&args.client),
         &layout.in_stream(layout.partition_of(&args.client)),
         &args.client,
         &args.method,
-        &fields,
+        &args.args,
         args.timeout,
     )
     .await?;
-    let payload = lula_protocol::rpc::payload(&answer);
-    if args.json {
-        let map: serde_json::Map<String, serde_json::Value> = payload
-            .iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(k).into_owned(),
-                    String::from_utf8_lossy(v).into_owned().into(),
-                )
-            })
-            .collect();
-        println!("{}", serde_json::Value::Object(map));
-    } else {
-        for (k, v) in payload {
-            println!(
-                "{}={}",
-                String::from_utf8_lossy(&k),
-                String::from_utf8_lossy(&v)
-            );
-        }
-    }
+    print!("{}", lula_protocol::rpc::render(&answer, args.json));
     Ok(())
 }

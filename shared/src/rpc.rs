@@ -90,6 +90,33 @@ pub fn payload(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// A command-line argument `key=value` as an entry field (for `lula-client
+/// request` and `lula-hub call`).
+pub fn parse_arg(s: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+/// An answer's [`payload`] as a command prints it: one `key=value` line per
+/// field, or (`json`) one JSON object. Bytes that are not UTF-8 are replaced.
+pub fn render(answer: &Entry, json: bool) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let fields = payload(answer);
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|(k, v)| (text(k), text(v).into()))
+            .collect();
+        format!("{}\n", serde_json::Value::Object(map))
+    } else {
+        fields
+            .iter()
+            .map(|(k, v)| format!("{}={}\n", text(k), text(v)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +145,25 @@ mod tests {
         assert_eq!(answers(&resp), Some(StreamId::new(7, 0)));
         assert_eq!(method(&resp), None);
         assert_eq!(payload(&resp), vec![(b"ok".to_vec(), b"1".to_vec())]);
+    }
+
+    #[test]
+    fn answers_render_as_lines_or_json_without_the_convention_fields() {
+        let answer = Entry::from_pairs(
+            StreamId::new(5, 0),
+            &[
+                ("seq", "9-0"),
+                ("req", "4-0"),
+                ("interval", "30"),
+                ("mode", "eco"),
+            ],
+        );
+        assert_eq!(render(&answer, false), "interval=30\nmode=eco\n");
+        assert_eq!(
+            render(&answer, true),
+            "{\"interval\":\"30\",\"mode\":\"eco\"}\n"
+        );
+        assert_eq!(parse_arg("k=v=w"), Ok((b"k".to_vec(), b"v=w".to_vec())));
+        assert!(parse_arg("novalue").is_err());
     }
 }
