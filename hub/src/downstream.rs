@@ -727,24 +727,26 @@ impl Drop for Unacked {
     }
 }
 
+/// KEYS[1] a stream; ARGV[1] an id, ARGV[2] a cap. Counts the entries after
+/// the id, up to the cap, inside Redis: only the number crosses the network.
+static COUNT_AFTER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])",
+    )
+});
+
 /// Entries of `key` after `after`, counted up to [`BACKLOG_COUNT_CAP`].
 pub async fn count_after(
     redis: &mut RedisConn,
     key: &str,
     after: StreamId,
 ) -> Result<u64, redis::RedisError> {
-    let v: redis::Value = redis::cmd("XRANGE")
-        .arg(key)
-        .arg(format!("({after}"))
-        .arg("+")
-        .arg("COUNT")
+    COUNT_AFTER
+        .key(key)
+        .arg(after.to_string())
         .arg(BACKLOG_COUNT_CAP)
-        .query_async(redis)
-        .await?;
-    Ok(match v {
-        redis::Value::Array(items) => items.len() as u64,
-        _ => 0,
-    })
+        .invoke_async(redis)
+        .await
 }
 
 /// Sleeps unless cancelled first; true when cancelled.
