@@ -166,13 +166,14 @@ async fn watch(common: &Common) -> anyhow::Result<()> {
             lula_client::status::status(&common.state_dir, &common.redis_url, &common.prefix)
                 .await
                 .context("read status")?;
-        let line = progress.line(
+        let line = progress.line_with_downstream(
             std::time::Instant::now(),
             report.upstream_backlog,
+            report.downstream_backlog,
             report.connected,
         );
         println!("{line}");
-        if report.upstream_backlog == 0 {
+        if report.upstream_backlog == 0 && report.downstream_backlog.unwrap_or(0) == 0 {
             return Ok(());
         }
         tokio::select! {

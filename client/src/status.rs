@@ -247,6 +247,27 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// [`Progress::line`], plus what waits downstream on the hub when the
+    /// hub reported a backlog (with its pushes).
+    pub fn line_with_downstream(
+        &mut self,
+        at: std::time::Instant,
+        upstream: u64,
+        downstream: Option<u64>,
+        connected: bool,
+    ) -> String {
+        let mut line = self.line(at, upstream, connected);
+        if let Some(n) = downstream.filter(|&n| n > 0) {
+            line.push_str(&format!(
+                "; downstream backlog: {} on the hub",
+                thousands(n)
+            ));
+        }
+        line
+    }
+}
+
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
@@ -282,6 +303,24 @@ mod tests {
         );
         assert_eq!(
             p.line(t0 + Duration::from_secs(4), 0, true),
+            "upstream backlog: 0 entries, caught up (connected)"
+        );
+    }
+
+    #[test]
+    fn the_progress_line_adds_what_waits_downstream() {
+        let mut p = Progress::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            p.line_with_downstream(t0, 0, Some(12_500), true),
+            "upstream backlog: 0 entries, caught up (connected); downstream backlog: 12,500 on the hub"
+        );
+        assert_eq!(
+            p.line_with_downstream(t0, 0, Some(0), true),
+            "upstream backlog: 0 entries, caught up (connected)"
+        );
+        assert_eq!(
+            p.line_with_downstream(t0, 0, None, true),
             "upstream backlog: 0 entries, caught up (connected)"
         );
     }
