@@ -144,13 +144,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/metrics",
             get(
                 |axum::extract::State(state): axum::extract::State<Arc<AppState>>| async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        state.metrics.render(),
-                    )
+                    lula_runtime::metrics_response(state.metrics.render())
                 },
             ),
         )

@@ -3,7 +3,7 @@
 //! broadcast cursors and the daemon's published status.
 
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lula_protocol::keys::DeviceKeys;
 use lula_protocol::message::PushStream;
@@ -137,13 +137,7 @@ static READ: LazyLock<Script> = LazyLock::new(|| Script::new(READ_BODY));
 static STORE: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{}{}", lula_protocol::lua::ID_GT, STORE_BODY)));
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use lula_runtime::now_ms;
 
 /// Access to the device Redis for ordinary (non-blocking) commands.
 #[derive(Clone)]

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -155,16 +153,7 @@ pub async fn serve(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    metrics.render(),
-                )
-                    .into_response()
-            }
+            async move { lula_runtime::metrics_response(metrics.render()) }
         }),
     );
     lula_runtime::serve(listener, router, shutdown, Default::default()).await?;

@@ -169,10 +169,7 @@ pub async fn serve(
                 break Some((close::SESSION_EXPIRED, "session expired"));
             }
             _ = fleet_tick.tick() => {
-                if let Some((_, acks)) = &conn.push {
-                    let acked = *acks.borrow();
-                    conn.fleet.downstream(acked);
-                }
+                conn.note_downstream_cursor();
                 conn.fleet.tick();
             }
             _ = ping.tick() => {
@@ -223,10 +220,7 @@ pub async fn serve(
         };
         let _ = conn.out.send(Message::Close(Some(frame))).await;
     }
-    if let Some((_, acks)) = &conn.push {
-        let acked = *acks.borrow();
-        conn.fleet.downstream(acked);
-    }
+    conn.note_downstream_cursor();
     let close_code = close_with.map(|(code, _)| code);
     let description = match close_with {
         Some((code, reason)) => format!("{code} {reason}"),
@@ -609,6 +603,15 @@ impl Connection {
                 tx
             })
             .clone()
+    }
+
+    /// Tells the fleet recorder how far the device has acknowledged its out
+    /// stream.
+    fn note_downstream_cursor(&mut self) {
+        if let Some((_, acks)) = &self.push {
+            let acked = *acks.borrow();
+            self.fleet.downstream(acked);
+        }
     }
 
     /// Starts (or restarts from new cursors) the push of the out stream and,

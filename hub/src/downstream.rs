@@ -613,13 +613,13 @@ pub async fn push(
             continue;
         }
         let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - unacked.n);
-        let started = std::time::Instant::now();
-        let read = read_batch(&mut redis, stream, &key, last, count).await;
         let op = match stream {
             PushStream::Direct => "xread",
             PushStream::Broadcast => "broadcast_read",
         };
-        metrics.redis_call(op, started.elapsed());
+        let read = metrics
+            .timed(op, read_batch(&mut redis, stream, &key, last, count))
+            .await;
         let Batch { entries, gap } = match read {
             Ok(batch) => batch,
             Err(e) => {

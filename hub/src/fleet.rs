@@ -20,7 +20,7 @@
 //! (plus connect and close), and a failure is logged and forgotten.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lula_protocol::keys::{HubKeys, IngestLayout};
@@ -43,13 +43,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(90);
 /// Devices whose backlogs [`list`] counts at once.
 const READ_CONCURRENCY: usize = 32;
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
+pub use lula_runtime::now_ms;
 
 /// KEYS[1] the device hash; ARGV: owner, heartbeat (ms), lastSeen (ms),
 /// downstream cursor or '', last error or ''. Writes only while `owner` holds
@@ -90,7 +84,7 @@ pub struct Recorder {
     /// Something changed since.
     dirty: bool,
     /// Last frame from the device (ms).
-    pub last_seen: u64,
+    last_seen: u64,
     /// The device's acknowledged downstream cursor.
     downstream: Option<StreamId>,
     /// An error not written yet.

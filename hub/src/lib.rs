@@ -249,14 +249,7 @@ pub async fn run(
 
 /// The Prometheus text exposition of [`metrics::HubMetrics`].
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
+    lula_runtime::metrics_response(state.metrics.render())
 }
 
 /// Liveness: the process serves requests.
@@ -426,18 +419,20 @@ async fn authenticated_upgrade(
     // Authenticate before looking at the upgrade, so an unauthenticated caller
     // learns nothing but 401.
     let token = token_from(&headers, query.as_deref()).ok_or(HubError::MissingToken)?;
-    let started = std::time::Instant::now();
     let claims = state
-        .auth
-        .authenticate(&mut state.auth_redis.clone(), &token)
-        .await;
-    state.metrics.redis_call("authenticate", started.elapsed());
-    let claims = claims?;
+        .metrics
+        .timed(
+            "authenticate",
+            state
+                .auth
+                .authenticate(&mut state.auth_redis.clone(), &token),
+        )
+        .await?;
     let ws = ws?;
-    let started = std::time::Instant::now();
-    let generation = take_over(&state, &claims.sub).await;
-    state.metrics.redis_call("take_over", started.elapsed());
-    let generation = generation?;
+    let generation = state
+        .metrics
+        .timed("take_over", take_over(&state, &claims.sub))
+        .await?;
     let conn_id = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", client = %claims.sub, conn = conn_id);
     let limit = state.config.max_frame_bytes;

@@ -200,11 +200,14 @@ impl HubMetrics {
         }
     }
 
-    /// Records the latency of one Redis command.
-    pub fn redis_call(&self, op: &'static str, took: Duration) {
+    /// Runs one Redis call and records its latency under `op`.
+    pub async fn timed<T>(&self, op: &'static str, call: impl Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let result = call.await;
         self.redis_seconds
             .get_or_create(&[("op", op)])
-            .observe(took.as_secs_f64());
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Records the age of an entry whose id was taken at `id_ms` (epoch ms).

@@ -78,6 +78,28 @@ impl std::fmt::Debug for ServeOptions {
     }
 }
 
+/// Milliseconds since the epoch (0 if the clock is before it): the unit of
+/// stream ids, status timestamps and the fleet view.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A Prometheus text exposition as the answer to `GET /metrics`.
+pub fn metrics_response(exposition: String) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        exposition,
+    )
+        .into_response()
+}
+
 /// The stop of a service in two steps. `draining` is the caller's shutdown
 /// token: once it is cancelled the service reports not ready; the returned
 /// token is cancelled `delay` later, and stops the accept loop and closes
