@@ -170,7 +170,7 @@ pub async fn serve(
             }
             _ = fleet_tick.tick() => {
                 conn.note_downstream_cursor();
-                conn.fleet.tick();
+                conn.fleet.tick(last_heard);
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > state.config.idle_timeout {
@@ -189,7 +189,6 @@ pub async fn serve(
             }
             msg = stream.next(), if conn.pending.len() < MAX_PIPELINED => {
                 last_heard = Instant::now();
-                conn.fleet.heard();
                 match msg {
                     None | Some(Ok(Message::Close(_))) => break None,
                     Some(Ok(Message::Text(text))) => {
@@ -230,7 +229,7 @@ pub async fn serve(
         None | Some(close::GOING_AWAY) | Some(close::REPLACED) => None,
         Some(_) => Some(description.as_str()),
     };
-    conn.fleet.closed(&description, abnormal);
+    conn.fleet.closed(last_heard, &description, abnormal);
     // Ends the writer (its queue's last sender) and the helper tasks' handles.
     drop(conn);
     let _ = writer.await;

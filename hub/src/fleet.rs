@@ -45,6 +45,11 @@ const READ_CONCURRENCY: usize = 32;
 
 pub use lula_runtime::now_ms;
 
+/// The epoch ms of `at`, an instant in the past, given `now` in epoch ms.
+fn ms_at(now: u64, at: std::time::Instant) -> u64 {
+    now.saturating_sub(at.elapsed().as_millis() as u64)
+}
+
 /// KEYS[1] the device hash; ARGV: owner, heartbeat (ms), lastSeen (ms),
 /// downstream cursor or '', last error or ''. Writes only while `owner` holds
 /// the hash.
@@ -83,8 +88,8 @@ pub struct Recorder {
     written: tokio::time::Instant,
     /// Something changed since.
     dirty: bool,
-    /// Last frame from the device (ms).
-    last_seen: u64,
+    /// When the device was last heard from, as last written.
+    heard: std::time::Instant,
     /// The device's acknowledged downstream cursor.
     downstream: Option<StreamId>,
     /// An error not written yet.
@@ -112,7 +117,7 @@ impl Recorder {
             owner: format!("{hub}/{conn}"),
             written: tokio::time::Instant::now(),
             dirty: false,
-            last_seen: now,
+            heard: std::time::Instant::now(),
             downstream: None,
             error: None,
         };
@@ -136,12 +141,6 @@ impl Recorder {
         recorder
     }
 
-    /// The device was heard from.
-    pub fn heard(&mut self) {
-        self.last_seen = now_ms();
-        self.dirty = true;
-    }
-
     /// The device acknowledged downstream entries up to `cursor` (or
     /// subscribed from it).
     pub fn downstream(&mut self, cursor: StreamId) {
@@ -157,9 +156,13 @@ impl Recorder {
         self.dirty = true;
     }
 
-    /// Called every [`WRITE_EVERY`]: writes what changed, or a heartbeat
-    /// when [`HEARTBEAT`] has passed.
-    pub fn tick(&mut self) {
+    /// Called every [`WRITE_EVERY`] with when the device was last heard
+    /// from: writes what changed, or a heartbeat when [`HEARTBEAT`] has passed.
+    pub fn tick(&mut self, last_heard: std::time::Instant) {
+        if last_heard > self.heard {
+            self.heard = last_heard;
+            self.dirty = true;
+        }
         if !self.dirty && self.written.elapsed() < HEARTBEAT {
             return;
         }
@@ -168,7 +171,7 @@ impl Recorder {
         invocation
             .arg(&self.owner)
             .arg(now)
-            .arg(self.last_seen)
+            .arg(ms_at(now, self.heard))
             .arg(self.downstream.map(|c| c.to_string()).unwrap_or_default())
             .arg(self.error.take().unwrap_or_default());
         let mut redis = self.redis.clone();
@@ -178,14 +181,15 @@ impl Recorder {
         self.dirty = false;
     }
 
-    /// The connection ended, as `close` says.
-    pub fn closed(&mut self, close: &str, error: Option<&str>) {
+    /// The connection ended, as `close` says; the device was last heard
+    /// from at `last_heard`.
+    pub fn closed(&mut self, last_heard: std::time::Instant, close: &str, error: Option<&str>) {
         let now = now_ms();
         let mut invocation = CLOSED_SCRIPT.key(&self.device_key);
         invocation
             .arg(&self.owner)
             .arg(now)
-            .arg(self.last_seen)
+            .arg(ms_at(now, last_heard))
             .arg(self.downstream.map(|c| c.to_string()).unwrap_or_default())
             .arg(close)
             .arg(
