@@ -110,30 +110,6 @@ end
 return {cur, added, missed}
 "#;
 
-/// KEYS[1] out stream. ARGV[1] read after this id, ARGV[2] count.
-/// Returns, read in one atomic step: entries-added (-1 before Redis 7), length,
-/// first entry id ('' if empty), max-deleted-entry-id ('0-0' before Redis 7),
-/// and the entries after ARGV[1]. Reading the stream's counters in the same
-/// step as the entries is what makes a trim detected here exact.
-const READ_BODY: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {0, 0, '', '0-0', {}}
-end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local f = {}
-for i = 1, #info, 2 do
-  f[info[i]] = info[i + 1]
-end
-local first = ''
-if type(f['first-entry']) == 'table' then
-  first = f['first-entry'][1]
-end
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
-return {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] or '0-0', entries}
-"#;
-
-static READ: LazyLock<Script> = LazyLock::new(|| Script::new(READ_BODY));
-
 static STORE: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{}{}", lula_protocol::lua::ID_GT, STORE_BODY)));
 
@@ -318,6 +294,7 @@ impl Device {
             conn,
             key: self.keys.out_stream(),
             block,
+            caught_up: false,
         })
     }
 }
@@ -352,61 +329,150 @@ pub struct OutRead {
     pub max_deleted: StreamId,
 }
 
+/// KEYS[1] out stream. Returns the stream's counters compactly: entries-added
+/// (-1 before Redis 7), length, first entry id ('' if empty) and
+/// max-deleted-entry-id ('0-0' before Redis 7); all zero when the stream does
+/// not exist. Run in one transaction with the `XRANGE` that reads the entries
+/// (see [`OutReader::read_after`]).
+const COUNTERS_BODY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {0, 0, '', '0-0'}
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local f = {}
+for i = 1, #info, 2 do
+  f[info[i]] = info[i + 1]
+end
+local first = ''
+if type(f['first-entry']) == 'table' then
+  first = f['first-entry'][1]
+end
+return {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] or '0-0'}
+"#;
+
+static COUNTERS: LazyLock<Script> = LazyLock::new(|| Script::new(COUNTERS_BODY));
+
 /// Reads the out stream on a connection of its own: entries and counters in
 /// one script call, and, when there is nothing to read, a blocking `XREAD` that
 /// only waits for the next entry. The block never delays other commands, since
 /// nothing else uses the connection.
+///
+/// Once a read has reached the end of the stream, the next one waits first:
+/// a steadily producing device is caught up after nearly every batch, and
+/// reading again before waiting would cost the device Redis a script call that
+/// finds nothing, per batch. Waiting first is always correct, since `XREAD`
+/// after an id returns at once when entries after it already exist.
 pub struct OutReader {
     conn: MultiplexedConnection,
     key: String,
     block: Duration,
+    /// The last read returned fewer entries than asked: the end was reached.
+    caught_up: bool,
 }
 
 impl OutReader {
     /// Up to `count` entries after `after` with the stream's counters, waiting up
     /// to the block time when there are none yet.
     pub async fn read(&mut self, after: StreamId, count: usize) -> Result<OutRead, RedisError> {
-        let read = self.read_now(after, count).await?;
-        if !read.entries.is_empty() {
-            return Ok(read);
+        if !self.caught_up {
+            let read = self.read_after(after, count, None).await?;
+            if !read.entries.is_empty() {
+                return Ok(read);
+            }
         }
-        // Wait for something to arrive, then read it (and the counters) atomically.
-        let _: Value = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(1)
-            .arg("BLOCK")
-            .arg(self.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.key)
-            .arg(after.to_string())
-            .query_async(&mut self.conn)
-            .await?;
-        self.read_now(after, count).await
+        self.read_after(after, count, Some(self.block)).await
     }
 
-    async fn read_now(&mut self, after: StreamId, count: usize) -> Result<OutRead, RedisError> {
-        let reply: Value = READ
-            .key(&self.key)
-            .arg(after.to_string())
+    /// Entries after `after` and the stream's counters, read in one
+    /// transaction (`MULTI`, the counters script, `XRANGE`, `EXEC`), so that
+    /// they describe the same moment: that is what makes a trim detected from
+    /// them exact. With `wait`, a blocking `XREAD` goes first in the same
+    /// write: Redis runs the transaction as soon as the `XREAD` returns (an
+    /// entry arrived, or the wait is over), so waiting and reading cost one
+    /// round trip.
+    ///
+    /// The entries come from a plain `XRANGE` rather than from inside the
+    /// script, which would build a Lua table of every entry and convert it
+    /// back (that doubled the device Redis's time per read), and the script
+    /// returns only the four counters, not the whole `XINFO` reply.
+    async fn read_after(
+        &mut self,
+        after: StreamId,
+        count: usize,
+        wait: Option<Duration>,
+    ) -> Result<OutRead, RedisError> {
+        let mut pipe = redis::pipe();
+        if let Some(wait) = wait {
+            pipe.cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(wait.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.key)
+                .arg(after.to_string())
+                .ignore();
+        }
+        pipe.cmd("MULTI")
+            .ignore()
+            .cmd("EVALSHA")
+            .arg(COUNTERS.get_hash())
+            .arg(1)
+            .arg(&self.key)
+            .ignore()
+            .cmd("XRANGE")
+            .arg(&self.key)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
             .arg(count)
-            .invoke_async(&mut self.conn)
-            .await?;
-        parse_out_read(reply).map_err(|e| {
+            .ignore()
+            .cmd("EXEC");
+        let (exec,): (Vec<Value>,) = match pipe.query_async(&mut self.conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // A new, restarted or flushed device Redis: load the script
+                // and run the whole pipeline again (its XREAD returns at once
+                // if entries arrived meanwhile).
+                COUNTERS.prepare_invoke().load_async(&mut self.conn).await?;
+                pipe.query_async(&mut self.conn).await?
+            }
+            other => other?,
+        };
+        let mut exec = exec.into_iter();
+        let (Some(counters), Some(range)) = (exec.next(), exec.next()) else {
+            return Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "short transaction reply",
+            )));
+        };
+        let read = parse_out_read(counters, range).map_err(|e| {
             RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "bad out stream read",
                 e,
             ))
-        })
+        })?;
+        self.caught_up = read.entries.len() < count;
+        Ok(read)
     }
 }
 
-fn parse_out_read(reply: Value) -> Result<OutRead, String> {
-    let Value::Array(items) = reply else {
-        return Err("not an array".into());
+/// Parses the replies of [`OutReader::read_after`]'s transaction: the counters
+/// script's and `XRANGE`'s.
+fn parse_out_read(counters: Value, range: Value) -> Result<OutRead, String> {
+    let items = match counters {
+        Value::Array(items) => items,
+        other => return Err(format!("counters: {other:?}")),
     };
+    if let Value::ServerError(e) = &range {
+        return Err(format!("XRANGE: {e:?}"));
+    }
     let mut items = items.into_iter();
-    let mut next = || items.next().ok_or_else(|| "short reply".to_string());
+    let mut next = || {
+        items
+            .next()
+            .ok_or_else(|| "short counters reply".to_string())
+    };
     let int = |v: Value| match v {
         Value::Int(i) => Ok(i),
         other => Err(format!("expected an integer, got {other:?}")),
@@ -420,7 +486,7 @@ fn parse_out_read(reply: Value) -> Result<OutRead, String> {
     let length = int(next()?)?;
     let first = text(next()?)?;
     let max_deleted = text(next()?)?;
-    let entries = entries_from_range(next()?).map_err(|e| e.to_string())?;
+    let entries = entries_from_range(range).map_err(|e| e.to_string())?;
     let id = |s: &str| s.parse::<StreamId>().map_err(|e| e.to_string());
     Ok(OutRead {
         entries,
