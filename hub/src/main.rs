@@ -127,7 +127,7 @@ struct FleetArgs {
     /// Only this device.
     client: Option<lula_protocol::ClientId>,
     /// At most this many devices, most recently seen first (0: all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "LULA_FLEET_LIMIT", default_value_t = 0)]
     limit: usize,
     /// Print JSON (`{"devices": [...]}`, as `GET /fleet` answers).
     #[arg(long, env = "LULA_JSON")]
