@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cli;
 pub mod cluster;
 pub mod haproxy;
 pub mod pki;
