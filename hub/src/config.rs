@@ -60,6 +60,10 @@ pub struct Config {
     pub hub_id: Option<String>,
     /// Bearer token that opens `GET /fleet` (`None`: the endpoint answers 404).
     pub admin_token: Option<lula_protocol::Redacted<String>>,
+    /// How long a verification key fetched from Redis is trusted before it is
+    /// looked up again: a key lula-auth stopped publishing (rotated out)
+    /// stops verifying within this. Not a flag; tests shorten it.
+    pub key_cache_ttl: Duration,
 }
 
 impl Config {
@@ -114,6 +118,7 @@ impl Config {
             one_connection_per_device: true,
             hub_id: None,
             admin_token: None,
+            key_cache_ttl: crate::session::DEFAULT_KEY_CACHE_TTL,
         }
     }
 }
@@ -145,6 +150,7 @@ impl fmt::Debug for Config {
             .field("one_connection_per_device", &self.one_connection_per_device)
             .field("hub_id", &self.hub_id)
             .field("admin_token", &self.admin_token)
+            .field("key_cache_ttl", &self.key_cache_ttl)
             .finish()
     }
 }

@@ -205,10 +205,10 @@ pub struct Watched {
     pub broadcast_pattern: String,
     /// Readers to wake when their out stream changes.
     pub wakers: Arc<Wakers>,
-    /// lula-auth's revocation channel (`lula-auth:revoked`), when lula-auth
-    /// shares the hub's Redis (otherwise [`watch_revocations`] listens on
-    /// lula-auth's own).
-    pub revocations: Option<String>,
+    /// lula-auth's revocations (`lula-auth:revoked`), when lula-auth shares
+    /// the hub's Redis (otherwise [`watch_revocations`] listens on lula-auth's
+    /// own).
+    pub revocations: Option<crate::session::Revocations>,
     /// Connections to close when their session is revoked or a newer
     /// connection of their device appears.
     pub live: Arc<crate::live::Live>,
@@ -368,7 +368,7 @@ pub async fn watch(
             let mut subscribed = pubsub.psubscribe(&channel_patterns).await;
             if subscribed.is_ok() && i == 0 {
                 let mut channels = vec![connections.as_str()];
-                channels.extend(revocations.as_deref());
+                channels.extend(revocations.as_ref().map(|r| r.channel()));
                 subscribed = pubsub.subscribe(&channels).await;
             }
             if let Err(e) = subscribed {
@@ -394,12 +394,19 @@ pub async fn watch(
         }
         // Anything that arrived before the subscriptions took effect.
         wakers.wake_all();
+        let resync = resync_revocations(revocations.as_ref(), &live);
+        tokio::pin!(resync);
+        let mut resynced = false;
         let mut messages = futures_util::stream::select_all(streams);
         let mut sweep = tokio::time::interval(if notifying { SWEEP } else { poll });
         sweep.tick().await;
         loop {
             let msg: Option<NodeMessage> = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                () = &mut resync, if !resynced => {
+                    resynced = true;
+                    continue;
+                }
                 msg = messages.next() => msg,
                 _ = sweep.tick() => {
                     wakers.wake_all();
@@ -435,7 +442,7 @@ pub async fn watch(
             match msg.flatten() {
                 Some(msg) => {
                     let channel = msg.get_channel_name();
-                    if Some(channel) == revocations.as_deref() {
+                    if Some(channel) == revocations.as_ref().map(|r| r.channel()) {
                         if let Ok(message) = msg.get_payload::<String>() {
                             let closed = live.revoked(&message);
                             tracing::info!(%message, closed, "session revoked");
@@ -852,13 +859,44 @@ fn legacy_item(entry: Entry) -> Value {
     Value::Object(item)
 }
 
-/// Closes the connections of revoked sessions, as announced on `channel` of
-/// lula-auth's own Redis (when it is not the hub's), until `shutdown`.
-/// Reconnects by itself. A cluster delivers `PUBLISH` on every node, so the
-/// node `client` points at is enough.
+/// After a (re)subscribe to `revocations`: closes the live connections whose
+/// session was revoked while the hub was not subscribed (see
+/// [`crate::session::Revocations::resync`]), retrying until Redis answers.
+/// Runs beside the subscription, so announcements are handled meanwhile.
+async fn resync_revocations(
+    revocations: Option<&crate::session::Revocations>,
+    live: &crate::live::Live,
+) {
+    let Some(revocations) = revocations else {
+        return;
+    };
+    loop {
+        match revocations.resync(live).await {
+            Ok(closed) => {
+                if closed > 0 {
+                    tracing::info!(
+                        closed,
+                        "sessions revoked while not subscribed to revocations"
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation resync: cannot read the session records; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Closes the connections of revoked sessions, as announced on lula-auth's
+/// own Redis (when it is not the hub's), until `shutdown`. Reconnects by
+/// itself, and checks every live connection's session after each subscribe.
+/// A cluster delivers `PUBLISH` on every node, so the node `client` points at
+/// is enough.
 pub async fn watch_revocations(
     client: redis::Client,
-    channel: String,
+    revocations: crate::session::Revocations,
     live: Arc<crate::live::Live>,
     shutdown: CancellationToken,
 ) {
@@ -877,7 +915,7 @@ pub async fn watch_revocations(
                 continue;
             }
         };
-        if let Err(e) = pubsub.subscribe(&channel).await {
+        if let Err(e) = pubsub.subscribe(revocations.channel()).await {
             tracing::warn!(error = %e, "revocation watch: subscribe failed; retrying");
             if pause(&shutdown, RETRY_PAUSE).await {
                 return;
@@ -885,9 +923,13 @@ pub async fn watch_revocations(
             continue;
         }
         let mut messages = pubsub.into_on_message();
+        let resync = resync_revocations(Some(&revocations), &live);
+        tokio::pin!(resync);
+        let mut resynced = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                () = &mut resync, if !resynced => resynced = true,
                 msg = messages.next() => match msg {
                     Some(msg) => {
                         if let Ok(message) = msg.get_payload::<String>() {

@@ -154,7 +154,10 @@ impl AppState {
             ingestor: ingest::Ingestor::start(redis.clone(), &keys, layout, metrics.clone()),
             metrics,
             keys,
-            auth: Authenticator::new(AuthKeys::new(config.auth_prefix.clone())),
+            auth: Authenticator::with_key_cache_ttl(
+                AuthKeys::new(config.auth_prefix.clone()),
+                config.key_cache_ttl,
+            ),
             config,
             redis,
             redis_target,
@@ -209,11 +212,12 @@ pub async fn run(
             out_pattern: state.keys.out_stream_pattern(),
             broadcast_pattern: state.keys.broadcast_stream_pattern(),
             wakers: state.wakers.clone(),
-            revocations: state
-                .config
-                .auth_redis_url
-                .is_none()
-                .then(|| AuthKeys::new(state.config.auth_prefix.clone()).revocations()),
+            revocations: state.config.auth_redis_url.is_none().then(|| {
+                session::Revocations::new(
+                    AuthKeys::new(state.config.auth_prefix.clone()),
+                    state.auth_redis.clone(),
+                )
+            }),
             connections: state.keys.connected_channel(),
             live: state.live.clone(),
         },
@@ -234,7 +238,10 @@ pub async fn run(
         let client = redis::Client::open(url.as_str()).context("parse --auth-redis-url")?;
         tracker.spawn(downstream::watch_revocations(
             client,
-            AuthKeys::new(state.config.auth_prefix.clone()).revocations(),
+            session::Revocations::new(
+                AuthKeys::new(state.config.auth_prefix.clone()),
+                state.auth_redis.clone(),
+            ),
             state.live.clone(),
             shutdown.clone(),
         ));

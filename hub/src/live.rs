@@ -11,7 +11,10 @@
 //! revocations on a Redis pub/sub channel that every hub replica listens to
 //! (see `downstream::watch`), so `lula-auth revoke` or a logout closes the
 //! device's sockets on every replica at once; a token's expiry closes its
-//! socket from inside the connection.
+//! socket from inside the connection. A revocation announced while a hub was
+//! not subscribed (its pub/sub connection down) is caught when it subscribes
+//! again: it checks every live connection's session record
+//! (`session::Revocations::resync`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,6 +177,18 @@ impl Live {
         }
     }
 
+    /// The (client, session id) of every connection not yet told to close.
+    pub fn sessions(&self) -> Vec<(String, String)> {
+        let devices = lock(&self.devices);
+        let mut sessions = Vec::new();
+        for (client, list) in devices.iter() {
+            for e in list.iter().filter(|e| e.kick.borrow().is_none()) {
+                sessions.push((client.clone(), lock(&e.sid).clone()));
+            }
+        }
+        sessions
+    }
+
     /// Devices with at least one live connection.
     pub fn devices(&self) -> usize {
         lock(&self.devices).len()
@@ -201,6 +216,8 @@ mod tests {
         assert_eq!(*a_rx.borrow(), Some(Kick::REVOKED));
         assert_eq!(*c_rx.borrow(), None);
         assert_eq!(live.revoked(""), 0);
+        // Connections already told to close are not checked again.
+        assert_eq!(live.sessions(), vec![("dev-2".to_owned(), "s3".to_owned())]);
         drop((a, b));
         assert_eq!(live.devices(), 1);
     }

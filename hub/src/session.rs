@@ -1,6 +1,8 @@
 //! Authenticating a device at upgrade time: the token's signature against a key
 //! lula-auth published in Redis, its claims, and the session record that
-//! revocation deletes.
+//! revocation deletes. Also the check of every live connection's session
+//! record after the hub (re)subscribes to revocations ([`Revocations::resync`]),
+//! since a revocation announced while the hub was not subscribed is lost.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,23 +14,36 @@ use lula_runtime::redis::RedisConn;
 use redis::AsyncCommands;
 
 use crate::error::HubError;
+use crate::live::{Kick, Live};
 
-/// How long a fetched verification key is trusted before it is looked up again,
-/// so a key lula-auth stopped publishing stops verifying soon after.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How long a fetched verification key is trusted before it is looked up again
+/// by default ([`crate::Config::key_cache_ttl`]), so a key lula-auth stopped
+/// publishing stops verifying soon after.
+pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Session records read in one pipeline by [`Revocations::resync`].
+const RESYNC_BATCH: usize = 500;
 
 /// Verifies session tokens. Cheap to share; the key cache is behind a std mutex
 /// that is never held across an await.
 pub struct Authenticator {
     keys: AuthKeys,
+    key_ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, [u8; 32])>>,
 }
 
 impl Authenticator {
-    /// An authenticator reading auth keys under `keys`.
+    /// An authenticator reading auth keys under `keys`, trusting a fetched
+    /// verification key for [`DEFAULT_KEY_CACHE_TTL`].
     pub fn new(keys: AuthKeys) -> Self {
+        Self::with_key_cache_ttl(keys, DEFAULT_KEY_CACHE_TTL)
+    }
+
+    /// An authenticator trusting a fetched verification key for `key_ttl`.
+    pub fn with_key_cache_ttl(keys: AuthKeys, key_ttl: Duration) -> Self {
         Authenticator {
             keys,
+            key_ttl,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -51,7 +66,7 @@ impl Authenticator {
 
     async fn key(&self, redis: &mut RedisConn, kid: &str) -> Result<[u8; 32], HubError> {
         if let Some((at, key)) = self.lock().get(kid)
-            && at.elapsed() < KEY_CACHE_TTL
+            && at.elapsed() < self.key_ttl
         {
             return Ok(*key);
         }
@@ -64,7 +79,8 @@ impl Authenticator {
         let mut cache = self.lock();
         // Bound the cache: kids come from tokens, which only verified keys reach
         // here with, but drop stale ones so rotation does not accumulate entries.
-        cache.retain(|_, (at, _)| at.elapsed() < KEY_CACHE_TTL);
+        let ttl = self.key_ttl;
+        cache.retain(|_, (at, _)| at.elapsed() < ttl);
         cache.insert(kid.to_owned(), (Instant::now(), key));
         Ok(key)
     }
@@ -73,5 +89,57 @@ impl Authenticator {
         // A poisoned cache only means another thread panicked mid-insert; the map
         // itself is still a valid cache.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Where revocations come from: lula-auth's announcement channel, and its
+/// Redis, where the session records live.
+#[derive(Clone)]
+pub struct Revocations {
+    channel: String,
+    keys: AuthKeys,
+    redis: RedisConn,
+}
+
+impl Revocations {
+    /// Revocations announced under `keys` (`lula-auth:revoked`), with the
+    /// session records read on `redis` (lula-auth's Redis).
+    pub fn new(keys: AuthKeys, redis: RedisConn) -> Self {
+        Revocations {
+            channel: keys.revocations(),
+            keys,
+            redis,
+        }
+    }
+
+    /// The pub/sub channel revocations are announced on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Closes (as revoked, 4003) every live connection whose session record
+    /// is gone or names another device; returns how many. Run after each
+    /// (re)subscribe to [`Self::channel`]: lula-auth deletes the record before
+    /// it announces, so a revocation announced while the hub was not
+    /// subscribed is caught here, and one announced later is heard.
+    pub async fn resync(&self, live: &Live) -> redis::RedisResult<usize> {
+        let sessions = live.sessions();
+        let mut redis = self.redis.clone();
+        let mut closed = 0;
+        for batch in sessions.chunks(RESYNC_BATCH) {
+            let mut pipe = redis::pipe();
+            for (_, sid) in batch {
+                pipe.cmd("GET").arg(self.keys.session(sid));
+            }
+            let owners: Vec<Option<String>> = pipe.query_async(&mut redis).await?;
+            for ((client, sid), owner) in batch.iter().zip(owners) {
+                if owner.as_deref() != Some(client.as_str()) {
+                    // Only connections still under `sid`: one that renewed
+                    // meanwhile runs under a session of its own.
+                    closed += live.kick(client, Some(sid), Kick::REVOKED);
+                }
+            }
+        }
+        Ok(closed)
     }
 }

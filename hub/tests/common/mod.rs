@@ -189,6 +189,30 @@ impl TestHub {
         Ok(Ws { ws, next_id: 1 })
     }
 
+    /// How many connections are subscribed to `channel` on the hub's Redis
+    /// (`PUBSUB NUMSUB`): one per hub replica for the revocation channel.
+    pub async fn subscribers(&self, channel: &str) -> u64 {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        n
+    }
+
+    /// Waits (at most 10 s) until `channel` has at least `n` subscribers.
+    pub async fn wait_for_subscribers(&self, channel: &str, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.subscribers(channel).await < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{channel}: fewer than {n} subscribers after 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         self.conn.clone()
     }
@@ -284,6 +308,27 @@ impl Ws {
                 Some(Err(_)) | None => return None,
             }
         }
+    }
+}
+
+/// Upgrades at the hub (or replica) at `addr` with `token`.
+pub async fn connect_with_token_to(
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> Result<Ws, tungstenite::Error> {
+    let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    Ok(Ws { ws, next_id: 1 })
+}
+
+/// The HTTP status of an upgrade: 101, or the refusal's.
+pub fn status_of(r: Result<Ws, tungstenite::Error>) -> u16 {
+    match r {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
     }
 }
 
