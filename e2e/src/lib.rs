@@ -7,6 +7,8 @@
 //! frame, the way a crashed or SIGKILLed process would. A killed hub restarts on
 //! the same port, so clients find it again at the URL they already have.
 
+pub mod binary;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;

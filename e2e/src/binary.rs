@@ -1,0 +1,187 @@
+//! The real `lula-client` binary, for what only a process shows: its exit
+//! status after SIGTERM and what it writes to its log.
+//!
+//! Cargo hands `CARGO_BIN_EXE_*` only to the tests of the crate that owns the
+//! binary, so the harness builds it once per test process with the `cargo`
+//! that runs the tests (a no-op when it is fresh) and takes its path from
+//! cargo's own build messages.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::Device;
+
+/// The path of a freshly built `lula-client`.
+pub fn client_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "lula-client", "--bin", "lula-client"])
+                .arg("--message-format=json-render-diagnostics")
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stderr(Stdio::inherit());
+            if !cfg!(debug_assertions) {
+                cmd.arg("--release");
+            }
+            let out = cmd.output().expect("run cargo build for lula-client");
+            assert!(out.status.success(), "cargo build -p lula-client failed");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|m| m["reason"] == "compiler-artifact")
+                .filter(|m| m["target"]["name"] == "lula-client")
+                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+                .expect("cargo reported no lula-client executable")
+        })
+        .clone()
+}
+
+/// A `lula-client` process; killed when dropped.
+pub struct ClientProcess {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ClientProcess {
+    /// `lula-client run` with `device`'s configuration (identity, URLs, state
+    /// dir, batch size, register retry, backoff cap), its log on stderr at
+    /// `rust_log`, and `extra` arguments after.
+    pub fn run(device: &Device, rust_log: &str, extra: &[&str]) -> ClientProcess {
+        let c = &device.config;
+        let mut cmd = Command::new(client_binary());
+        cmd.arg("run")
+            .args(["--client-id", c.client_id.as_str()])
+            .args(["--auth-url", &c.auth_url, "--hub-url", &c.hub_url])
+            .args(["--redis-url", &c.redis_url])
+            .arg("--state-dir")
+            .arg(device.state_dir())
+            .args(["--batch-entries", &c.batch_entries.to_string()])
+            .args(["--inflight-batches", &c.inflight_batches.to_string()])
+            .arg("--register-retry")
+            .arg(humantime_ms(c.register_retry))
+            .arg("--max-backoff")
+            .arg(humantime_ms(c.max_backoff))
+            .args(extra)
+            // Secrets the way operators pass them: from the environment.
+            .env("LULA_OTP_SECRET", c.otp_secret.expose())
+            .env("RUST_LOG", rust_log)
+            .env_remove("REDIS_URL")
+            .stdin(Stdio::null());
+        if let Some(ca) = &c.ca_file {
+            cmd.arg("--ca-file").arg(ca);
+        }
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd`, collecting its stdout and stderr.
+    pub fn spawn(mut cmd: Command) -> ClientProcess {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lula-client");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let outputs: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for mut out in outputs {
+            let log = log.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    log.lock().expect("log").push_str(&text);
+                }
+            }));
+        }
+        ClientProcess {
+            child,
+            log,
+            readers,
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it wrote so far (stdout and stderr, interleaved by arrival).
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Sends SIGTERM, as `systemctl stop` or `docker stop` does.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits for it to exit (at most `limit`, a hang guard), then for its
+    /// output to be read to the end.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lula-client did not exit within {limit:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        status
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A duration as whole milliseconds for a humantime flag (`1500ms`).
+fn humantime_ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+/// `lula-client status` (text) for `device`, from the binary, with the
+/// device Redis at `redis_url`.
+pub fn status_text(device: &Device, redis_url: &str) -> String {
+    let out = Command::new(client_binary())
+        .arg("status")
+        .args(["--redis-url", redis_url])
+        .arg("--state-dir")
+        .arg(device.state_dir())
+        .args(["--prefix", device.keys.prefix()])
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run lula-client status");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lula-client status failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
