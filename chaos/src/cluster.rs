@@ -1,6 +1,7 @@
 //! Everything the suite runs: the hub's Redis and the device Redis servers
 //! (AOF, `appendfsync always`), lula-auth and lula-hub as child processes, and
-//! per device a fault proxy and a lula-client daemon process.
+//! per device a fault proxy to the hub, a proxy to lula-auth and a
+//! lula-client daemon process.
 //!
 //! ```text
 //! run dir/
@@ -30,7 +31,7 @@ use crate::children::Service;
 use crate::config::RunConfig;
 use crate::events::Events;
 use crate::faults::FaultCounts;
-use crate::proxy::{self, ProxyOptions};
+use crate::proxy::{self, ProxyControl, ProxyOptions};
 use crate::services::{RunClientArgs, ServeAuthArgs, ServeHubArgs};
 
 /// Longest wait for every daemon's first connection at setup.
@@ -130,6 +131,10 @@ pub struct DeviceHandle {
     pub client_args: RunClientArgs,
     /// The daemon.
     pub daemon: Mutex<Service>,
+    /// Its proxy to the hub.
+    pub hub_proxy: Arc<ProxyControl>,
+    /// Its proxy to lula-auth (no random faults; blackholed by [`crate::expiry`]).
+    pub auth_proxy: Arc<ProxyControl>,
     dir: PathBuf,
     twins: AtomicU64,
 }
@@ -236,6 +241,7 @@ impl Cluster {
             .await
             .with_context(|| format!("provision {client}"))?
             .otp_secret;
+            let hub_proxy: Arc<ProxyControl> = Arc::default();
             let proxy_addr = proxy::start(
                 ProxyOptions {
                     name: client.to_string(),
@@ -245,18 +251,36 @@ impl Cluster {
                     counts: counts.clone(),
                     events: events.clone(),
                     seed: config.seed_for("proxy", i as u64),
+                    control: hub_proxy.clone(),
                 },
                 proxies.clone(),
             )
             .await
             .context("start proxy")?;
+            let auth_proxy: Arc<ProxyControl> = Arc::default();
+            let auth_proxy_addr = proxy::start(
+                ProxyOptions {
+                    name: format!("{client} auth"),
+                    upstream: auth_addr,
+                    settings: config.faults.clone(),
+                    // Never set: only the expiry injector's blackholes.
+                    faults_on: Arc::new(AtomicBool::new(false)),
+                    counts: counts.clone(),
+                    events: events.clone(),
+                    seed: config.seed_for("auth-proxy", i as u64),
+                    control: auth_proxy.clone(),
+                },
+                proxies.clone(),
+            )
+            .await
+            .context("start auth proxy")?;
             let redis = i % device_redis.len();
             let dir = config.run_dir.join("devices").join(client.as_str());
             let prefix = format!("lula-client:{client}");
             let client_args = RunClientArgs {
                 client_id: client.clone(),
                 otp_secret,
-                auth_url: format!("http://{auth_addr}"),
+                auth_url: format!("http://{auth_proxy_addr}"),
                 hub_url: format!("ws://{proxy_addr}"),
                 redis_url: device_redis[redis].url.clone(),
                 state_dir: dir.join("state"),
@@ -278,6 +302,8 @@ impl Cluster {
                 client,
                 client_args,
                 daemon: Mutex::new(daemon),
+                hub_proxy,
+                auth_proxy,
                 dir,
                 twins: AtomicU64::new(0),
             });

@@ -72,6 +72,12 @@ pub struct FaultSettings {
     pub client_min_backoff: Duration,
     /// Cap of the daemons' reconnect delay.
     pub client_max_backoff: Duration,
+    /// How long a device's way to lula-auth stays blackholed: longer than a
+    /// token lives, so its token expires on the live connection.
+    pub auth_outage: Duration,
+    /// Mean time between the starts of two auth outages (exponential), each
+    /// on a device not in one already.
+    pub auth_outage_mean_gap: Duration,
     /// bcrypt cost of auth (low: every device logs in every few seconds).
     pub bcrypt_cost: u32,
 }
@@ -147,8 +153,9 @@ impl FaultSettings {
     pub fn for_mode(mode: Mode) -> Self {
         let ms = Duration::from_millis;
         let s = Duration::from_secs;
+        let token_ttl = s(8);
         FaultSettings {
-            token_ttl: s(8),
+            token_ttl,
             proxy_mean_gap: match mode {
                 Mode::Short => s(4),
                 Mode::Long => s(8),
@@ -168,6 +175,13 @@ impl FaultSettings {
             twin_lifetime: s(3)..s(15),
             client_min_backoff: ms(100),
             client_max_backoff: s(2),
+            // The renewal starts 2 s (a quarter of the TTL) before expiry, so
+            // whatever the token's age, it expires within the outage.
+            auth_outage: token_ttl + s(3),
+            auth_outage_mean_gap: match mode {
+                Mode::Short => s(4),
+                Mode::Long => s(10),
+            },
             bcrypt_cost: 4,
         }
     }

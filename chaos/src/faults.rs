@@ -32,11 +32,14 @@ pub enum FaultKind {
     HubRedisRestart,
     /// A second daemon with the same identity, against the same device Redis, for a while.
     TwinDaemon,
+    /// A device's way to lula-auth blackholed for longer than a token lives,
+    /// while its hub connection is left alone: the token expires mid-sync.
+    AuthOutage,
 }
 
 impl FaultKind {
     /// Every kind, in table order.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::ProxyCut,
         FaultKind::ProxyStall,
         FaultKind::ProxyDelay,
@@ -47,6 +50,7 @@ impl FaultKind {
         FaultKind::DeviceRedisRestart,
         FaultKind::HubRedisRestart,
         FaultKind::TwinDaemon,
+        FaultKind::AuthOutage,
     ];
 
     /// The kinds the monkey injects (the others are the proxy's).
@@ -71,6 +75,7 @@ impl FaultKind {
             FaultKind::DeviceRedisRestart => "device Redis SIGKILL + restart (AOF)",
             FaultKind::HubRedisRestart => "hub Redis SIGKILL + restart (AOF)",
             FaultKind::TwinDaemon => "twin daemon (same identity)",
+            FaultKind::AuthOutage => "auth blackholed past token expiry",
         }
     }
 

@@ -7,7 +7,9 @@
 //! stalls, delays and cuts mid-frame; the hub and daemons are killed with
 //! SIGKILL and restarted; device Redis servers and the hub's Redis are killed
 //! and restarted from their AOF; twin daemons with a device's identity run
-//! beside it; session tokens live 8 seconds, so reconnects need fresh logins.
+//! beside it; session tokens live 8 seconds, so reconnects need fresh logins,
+//! and a device's way to lula-auth is blackholed past its token's expiry now
+//! and then, so tokens run out on live connections.
 //! Every random choice comes from the printed seed (`--seed` repeats the
 //! choices; the timing of processes and networks still varies from run to run).
 //!
@@ -24,6 +26,7 @@
 //! - [`cluster`]: Redis servers, services, proxies and devices of one run.
 //! - [`proxy`]: the TCP fault proxy.
 //! - [`monkey`]: process-level faults at random points.
+//! - [`expiry`]: auth outages that let tokens expire mid-sync.
 //! - [`faults`]: fault kinds and their counters.
 //! - [`chance`]: seeds and random gaps.
 //! - [`workload`]: the paced producers, surviving Redis restarts.
@@ -41,6 +44,7 @@ pub mod cluster;
 pub mod config;
 pub mod drain;
 pub mod events;
+pub mod expiry;
 pub mod faults;
 pub mod logs;
 pub mod monkey;
@@ -126,6 +130,14 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Report> {
         events.clone(),
         monkey_stop.clone(),
     ));
+    let expiry = tokio::spawn(expiry::run(
+        cluster.clone(),
+        config.faults.clone(),
+        config.seed_for("expiry", 0),
+        counts.clone(),
+        events.clone(),
+        monkey_stop.clone(),
+    ));
     let workload = Workload::start(&cluster, &config.sizes, events.clone());
     let progress_stop = CancellationToken::new();
     tokio::spawn(progress(
@@ -143,6 +155,11 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Report> {
         Err(e) => report
             .errors
             .push(format!("the fault injector failed: {e}")),
+    }
+    if let Err(e) = expiry.await {
+        report
+            .errors
+            .push(format!("the expiry injector failed: {e}"));
     }
     events.note("faults off");
     let produced = workload.finish(config.sizes.drain_timeout).await;

@@ -1,6 +1,7 @@
-//! What the child processes' logs tell after a run: logins and refused
-//! (expired) tokens, which show the token TTL at work, and panics, which are
-//! failures whatever the checker says.
+//! What the child processes' logs tell after a run: logins, tokens that
+//! expired (connections the hub closed with 4001, reconnects it refused with
+//! 401) and the daemons' logins after them, which show the token TTL at work,
+//! and panics, which are failures whatever the checker says.
 
 use std::path::Path;
 
@@ -15,12 +16,21 @@ pub struct LogFindings {
     /// Reconnects the hub refused with 401 because the token had expired (or
     /// its session was gone), after which the daemon logged in again.
     pub refused_tokens: u64,
+    /// Live connections the hub closed with 4001 (session expired) because
+    /// the token ran out mid-sync, as the daemons logged them.
+    pub expired_mid_sync: u64,
+    /// Connections a daemon made again, with a fresh login, after its token
+    /// had expired (a 4001 close or a 401 refusal since its last connection).
+    pub relogins_after_expiry: u64,
     /// Lines reporting a panic, as `file: line`.
     pub panics: Vec<String>,
     /// Per log file, its count of WARN and ERROR lines (expected under
     /// faults; listed to point at where to look).
     pub warnings: Vec<(String, u64)>,
 }
+
+/// How a daemon's log line names the close code of an expired session.
+const EXPIRED_CODE: &str = "code=4001";
 
 /// Reads every `*.log` in `dir`.
 pub fn scan(dir: &Path) -> LogFindings {
@@ -44,6 +54,8 @@ pub fn scan(dir: &Path) -> LogFindings {
         };
         let text = String::from_utf8_lossy(&bytes);
         let mut warnings = 0;
+        // An expiry seen since this daemon's last connection.
+        let mut expired = false;
         for line in text.lines() {
             if line.contains("panicked at") {
                 found.panics.push(format!("{name}: {line}"));
@@ -56,6 +68,14 @@ pub fn scan(dir: &Path) -> LogFindings {
             }
             if line.contains("hub refused the session token") {
                 found.refused_tokens += 1;
+                expired = true;
+            }
+            if line.contains("hub ended the session") && line.contains(EXPIRED_CODE) {
+                found.expired_mid_sync += 1;
+                expired = true;
+            }
+            if line.contains("connected to hub") && std::mem::take(&mut expired) {
+                found.relogins_after_expiry += 1;
             }
         }
         if warnings > 0 {
@@ -70,7 +90,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_logins_refusals_panics_and_warnings() {
+    fn counts_logins_expiries_relogins_panics_and_warnings() {
         let dir = std::env::temp_dir().join(format!("lula-chaos-logs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
@@ -83,9 +103,24 @@ mod tests {
             "x  INFO hub refused the session token; logging in again\nx  WARN disconnected\nthread 'main' panicked at x.rs:1\n",
         )
         .unwrap();
+        std::fs::write(
+            dir.join("dev-02.log"),
+            concat!(
+                "x  INFO lula_client::session: connected to hub upstream=0-0\n",
+                "x  INFO lula_client::daemon: hub ended the session; logging in again code=4003\n",
+                "x  INFO lula_client::session: connected to hub upstream=1-0\n",
+                "x  INFO lula_client::daemon: hub ended the session; logging in again code=4001\n",
+                "x  INFO lula_client::daemon: hub refused the session token; logging in again\n",
+                "x  INFO lula_client::session: connected to hub upstream=2-0\n",
+                "x  INFO lula_client::session: connected to hub upstream=3-0\n",
+            ),
+        )
+        .unwrap();
         let f = scan(&dir);
         assert_eq!(f.logins, 2);
-        assert_eq!(f.refused_tokens, 1);
+        assert_eq!(f.refused_tokens, 2);
+        assert_eq!(f.expired_mid_sync, 1);
+        assert_eq!(f.relogins_after_expiry, 1);
         assert_eq!(f.panics.len(), 1);
         assert_eq!(f.warnings, vec![("dev-01.log".to_string(), 1)]);
         std::fs::remove_dir_all(dir).unwrap();

@@ -14,6 +14,11 @@
 //!   timeouts, then cut, so both ends must notice silence by themselves.
 //!
 //! When either side closes or fails, the proxy closes the other.
+//!
+//! Each daemon also reaches lula-auth through a proxy of its own, without
+//! random faults: the expiry injector ([`crate::expiry`]) blackholes it through
+//! its [`ProxyControl`] for longer than a token lives, and keeps the device's
+//! hub proxy quiet meanwhile, so the token expires on a live connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +30,7 @@ use rand::{RngExt as _, SeedableRng as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +59,77 @@ pub struct ProxyOptions {
     pub events: Arc<Events>,
     /// Seed of this proxy's choices (each connection derives its own).
     pub seed: u64,
+    /// Outages and quiet spells imposed from outside.
+    pub control: Arc<ProxyControl>,
+}
+
+/// What an injector outside the proxy can do to all its connections at once.
+#[derive(Debug)]
+pub struct ProxyControl {
+    /// `Some(until)`: every connection, old or new, is blackholed until then
+    /// (nothing forwarded either way), and each one that had bytes held is cut
+    /// when it ends.
+    blackhole: watch::Sender<Option<Instant>>,
+    /// No random faults are injected before this.
+    quiet_until: Mutex<Option<Instant>>,
+}
+
+impl Default for ProxyControl {
+    fn default() -> Self {
+        ProxyControl {
+            blackhole: watch::channel(None).0,
+            quiet_until: Mutex::new(None),
+        }
+    }
+}
+
+impl ProxyControl {
+    /// Blackholes every connection until `until`.
+    pub fn blackhole_until(&self, until: Instant) {
+        self.blackhole.send_replace(Some(until));
+    }
+
+    /// Injects no random faults until `until`.
+    pub fn quiet_until(&self, until: Instant) {
+        *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+    }
+
+    /// Ends any blackhole or quiet spell now.
+    pub fn clear(&self) {
+        self.blackhole.send_replace(None);
+        *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn quiet(&self) -> bool {
+        self.quiet_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t > Instant::now())
+    }
+
+    /// Holds a chunk while a blackhole lasts; true if it was held (or the
+    /// connection closed meanwhile): the caller then cuts the connection.
+    async fn held(&self, closed: &CancellationToken) -> bool {
+        if self.blackhole.borrow().is_none() {
+            return false;
+        }
+        let mut rx = self.blackhole.subscribe();
+        let mut held = false;
+        loop {
+            let until = *rx.borrow_and_update();
+            match until {
+                Some(t) if t > Instant::now() => {
+                    held = true;
+                    tokio::select! {
+                        _ = closed.cancelled() => return true,
+                        _ = tokio::time::sleep_until(t) => {}
+                        _ = rx.changed() => {}
+                    }
+                }
+                _ => return held,
+            }
+        }
+    }
 }
 
 /// What every connection of one proxy shares.
@@ -211,7 +288,7 @@ async fn inject(state: &ConnState, shared: &Shared, n: u64, mut rng: StdRng) {
             _ = state.closed.cancelled() => return,
             _ = tokio::time::sleep(gap) => {}
         }
-        if !o.faults_on.load(Ordering::Relaxed) {
+        if !o.faults_on.load(Ordering::Relaxed) || o.control.quiet() {
             continue;
         }
         // Out of 100: cut 30, stall 25, delay 20, mid-frame cut 25; blackholes,
@@ -293,6 +370,15 @@ async fn pump(
                 _ = tokio::time::sleep(d) => {}
             }
         }
+        if shared.options.control.held(&state.closed).await {
+            let o = &shared.options;
+            o.events.detail(format_args!(
+                "proxy {} conn {n}: {dir:?} held by a blackhole, cut",
+                o.name
+            ));
+            state.close(false);
+            break;
+        }
         if state.closed.is_cancelled() {
             break;
         }
@@ -354,6 +440,7 @@ mod tests {
                 counts: Arc::default(),
                 events,
                 seed: 1,
+                control: Arc::default(),
             },
             shutdown.clone(),
         )
@@ -398,6 +485,7 @@ mod tests {
                 counts: counts.clone(),
                 events,
                 seed: 7,
+                control: Arc::default(),
             },
             shutdown.clone(),
         )
@@ -426,6 +514,60 @@ mod tests {
             "{:?}",
             counts.snapshot()
         );
+        shutdown.cancel();
+        let _ = std::fs::remove_file(dir);
+    }
+
+    /// A blackhole holds bytes until it ends, then cuts the connection; a
+    /// connection made afterwards goes through.
+    #[tokio::test]
+    async fn a_blackhole_holds_then_cuts_and_later_connections_work() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("lula-chaos-proxy-bh-{}", std::process::id()));
+        let events = Arc::new(Events::create(&dir, false).unwrap());
+        let control: Arc<ProxyControl> = Arc::default();
+        let shutdown = CancellationToken::new();
+        let addr = start(
+            ProxyOptions {
+                name: "t".into(),
+                upstream: echo_addr,
+                settings: FaultSettings::for_mode(crate::config::Mode::Short),
+                faults_on: Arc::new(AtomicBool::new(false)),
+                counts: Arc::default(),
+                events,
+                seed: 3,
+                control: control.clone(),
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        control.blackhole_until(Instant::now() + Duration::from_millis(500));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("the blackhole never ended");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "bytes went through a blackhole: {read:?}"
+        );
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"hello");
         shutdown.cancel();
         let _ = std::fs::remove_file(dir);
     }

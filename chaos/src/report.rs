@@ -164,7 +164,17 @@ impl Report {
         let _ = writeln!(
             t,
             "  {:<42} {:>10}",
+            "token expiries mid-sync (hub closed 4001)", self.logs.expired_mid_sync
+        );
+        let _ = writeln!(
+            t,
+            "  {:<42} {:>10}",
             "token expiry: reconnects refused (401)", self.logs.refused_tokens
+        );
+        let _ = writeln!(
+            t,
+            "  {:<42} {:>10}",
+            "re-logins after expiry", self.logs.relogins_after_expiry
         );
         let _ = writeln!(
             t,

@@ -56,7 +56,15 @@ async fn under_random_faults_nothing_is_lost_doubled_or_reordered_either_way() {
             );
         }
     }
-    assert!(report.token_renewals() > 0, "no token expired mid-sync");
+    assert!(report.token_renewals() > 0, "no token was renewed");
+    assert!(
+        report.logs.expired_mid_sync > 0,
+        "no token expired on a live connection (seed {seed})"
+    );
+    assert!(
+        report.logs.relogins_after_expiry > 0,
+        "no daemon logged in again after its token expired (seed {seed})"
+    );
     assert!(report.passed(), "see the table above (seed {seed})");
     let _ = std::fs::remove_dir_all(&run_dir);
 }
