@@ -3,8 +3,8 @@
 //! report says so instead of showing numbers.
 
 use std::io;
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Resident memory of `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_bytes(pid: u32) -> io::Result<u64> {
@@ -107,6 +107,100 @@ impl CpuMeter {
     }
 }
 
+/// The resident memory of a few labelled processes, sampled in the background
+/// every [`RssSampler::EVERY`] while it lives, keeping each one's peak.
+pub struct RssSampler {
+    procs: Arc<Mutex<Vec<RssTrack>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One process's readings.
+#[derive(Debug, Clone)]
+struct RssTrack {
+    label: String,
+    pid: u32,
+    /// The first reading (at start), if any.
+    first: Option<u64>,
+    /// The highest reading so far.
+    peak: u64,
+}
+
+/// The peak of one process's resident memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RssPeak {
+    /// Its label.
+    pub label: String,
+    /// Resident memory when sampling started, bytes (0 if unreadable).
+    pub start: u64,
+    /// The highest reading since, bytes (0 if never readable).
+    pub peak: u64,
+}
+
+impl RssSampler {
+    /// How often the processes are read: often enough to catch the peak of a
+    /// catch-up that lasts seconds, cheaply (one small `/proc` read each).
+    pub const EVERY: Duration = Duration::from_millis(10);
+
+    /// Starts sampling; call from within a tokio runtime.
+    pub fn start(procs: Vec<(String, u32)>) -> Self {
+        let tracks: Vec<RssTrack> = procs
+            .into_iter()
+            .map(|(label, pid)| {
+                let first = rss_bytes(pid).ok();
+                RssTrack {
+                    label,
+                    pid,
+                    first,
+                    peak: first.unwrap_or(0),
+                }
+            })
+            .collect();
+        let procs = Arc::new(Mutex::new(tracks));
+        let shared = procs.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Self::EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                sample(&shared);
+            }
+        });
+        RssSampler { procs, task }
+    }
+
+    /// Each process's reading at start and peak so far (read once more now).
+    pub fn peaks(&self) -> Vec<RssPeak> {
+        sample(&self.procs);
+        lock(&self.procs)
+            .iter()
+            .map(|t| RssPeak {
+                label: t.label.clone(),
+                start: t.first.unwrap_or(0),
+                peak: t.peak,
+            })
+            .collect()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn sample(procs: &Mutex<Vec<RssTrack>>) {
+    for t in lock(procs).iter_mut() {
+        if let Ok(rss) = rss_bytes(t.pid) {
+            t.peak = t.peak.max(rss);
+            t.first.get_or_insert(rss);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +212,21 @@ mod tests {
         cpu_ticks(me).unwrap();
         thread_cpu().unwrap();
         assert!(open_fds(me).unwrap() >= 3);
+    }
+
+    #[tokio::test]
+    async fn the_sampler_sees_this_process_grow() {
+        let sampler = RssSampler::start(vec![("me".into(), std::process::id())]);
+        let before = sampler.peaks()[0].clone();
+        assert!(before.start > 0 && before.peak >= before.start);
+        // 64 MiB, touched so it is resident.
+        let big = vec![1u8; 64 << 20];
+        tokio::time::sleep(RssSampler::EVERY * 3).await;
+        let after = sampler.peaks()[0].clone();
+        assert!(
+            after.peak >= before.peak + (32 << 20),
+            "{before:?} -> {after:?} (held {} bytes)",
+            big.iter().map(|&b| b as usize).sum::<usize>()
+        );
     }
 }

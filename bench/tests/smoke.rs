@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use lula_bench::{RunConfig, Scenario, Sizes};
 
-async fn smoke(scenario: Scenario) {
+async fn smoke(scenario: Scenario) -> lula_bench::Report {
     let config = RunConfig {
         scenarios: vec![scenario],
         sizes: Sizes::smoke(),
@@ -20,7 +20,29 @@ async fn smoke(scenario: Scenario) {
             .unwrap_or_else(|| panic!("{} did not run", s.name()));
         assert!(check.passed, "{}: {}", s.name(), check.detail);
     }
+    report
 }
+
+/// The value of a memory row (`"12.3 MiB (...)"`) in bytes.
+fn row_bytes(report: &lula_bench::Report, scenario: Scenario, metric: &str) -> f64 {
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.scenario == scenario && r.metric == metric)
+        .unwrap_or_else(|| panic!("no row {metric:?}"));
+    let mut words = row.value.split_whitespace();
+    let number: f64 = words.next().and_then(|n| n.parse().ok()).expect("a number");
+    match words.next() {
+        Some("MiB") => number * 1024.0 * 1024.0,
+        Some("KiB") => number * 1024.0,
+        other => panic!("unknown unit {other:?} in {:?}", row.value),
+    }
+}
+
+/// A loose bound on the catch-up's memory: far above what a bounded client
+/// and hub need, far below what holding a backlog would take at full size.
+/// Not a measurement; the numbers are in the full run's table.
+const SANE_PEAK_BYTES: f64 = 512.0 * 1024.0 * 1024.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_writes_every_entry() {
@@ -29,7 +51,17 @@ async fn baseline_writes_every_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_delivers_a_preloaded_stream_exactly_once() {
-    smoke(Scenario::Upstream).await;
+    let report = smoke(Scenario::Upstream).await;
+    for metric in [
+        "peak hub RSS during catch-up",
+        "peak lula-bench RSS (client) during catch-up",
+    ] {
+        let peak = row_bytes(&report, Scenario::Upstream, metric);
+        assert!(
+            peak > 0.0 && peak < SANE_PEAK_BYTES,
+            "{metric}: {peak} bytes"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +76,17 @@ async fn fanin_delivers_every_device_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downstream_delivers_a_preloaded_stream_exactly_once() {
-    smoke(Scenario::Downstream).await;
+    let report = smoke(Scenario::Downstream).await;
+    for metric in [
+        "peak hub RSS during catch-up",
+        "peak lula-bench RSS (client) during catch-up",
+    ] {
+        let peak = row_bytes(&report, Scenario::Downstream, metric);
+        assert!(
+            peak > 0.0 && peak < SANE_PEAK_BYTES,
+            "{metric}: {peak} bytes"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

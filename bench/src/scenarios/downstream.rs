@@ -1,14 +1,15 @@
 //! Scenario 4, downstream: the hub's out stream for one device already holds
 //! the whole load when the device's daemon starts; how fast it all reaches
 //! the device's `lula-client:in:x`. The clock runs from the daemon's start
-//! until `XLEN` of the device's in stream reaches the count.
+//! until `XLEN` of the device's in stream reaches the count, sampling the
+//! resident memory of the hub and of lula-bench (the client runs in it).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use super::{Ctx, EXACTLY_ONCE, Outcome, check_row, cpu_rows};
+use super::{Ctx, EXACTLY_ONCE, Outcome, catch_up_sampler, check_row, cpu_rows, memory_rows};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
 use crate::devices::{Daemons, DeviceServers};
@@ -48,11 +49,16 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
         ("device redis".into(), servers.pids()),
         ("lula-bench (client, auth)".into(), vec![std::process::id()]),
     ]);
+    let memory = catch_up_sampler(cloud.hub.pid());
     let mut daemons = Daemons::new()?;
     let start = Instant::now();
     daemons.start(&device, &servers, &cloud);
     let (_, first) = load::wait_len(&mut dev, &in_key, 1, s.wait_timeout).await?;
+    load::wait_len(&mut dev, &in_key, (n / 10).max(1), s.wait_timeout).await?;
+    let at_tenth = memory.peaks();
     let (len, done) = load::wait_len(&mut dev, &in_key, n, s.wait_timeout).await?;
+    let at_end = memory.peaks();
+    drop(memory);
     let mut rows = Vec::new();
     let metric = format!("entries/s ({} preloaded, 1 device)", thousands(n));
     let target = format!(">= {}", per_second(TARGET_RATE, "entries"));
@@ -93,6 +99,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
         ));
     }
     rows.extend(cpu_rows(SCENARIO, "transfer", &meter));
+    rows.extend(memory_rows(SCENARIO, &at_tenth, &at_end, n));
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopped = daemons.stop().await;

@@ -14,8 +14,8 @@ pub mod upstream;
 use std::path::Path;
 
 use crate::config::{Scenario, Sizes};
-use crate::procstat::CpuMeter;
-use crate::report::Row;
+use crate::procstat::{CpuMeter, RssPeak, RssSampler};
+use crate::report::{Row, bytes};
 
 /// What every scenario gets.
 pub struct Ctx<'a> {
@@ -62,6 +62,55 @@ pub fn cpu_rows(scenario: Scenario, phase: &str, meter: &CpuMeter) -> Vec<Row> {
             )
         })
         .collect()
+}
+
+/// The resident memory of the hub process and of lula-bench (which runs the
+/// client and lula-auth in-process), sampled through a catch-up.
+pub fn catch_up_sampler(hub_pid: u32) -> RssSampler {
+    RssSampler::start(vec![
+        ("hub RSS".into(), hub_pid),
+        ("lula-bench RSS (client)".into(), std::process::id()),
+    ])
+}
+
+/// Rows of the memory a catch-up of `n` entries took: each process's peak,
+/// with its reading at the start and its peak by the 10 % mark, then how much
+/// the peak grew per 100k entries from the 10 % mark to the end. A client or
+/// hub that held the backlog, or anything per entry, would grow with it.
+pub fn memory_rows(
+    scenario: Scenario,
+    at_tenth: &[RssPeak],
+    at_end: &[RssPeak],
+    n: u64,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut growth = Vec::new();
+    for end in at_end {
+        let tenth = at_tenth
+            .iter()
+            .find(|p| p.label == end.label)
+            .map_or(end.peak, |p| p.peak);
+        rows.push(Row::info(
+            scenario,
+            format!("peak {} during catch-up", end.label),
+            format!(
+                "{} (at start {}, peak by the 10% mark {})",
+                bytes(end.peak as f64),
+                bytes(end.start as f64),
+                bytes(tenth as f64)
+            ),
+        ));
+        let hundreds_of_k = (n as f64 * 0.9 / 100_000.0).max(1e-9);
+        let per = (end.peak as f64 - tenth as f64) / hundreds_of_k;
+        let name = end.label.split(' ').next().unwrap_or(&end.label);
+        growth.push(format!("{name} +{}", bytes(per)));
+    }
+    rows.push(Row::info(
+        scenario,
+        "peak RSS growth per 100k entries, 10% mark to end",
+        growth.join(", "),
+    ));
+    rows
 }
 
 /// The row of a scenario's check (`target` says what must hold).

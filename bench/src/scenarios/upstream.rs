@@ -1,14 +1,16 @@
 //! Scenario 1, upstream: one device whose out stream already holds the whole
 //! load when its daemon starts; how fast it all reaches `lula-hub:in:x`.
 //! The clock runs from the daemon's start (registration, login and connect
-//! included) until `XLEN` of the hub's in stream reaches the count.
+//! included) until `XLEN` of the hub's in stream reaches the count. Meanwhile
+//! the resident memory of the hub and of lula-bench (the client runs in it) is
+//! sampled: a long-offline device's backlog must not cost memory in proportion.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use super::{Ctx, EXACTLY_ONCE, Outcome, check_row, cpu_rows};
+use super::{Ctx, EXACTLY_ONCE, Outcome, catch_up_sampler, check_row, cpu_rows, memory_rows};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
 use crate::devices::{Daemons, DeviceServers};
@@ -55,11 +57,16 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
         ("device redis".into(), servers.pids()),
         ("lula-bench (client, auth)".into(), vec![std::process::id()]),
     ]);
+    let memory = catch_up_sampler(cloud.hub.pid());
     let mut daemons = Daemons::new()?;
     let start = Instant::now();
     daemons.start(&device, &servers, &cloud);
     let (_, first) = load::wait_len(&mut hub, &in_key, 1, s.wait_timeout).await?;
+    load::wait_len(&mut hub, &in_key, (n / 10).max(1), s.wait_timeout).await?;
+    let at_tenth = memory.peaks();
     let (len, done) = load::wait_len(&mut hub, &in_key, n, s.wait_timeout).await?;
+    let at_end = memory.peaks();
+    drop(memory);
     let mut rows = Vec::new();
     match done {
         Some(done) => {
@@ -109,6 +116,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
         ));
     }
     rows.extend(cpu_rows(SCENARIO, "transfer", &meter));
+    rows.extend(memory_rows(SCENARIO, &at_tenth, &at_end, n));
 
     // Give a stray duplicate a moment to show, then stop writing and compare.
     tokio::time::sleep(Duration::from_millis(300)).await;
