@@ -352,4 +352,23 @@ async fn a_rate_limited_client_waits_as_told_and_comes_back() {
     device.produce(10, 20).await;
     wait_upstream(&cloud, "dev-1", 20).await;
     assert_exactly_once(&cloud, &device, "dev-1").await;
+
+    // It waited as told: the lockout refused one login, perhaps two around
+    // the window's edge. A client ignoring Retry-After retries on its own
+    // backoff (at most 500 ms here) and is refused about six times.
+    let metrics = reqwest::get(format!("{}/metrics", cloud.auth_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let limited = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"lula_auth_rate_limited_total{action="login"} "#))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        (1..=2).contains(&limited),
+        "{limited} logins refused with 429 during a 3 s lockout:\n{metrics}"
+    );
 }
