@@ -6,16 +6,16 @@
 //!    or a close code;
 //! 2. another device on the same hub (the witness) keeps syncing: it appends an
 //!    entry after every row;
-//! 3. nothing reached Redis for the refused request: `lula-hub:in:x` grew by
-//!    the witness's entry alone, the cursor hash changed in the witness's field
-//!    alone, and no key appeared.
+//! 3. nothing reached Redis for the refused request: every key's type,
+//!    content and expiry are as before, except the witness's entry and cursor
+//!    and the fleet bookkeeping every connection writes (see [`Snapshot`]).
 //!
 //! Some rows also have single tests in `protocol.rs`; here each gets all three
 //! checks.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,31 +40,181 @@ const HANG_GUARD: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // The three checks
 
-/// What the hub has written: the in stream's length, the cursor hash, the
-/// number of keys.
-#[derive(Debug, Clone, PartialEq)]
+/// Fields of a device's fleet hash (`hub/src/fleet.rs`) that the hub writes
+/// for any connection, a refused request's included: on connect, at each
+/// heartbeat, with the last error it answered, on close. They are left out of
+/// [`Snapshot`]; every other field of the hash (the acknowledged
+/// `downstreamCursor`, anything unknown) must not change.
+const FLEET_BOOKKEEPING: [&str; 10] = [
+    "owner",
+    "hub",
+    "connected",
+    "connectedAt",
+    "heartbeat",
+    "lastSeen",
+    "lastError",
+    "lastErrorAt",
+    "closedAt",
+    "lastClose",
+];
+
+/// Everything in the hub's Redis, so that a refused request that wrote to any
+/// key, new or existing, shows. The exclusions, each written for any
+/// connection whatever it sends, so a refused request may cause them:
+/// - [`FLEET_BOOKKEEPING`] fields of the fleet hashes;
+/// - the scores of the fleet index (`lula-hub:devices:z`), which are the times
+///   of those writes (its members are compared).
+///
+/// The in stream and the cursor hash are kept apart only to say exactly what
+/// the witness may add to them.
+#[derive(Debug, Clone, PartialEq, Default)]
 struct Snapshot {
-    in_len: u64,
+    /// The in stream's entries, (id, fields).
+    in_stream: Vec<(String, Vec<String>)>,
+    /// The cursor hash.
     cursors: BTreeMap<String, String>,
-    keys: u64,
+    /// Each device's fleet hash without [`FLEET_BOOKKEEPING`].
+    fleet: BTreeMap<String, BTreeMap<String, String>>,
+    /// The members of the fleet index.
+    fleet_index: BTreeSet<String>,
+    /// Every other key: its type, its `DUMP` (content byte for byte), whether
+    /// it expires.
+    others: BTreeMap<String, (String, Option<Vec<u8>>, bool)>,
 }
 
 async fn snapshot(hub: &TestHub) -> Snapshot {
     let mut c = hub.redis().await;
-    let (in_len, cursors, keys): (u64, BTreeMap<String, String>, u64) = redis::pipe()
-        .cmd("XLEN")
-        .arg(hub.keys.in_stream())
-        .cmd("HGETALL")
-        .arg(hub.keys.cursors())
-        .cmd("DBSIZE")
+    // A test's own small Redis: KEYS is fine here.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
         .query_async(&mut c)
         .await
         .unwrap();
-    Snapshot {
-        in_len,
-        cursors,
-        keys,
+    let fleet_prefix = format!("{}:device:", hub.keys.prefix());
+    let mut snap = Snapshot::default();
+    for key in keys {
+        if key == hub.keys.in_stream() {
+            snap.in_stream = hub.range(&key).await;
+        } else if key == hub.keys.cursors() {
+            snap.cursors = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        } else if key.starts_with(&fleet_prefix) && key.ends_with(":h") {
+            let mut hash: BTreeMap<String, String> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            hash.retain(|field, _| !FLEET_BOOKKEEPING.contains(&field.as_str()));
+            snap.fleet.insert(key, hash);
+        } else if key == hub.keys.devices() {
+            snap.fleet_index = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        } else {
+            let (kind, dump, pttl): (String, Option<Vec<u8>>, i64) = redis::pipe()
+                .cmd("TYPE")
+                .arg(&key)
+                .cmd("DUMP")
+                .arg(&key)
+                .cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            snap.others.insert(key, (kind, dump, pttl >= 0));
+        }
     }
+    snap
+}
+
+/// How `after` differs from `before` beyond the witness appending `seqs`
+/// (in order) and moving its cursor to the last; empty when it does not.
+fn changes(before: &Snapshot, after: &Snapshot, seqs: &[String]) -> Vec<String> {
+    let mut changes = Vec::new();
+    let n = before.in_stream.len();
+    let added = after.in_stream.get(n..).unwrap_or_default();
+    if after.in_stream.get(..n) != Some(&before.in_stream[..]) {
+        changes.push("in stream: entries before the row changed".to_owned());
+    } else if added.len() != seqs.len()
+        || added
+            .iter()
+            .zip(seqs)
+            .any(|((_, fields), seq)| fields[..4] != ["client", "witness", "seq", seq.as_str()])
+    {
+        changes.push(format!(
+            "in stream: added {added:?}, the witness appended {seqs:?}"
+        ));
+    }
+    let mut want_cursors = before.cursors.clone();
+    if let Some(last) = seqs.last() {
+        want_cursors.insert("witness".into(), last.clone());
+    }
+    if after.cursors != want_cursors {
+        changes.push(format!(
+            "cursors: {:?} -> {:?}",
+            before.cursors, after.cursors
+        ));
+    }
+    let fleet_keys: BTreeSet<&String> = before.fleet.keys().chain(after.fleet.keys()).collect();
+    for key in fleet_keys {
+        // A hash the hub created meanwhile holds bookkeeping only: compare as empty.
+        let (b, a) = (before.fleet.get(key), after.fleet.get(key));
+        if b.cloned().unwrap_or_default() != a.cloned().unwrap_or_default() {
+            changes.push(format!("{key}: {b:?} -> {a:?}"));
+        }
+    }
+    if before.fleet_index != after.fleet_index {
+        changes.push(format!(
+            "fleet index members: {:?} -> {:?}",
+            before.fleet_index, after.fleet_index
+        ));
+    }
+    let other_keys: BTreeSet<&String> = before.others.keys().chain(after.others.keys()).collect();
+    for key in other_keys {
+        let (b, a) = (before.others.get(key), after.others.get(key));
+        if b != a {
+            let describe = |v: Option<&(String, Option<Vec<u8>>, bool)>| match v {
+                None => "absent".to_owned(),
+                Some((kind, _, expires)) => format!("{kind}, expires: {expires}"),
+            };
+            changes.push(format!(
+                "{key}: {} -> {} (or its content changed)",
+                describe(b),
+                describe(a)
+            ));
+        }
+    }
+    changes
+}
+
+/// Waits until the hub has recorded `client`'s connection in the fleet view
+/// (written in the background), so that write does not land inside a row.
+async fn wait_recorded(hub: &TestHub, client: &str) {
+    let mut c = hub.redis().await;
+    let id: lula_protocol::ClientId = client.parse().unwrap();
+    for _ in 0..500 {
+        let (hash, score): (u64, Option<f64>) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(hub.keys.device(&id))
+            .cmd("ZSCORE")
+            .arg(hub.keys.devices())
+            .arg(client)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if hash == 1 && score.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{client}: the hub never recorded the connection");
 }
 
 /// Another device on the same hub, appending one entry after each row.
@@ -86,6 +236,7 @@ impl Witness {
             mark: 0,
         };
         w.sync("start").await;
+        wait_recorded(hub, "witness").await;
         w
     }
 
@@ -113,20 +264,95 @@ impl Witness {
     /// Checks 2 and 3 after a refused request: the witness syncs once more,
     /// and Redis holds exactly `before` plus the witness's entries since.
     async fn assert_only_witness_wrote(&mut self, hub: &TestHub, before: &Snapshot, row: &str) {
-        let seq = self.sync(row).await;
+        self.sync(row).await;
         let after = snapshot(hub).await;
-        let mut want = before.clone();
-        want.in_len += self.n - self.mark;
-        want.cursors.insert("witness".into(), seq.clone());
-        assert_eq!(
-            after, want,
-            "{row}: Redis changed beyond the witness's entry"
+        let seqs: Vec<String> = (self.mark + 1..=self.n).map(|n| format!("{n}-0")).collect();
+        let changes = changes(before, &after, &seqs);
+        assert!(
+            changes.is_empty(),
+            "{row}: Redis changed beyond the witness's entries:\n{}",
+            changes.join("\n")
         );
-        let last = hub.range(&hub.keys.in_stream()).await.pop().unwrap();
-        assert_eq!(
-            last.1[..4],
-            ["client", "witness", "seq", seq.as_str()],
-            "{row}"
+    }
+}
+
+/// The check itself: each write a refused request must not make, to a key
+/// that already exists, is seen (the witness's own entry is not).
+#[tokio::test]
+async fn the_redis_check_sees_writes_to_existing_keys() {
+    let hub = spawn_hub().await;
+    let mut witness = Witness::start(&hub).await;
+    let _row_device = hub.connect("hostile-0").await;
+    wait_recorded(&hub, "hostile-0").await;
+    let mut c = hub.redis().await;
+    let sessions: Vec<String> = redis::cmd("KEYS")
+        .arg(hub.auth_keys.session("*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let session = sessions[0].clone();
+    let hostile: lula_protocol::ClientId = "hostile-0".parse().unwrap();
+
+    // Nothing but the witness's entry: no change.
+    let before = witness.snapshot(&hub).await;
+    witness
+        .assert_only_witness_wrote(&hub, &before, "control")
+        .await;
+
+    let writes: Vec<(&str, redis::Cmd)> = vec![
+        ("the device's own acknowledged downstream cursor", {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(hub.keys.device(&hostile))
+                .arg("downstreamCursor")
+                .arg("9-0");
+            cmd
+        }),
+        ("another device's cursor", {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(hub.keys.cursors()).arg("hostile-0").arg("1-0");
+            cmd
+        }),
+        ("a session record rewritten", {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&session).arg("hostile-0").arg("KEEPTTL");
+            cmd
+        }),
+        ("a session record made permanent", {
+            let mut cmd = redis::cmd("PERSIST");
+            cmd.arg(&session);
+            cmd
+        }),
+        ("a verification key replaced", {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(hub.auth_keys.verify_key(&hub.kid())).arg("x");
+            cmd
+        }),
+        ("an entry in the in stream", {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(hub.keys.in_stream())
+                .arg("*")
+                .arg("client")
+                .arg("hostile-0");
+            cmd
+        }),
+        ("a device added to the fleet index", {
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(hub.keys.devices()).arg(1).arg("ghost");
+            cmd
+        }),
+        ("a connection counter bumped", {
+            let mut cmd = redis::cmd("INCR");
+            cmd.arg(hub.keys.connection_generation(&hostile));
+            cmd
+        }),
+    ];
+    for (name, write) in writes {
+        let before = snapshot(&hub).await;
+        let _: redis::Value = write.query_async(&mut c).await.unwrap();
+        let after = snapshot(&hub).await;
+        assert!(
+            !changes(&before, &after, &[]).is_empty(),
+            "the check missed {name}"
         );
     }
 }
@@ -839,7 +1065,9 @@ async fn run_frame_rows(hub: &TestHub, rows: Vec<Row>) {
     let mut witness = Witness::start(hub).await;
     for (i, r) in rows.into_iter().enumerate() {
         let name = format!("row {i} ({})", r.name);
-        let mut ws = hub.connect(&format!("hostile-{i}")).await;
+        let client = format!("hostile-{i}");
+        let mut ws = hub.connect(&client).await;
+        wait_recorded(hub, &client).await;
         for seq in &r.setup {
             let reply = ws.request("xadd", entry(seq, &["setup", "1"])).await;
             assert!(reply["id"].is_string(), "{name}: setup {seq}: {reply}");
@@ -919,7 +1147,9 @@ async fn a_ping_flood_neither_stops_the_socket_nor_disturbs_other_devices() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut flooders = Vec::new();
     for f in 0..3 {
-        let mut ws = hub.connect(&format!("hostile-pings-{f}")).await;
+        let client = format!("hostile-pings-{f}");
+        let mut ws = hub.connect(&client).await;
+        wait_recorded(&hub, &client).await;
         let stop = stop.clone();
         flooders.push(tokio::spawn(async move {
             // Until the witness is done, and at least PINGS frames: the largest
@@ -987,6 +1217,7 @@ async fn a_device_that_never_reads_its_replies_disturbs_no_one() {
     let hub = spawn_hub().await;
     let mut witness = Witness::start(&hub).await;
     let hostile = hub.connect("hostile-deaf").await;
+    wait_recorded(&hub, "hostile-deaf").await;
     let before = witness.snapshot(&hub).await;
     let (mut sink, mut stream) = hostile.ws.split();
     let sender = tokio::spawn(async move {
