@@ -314,7 +314,7 @@ async fn the_redis_check_sees_writes_to_existing_keys() {
         }),
         ("a session record rewritten", {
             let mut cmd = redis::cmd("SET");
-            cmd.arg(&session).arg("hostile-0").arg("KEEPTTL");
+            cmd.arg(&session).arg("tampered").arg("KEEPTTL");
             cmd
         }),
         ("a session record made permanent", {
