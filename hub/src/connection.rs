@@ -101,6 +101,33 @@ async fn next_done(pending: &mut VecDeque<PendingAppend>) -> Result<Appended, In
     }
 }
 
+/// Looks at the session of a just registered connection once more, in the
+/// background. Its token was checked before the upgrade, when a revocation
+/// announced on pub/sub could not reach this connection yet; one announced
+/// in between would otherwise leave it open until its token expires. lula-auth
+/// deletes the record before it announces, so after this check every
+/// revocation is either seen here or heard by [`crate::live::Live`].
+fn recheck_session(state: &Arc<AppState>, claims: &Claims) {
+    let (task_state, claims) = (state.clone(), claims.clone());
+    state.tracker.spawn(async move {
+        let state = task_state;
+        let mut redis = state.auth_redis.clone();
+        match state.auth.session_alive(&mut redis, &claims).await {
+            Ok(true) => {}
+            Ok(false) => {
+                state.live.kick(
+                    claims.sub.as_str(),
+                    Some(&claims.sid),
+                    crate::live::Kick::REVOKED,
+                );
+            }
+            // The token was valid a moment ago, and a later revocation is
+            // heard on pub/sub; nothing to do but note it.
+            Err(e) => tracing::debug!(error = %e, "session recheck after connect failed"),
+        }
+    });
+}
+
 /// Serves one authenticated device until it disconnects, misbehaves past
 /// recovery, falls silent, or the hub shuts down.
 pub async fn serve(
@@ -118,6 +145,7 @@ pub async fn serve(
     state.metrics.connections.inc();
     let cancel = state.shutdown.child_token();
     let (registration, mut kicked) = state.live.register(&claims.sub, &claims.sid, generation);
+    recheck_session(&state, &claims);
     if generation > 0 {
         // At once on this hub; the announcement reaches the other replicas.
         state.live.replaced(claims.sub.as_str(), generation);

@@ -57,11 +57,21 @@ impl Authenticator {
         let kid = token::kid_of(token)?;
         let key = self.key(redis, &kid).await?;
         let claims = token::verify(token, &key)?;
-        let owner: Option<String> = redis.get(self.keys.session(&claims.sid)).await?;
-        if owner.as_deref() != Some(claims.sub.as_str()) {
+        if !self.session_alive(redis, &claims).await? {
             return Err(TokenError::Revoked.into());
         }
         Ok(claims)
+    }
+
+    /// Whether the session of `claims` still exists (and is that device's):
+    /// lula-auth deletes the record when it revokes the session.
+    pub async fn session_alive(
+        &self,
+        redis: &mut RedisConn,
+        claims: &Claims,
+    ) -> redis::RedisResult<bool> {
+        let owner: Option<String> = redis.get(self.keys.session(&claims.sid)).await?;
+        Ok(owner.as_deref() == Some(claims.sub.as_str()))
     }
 
     async fn key(&self, redis: &mut RedisConn, kid: &str) -> Result<[u8; 32], HubError> {
