@@ -6,17 +6,21 @@
 //! names and against the address it came from, in fixed windows. Once either
 //! count reaches its limit, further attempts of that kind are answered 429 with
 //! `Retry-After` until the window ends, before any OTP or bcrypt work is done.
+//! An attempt is counted *before* that work, atomically with the check
+//! ([`reserve`]), and given back afterwards if it was not a failure that
+//! counts, so attempts sent at the same time cannot slip past the limit.
 //! A successful login clears its client's count. Six-digit OTPs and device
 //! secrets cannot be guessed at ten tries per client per window.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use lula_protocol::ClientId;
 use lula_protocol::keys::AuthKeys;
+use redis::Script;
 use redis::aio::ConnectionLike;
 
 use crate::AppState;
@@ -71,85 +75,147 @@ pub struct Attempt<'a> {
     pub addr: Option<IpAddr>,
 }
 
-impl Attempt<'_> {
-    fn keys(&self, keys: &AuthKeys, limits: &Limits) -> Vec<(String, u64)> {
-        let action = self.action.name();
-        let mut out = Vec::with_capacity(2);
-        if let Some(c) = self.client {
-            out.push((keys.failures_of_client(action, c), limits.per_client));
-        }
-        if let Some(a) = &self.addr {
-            out.push((keys.failures_from(action, a), limits.per_address));
-        }
-        out
-    }
+/// KEYS[1] a failure counter. ARGV[1] its limit, ARGV[2] the window (ms).
+/// Refused: the counter's PTTL (>= 0). Reserved: -1, the counter raised by one.
+/// Check and count are one step, so attempts running at the same time cannot
+/// all see a count below the limit. One key per script: the per-client and
+/// per-address counters hash to different Redis Cluster slots.
+const RESERVE: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n >= tonumber(ARGV[1]) then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl < 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    ttl = tonumber(ARGV[2])
+  end
+  return ttl
+end
+redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return -1
+"#;
+
+/// KEYS[1] a failure counter. Gives back one reservation, unless the window
+/// ended meanwhile (the key is gone: nothing to give back, and a DECR would
+/// leave a counter without expiry).
+const RELEASE: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then redis.call('DECR', KEYS[1]) end
+return 0
+"#;
+
+static RESERVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+
+/// An attempt that got past the limits: it already counts as a failure of its
+/// client and address, until [`Reservation::succeeded`] or
+/// [`Reservation::settle`] says otherwise.
+#[must_use = "settle the reservation with the attempt's outcome"]
+pub struct Reservation {
+    action: Action,
+    client_key: Option<String>,
+    addr_key: Option<String>,
 }
 
-/// Refuses the attempt (429) if its client or address used up its failures.
-pub async fn check<C: ConnectionLike>(
+/// Reserves one failure of the attempt's client and address before any OTP or
+/// bcrypt work is done, or refuses it (429) if either used up its failures.
+///
+/// The attempt is counted up front, in the same Lua step that checks the
+/// count, so of N attempts running at once at most `limit` get through; the
+/// count is given back by [`Reservation::settle`] when the attempt turns out
+/// not to be a failure that counts.
+pub async fn reserve<C: ConnectionLike>(
     conn: &mut C,
     keys: &AuthKeys,
     limits: &Limits,
     attempt: &Attempt<'_>,
-) -> Result<(), AuthError> {
-    for (key, limit) in attempt.keys(keys, limits) {
-        let (count, ttl_ms): (Option<u64>, i64) = redis::pipe()
-            .cmd("GET")
-            .arg(&key)
-            .cmd("PTTL")
-            .arg(&key)
-            .query_async(conn)
-            .await?;
-        if count.unwrap_or(0) >= limit {
-            let secs = u64::try_from(ttl_ms).unwrap_or(0).div_ceil(1000).max(1);
-            return Err(AuthError::RateLimited {
-                retry_after_secs: secs,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Counts a failed attempt against its client and address.
-pub async fn failed<C: ConnectionLike>(
-    conn: &mut C,
-    keys: &AuthKeys,
-    limits: &Limits,
-    attempt: &Attempt<'_>,
-) -> Result<(), AuthError> {
-    let window_ms = limits.window.as_millis().max(1) as u64;
-    let mut pipe = redis::pipe();
-    for (key, _) in attempt.keys(keys, limits) {
-        // The window starts with the first failure; one command per key, so
-        // this works on Redis Cluster too.
-        pipe.cmd("SET")
-            .arg(&key)
-            .arg(0)
-            .arg("PX")
-            .arg(window_ms)
-            .arg("NX")
-            .ignore()
-            .cmd("INCR")
-            .arg(&key)
-            .ignore();
-    }
-    pipe.query_async::<()>(conn).await?;
-    Ok(())
-}
-
-/// Clears the client's failures after it proved itself.
-pub async fn succeeded<C: ConnectionLike>(
-    conn: &mut C,
-    keys: &AuthKeys,
-    attempt: &Attempt<'_>,
-) -> Result<(), AuthError> {
+) -> Result<Reservation, AuthError> {
+    let window_ms = limits.window.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+    let mut reservation = Reservation {
+        action: attempt.action,
+        client_key: None,
+        addr_key: None,
+    };
+    let action = attempt.action.name();
+    let mut wanted = Vec::with_capacity(2);
     if let Some(c) = attempt.client {
-        redis::cmd("DEL")
-            .arg(keys.failures_of_client(attempt.action.name(), c))
-            .query_async::<()>(conn)
-            .await?;
+        wanted.push((true, keys.failures_of_client(action, c), limits.per_client));
     }
-    Ok(())
+    if let Some(a) = &attempt.addr {
+        wanted.push((false, keys.failures_from(action, a), limits.per_address));
+    }
+    for (is_client, key, limit) in wanted {
+        let answer: Result<i64, _> = RESERVE_SCRIPT
+            .key(&key)
+            .arg(limit)
+            .arg(window_ms)
+            .invoke_async(conn)
+            .await;
+        match answer {
+            Ok(-1) if is_client => reservation.client_key = Some(key),
+            Ok(-1) => reservation.addr_key = Some(key),
+            Ok(ttl_ms) => {
+                // Refused: a reservation taken on the other key is no failure.
+                reservation.release_all(conn).await;
+                let secs = u64::try_from(ttl_ms).unwrap_or(0).div_ceil(1000).max(1);
+                return Err(AuthError::RateLimited {
+                    retry_after_secs: secs,
+                });
+            }
+            Err(e) => {
+                // Give back what was reserved already, then report the outage.
+                reservation.release_all(conn).await;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(reservation)
+}
+
+impl Reservation {
+    /// Settles the attempt: a failure that [`counts`] keeps its reservation;
+    /// anything else (a success, a malformed request, an outage, `busy`) gives
+    /// it back. A successful login also clears its client's count, as the
+    /// device proved itself.
+    pub async fn settle<C: ConnectionLike, T>(
+        mut self,
+        conn: &mut C,
+        result: &Result<T, AuthError>,
+    ) -> Result<(), AuthError> {
+        match result {
+            Err(e) if counts(e) => Ok(()),
+            Ok(_) if self.action == Action::Login => self.succeeded(conn).await,
+            _ => {
+                self.release_all(conn).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// The client proved itself: its count is cleared, and the address's
+    /// reservation given back.
+    async fn succeeded<C: ConnectionLike>(mut self, conn: &mut C) -> Result<(), AuthError> {
+        if let Some(key) = self.client_key.take() {
+            redis::cmd("DEL").arg(key).query_async::<()>(conn).await?;
+        }
+        self.release_all(conn).await;
+        Ok(())
+    }
+
+    /// Gives back every reservation still held. Best effort: if Redis fails
+    /// here the attempt stays counted, which errs on the side of the limit.
+    async fn release_all<C: ConnectionLike>(&mut self, conn: &mut C) {
+        for key in [self.client_key.take(), self.addr_key.take()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = RELEASE_SCRIPT.key(&key).invoke_async::<()>(conn).await {
+                tracing::warn!(error = %e, "cannot give back a failed-attempt reservation");
+            }
+        }
+    }
 }
 
 /// Whether a failure should count against the limits: the refusals a guesser

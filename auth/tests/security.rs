@@ -295,3 +295,118 @@ async fn a_live_session_renews_without_a_bcrypt_and_a_dead_one_cannot() {
     assert_eq!(post("/renew", json!({})).await.status(), 401);
     shutdown.cancel();
 }
+
+/// 50 wrong-OTP registrations of one client sent at once, per-client limit 3:
+/// the limit is checked and counted in one step before the OTP check, so at
+/// most 3 get an OTP check (403) and every other one is 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_wrong_otps_cannot_slip_past_the_client_limit() {
+    let app = spawn_app_with(|mut c| {
+        c.limits = limits(3, 1000);
+        c
+    })
+    .await;
+    let p = app.provision("dev-1").await;
+    let wrong = lula_auth::otp::code_at(&p.otp_secret, 1_000_000).unwrap();
+    let statuses = burst(
+        &app,
+        "/register",
+        50,
+        |_| json!({"client": "dev-1", "otp": wrong, "secret": secret("s")}),
+    )
+    .await;
+    let forbidden = statuses.iter().filter(|s| **s == 403).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(forbidden <= 3, "{forbidden} OTP checks ran: {statuses:?}");
+    assert_eq!(forbidden + limited, 50, "{statuses:?}");
+    // Every OTP check counted: the right code waits for the window now.
+    app.register(json!({"client": "dev-1", "otp": app.otp(&p.otp_secret), "secret": secret("s")}))
+        .await
+        .assert_error(429, "rate_limited");
+}
+
+/// The same for wrong secrets at /login, per client and per address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_wrong_secrets_cannot_slip_past_either_limit() {
+    for (per_client, per_address) in [(3, 1000), (1000, 3)] {
+        let app = spawn_app_with(|mut c| {
+            c.limits = limits(per_client, per_address);
+            c
+        })
+        .await;
+        app.register_device("dev-1", &secret("right")).await;
+        let statuses = burst(
+            &app,
+            "/login",
+            50,
+            |i| json!({"client": "dev-1", "secret": secret(&format!("wrong-{i}"))}),
+        )
+        .await;
+        let refused = statuses.iter().filter(|s| **s == 401).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert!(refused <= 3, "{refused} bcrypts ran: {statuses:?}");
+        assert_eq!(refused + limited, 50, "{statuses:?}");
+    }
+}
+
+/// A success and a refusal that does not count give their reservation back:
+/// a registration that succeeds, then re-registrations (409), leave the count
+/// where it was.
+#[tokio::test]
+async fn reservations_of_attempts_that_are_not_failures_are_given_back() {
+    let app = spawn_app_with(|mut c| {
+        c.limits = limits(2, 2);
+        c
+    })
+    .await;
+    let good = secret("right");
+    app.register_device("dev-1", &good).await;
+    for _ in 0..4 {
+        app.register(json!({"client": "dev-1", "otp": "123456", "secret": good}))
+            .await
+            .assert_error(409, "already_registered");
+    }
+    let key = app
+        .keys
+        .failures_of_client("register", &common::client_id("dev-1"));
+    assert_eq!(app.redis_get(&key).await.as_deref().unwrap_or("0"), "0");
+    for _ in 0..4 {
+        assert_eq!(
+            app.login(json!({"client": "dev-1", "secret": good}))
+                .await
+                .status,
+            200
+        );
+    }
+}
+
+/// Sends `n` POSTs of `body(i)` to `path` at once; their statuses.
+async fn burst(
+    app: &common::TestApp,
+    path: &str,
+    n: usize,
+    body: impl Fn(usize) -> serde_json::Value,
+) -> Vec<u16> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (http, url, body, barrier) =
+                (app.http.clone(), app.url(path), body(i), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                http.post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}

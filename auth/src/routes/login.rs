@@ -82,15 +82,9 @@ async fn login_request(
     };
     let mut redis = state.redis.clone();
     let limits = state.config.limits;
-    throttle::check(&mut redis, &state.keys, &limits, &attempt).await?;
+    let reservation = throttle::reserve(&mut redis, &state.keys, &limits, &attempt).await?;
     let result = log_in(&state, &mut redis, &client, req.secret).await;
-    match &result {
-        Ok(_) => throttle::succeeded(&mut redis, &state.keys, &attempt).await?,
-        Err(e) if throttle::counts(e) => {
-            throttle::failed(&mut redis, &state.keys, &limits, &attempt).await?
-        }
-        Err(_) => {}
-    }
+    reservation.settle(&mut redis, &result).await?;
     result.map(Json)
 }
 

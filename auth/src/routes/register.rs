@@ -92,13 +92,9 @@ async fn register_request(
     };
     let mut redis = state.redis.clone();
     let limits = state.config.limits;
-    throttle::check(&mut redis, &state.keys, &limits, &attempt).await?;
+    let reservation = throttle::reserve(&mut redis, &state.keys, &limits, &attempt).await?;
     let result = register_checked(&state, &mut redis, &client, &code, req.secret).await;
-    if let Err(e) = &result
-        && throttle::counts(e)
-    {
-        throttle::failed(&mut redis, &state.keys, &limits, &attempt).await?;
-    }
+    reservation.settle(&mut redis, &result).await?;
     result
 }
 
