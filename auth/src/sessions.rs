@@ -134,7 +134,10 @@ pub async fn revoke_device<C: ConnectionLike>(
     keys: &AuthKeys,
     client: &ClientId,
 ) -> Result<u64, AuthError> {
-    // The secret first: a login racing this cannot start a new session after.
+    // The secret first, the listing after: a login or renewal racing this
+    // creates its session before it reads the secret again
+    // (`routes::login::issue`), so either the listing below sees that session
+    // or that read sees the secret gone and ends the session itself.
     redis::cmd("HDEL")
         .arg(keys.client(client))
         .arg(lula_protocol::keys::fields::SECRET)

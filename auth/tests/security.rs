@@ -410,3 +410,42 @@ async fn burst(
     }
     out
 }
+
+/// A device whose secret is gone (revoked; `lula-auth revoke` ends its
+/// sessions too, so the secret is removed by hand here to leave a live one)
+/// cannot stay on by renewing its session, and the refusal leaves no session.
+#[tokio::test]
+async fn a_live_session_of_a_device_no_longer_registered_cannot_renew() {
+    let app = common::spawn_app().await;
+    let s = secret("dev-1");
+    app.register_device("dev-1", &s).await;
+    let token = app.login_token("dev-1", &s).await;
+    let renew = |token: String| {
+        let app = &app;
+        async move {
+            app.post_json("/renew", &json!({ "sessionToken": token }))
+                .await
+        }
+    };
+    renew(token.clone()).await.ok();
+    redis::cmd("HDEL")
+        .arg(app.keys.client(&common::client_id("dev-1")))
+        .arg(lula_protocol::keys::fields::SECRET)
+        .query_async::<()>(&mut app.conn.clone())
+        .await
+        .unwrap();
+    let sessions_before: Vec<String> = redis::cmd("KEYS")
+        .arg(app.keys.session("*"))
+        .query_async(&mut app.conn.clone())
+        .await
+        .unwrap();
+    renew(token.clone())
+        .await
+        .assert_error(403, "not_registered");
+    let sessions_after: Vec<String> = redis::cmd("KEYS")
+        .arg(app.keys.session("*"))
+        .query_async(&mut app.conn.clone())
+        .await
+        .unwrap();
+    assert_eq!(sessions_after.len(), sessions_before.len());
+}

@@ -12,7 +12,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 
-use super::login::{LoginResponse, issue};
+use super::login::{LoginResponse, Registration, issue};
 use super::session_token;
 use crate::AppState;
 use crate::body::RawBody;
@@ -33,7 +33,9 @@ pub async fn renew(
 }
 
 /// Renews a live session: 200 with a new token, 401 when the given token is
-/// not a live session's.
+/// not a live session's, 403 `not_registered` when the device's secret is gone
+/// (revoked or re-provisioned): a live session alone does not keep a revoked
+/// device on (see [`issue`]).
 async fn renew_request(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -42,7 +44,7 @@ async fn renew_request(
     let token = session_token(&headers, &body)?;
     let mut redis = state.redis.clone();
     let claims = sessions::verify(&mut redis, &state.keys, &state.signer, &token).await?;
-    let renewed = issue(&state, &mut redis, &claims.sub).await?;
+    let renewed = issue(&state, &mut redis, &claims.sub, Registration::Any).await?;
     tracing::debug!(client = %claims.sub, from = %claims.sid, "session renewed");
     Ok(Json(renewed))
 }
