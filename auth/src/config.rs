@@ -69,6 +69,10 @@ pub struct Config {
     pub prefix: String,
     /// bcrypt cost for device secrets (4 to 31).
     pub bcrypt_cost: u32,
+    /// bcrypt hashes that may run at once (default: one per core).
+    pub bcrypt_concurrency: std::num::NonZeroUsize,
+    /// Longest wait for a bcrypt slot before a request is answered 503 `busy`.
+    pub bcrypt_max_wait: Duration,
     /// Lifetime of a session token and its session record.
     pub token_ttl: Duration,
     /// The Ed25519 signing key as PKCS#8 PEM. `None`: generate one at start.
@@ -98,6 +102,8 @@ impl Config {
             redis_cluster: false,
             prefix: DEFAULT_AUTH_PREFIX.into(),
             bcrypt_cost: DEFAULT_BCRYPT_COST,
+            bcrypt_concurrency: crate::password::default_slots(),
+            bcrypt_max_wait: crate::password::MAX_WAIT,
             token_ttl: DEFAULT_TOKEN_TTL,
             signing_key_pem: None,
             redis_timeout: Duration::from_secs(5),
@@ -117,6 +123,8 @@ impl fmt::Debug for Config {
             .field("redis_cluster", &self.redis_cluster)
             .field("prefix", &self.prefix)
             .field("bcrypt_cost", &self.bcrypt_cost)
+            .field("bcrypt_concurrency", &self.bcrypt_concurrency)
+            .field("bcrypt_max_wait", &self.bcrypt_max_wait)
             .field("token_ttl", &self.token_ttl)
             .field(
                 "signing_key",

@@ -102,7 +102,12 @@ impl AppState {
         let metrics = Arc::new(metrics::AuthMetrics::default());
         Ok(Arc::new(AppState {
             keys: AuthKeys::new(config.prefix.clone()),
-            hasher: Hasher::new(config.bcrypt_cost, metrics.clone()),
+            hasher: Hasher::with_slots(
+                config.bcrypt_cost,
+                config.bcrypt_concurrency,
+                config.bcrypt_max_wait,
+                metrics.clone(),
+            ),
             metrics,
             config,
             redis,

@@ -67,6 +67,13 @@ struct ServeArgs {
     /// bcrypt cost of stored device secrets (4 to 31).
     #[arg(long, env = "LULA_BCRYPT_COST", default_value_t = lula_auth::config::DEFAULT_BCRYPT_COST)]
     bcrypt_cost: u32,
+    /// bcrypt hashes run at once (default: one per core); more wait their turn.
+    #[arg(long, env = "LULA_BCRYPT_CONCURRENCY")]
+    bcrypt_concurrency: Option<std::num::NonZeroUsize>,
+    /// Longest wait for a bcrypt slot before a registration or login is
+    /// answered 503 busy with Retry-After.
+    #[arg(long, env = "LULA_BCRYPT_MAX_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    bcrypt_max_wait: Duration,
     /// Lifetime of session tokens.
     #[arg(long, env = "LULA_TOKEN_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
@@ -153,6 +160,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redis_cluster: args.common.redis_cluster,
         prefix: args.common.prefix,
         bcrypt_cost: args.bcrypt_cost,
+        bcrypt_concurrency: args
+            .bcrypt_concurrency
+            .unwrap_or_else(lula_auth::password::default_slots),
+        bcrypt_max_wait: args.bcrypt_max_wait,
         token_ttl: args.token_ttl,
         signing_key_pem,
         redis_timeout: args.redis_timeout,

@@ -168,15 +168,23 @@ async fn malformed_requests_and_a_success_do_not_count_as_failures() {
     );
 }
 
+/// Unknown clients, provisioned clients that never registered and wrong
+/// secrets all cost one bcrypt verification at the configured cost: the time
+/// adds nothing to what the status code (403 or 401) already says.
 #[tokio::test]
-async fn an_unknown_client_costs_a_bcrypt_like_a_wrong_secret() {
+async fn unknown_and_unregistered_clients_cost_a_bcrypt_like_a_wrong_secret() {
     // Served by hand to see the hasher's work.
     let redis = RedisServer::start();
     let config = lula_auth::Config {
-        bcrypt_cost: 4,
+        bcrypt_cost: 5,
         ..lula_auth::Config::new(redis.url())
     };
     let state = lula_auth::AppState::new(config).unwrap();
+    assert!(
+        state.hasher.dummy_hash().starts_with("$2b$05$"),
+        "dummy hash {} is not at the configured cost",
+        state.hasher.dummy_hash()
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -186,21 +194,116 @@ async fn an_unknown_client_costs_a_bcrypt_like_a_wrong_secret() {
         shutdown.clone(),
         Default::default(),
     ));
-    let http = reqwest::Client::new();
-    let before = state.hasher.runs();
-    let r = http
-        .post(format!("http://{addr}/login"))
-        .json(&json!({"client": "nobody", "secret": secret("x")}))
-        .send()
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
-    assert_eq!(
-        state.hasher.runs(),
-        before + 1,
-        "no bcrypt for an unknown client"
-    );
+    lula_auth::provision::provision(
+        &mut conn,
+        &state.keys,
+        &common::client_id("unregistered"),
+        Duration::from_secs(60),
+        false,
+    )
+    .await
+    .unwrap();
+    let registered = common::client_id("registered");
+    let hash = bcrypt::hash(secret("right"), 5).unwrap();
+    redis::cmd("HSET")
+        .arg(state.keys.client(&registered))
+        .arg(lula_protocol::keys::fields::SECRET)
+        .arg(&hash)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    for (client, status) in [("nobody", 403), ("unregistered", 403), ("registered", 401)] {
+        let before = state.hasher.runs();
+        let r = http
+            .post(format!("http://{addr}/login"))
+            .json(&json!({"client": client, "secret": secret("x")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{client}");
+        assert_eq!(
+            state.hasher.runs(),
+            before + 1,
+            "{client}: not one bcrypt verification"
+        );
+    }
     shutdown.cancel();
+}
+
+/// With one bcrypt slot and a short wait for it, a flood of logins gets 503
+/// `busy` with `Retry-After` for those that waited too long, while the rest
+/// of the service keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logins_that_wait_too_long_for_a_bcrypt_slot_get_503_busy() {
+    let app = spawn_app_with(|mut c| {
+        c.bcrypt_cost = 10;
+        c.bcrypt_concurrency = std::num::NonZeroUsize::MIN;
+        c.bcrypt_max_wait = Duration::from_millis(10);
+        c.limits = limits(1000, 1000);
+        c
+    })
+    .await;
+    let n = 12;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (http, url, barrier) = (app.http.clone(), app.url("/login"), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let r = http
+                    .post(url)
+                    .json(&json!({"client": format!("nobody-{i}"), "secret": secret("x")}))
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let ct = r
+                    .headers()
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (r.status().as_u16(), retry, ct, r.text().await.unwrap())
+            })
+        })
+        .collect();
+    // The rest of the service answers meanwhile.
+    app.healthz().await.ok();
+    let mut busy = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let (status, retry, ct, body) = t.await.unwrap();
+        match status {
+            403 => refused += 1,
+            503 => {
+                busy += 1;
+                let retry: u64 = retry.expect("503 without Retry-After").parse().unwrap();
+                assert!(retry >= 1);
+                assert!(ct.unwrap_or_default().starts_with("application/json"));
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["code"], "busy", "{v}");
+                assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(busy > 0, "no login was turned away ({refused} ran)");
+    assert!(refused > 0, "no login got the slot");
+    // A 503 is no failed attempt: it did not count against the address.
+    let count = app
+        .redis_get(
+            &app.keys
+                .failures_from("login", &"127.0.0.1".parse().unwrap()),
+        )
+        .await;
+    assert_eq!(count, Some(refused.to_string()));
 }
 
 #[tokio::test]
