@@ -90,6 +90,9 @@ mod tests {
         assert!(check(&s, &code, t).unwrap());
         assert!(check(&s, &code, t + STEP_SECS).unwrap());
         assert!(check(&s, &code, t - STEP_SECS).unwrap());
+        // Skew is one step: two steps (60 s) either way is refused.
+        assert!(!check(&s, &code, t + 2 * STEP_SECS).unwrap());
+        assert!(!check(&s, &code, t - 2 * STEP_SECS).unwrap());
         assert!(!check(&s, &code, t + 3 * STEP_SECS).unwrap());
         assert!(!check(&s, "abcdef", t).unwrap());
         assert!(!check(&s, "", t).unwrap());

@@ -515,7 +515,7 @@ async fn secrets_at_both_length_bounds_are_accepted() {
 async fn unsupported_content_type_gets_415() {
     let app = spawn_app().await;
     let body = json!({ "client": "dev-1", "otp": "123456", "secret": secret("dev-1") }).to_string();
-    for path in ["/register", "/login", "/logout"] {
+    for path in ["/register", "/login", "/logout", "/renew"] {
         app.post_raw(path, Some("text/plain"), body.clone())
             .await
             .assert_error(415, "unsupported_media_type");
@@ -537,6 +537,7 @@ async fn bodies_over_the_limit_get_413_on_every_endpoint() {
         ),
         ("/login", json!({ "client": "dev-1", "secret": padding })),
         ("/logout", json!({ "sessionToken": padding })),
+        ("/renew", json!({ "sessionToken": padding })),
     ];
     for (path, body) in cases {
         app.post_json(path, &body)
@@ -557,7 +558,7 @@ async fn unknown_routes_get_json_404() {
 #[tokio::test]
 async fn wrong_methods_get_json_405() {
     let app = spawn_app().await;
-    for path in ["/login", "/register", "/logout"] {
+    for path in ["/login", "/register", "/logout", "/renew"] {
         app.get(path).await.assert_error(405, "method_not_allowed");
     }
     app.post_json("/healthz", &json!({}))

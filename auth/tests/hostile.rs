@@ -345,7 +345,7 @@ async fn hostile_bodies_get_4xx_json_and_register_nothing() {
             "bad_request",
         ));
     }
-    // Logout: the token in the body, of the wrong types.
+    // Logout and renew: the token in the body, of the wrong types.
     for (name, body) in [
         (
             "sessionToken is a number",
@@ -361,13 +361,15 @@ async fn hostile_bodies_get_4xx_json_and_register_nothing() {
         ),
         ("token body is null", "null".into()),
     ] {
-        rows.push(post(name, "/logout", JSON, body, 400, "bad_request"));
+        for path in ["/logout", "/renew"] {
+            rows.push(post(name, path, JSON, body.clone(), 400, "bad_request"));
+        }
     }
     run(&app, rows).await;
 }
 
 #[tokio::test]
-async fn hostile_tokens_at_logout_get_401_json() {
+async fn hostile_tokens_at_logout_and_renew_get_401_json() {
     let app = spawn_app().await;
     let long = "x".repeat(12_000);
     let rows = [
@@ -400,8 +402,12 @@ async fn hostile_tokens_at_logout_get_401_json() {
             Some(r#"{"token":"x.y.z"}"#),
         ),
     ];
-    for (name, auth, body) in rows {
-        let mut req = reqwest::Client::new().post(app.url("/logout"));
+    for ((name, auth, body), path) in rows
+        .into_iter()
+        .flat_map(|row| [(row.clone(), "/logout"), (row, "/renew")])
+    {
+        let name = format!("{path} {name}");
+        let mut req = reqwest::Client::new().post(app.url(path));
         if !auth.is_empty() {
             req = req.header(reqwest::header::AUTHORIZATION, auth);
         }
@@ -431,7 +437,7 @@ async fn wrong_methods_and_paths_get_json_405_and_404() {
     let (app, _) = provisioned().await;
     let mut rows = Vec::new();
     let extension = Method::from_bytes(b"FROB").unwrap();
-    for path in ["/register", "/login", "/logout"] {
+    for path in ["/register", "/login", "/logout", "/renew"] {
         for method in [
             Method::GET,
             Method::PUT,
@@ -558,7 +564,7 @@ async fn bodies_over_the_limit_get_413_however_they_are_framed() {
     .await;
     let before = key_names(&app).await;
     let big = format!(r#"{{"client":"dev-1","secret":"{}"}}"#, "x".repeat(4096));
-    for path in ["/register", "/login", "/logout"] {
+    for path in ["/register", "/login", "/logout", "/renew"] {
         // Chunked: no length up front, the limit is hit while reading.
         let mut chunked = format!(
             "POST {path} HTTP/1.1\r\nHost: auth\r\nContent-Type: application/json\r\n\
@@ -613,6 +619,7 @@ async fn a_body_that_never_finishes_is_cut_off() {
         ("/register", "100", "{\"client\":"),
         ("/login", "100", "{\"client\":"),
         ("/logout", "100", "{\"sessionToken\":"),
+        ("/renew", "100", "{\"sessionToken\":"),
         // Over the body limit, announced, nothing sent.
         ("/login", "1000000000", ""),
     ];
