@@ -610,6 +610,25 @@ impl Device {
         .await
     }
 
+    /// `XADD out:x MAXLEN = max * n <i>` for `i` in `from..to`: a producer that
+    /// caps its stream, as devices with little memory do.
+    pub async fn produce_capped(&self, from: u64, to: u64, max: u64) {
+        let mut conn = self.conn().await;
+        for i in from..to {
+            let _: String = redis::cmd("XADD")
+                .arg(self.keys.out_stream())
+                .arg("MAXLEN")
+                .arg("=")
+                .arg(max)
+                .arg("*")
+                .arg("n")
+                .arg(i)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
     /// Publishes entries `from..to` in the background, `chunk` at a time with a
     /// `pause` between chunks, so the daemon is mid-stream whenever a test
     /// injects a fault. Await the handle to know all were written.
@@ -823,4 +842,28 @@ pub fn check_downstream(sent: &[Entry], device_in: &[Entry]) -> Result<(), Strin
         }
     }
     Ok(())
+}
+
+/// Runs the `#[ignore]`d test `name` of the current test binary in a child
+/// process whose system roots are the test CA of `pki` (`SSL_CERT_FILE`), with
+/// the server certificate and key in `LULA_TEST_TLS_CERT` / `LULA_TEST_TLS_KEY`
+/// and `env` besides; panics unless it passed. Trusting a CA through the
+/// system roots is process-wide, so such tests get a process of their own.
+pub fn run_child_test(name: &str, pki: &lula_testkit::pki::TestPki, env: &[(&str, &Path)]) {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--nocapture"])
+        .env("SSL_CERT_FILE", pki.ca_file())
+        .env_remove("SSL_CERT_DIR")
+        .env("LULA_TEST_TLS_CERT", pki.cert_file())
+        .env("LULA_TEST_TLS_KEY", pki.key_file())
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .expect("run this test binary again");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "child {name} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
 }

@@ -236,31 +236,13 @@ async fn sigterm_mid_backlog_finishes_the_batches_in_flight_and_exits_0() {
     assert!(daemon.wait(WAIT).success(), "{}", daemon.log());
 }
 
-/// `XADD key MAXLEN = max * n <i>`: a producer that caps its stream.
-async fn produce_capped(device: &Device, from: u64, to: u64, max: u64) {
-    let mut conn = device.conn().await;
-    for i in from..to {
-        let _: String = redis::cmd("XADD")
-            .arg(device.keys.out_stream())
-            .arg("MAXLEN")
-            .arg("=")
-            .arg(max)
-            .arg("*")
-            .arg("n")
-            .arg(i)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_trimmed_before_sync_are_a_warning_in_the_log_and_in_the_status_text() {
     let cloud = Cloud::start().await;
     let otp = cloud.provision("dev-gap").await;
     let device = Device::new(&cloud, "dev-gap", &otp);
     let mut daemon = ClientProcess::run(&device, "info", &["--log-format", "json"]);
-    produce_capped(&device, 0, 100, 1_000).await;
+    device.produce_capped(0, 100, 1_000).await;
     wait_upstream(&cloud, "dev-gap", 100).await;
     daemon.terminate();
     assert!(daemon.wait(WAIT).success(), "{}", daemon.log());
@@ -269,7 +251,7 @@ async fn entries_trimmed_before_sync_are_a_warning_in_the_log_and_in_the_status_
 
     // Offline, 500 more into a stream capped at 200: 300 unsynced entries
     // are trimmed away before the daemon sees them.
-    produce_capped(&device, 100, 600, 200).await;
+    device.produce_capped(100, 600, 200).await;
     let mut daemon = ClientProcess::run(&device, "info", &["--log-format", "json"]);
     wait_upstream(&cloud, "dev-gap", 300).await;
     eventually("the gap in the status", WAIT, || async {

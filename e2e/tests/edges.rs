@@ -40,39 +40,20 @@ async fn wait_upstream(cloud: &Cloud, client: &str, n: usize) {
     .await;
 }
 
-/// `XADD key MAXLEN = max * n <i>` for `i` in `from..to`: a producer that caps
-/// its stream, as devices with little memory do.
-async fn produce_capped(device: &Device, from: u64, to: u64, max: u64) {
-    let mut conn = device.conn().await;
-    for i in from..to {
-        let _: String = redis::cmd("XADD")
-            .arg(device.keys.out_stream())
-            .arg("MAXLEN")
-            .arg("=")
-            .arg(max)
-            .arg("*")
-            .arg("n")
-            .arg(i)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_trimmed_before_sync_are_reported_and_the_rest_still_arrive() {
     let cloud = Cloud::start().await;
     let otp = cloud.provision("dev-1").await;
     let mut device = Device::new(&cloud, "dev-1", &otp);
     device.start();
-    produce_capped(&device, 0, 100, 1_000).await;
+    device.produce_capped(0, 100, 1_000).await;
     wait_upstream(&cloud, "dev-1", 100).await;
     // The daemon publishes where it is (and that position's ordinal) on stop.
     device.stop().await.unwrap();
 
     // Offline, producers add 500 more into a stream capped at 200: the 100
     // synced entries and the first 300 new ones are trimmed away.
-    produce_capped(&device, 100, 600, 200).await;
+    device.produce_capped(100, 600, 200).await;
     device.start();
     wait_upstream(&cloud, "dev-1", 300).await;
     let status = eventually("the gap in the status", WAIT, || async {
@@ -101,7 +82,7 @@ async fn entries_trimmed_before_sync_are_reported_and_the_rest_still_arrive() {
 
     // An XDEL of an entry not yet synced is reported too.
     device.stop().await.unwrap();
-    produce_capped(&device, 600, 610, 1_000).await;
+    device.produce_capped(600, 610, 1_000).await;
     let victim = device.out_entries().await[205].id;
     let _: u64 = redis::cmd("XDEL")
         .arg(device.keys.out_stream())

@@ -108,21 +108,10 @@ async fn services_and_client_log_in_to_redis_with_the_acl_user_in_the_url() {
 #[test]
 fn services_and_client_reach_redis_over_rediss() {
     let pki = TestPki::new();
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "rediss_child", "--ignored", "--nocapture"])
-        .env("SSL_CERT_FILE", pki.ca_file())
-        .env_remove("SSL_CERT_DIR")
-        .env("LULA_TEST_TLS_CERT", pki.cert_file())
-        .env("LULA_TEST_TLS_KEY", pki.key_file())
-        .env("LULA_TEST_OTHER_CA", pki.other_ca_file())
-        .output()
-        .expect("run this test binary again");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "child failed ({}):\n{stdout}\n{stderr}",
-        output.status
+    lula_e2e::run_child_test(
+        "rediss_child",
+        &pki,
+        &[("LULA_TEST_OTHER_CA", &pki.other_ca_file())],
     );
 }
 

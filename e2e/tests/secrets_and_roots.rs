@@ -24,21 +24,7 @@ const WAIT: Duration = Duration::from_secs(120);
 #[test]
 fn client_trusts_the_system_roots_for_https_and_wss() {
     let pki = TestPki::new();
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "system_roots_child", "--ignored", "--nocapture"])
-        .env("SSL_CERT_FILE", pki.ca_file())
-        .env_remove("SSL_CERT_DIR")
-        .env("LULA_TEST_TLS_CERT", pki.cert_file())
-        .env("LULA_TEST_TLS_KEY", pki.key_file())
-        .output()
-        .expect("run this test binary again");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "child failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    lula_e2e::run_child_test("system_roots_child", &pki, &[]);
 }
 
 /// A TLS cloud (`https://`, `wss://`) with a certificate of the test CA and a
