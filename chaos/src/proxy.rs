@@ -418,16 +418,26 @@ async fn pump(
 mod tests {
     use super::*;
 
+    /// An echo server on a free port, serving every connection; its address.
+    async fn spawn_echo() -> SocketAddr {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
     /// A proxy in front of an echo server, faults off: bytes go through unchanged.
     #[tokio::test]
     async fn forwards_both_ways_when_faults_are_off() {
-        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = echo.accept().await.unwrap();
-            let (mut r, mut w) = s.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-        });
+        let echo_addr = spawn_echo().await;
         let dir = std::env::temp_dir().join(format!("lula-chaos-proxy-{}", std::process::id()));
         let events = Arc::new(Events::create(&dir, false).unwrap());
         let shutdown = CancellationToken::new();
@@ -459,17 +469,7 @@ mod tests {
     /// With faults on and a tiny mean gap, connections get cut sooner or later.
     #[tokio::test]
     async fn cuts_connections_when_faults_are_on() {
-        let sink = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sink_addr = sink.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = sink.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
+        let sink_addr = spawn_echo().await;
         let dir = std::env::temp_dir().join(format!("lula-chaos-proxy-cut-{}", std::process::id()));
         let events = Arc::new(Events::create(&dir, false).unwrap());
         let counts: Arc<FaultCounts> = Arc::default();
@@ -522,17 +522,7 @@ mod tests {
     /// connection made afterwards goes through.
     #[tokio::test]
     async fn a_blackhole_holds_then_cuts_and_later_connections_work() {
-        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = echo.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
+        let echo_addr = spawn_echo().await;
         let dir = std::env::temp_dir().join(format!("lula-chaos-proxy-bh-{}", std::process::id()));
         let events = Arc::new(Events::create(&dir, false).unwrap());
         let control: Arc<ProxyControl> = Arc::default();
