@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`stream_id`]: Redis stream ids, parsed strictly and ordered numerically.
+//! - `compress` (feature `compress`): compressed binary frames (raw deflate,
+//!   per-connection history) and their handshake header.
 //! - [`client_id`]: device identities and the characters they may contain.
 //! - [`entry`]: a stream entry on the wire (UTF-8 or base64 fields).
 //! - [`message`]: the WebSocket frames, reply payloads, statuses and close codes.
@@ -18,6 +20,8 @@
 //! - `redis_value` (feature `redis`): stream replies from redis-rs values.
 
 pub mod client_id;
+#[cfg(feature = "compress")]
+pub mod compress;
 pub mod entry;
 pub mod keys;
 pub mod limits;

@@ -1,0 +1,496 @@
+//! Compressed binary frames for metered links (issue 16).
+//!
+//! tungstenite 0.29/0.30 (and so axum 0.8's `ws`) has no permessage-deflate
+//! (RFC 7692), so lula compresses above the WebSocket layer, the same way: raw
+//! DEFLATE (RFC 1951), one sync-flushed message per frame with the `00 00 ff ff`
+//! tail taken off, and *context takeover*, i.e. a frame may refer back to the
+//! last `2^window_bits` bytes of plain text sent before it in the same
+//! direction. Field names repeated across frames then cost a two- or
+//! three-byte back reference. See `PROTOCOL.md`, "Compression", for the
+//! handshake and why deflate rather than zstd.
+//!
+//! What a connection keeps between frames is only that history: at most
+//! `2^window_bits` bytes per direction ([`Encoder::memory_bytes`],
+//! [`Decoder::memory_bytes`]). The zlib state that does the work (about 140 KiB
+//! to compress, 10–40 KiB to decompress) is one per thread, reused for every
+//! frame and seeded from the connection's history as a preset dictionary, so it
+//! does not grow with the number of connections. A receiver decoding with the
+//! same history as dictionary sees exactly what a long-lived inflater would.
+//!
+//! Decoding is bounded: the frame states its plain length up front, a length
+//! over the receiver's limit is refused before anything is inflated, and
+//! inflating stops one byte past the stated length, so no hostile frame makes
+//! the receiver allocate more than `limit + 1` bytes.
+
+use std::cell::Cell;
+use std::fmt;
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+/// HTTP header a client sends on the upgrade request to ask for compressed
+/// frames (`lula-compression: deflate; window-bits=11`), and the hub sends back
+/// on its `101` response with what it accepted. No header back: no compression.
+pub const HEADER: &str = "lula-compression";
+
+/// Query parameter with the same value as [`HEADER`], for clients that cannot
+/// set headers on the upgrade request (browsers).
+pub const QUERY_PARAM: &str = "compression";
+
+/// The one codec so far: raw deflate with context takeover.
+pub const DEFLATE: &str = "deflate";
+
+/// Smallest history window (512 bytes); zlib's raw deflate has no smaller one.
+pub const MIN_WINDOW_BITS: u8 = 9;
+
+/// Largest history window (32 KiB), DEFLATE's own maximum.
+pub const MAX_WINDOW_BITS: u8 = 15;
+
+/// Window lula-client asks for and lula-hub allows by default: 2 KiB per
+/// direction holds the field names of the last few entries, which is all the
+/// cross-frame context small telemetry needs (larger batches find their
+/// repeats inside the frame), and keeps an idle connection's cost to 4 KiB.
+pub const DEFAULT_WINDOW_BITS: u8 = 11;
+
+/// First byte of a compressed binary frame: raw deflate, context takeover.
+/// Other values are reserved for other codecs and refused.
+pub const FORMAT_DEFLATE: u8 = 0x01;
+
+/// Compression level. Level 1 in zlib-rs is `deflate_quick` (fixed Huffman
+/// codes only), which loses most of the gain on small frames; 3 finds the
+/// repeats and costs a few µs per entry. Measured in `bench` (`compression`).
+const LEVEL: u32 = 3;
+
+/// What a sync flush appends and RFC 7692 senders strip: an empty stored block.
+const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Longest LEB128 length prefix accepted (enough for any `u64`).
+const MAX_VARINT_BYTES: usize = 10;
+
+/// Agreed compression parameters of one connection (both directions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    window_bits: u8,
+}
+
+impl Params {
+    /// Deflate with a history of `2^window_bits` bytes, if the bits are in
+    /// [`MIN_WINDOW_BITS`]..=[`MAX_WINDOW_BITS`].
+    pub fn new(window_bits: u8) -> Option<Self> {
+        (MIN_WINDOW_BITS..=MAX_WINDOW_BITS)
+            .contains(&window_bits)
+            .then_some(Self { window_bits })
+    }
+
+    /// The window size as a power of two.
+    pub fn window_bits(self) -> u8 {
+        self.window_bits
+    }
+
+    /// Bytes of history each direction keeps.
+    pub fn window(self) -> usize {
+        1 << self.window_bits
+    }
+
+    /// Parses one offer such as `deflate` or `deflate; window-bits=11`
+    /// (case-insensitive, spaces ignored, unknown parameters ignored so later
+    /// versions can add some). `None` for another codec or a bad window.
+    pub fn parse(offer: &str) -> Option<Self> {
+        let mut parts = offer.split(';').map(str::trim);
+        if !parts.next()?.eq_ignore_ascii_case(DEFLATE) {
+            return None;
+        }
+        let mut params = Self::new(DEFAULT_WINDOW_BITS)?;
+        for part in parts {
+            let Some((name, value)) = part.split_once('=') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("window-bits") {
+                params = Self::new(value.trim().parse().ok()?)?;
+            }
+        }
+        Some(params)
+    }
+
+    /// What the receiving end (the hub) agrees to for a header value that may
+    /// list several comma-separated offers in order of preference: the first
+    /// deflate offer, its window capped at `max_window_bits`. `None` means no
+    /// compression: the connection speaks JSON text frames as before.
+    pub fn negotiate(header_value: &str, max_window_bits: u8) -> Option<Self> {
+        let offer = header_value.split(',').find_map(Self::parse)?;
+        Self::new(offer.window_bits.min(max_window_bits))
+    }
+}
+
+impl fmt::Display for Params {
+    /// The header value: `deflate; window-bits=11`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{DEFLATE}; window-bits={}", self.window_bits)
+    }
+}
+
+/// Why a compressed frame was refused. After any of these the two ends no
+/// longer share a history, so the receiver closes the connection
+/// ([`FrameError::close_code`]) instead of replying and carrying on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The frame has no bytes at all.
+    #[error("empty compressed frame")]
+    Empty,
+    /// The first byte names a codec this end does not know.
+    #[error("unknown compressed frame format {0:#04x}")]
+    UnknownFormat(u8),
+    /// The length prefix is missing, too long or not a number.
+    #[error("malformed length prefix")]
+    BadLength,
+    /// The stated plain length is over the receiver's frame limit.
+    #[error("frame would inflate to {declared} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// The length the frame states.
+        declared: u64,
+        /// The receiver's limit.
+        limit: usize,
+    },
+    /// The deflate data ends before the stated length was produced.
+    #[error("truncated compressed frame: {got} of {declared} bytes")]
+    Truncated {
+        /// The length the frame states.
+        declared: usize,
+        /// What the data inflated to.
+        got: usize,
+    },
+    /// Not valid deflate data for this history, inflating past the stated
+    /// length, or bytes after the end of the deflate stream.
+    #[error("corrupt compressed frame: {0}")]
+    Corrupt(String),
+}
+
+impl FrameError {
+    /// The WebSocket close code the receiver closes with: 1009 (message too
+    /// big) when the frame would inflate past the limit, 1007 (invalid payload
+    /// data) for everything else.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::TooLarge { .. } => crate::message::close::TOO_BIG,
+            _ => INVALID_PAYLOAD,
+        }
+    }
+}
+
+/// RFC 6455 close code 1007: data inconsistent with the message type.
+pub const INVALID_PAYLOAD: u16 = 1007;
+
+/// Counters of one direction, for `status` and the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Compressed frames.
+    pub frames: u64,
+    /// Plain (JSON) bytes they carry.
+    pub plain_bytes: u64,
+    /// Bytes of the compressed frames' payloads (WebSocket headers not included).
+    pub wire_bytes: u64,
+}
+
+impl Stats {
+    /// Wire bytes per plain byte (0.25 = a quarter of the JSON size); 1.0 before
+    /// any frame.
+    pub fn ratio(&self) -> f64 {
+        if self.plain_bytes == 0 {
+            1.0
+        } else {
+            self.wire_bytes as f64 / self.plain_bytes as f64
+        }
+    }
+
+    fn count(&mut self, plain: usize, wire: usize) {
+        self.frames += 1;
+        self.plain_bytes += plain as u64;
+        self.wire_bytes += wire as u64;
+    }
+}
+
+/// The last `window` plain bytes of one direction: the context both ends share.
+#[derive(Debug)]
+struct History {
+    bytes: Vec<u8>,
+    window: usize,
+}
+
+impl History {
+    fn new(window: usize) -> Self {
+        // Allocated on the first frame: a connection that never sends a
+        // compressed frame in this direction costs nothing.
+        Self {
+            bytes: Vec::new(),
+            window,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve_exact(self.window);
+        }
+        if data.len() >= self.window {
+            self.bytes.clear();
+            self.bytes
+                .extend_from_slice(&data[data.len() - self.window..]);
+            return;
+        }
+        let overflow = (self.bytes.len() + data.len()).saturating_sub(self.window);
+        self.bytes.drain(..overflow);
+        self.bytes.extend_from_slice(data);
+    }
+}
+
+thread_local! {
+    /// One zlib compressor per thread, reused for every frame (see module doc).
+    static DEFLATER: Cell<Option<(u8, Compress)>> = const { Cell::new(None) };
+    /// One zlib decompressor per thread.
+    static INFLATER: Cell<Option<(u8, Decompress)>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with this thread's compressor, reset, for `bits`. The compressor
+/// is taken out of its slot while in use, so a panic in `f` only loses it.
+fn with_deflater<R>(bits: u8, f: impl FnOnce(&mut Compress) -> R) -> R {
+    let mut c = match DEFLATER.take() {
+        Some((b, mut c)) if b == bits => {
+            c.reset();
+            c
+        }
+        _ => Compress::new_with_window_bits(Compression::new(LEVEL), false, bits),
+    };
+    let r = f(&mut c);
+    DEFLATER.set(Some((bits, c)));
+    r
+}
+
+/// Runs `f` with this thread's decompressor, reset, for `bits`.
+fn with_inflater<R>(bits: u8, f: impl FnOnce(&mut Decompress) -> R) -> R {
+    let mut d = match INFLATER.take() {
+        Some((b, mut d)) if b == bits => {
+            d.reset(false);
+            d
+        }
+        _ => Decompress::new_with_window_bits(false, bits),
+    };
+    let r = f(&mut d);
+    INFLATER.set(Some((bits, d)));
+    r
+}
+
+/// The sending half of a compressing connection.
+#[derive(Debug)]
+pub struct Encoder {
+    params: Params,
+    history: History,
+    stats: Stats,
+}
+
+impl Encoder {
+    /// A fresh context (empty history) for the agreed parameters.
+    pub fn new(params: Params) -> Self {
+        Self {
+            params,
+            history: History::new(params.window()),
+            stats: Stats::default(),
+        }
+    }
+
+    /// One binary frame carrying `plain`: [`FORMAT_DEFLATE`], the plain length
+    /// as LEB128, then the raw deflate data, sync-flushed, tail stripped.
+    pub fn encode(&mut self, plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plain.len() + plain.len() / 64 + 32);
+        out.push(FORMAT_DEFLATE);
+        write_varint(&mut out, plain.len() as u64);
+        let dictionary = &self.history.bytes;
+        with_deflater(self.params.window_bits, |c| {
+            deflate(c, dictionary, plain, &mut out)
+        });
+        self.history.push(plain);
+        self.stats.count(plain.len(), out.len());
+        out
+    }
+
+    /// What this direction has sent so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes this context holds between frames (struct plus history buffer).
+    pub fn memory_bytes(&self) -> usize {
+        size_of::<Self>() + self.history.bytes.capacity()
+    }
+}
+
+/// Compresses `plain` after `dictionary` into `out`, sync-flushed, tail stripped.
+fn deflate(c: &mut Compress, dictionary: &[u8], plain: &[u8], out: &mut Vec<u8>) {
+    // Neither call can fail on a freshly reset raw stream with sane buffers;
+    // if zlib-rs ever disagreed, sending uncompressible garbage would desync
+    // the peer, so fail loudly in tests and degrade to an empty dictionary.
+    if !dictionary.is_empty() {
+        let set = c.set_dictionary(dictionary);
+        debug_assert!(set.is_ok(), "deflate set_dictionary: {set:?}");
+    }
+    let start = c.total_in();
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(plain.len() / 8 + 64);
+        }
+        let consumed = (c.total_in() - start) as usize;
+        let status = c.compress_vec(&plain[consumed..], out, FlushCompress::Sync);
+        debug_assert!(status.is_ok(), "deflate: {status:?}");
+        let done = (c.total_in() - start) as usize == plain.len();
+        // zlib's rule: a sync flush is complete once output space is left over.
+        if status.is_err() || (done && out.len() < out.capacity()) {
+            break;
+        }
+    }
+    if out.ends_with(&SYNC_TAIL) {
+        out.truncate(out.len() - SYNC_TAIL.len());
+    }
+}
+
+/// The receiving half of a compressing connection.
+#[derive(Debug)]
+pub struct Decoder {
+    params: Params,
+    limit: usize,
+    history: History,
+    stats: Stats,
+}
+
+impl Decoder {
+    /// A fresh context that refuses frames inflating past `limit` bytes (the
+    /// receiver's frame limit).
+    pub fn new(params: Params, limit: usize) -> Self {
+        Self {
+            params,
+            limit,
+            history: History::new(params.window()),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The plain bytes of one compressed frame.
+    pub fn decode(&mut self, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+        let mut out = Vec::new();
+        self.decode_into(frame, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`Decoder::decode`], into a caller's buffer (cleared first). The
+    /// buffer never grows past `limit + 1` bytes, whatever the frame holds.
+    pub fn decode_into(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+        let (&format, rest) = frame.split_first().ok_or(FrameError::Empty)?;
+        if format != FORMAT_DEFLATE {
+            return Err(FrameError::UnknownFormat(format));
+        }
+        let (declared, body) = read_varint(rest)?;
+        if declared > self.limit as u64 {
+            return Err(FrameError::TooLarge {
+                declared,
+                limit: self.limit,
+            });
+        }
+        let declared = declared as usize;
+        out.clear();
+        // One spare byte, so a frame inflating past its stated length is seen
+        // doing so and refused, at most one byte late.
+        out.resize(declared + 1, 0);
+        let dictionary = &self.history.bytes;
+        let got = with_inflater(self.params.window_bits, |d| {
+            inflate(d, dictionary, body, out)
+        })?;
+        if got > declared {
+            return Err(FrameError::Corrupt(format!(
+                "inflates past its stated {declared} bytes"
+            )));
+        }
+        if got < declared {
+            return Err(FrameError::Truncated { declared, got });
+        }
+        out.truncate(declared);
+        self.history.push(out);
+        self.stats.count(declared, frame.len());
+        Ok(())
+    }
+
+    /// What this direction has received so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes this context holds between frames (struct plus history buffer).
+    pub fn memory_bytes(&self) -> usize {
+        size_of::<Self>() + self.history.bytes.capacity()
+    }
+}
+
+/// Inflates `body` then the stripped sync tail into `out` (whose length is the
+/// most it may produce) after `dictionary`; returns the bytes produced.
+fn inflate(
+    d: &mut Decompress,
+    dictionary: &[u8],
+    body: &[u8],
+    out: &mut [u8],
+) -> Result<usize, FrameError> {
+    let corrupt = |e: flate2::DecompressError| FrameError::Corrupt(e.to_string());
+    if !dictionary.is_empty() {
+        d.set_dictionary(dictionary).map_err(corrupt)?;
+    }
+    let (start_in, start_out) = (d.total_in(), d.total_out());
+    let mut ended = false;
+    for part in [body, &SYNC_TAIL[..]] {
+        let part_start = d.total_in();
+        while !ended {
+            let pos = (d.total_in() - part_start) as usize;
+            let produced = (d.total_out() - start_out) as usize;
+            if pos == part.len() || produced == out.len() {
+                break;
+            }
+            let before = (d.total_in(), d.total_out());
+            let status = d
+                .decompress(&part[pos..], &mut out[produced..], FlushDecompress::Sync)
+                .map_err(corrupt)?;
+            ended = status == Status::StreamEnd;
+            if !ended && before == (d.total_in(), d.total_out()) {
+                return Err(FrameError::Corrupt("deflate data makes no progress".into()));
+            }
+        }
+    }
+    let produced = (d.total_out() - start_out) as usize;
+    // A final block may end the stream early, but only the tail may follow it.
+    if ended && d.total_in() - start_in < body.len() as u64 {
+        return Err(FrameError::Corrupt(
+            "bytes after the end of the deflate stream".into(),
+        ));
+    }
+    Ok(produced)
+}
+
+fn write_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn read_varint(bytes: &[u8]) -> Result<(u64, &[u8]), FrameError> {
+    let mut n: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(MAX_VARINT_BYTES) {
+        let bits = u64::from(b & 0x7f);
+        let shift = 7 * i as u32;
+        if shift == 63 && bits > 1 {
+            return Err(FrameError::BadLength);
+        }
+        n |= bits << shift;
+        if b & 0x80 == 0 {
+            return Ok((n, &bytes[i + 1..]));
+        }
+    }
+    Err(FrameError::BadLength)
+}
+
+#[cfg(test)]
+#[path = "compress_tests.rs"]
+mod tests;
