@@ -11,8 +11,9 @@
 //!
 //! What a connection keeps between frames is only that history: at most
 //! `2^window_bits` bytes per direction ([`Encoder::memory_bytes`],
-//! [`Decoder::memory_bytes`]). The zlib state that does the work (about 140 KiB
-//! to compress, 10–40 KiB to decompress) is one per thread, reused for every
+//! [`Decoder::memory_bytes`]). The zlib state that does the work (measured as
+//! resident memory over 500 contexts at 11 window bits: 190 KiB to compress,
+//! 47 KiB to decompress) is one per thread, reused for every
 //! frame and seeded from the connection's history as a preset dictionary, so it
 //! does not grow with the number of connections. A receiver decoding with the
 //! same history as dictionary sees exactly what a long-lived inflater would.
