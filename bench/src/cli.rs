@@ -122,6 +122,9 @@ pub struct SizeArgs {
     /// Connects in flight at once in scenario 5.
     #[arg(long, env = "LULA_BENCH_CONNECT_CONCURRENCY")]
     pub connect_concurrency: Option<usize>,
+    /// Entries of each payload shape sent each way in scenario 6.
+    #[arg(long, env = "LULA_BENCH_WIRE_ENTRIES")]
+    pub wire_entries: Option<u64>,
     /// Longest wait for entries to arrive (a hang guard).
     #[arg(long, env = "LULA_BENCH_WAIT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub wait_timeout: Option<Duration>,
@@ -151,6 +154,7 @@ impl SizeArgs {
             downstream_entries: self.downstream_entries.unwrap_or(base.downstream_entries),
             connections: self.connections.unwrap_or(base.connections),
             connect_concurrency: self.connect_concurrency.unwrap_or(base.connect_concurrency),
+            wire_entries: self.wire_entries.unwrap_or(base.wire_entries),
             wait_timeout: self.wait_timeout.unwrap_or(base.wait_timeout),
         }
     }

@@ -24,17 +24,20 @@ pub enum Scenario {
     Downstream,
     /// Many authenticated idle WebSockets on one hub.
     Connections,
+    /// Bytes on the link and CPU per entry, for three payload shapes.
+    Wire,
 }
 
 impl Scenario {
     /// Every concrete scenario, in the order they run.
-    pub const ORDER: [Scenario; 6] = [
+    pub const ORDER: [Scenario; 7] = [
         Scenario::Baseline,
         Scenario::Upstream,
         Scenario::Latency,
         Scenario::Fanin,
         Scenario::Downstream,
         Scenario::Connections,
+        Scenario::Wire,
     ];
 
     /// The name used on the command line and in the table.
@@ -47,6 +50,7 @@ impl Scenario {
             Scenario::Fanin => "fanin",
             Scenario::Downstream => "downstream",
             Scenario::Connections => "connections",
+            Scenario::Wire => "wire",
         }
     }
 
@@ -102,6 +106,8 @@ pub struct Sizes {
     pub connections: usize,
     /// Connects in flight at once.
     pub connect_concurrency: usize,
+    /// Entries of each payload shape sent up, and as many down (scenario 6).
+    pub wire_entries: u64,
     /// Longest wait for entries to arrive before a scenario gives up; a hang
     /// guard, never a speed check.
     pub wait_timeout: Duration,
@@ -129,6 +135,7 @@ impl Sizes {
             downstream_entries: 1_000_000,
             connections: 10_000,
             connect_concurrency: 100,
+            wire_entries: 100_000,
             wait_timeout: Duration::from_secs(600),
         }
     }
@@ -154,6 +161,7 @@ impl Sizes {
             downstream_entries: 2_000,
             connections: 50,
             connect_concurrency: 10,
+            wire_entries: 300,
             wait_timeout: Duration::from_secs(120),
         }
     }

@@ -131,13 +131,24 @@ impl Daemons {
     /// Starts the daemon of `device` against `cloud`, with default batching
     /// and quick retries.
     pub fn start(&mut self, device: &Device, servers: &DeviceServers, cloud: &Cloud) {
+        self.start_via(device, servers, cloud, cloud.hub.url());
+    }
+
+    /// Like [`Daemons::start`], reaching the hub at `hub_url` (a proxy).
+    pub fn start_via(
+        &mut self,
+        device: &Device,
+        servers: &DeviceServers,
+        cloud: &Cloud,
+        hub_url: String,
+    ) {
         let mut config = lula_client::Config::new(
             device.client.clone(),
             device.otp_secret.clone(),
             self.state.path().join(device.client.as_str()),
         );
         config.auth_url = cloud.auth_url.clone();
-        config.hub_url = cloud.hub.url();
+        config.hub_url = hub_url;
         config.redis_url = servers.url(device.server);
         config.prefix = device.keys.prefix().to_owned();
         config.register_retry = Duration::from_millis(500);

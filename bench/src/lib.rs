@@ -10,7 +10,9 @@
 //! 2. latency: a device producing at fixed rates, arrival latency in the hub;
 //! 3. fan-in: many devices producing steadily into one hub;
 //! 4. downstream: a preloaded hub out stream to one device;
-//! 5. connections: many authenticated idle devices on one hub.
+//! 5. connections: many authenticated idle devices on one hub;
+//! 6. wire: bytes on the link and CPU per entry for three payload shapes,
+//!    counted by a proxy between device and hub.
 //!
 //! Each scenario ends by comparing both sides entry by entry ([`verify`]).
 //! `scripts/bench.sh` runs them all at full size; `tests/smoke.rs` runs each
@@ -24,6 +26,7 @@
 //! - [`hub_process`]: the hub as a child process (`lula-bench serve-hub`).
 //! - [`load`]: preloads, paced producers, the latency reader.
 //! - [`verify`]: exactly once, in order, all fields compared.
+//! - [`wire_proxy`]: the byte-counting TCP proxy of scenario 6.
 //! - [`procstat`]: resident memory, CPU time and fds from `/proc`.
 //! - [`report`]: the table.
 
@@ -37,6 +40,7 @@ pub mod procstat;
 pub mod report;
 pub mod scenarios;
 pub mod verify;
+pub mod wire_proxy;
 
 pub use config::{RunConfig, Scenario, Sizes};
 pub use report::Report;
@@ -70,6 +74,7 @@ pub async fn run(config: &RunConfig) -> Report {
             Scenario::Fanin => scenarios::fanin::run(&ctx).await,
             Scenario::Downstream => scenarios::downstream::run(&ctx).await,
             Scenario::Connections => scenarios::connections::run(&ctx).await,
+            Scenario::Wire => scenarios::wire::run(&ctx).await,
             Scenario::All => continue,
         };
         let outcome = outcome.unwrap_or_else(|e| {

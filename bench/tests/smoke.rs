@@ -90,6 +90,29 @@ async fn downstream_delivers_a_preloaded_stream_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_counts_bytes_of_every_shape_and_delivers_exactly_once() {
+    let report = smoke(Scenario::Wire).await;
+    for shape in ["telemetry", "logs", "random"] {
+        for phase in ["up", "down"] {
+            let metric = format!("{shape} {phase}: wire bytes/entry, both ways");
+            let row = report
+                .rows
+                .iter()
+                .find(|r| r.scenario == Scenario::Wire && r.metric == metric)
+                .unwrap_or_else(|| panic!("no row {metric:?}"));
+            let per_entry: f64 = row
+                .value
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("a number");
+            // Every entry crossed the proxy, so at least its fields did.
+            assert!(per_entry > 40.0, "{metric}: {}", row.value);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_all_authenticate_and_stay_open() {
     smoke(Scenario::Connections).await;
 }

@@ -10,6 +10,7 @@ pub mod downstream;
 pub mod fanin;
 pub mod latency;
 pub mod upstream;
+pub mod wire;
 
 use std::path::Path;
 
