@@ -21,6 +21,8 @@
 //! - [`ingest`]: the exactly-once append script, one group commit per partition.
 //! - [`fleet`]: what each hub records of its devices, and the fleet view
 //!   read back from it (`lula-hub fleet`, `GET /fleet`).
+//! - [`link`]: compressed frames (issue 16): the upgrade's agreement and the
+//!   per-direction halves of a connection, with its link byte counts.
 //! - [`live`]: live connections by device, so revocation and expiry reach them.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
@@ -41,6 +43,7 @@ pub mod downstream;
 pub mod error;
 pub mod fleet;
 pub mod ingest;
+pub mod link;
 pub mod live;
 pub mod metrics;
 pub mod rpc;
