@@ -15,6 +15,8 @@
 //! - [`config`]: the daemon's settings, [`Config`].
 //! - [`daemon`]: the reconnecting state machine ([`run`]).
 //! - [`session`]: one hub connection: handshake, batches, pushes, drain.
+//! - [`link`]: compressed frames (issue 16): the offer, the hub's answer and
+//!   the per-direction halves of a session, with its link byte counts.
 //! - [`uplink`]: reading `out:x` into byte-bounded batches.
 //! - [`device`]: the device Redis: the downstream store script, the out-stream
 //!   reader, status publication.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod identity;
+pub mod link;
 pub mod metrics;
 pub mod rpc;
 pub mod session;
