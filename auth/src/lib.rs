@@ -166,6 +166,7 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.check()?;
     let state = AppState::new(config)?;
     tracing::info!(kid = state.signer.kid(), "token signing key");
     let publisher = tokio::spawn(keep_key_published(state.clone(), shutdown.clone()));

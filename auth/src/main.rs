@@ -97,6 +97,11 @@ struct ServeArgs {
     /// The window failed attempts are counted in.
     #[arg(long, env = "LULA_FAILURE_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
     failure_window: Duration,
+    /// Shortest device secret accepted at /register and /login, in bytes
+    /// (8 to 72). Below 16 lula-auth warns at start: only for fleets that
+    /// already use short secrets (docs/MIGRATING.md).
+    #[arg(long, env = "LULA_MIN_SECRET_LEN", default_value_t = lula_auth::routes::MIN_SECRET_LEN)]
+    min_secret_len: usize,
     /// Take client addresses from X-Forwarded-For (only behind a proxy that sets it).
     #[arg(long, env = "LULA_TRUST_FORWARDED_FOR")]
     trust_forwarded_for: bool,
@@ -174,6 +179,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             window: args.failure_window,
         },
         trust_forwarded_for: args.trust_forwarded_for,
+        min_secret_len: args.min_secret_len,
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
             drain_delay: args.drain_delay,
