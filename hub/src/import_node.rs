@@ -10,11 +10,22 @@
 //! Each device's cursor moves only forward: a cursor of ours that is already
 //! ahead (the device synced through our hub since) is kept. One script per
 //! device compares and sets, so a hub serving meanwhile cannot be moved back.
+//!
+//! It also copies the messages the Node hub held for devices,
+//! `lula:out:<client>:x`, into `lula-hub:out:<client>:x` with their ids
+//! ([`import_out_streams`]). Keeping the ids is what makes this safe: a
+//! device's downstream cursor (the Node client's `id`, or ours taken over
+//! from it) is a hub id of that stream, so whatever it already stored is
+//! skipped, and the rest is delivered once. Entries at or below the last id
+//! of our stream are left out, so a second run adds nothing. Run it before
+//! producers write to our out streams.
+//!
 //! The Node keys are only read.
 
 use std::sync::LazyLock;
 
-use lula_protocol::keys::IngestLayout;
+use lula_protocol::keys::{HubKeys, IngestLayout};
+use lula_protocol::redis_value::entries_from_range;
 use lula_protocol::{ClientId, StreamId};
 use redis::Script;
 use redis::aio::ConnectionLike;
@@ -88,4 +99,116 @@ pub async fn import_cursors<C: ConnectionLike>(
         });
     }
     Ok(report)
+}
+
+/// Entries read per `XRANGE` page.
+const PAGE: usize = 500;
+
+/// What [`import_out_streams`] did (or would do) for one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutImport {
+    /// The device (the middle of the Node key).
+    pub client: String,
+    /// Entries copied (or, in a dry run, to copy).
+    pub copied: u64,
+    /// Entries left out: at or below the last id of our stream.
+    pub present: u64,
+}
+
+/// Copies every `<node_prefix>:out:<client>:x` into `keys`' out stream of
+/// that client, keeping ids (`dry_run`: counts without writing).
+pub async fn import_out_streams<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &HubKeys,
+    node_prefix: &str,
+    dry_run: bool,
+) -> redis::RedisResult<Vec<OutImport>> {
+    let mut node_keys = scan(conn, &format!("{node_prefix}:out:*:x")).await?;
+    node_keys.sort();
+    let mut report = Vec::new();
+    for key in node_keys {
+        let raw = key
+            .strip_prefix(&format!("{node_prefix}:out:"))
+            .and_then(|k| k.strip_suffix(":x"))
+            .unwrap_or(&key)
+            .to_owned();
+        let Ok(client) = raw.parse::<ClientId>() else {
+            continue;
+        };
+        let ours = keys.out_stream(&client);
+        let last: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
+            .arg(&ours)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        let last = match last.first() {
+            Some((id, _)) => id.parse::<StreamId>().unwrap_or(StreamId::ZERO),
+            None => StreamId::ZERO,
+        };
+        let mut done = OutImport {
+            client: raw,
+            copied: 0,
+            present: 0,
+        };
+        let mut from = "-".to_owned();
+        loop {
+            let page: redis::Value = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(conn)
+                .await?;
+            let entries = entries_from_range(page).map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Parse, "XRANGE", e.to_string()))
+            })?;
+            let n = entries.len();
+            for e in &entries {
+                if e.id <= last {
+                    done.present += 1;
+                    continue;
+                }
+                if !dry_run {
+                    let mut cmd = redis::cmd("XADD");
+                    cmd.arg(&ours).arg(e.id.to_string());
+                    for f in &e.fields {
+                        cmd.arg(f.as_slice());
+                    }
+                    cmd.query_async::<String>(conn).await?;
+                }
+                done.copied += 1;
+            }
+            match entries.last() {
+                Some(l) if n == PAGE => from = format!("({}", l.id),
+                _ => break,
+            }
+        }
+        report.push(done);
+    }
+    Ok(report)
+}
+
+async fn scan<C: ConnectionLike>(conn: &mut C, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut found = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await?;
+        found.extend(batch);
+        if next == 0 {
+            found.dedup();
+            return Ok(found);
+        }
+        cursor = next;
+    }
 }

@@ -30,9 +30,10 @@ enum Command {
     /// downstream backlog, last close and error. Reads Redis, so it shows
     /// every replica's devices.
     Fleet(FleetArgs),
-    /// Carry the Node lula-hub's upstream cursors (`lula:id:h`) over to ours,
-    /// once, before devices connect (docs/MIGRATING.md). Only moves cursors
-    /// forward; the Node keys are only read.
+    /// Carry the Node lula-hub's upstream cursors (`lula:id:h`) and the
+    /// messages it held for devices (`lula:out:<client>:x`, ids kept) over to
+    /// ours, once, before devices connect (docs/MIGRATING.md). Only moves
+    /// cursors forward; the Node keys are only read.
     ImportNode(ImportNodeArgs),
 }
 
@@ -291,6 +292,21 @@ async fn import_node(args: ImportNodeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("import the Node hub's cursors")?;
+    let outs = lula_hub::import_node::import_out_streams(
+        &mut conn,
+        &lula_protocol::keys::HubKeys::new(config.prefix.clone()),
+        &args.node_prefix,
+        args.dry_run,
+    )
+    .await
+    .context("copy the Node hub's out streams")?;
+    let copy = if args.dry_run { "would copy" } else { "copied" };
+    for o in &outs {
+        println!(
+            "{}: {copy} {} message(s) from {}:out:{}:x ({} already here)",
+            o.client, o.copied, args.node_prefix, o.client, o.present
+        );
+    }
     let verb = if args.dry_run { "would set" } else { "set" };
     for r in &report {
         let before = r.ours_before.as_deref().unwrap_or("none");
