@@ -429,7 +429,7 @@ async fn a_device_switched_from_the_node_client_gets_nothing_twice_and_loses_not
 }
 
 #[tokio::test]
-async fn a_node_device_whose_short_secret_our_auth_refuses_says_why_at_warn() {
+async fn a_short_secret_refused_at_login_or_register_is_logged_at_warn_with_the_limit() {
     let cloud = Cloud::start().await;
     let client = "dev-short";
     let otp_secret = cloud.provision(client).await;
@@ -448,12 +448,42 @@ async fn a_node_device_whose_short_secret_our_auth_refuses_says_why_at_warn() {
         .await
         .unwrap();
     let ours = our_client(&device, "lula-secret");
-    eventually("the refusal in the client's log", WAIT, || async {
+    eventually("the login refusal in the client's log", WAIT, || async {
         ours.log()
             .lines()
             .any(|l| l.contains("WARN") && l.contains("secret must be 16 to 72 bytes, got 11"))
             .then_some(())
     })
+    .await;
+    ours.terminate();
+
+    // The same at /register: a device whose identity holds the short secret
+    // and is not registered yet.
+    let client = "dev-short-2";
+    let otp_secret = cloud.provision(client).await;
+    let device = Device::new(&cloud, client, &otp_secret);
+    lula_client::identity::Identity::create(
+        device.state_dir(),
+        &client.parse().unwrap(),
+        lula_protocol::Redacted::new("lula-secret".to_owned()),
+        false,
+    )
+    .unwrap();
+    let ours = ClientProcess::run(&device, "info", &[]);
+    eventually(
+        "the registration refusal in the client's log",
+        WAIT,
+        || async {
+            ours.log()
+                .lines()
+                .any(|l| {
+                    l.contains("WARN")
+                        && l.contains("registration refused")
+                        && l.contains("secret must be 16 to 72 bytes, got 11")
+                })
+                .then_some(())
+        },
+    )
     .await;
     ours.terminate();
 }
