@@ -217,7 +217,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// `--client-id` and `--otp-secret`, or what a Node lula-client left in the
-/// device Redis for those not given (lula_client::takeover).
+/// device Redis for those not given (lula_client::takeover). The OTP secret
+/// may be missing only for a device that registered already.
 async fn identity_args(args: &RunArgs) -> anyhow::Result<(ClientId, String)> {
     if let (Some(id), Some(otp)) = (&args.client_id, &args.otp_secret) {
         return Ok((id.clone(), otp.clone()));
@@ -227,7 +228,7 @@ async fn identity_args(args: &RunArgs) -> anyhow::Result<(ClientId, String)> {
         .await
         .context("read the Node lula-client's state")?
         .unwrap_or_default();
-    let client_id = match (&args.client_id, node.0) {
+    let client_id = match (&args.client_id, &node.client) {
         (Some(id), _) => id.clone(),
         (None, Some(id)) => id
             .parse()
@@ -236,8 +237,23 @@ async fn identity_args(args: &RunArgs) -> anyhow::Result<(ClientId, String)> {
             anyhow::bail!("--client-id is required (no Node lula-client state to take it from)")
         }
     };
-    // Not needed once registered; an empty one fails only if used.
-    let otp_secret = args.otp_secret.clone().or(node.1).unwrap_or_default();
+    let otp_secret = match args.otp_secret.clone().or(node.otp_secret) {
+        Some(otp) => otp,
+        None => {
+            let ours = lula_client::identity::Identity::load(
+                &args
+                    .common
+                    .state_dir
+                    .join(lula_client::identity::IDENTITY_FILE),
+            )
+            .context("load identity from --state-dir")?;
+            if !(node.registered || ours.is_some_and(|i| i.registered)) {
+                anyhow::bail!("--otp-secret is required until the device has registered");
+            }
+            // Registered: never used.
+            String::new()
+        }
+    };
     Ok((client_id, otp_secret))
 }
 

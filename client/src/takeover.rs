@@ -113,18 +113,16 @@ pub async fn read_node_state<C: redis::aio::ConnectionLike>(
     }))
 }
 
-/// The client id and OTP secret the Node state holds, for a `lula-client run`
-/// started without `--client-id` / `--otp-secret` on a Node device. Waits
-/// for the device Redis like the daemon does; `None` when there is no Node
-/// state.
+/// The Node state, for a `lula-client run` started without `--client-id` /
+/// `--otp-secret` on a Node device (they default to its `client` and
+/// `otpSecret`). Waits for the device Redis like the daemon does; `None`
+/// when there is no Node state.
 pub async fn node_defaults(
     redis_url: &str,
     keys: &DeviceKeys,
-) -> anyhow::Result<Option<(Option<String>, Option<String>)>> {
+) -> anyhow::Result<Option<NodeState>> {
     let mut conn = connect(redis_url, &CancellationToken::new()).await?;
-    Ok(read_node_state(&mut conn, keys)
-        .await?
-        .map(|s| (s.client, s.otp_secret)))
+    read_node_state(&mut conn, keys).await
 }
 
 /// Loads our identity, taking over the Node lula-client's state first when
