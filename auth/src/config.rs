@@ -89,6 +89,10 @@ pub struct Config {
     pub serve: lula_runtime::ServeOptions,
     /// Failed attempts allowed per client and per address.
     pub limits: crate::throttle::Limits,
+    /// Shortest device secret `/register` and `/login` accept (default
+    /// [`crate::routes::MIN_SECRET_LEN`]; at least
+    /// [`crate::routes::MIN_SECRET_FLOOR`], see [`Config::check`]).
+    pub min_secret_len: usize,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy
     /// that sets it; otherwise anyone could pick their own address).
     pub trust_forwarded_for: bool,
@@ -112,7 +116,32 @@ impl Config {
             serve: lula_runtime::ServeOptions::default(),
             limits: crate::throttle::Limits::default(),
             trust_forwarded_for: false,
+            min_secret_len: crate::routes::MIN_SECRET_LEN,
         }
+    }
+
+    /// Refuses settings lula-auth cannot serve with, and warns about weak
+    /// ones: a `min_secret_len` outside [`crate::routes::MIN_SECRET_FLOOR`]
+    /// to [`crate::routes::MAX_SECRET_LEN`] is an error; one below
+    /// [`crate::routes::MIN_SECRET_LEN`] is logged at warn, since short
+    /// secrets are easier to guess (they are only for fleets that already
+    /// use them, e.g. Node lula devices kept on their secret).
+    pub fn check(&self) -> anyhow::Result<()> {
+        use crate::routes::{MAX_SECRET_LEN, MIN_SECRET_FLOOR, MIN_SECRET_LEN};
+        let min = self.min_secret_len;
+        if !(MIN_SECRET_FLOOR..=MAX_SECRET_LEN).contains(&min) {
+            anyhow::bail!(
+                "--min-secret-len {min} is outside {MIN_SECRET_FLOOR} to {MAX_SECRET_LEN} bytes"
+            );
+        }
+        if min < MIN_SECRET_LEN {
+            tracing::warn!(
+                min_secret_len = min,
+                default = MIN_SECRET_LEN,
+                "--min-secret-len is below the default: device secrets this short are easier to guess; raise it once every device has a longer secret"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -132,6 +161,7 @@ impl fmt::Debug for Config {
             )
             .field("redis_timeout", &self.redis_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("min_secret_len", &self.min_secret_len)
             .finish_non_exhaustive()
     }
 }

@@ -47,6 +47,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Serve Prometheus metrics at `GET /metrics` on this address.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The secret a Node lula-client registered this device with (its
+    /// `LULA_SECRET`), kept when its state is taken over (`crate::takeover`).
+    pub node_secret: Option<Redacted<String>>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             idle_timeout: IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(10),
             metrics_listen: None,
+            node_secret: None,
         }
     }
 }
@@ -97,6 +101,7 @@ impl std::fmt::Debug for Config {
             .field("max_backoff", &self.max_backoff)
             .field("idle_timeout", &self.idle_timeout)
             .field("metrics_listen", &self.metrics_listen)
+            .field("node_secret", &self.node_secret)
             .finish_non_exhaustive()
     }
 }

@@ -18,7 +18,6 @@ use crate::Config;
 use crate::auth::{AuthCallError, AuthClient, Session};
 use crate::backoff::Backoff;
 use crate::device::{Device, status_fields};
-use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::session::{self, SessionError};
 use std::sync::Arc;
@@ -48,8 +47,8 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut identity = Identity::load_or_create(&config.state_dir, &config.client_id)
-        .context("load identity from --state-dir")?;
+    // Takes over a Node lula-client's state when ours does not exist yet.
+    let mut identity = crate::takeover::load_identity(&config, &shutdown).await?;
     let mut device = Device::new(&config.redis_url, DeviceKeys::new(config.prefix.clone()))
         .context("parse --redis-url")?;
     let auth = AuthClient::with_ca_file(&config.auth_url, config.ca_file.as_deref())
@@ -198,7 +197,7 @@ pub async fn run_with_metrics(
 async fn register(
     auth: &AuthClient,
     config: &Config,
-    identity: &mut Identity,
+    identity: &mut crate::identity::Identity,
     backoff: &mut Backoff,
     device: &mut Device,
 ) -> anyhow::Result<Option<Duration>> {

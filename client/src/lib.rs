@@ -20,6 +20,7 @@
 //!   reader, status publication.
 //! - [`auth`]: lula-auth calls and TOTP.
 //! - [`identity`]: the secret and registration state in `--state-dir`.
+//! - [`takeover`]: taking over a Node lula-client's state at start.
 //! - [`backoff`]: capped, jittered exponential backoff.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`rpc`]: request/response with the cloud over the synced streams.
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod rpc;
 pub mod session;
 pub mod status;
+pub mod takeover;
 pub mod uplink;
 
 pub use config::Config;

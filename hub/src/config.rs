@@ -64,6 +64,11 @@ pub struct Config {
     /// looked up again: a key lula-auth stopped publishing (rotated out)
     /// stops verifying within this. Not a flag; tests shorten it.
     pub key_cache_ttl: Duration,
+    /// How long past its token's expiry a connection that never asked to
+    /// renew (the Node lula-client) stays open; zero (the default) closes
+    /// it at expiry like any other. At most
+    /// [`crate::legacy_session::MAX_NON_RENEWING_GRACE`].
+    pub non_renewing_grace: Duration,
 }
 
 impl Config {
@@ -119,6 +124,7 @@ impl Config {
             hub_id: None,
             admin_token: None,
             key_cache_ttl: crate::session::DEFAULT_KEY_CACHE_TTL,
+            non_renewing_grace: Duration::ZERO,
         }
     }
 }
@@ -151,6 +157,7 @@ impl fmt::Debug for Config {
             .field("hub_id", &self.hub_id)
             .field("admin_token", &self.admin_token)
             .field("key_cache_ttl", &self.key_cache_ttl)
+            .field("non_renewing_grace", &self.non_renewing_grace)
             .finish()
     }
 }

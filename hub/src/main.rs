@@ -30,6 +30,24 @@ enum Command {
     /// downstream backlog, last close and error. Reads Redis, so it shows
     /// every replica's devices.
     Fleet(FleetArgs),
+    /// Carry the Node lula-hub's upstream cursors (`lula:id:h`) and the
+    /// messages it held for devices (`lula:out:<client>:x`, ids kept) over to
+    /// ours, once, before devices connect (docs/MIGRATING.md). Only moves
+    /// cursors forward; the Node keys are only read.
+    ImportNode(ImportNodeArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportNodeArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Key prefix of the Node lula-hub (its `redis.keyPrefix` without the
+    /// trailing colon).
+    #[arg(long, env = "LULA_NODE_PREFIX", default_value = "lula")]
+    node_prefix: String,
+    /// Show what would change without writing.
+    #[arg(long, env = "LULA_DRY_RUN")]
+    dry_run: bool,
 }
 
 /// Where the hub's data is: every subcommand that reads or writes it.
@@ -118,6 +136,11 @@ struct ServeArgs {
     drain_delay: Duration,
     #[command(flatten)]
     log: lula_runtime::LogArgs,
+    /// Keep a connection that never asked to renew (the Node lula-client,
+    /// which cannot) open this long past its token's expiry, at most 24h;
+    /// 0 closes it at expiry (4001). See SECURITY.md for the cost.
+    #[arg(long, env = "LULA_NON_RENEWING_GRACE", default_value = "0s", value_parser = humantime::parse_duration)]
+    non_renewing_grace: Duration,
 }
 
 #[derive(clap::Args)]
@@ -159,11 +182,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args).await,
         Command::Call(args) => call(args).await,
         Command::Fleet(args) => fleet(args).await,
+        Command::ImportNode(args) => import_node(args).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     lula_runtime::init_tracing_as(args.log.log_format);
+    lula_hub::legacy_session::check_grace(args.non_renewing_grace)?;
     let config = Config {
         auth_redis_url: args.auth_redis_url,
         auth_redis_cluster: args.auth_redis_cluster,
@@ -174,6 +199,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         one_connection_per_device: !args.allow_concurrent_connections,
         hub_id: args.hub_id,
         admin_token: args.admin_token.map(Into::into),
+        non_renewing_grace: args.non_renewing_grace,
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
             drain_delay: args.drain_delay,
@@ -248,5 +274,61 @@ async fn call(args: CallArgs) -> anyhow::Result<()> {
     )
     .await?;
     print!("{}", lula_protocol::rpc::render(&answer, args.json));
+    Ok(())
+}
+
+async fn import_node(args: ImportNodeArgs) -> anyhow::Result<()> {
+    let config = args.store.config();
+    let mut conn = config
+        .redis_target()
+        .connect()
+        .await
+        .context("connect to redis")?;
+    let report = lula_hub::import_node::import_cursors(
+        &mut conn,
+        &config.ingest_layout(),
+        &args.node_prefix,
+        args.dry_run,
+    )
+    .await
+    .context("import the Node hub's cursors")?;
+    let outs = lula_hub::import_node::import_out_streams(
+        &mut conn,
+        &lula_protocol::keys::HubKeys::new(config.prefix.clone()),
+        &args.node_prefix,
+        args.dry_run,
+    )
+    .await
+    .context("copy the Node hub's out streams")?;
+    let copy = if args.dry_run { "would copy" } else { "copied" };
+    for o in &outs {
+        println!(
+            "{}: {copy} {} message(s) from {}:out:{}:x ({} already here)",
+            o.client, o.copied, args.node_prefix, o.client, o.present
+        );
+    }
+    let verb = if args.dry_run { "would set" } else { "set" };
+    for r in &report {
+        let before = r.ours_before.as_deref().unwrap_or("none");
+        match r.action {
+            "set" => println!("{}: {verb} {} (ours was {before})", r.client, r.node),
+            "kept" => println!("{}: kept ours {before} (Node {})", r.client, r.node),
+            _ => println!(
+                "{}: skipped, not a client id and stream id: {:?}",
+                r.client, r.node
+            ),
+        }
+    }
+    let set = report.iter().filter(|r| r.action == "set").count();
+    println!(
+        "{} device cursor(s) in {}:id:h; {set} {verb}{}",
+        report.len(),
+        args.node_prefix,
+        if args.dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
