@@ -156,9 +156,11 @@ impl Device {
     /// (never anything when it has no group); returns how many entries.
     pub async fn trim_in_consumed(&mut self) -> Result<u64, RedisError> {
         let key = self.keys.in_stream();
-        Ok(lula_runtime::retention::trim_consumed(&mut self.redis, &key)
-            .await?
-            .entries)
+        Ok(
+            lula_runtime::retention::trim_consumed(&mut self.redis, &key)
+                .await?
+                .entries,
+        )
     }
 
     /// Reads and judges the device Redis's eviction and persistence settings.

@@ -60,9 +60,11 @@ impl FromStr for KeepAcked {
                 .parse()
                 .map(KeepAcked::Count)
                 .map_err(|e| format!("{s}: {e}")),
-            s => humantime::parse_duration(s).map(KeepAcked::Age).map_err(|_| {
-                format!("expected all, none, a count (10000) or an age (2h), got {s:?}")
-            }),
+            s => humantime::parse_duration(s)
+                .map(KeepAcked::Age)
+                .map_err(|_| {
+                    format!("expected all, none, a count (10000) or an age (2h), got {s:?}")
+                }),
         }
     }
 }
@@ -114,7 +116,12 @@ impl OutRetention {
     /// is due and would remove anything. `now_ms` is the wall clock (for ages).
     /// Under `none` and an age every acknowledgement can trim; under a count,
     /// once the history exceeds the count.
-    pub fn acknowledged(&mut self, cursor: StreamId, entries: u64, now_ms: u64) -> Option<StreamId> {
+    pub fn acknowledged(
+        &mut self,
+        cursor: StreamId,
+        entries: u64,
+        now_ms: u64,
+    ) -> Option<StreamId> {
         if self.keep == KeepAcked::All {
             return None;
         }
@@ -183,7 +190,10 @@ pub async fn trim_in_loop(
             Ok(0) => {}
             Ok(n) => {
                 metrics.in_trimmed.inc_by(n);
-                tracing::debug!(entries = n, "trimmed in:x below what every consumer group acknowledged");
+                tracing::debug!(
+                    entries = n,
+                    "trimmed in:x below what every consumer group acknowledged"
+                );
             }
             Err(e) => tracing::warn!(error = %e, "could not trim in:x"),
         }
@@ -264,7 +274,11 @@ mod tests {
             let mut r = OutRetention::new(KeepAcked::Count(n));
             let mut trimmed_to = 0u64;
             ack(&mut r, id(0), 0);
-            for batch in [1u64, 5, 3, 800, 2, 17, 1, 1, 250, 9].iter().cycle().take(200) {
+            for batch in [1u64, 5, 3, 800, 2, 17, 1, 1, 250, 9]
+                .iter()
+                .cycle()
+                .take(200)
+            {
                 // Ids are ms = the running count, so the kept count is exact.
                 let before: u64 = trimmed_to;
                 let total = r.total + batch;
@@ -277,7 +291,10 @@ mod tests {
                 assert!(trimmed_to <= total, "never past the cursor");
                 let kept = total - trimmed_to;
                 // At most n kept, or the last batch alone when it is larger.
-                assert!(kept <= n.max(*batch), "n={n} kept {kept} after batch {batch}");
+                assert!(
+                    kept <= n.max(*batch),
+                    "n={n} kept {kept} after batch {batch}"
+                );
             }
         }
     }
@@ -289,5 +306,4 @@ mod tests {
         assert_eq!(ack(&mut r, id(500_000), 1), Some(StreamId::new(500_000, 1)));
         assert_eq!(ack(&mut r, id(999_500), 1), Some(id(999_000)));
     }
-
 }

@@ -94,7 +94,10 @@ async fn a_million_entries_leave_the_device_once_synced_through_hub_and_daemon_k
     assert!(len > 0);
     assert_exactly_once("dev-1", &cloud.in_entries().await, N);
     let status = device.status().await;
-    assert_eq!(status.gaps, 0, "the daemon's own trims are no gaps: {status:?}");
+    assert_eq!(
+        status.gaps, 0,
+        "the daemon's own trims are no gaps: {status:?}"
+    );
     assert_eq!(status.upstream_backlog, 0, "{status:?}");
 }
 
@@ -145,9 +148,7 @@ async fn in_x_is_trimmed_only_below_what_every_consumer_group_acknowledged() {
     device.config.trim_in_consumed = Some(Duration::from_millis(50));
     device.start();
     for i in 0..100 {
-        cloud
-            .send_down("dev-1", &[("n", i.to_string())])
-            .await;
+        cloud.send_down("dev-1", &[("n", i.to_string())]).await;
     }
     eventually("100 messages on the device", WAIT, || async {
         (device.in_entries().await.len() == 100).then_some(())
@@ -189,7 +190,11 @@ async fn in_x_is_trimmed_only_below_what_every_consumer_group_acknowledged() {
         (left.len() == 50).then_some(left)
     })
     .await;
-    assert_eq!(left[0].id.to_string(), b[50], "the oldest unacknowledged entry stays");
+    assert_eq!(
+        left[0].id.to_string(),
+        b[50],
+        "the oldest unacknowledged entry stays"
+    );
     // Nothing more goes while b holds it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(device.in_entries().await.len(), 50);

@@ -30,6 +30,19 @@ enum Command {
     /// downstream backlog, last close and error. Reads Redis, so it shows
     /// every replica's devices.
     Fleet(FleetArgs),
+    /// Trim the in streams (every partition) below what every consumer group
+    /// on each has acknowledged; a stream with no group is left as it is.
+    /// Safe to run at any time, e.g. from a CronJob.
+    TrimIngest(TrimIngestArgs),
+}
+
+#[derive(clap::Args)]
+struct TrimIngestArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Print JSON (`{"streams": [{"stream", "floor", "trimmed"}]}`).
+    #[arg(long, env = "LULA_JSON")]
+    json: bool,
 }
 
 /// Where the hub's data is: every subcommand that reads or writes it.
@@ -159,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args).await,
         Command::Call(args) => call(args).await,
         Command::Fleet(args) => fleet(args).await,
+        Command::TrimIngest(args) => trim_ingest(args).await,
     }
 }
 
@@ -189,6 +203,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_hub::run(listener, config, shutdown).await
+}
+
+async fn trim_ingest(args: TrimIngestArgs) -> anyhow::Result<()> {
+    let config = args.store.config();
+    let mut redis = config
+        .redis_target()
+        .connect()
+        .await
+        .context("connect to redis")?;
+    let mut report = Vec::new();
+    for stream in config.ingest_layout().in_streams() {
+        let t = lula_runtime::retention::trim_consumed(&mut redis, &stream)
+            .await
+            .with_context(|| format!("trim {stream}"))?;
+        if !args.json {
+            match &t.floor {
+                Some(floor) => println!("{stream}: trimmed {} entries below {floor}", t.entries),
+                None => println!("{stream}: no consumer group, left as it is"),
+            }
+        }
+        report.push(serde_json::json!({"stream": stream, "floor": t.floor, "trimmed": t.entries}));
+    }
+    if args.json {
+        println!("{}", serde_json::json!({ "streams": report }));
+    }
+    Ok(())
 }
 
 async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
