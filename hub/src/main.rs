@@ -161,6 +161,16 @@ struct CallArgs {
     /// How long to wait for the answer.
     #[arg(long, env = "LULA_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// lula-auth's Redis, where provisioned devices are recorded, when it is
+    /// not --redis-url.
+    #[arg(long, env = "LULA_AUTH_REDIS_URL", hide_env_values = true)]
+    auth_redis_url: Option<String>,
+    /// Treat --auth-redis-url as a seed node of a Redis Cluster.
+    #[arg(long, env = "LULA_AUTH_REDIS_CLUSTER")]
+    auth_redis_cluster: bool,
+    /// Prefix of lula-auth's Redis keys.
+    #[arg(long, env = "LULA_AUTH_PREFIX", default_value = lula_protocol::keys::DEFAULT_AUTH_PREFIX)]
+    auth_prefix: String,
     /// Print the answer as JSON.
     #[arg(long, env = "LULA_JSON")]
     json: bool,
@@ -277,6 +287,18 @@ async fn call(args: CallArgs) -> anyhow::Result<()> {
     .connect()
     .await
     .context("connect to redis")?;
+    let auth_keys = lula_protocol::keys::AuthKeys::new(args.auth_prefix.clone());
+    match &args.auth_redis_url {
+        Some(url) => {
+            let mut auth =
+                lula_runtime::redis::RedisTarget::new(url.clone(), args.auth_redis_cluster)
+                    .connect()
+                    .await
+                    .context("connect to lula-auth's redis")?;
+            lula_hub::rpc::ensure_provisioned(&mut auth, &auth_keys, &args.client).await?
+        }
+        None => lula_hub::rpc::ensure_provisioned(&mut conn, &auth_keys, &args.client).await?,
+    }
     let answer = lula_hub::rpc::call(
         &mut conn,
         &keys.out_stream(&args.client),
