@@ -201,3 +201,64 @@ async fn in_x_is_trimmed_only_below_what_every_consumer_group_acknowledged() {
     let status = device.status().await;
     assert_eq!(status.downstream_backlog.unwrap_or(0), 0, "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "WIP: an OOM refusal still turns into a reconnect loop"]
+async fn a_full_hub_redis_is_refused_clearly_and_nothing_is_lost_when_room_returns() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.config.keep_acked = KeepAcked::Nothing;
+    device.start();
+    device.produce(0, 1_000).await;
+    wait_in_len(&cloud, 1_000).await;
+
+    // The hub's Redis fills up: room for a little more, then OOM.
+    let mut redis = cloud.conn().await;
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut redis).await.unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 256 * 1024)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    device.produce(1_000, 21_000).await;
+    let status = eventually("the device to report the hub's refusal", WAIT, || async {
+        let s = device.status().await;
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("full") || e.contains("OOM") || e.contains("507"))
+            .then_some(s)
+    })
+    .await;
+    eprintln!("while full: {status:?}");
+    let stuck = cloud.in_len().await;
+    assert!(stuck < 21_000, "the hub Redis filled up before the end");
+    // The device keeps what it could not send.
+    assert!(out_len(&device).await >= 21_000 - stuck);
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    wait_in_len(&cloud, 21_000).await;
+    assert_exactly_once("dev-1", &cloud.in_entries().await, 21_000);
+}
