@@ -33,6 +33,7 @@ pub mod daemon;
 pub mod device;
 pub mod identity;
 pub mod metrics;
+pub mod retention;
 pub mod rpc;
 pub mod session;
 pub mod status;

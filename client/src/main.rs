@@ -114,6 +114,20 @@ struct RunArgs {
     /// Cap of the reconnect backoff.
     #[arg(long, env = "LULA_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     max_backoff: Duration,
+    /// Acknowledged history kept in out:x: `all` (never trim), `none` (trim
+    /// as soon as the hub has it), a count (the last N acknowledged entries)
+    /// or an age (e.g. `2h`). Unacknowledged entries are never removed.
+    #[arg(long, env = "LULA_KEEP_ACKED", default_value = "10000")]
+    keep_acked: lula_client::retention::KeepAcked,
+    /// Trim in:x below what every consumer group on it acknowledged (never
+    /// when it has no group), this often; off unless given (e.g. `10s`).
+    #[arg(long, env = "LULA_TRIM_IN_CONSUMED", value_parser = humantime::parse_duration)]
+    trim_in_consumed: Option<Duration>,
+    /// Refuse to start when the device Redis evicts keys or does not persist
+    /// (maxmemory-policy other than noeviction, appendonly off), instead of
+    /// warning.
+    #[arg(long, env = "LULA_REQUIRE_SAFE_REDIS")]
+    require_safe_redis: bool,
 }
 
 #[derive(Args)]
@@ -208,6 +222,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         register_retry: args.register_retry,
         max_backoff: args.max_backoff,
         metrics_listen: args.metrics_listen,
+        keep_acked: args.keep_acked,
+        trim_in_consumed: args.trim_in_consumed,
+        require_safe_redis: args.require_safe_redis,
         ..Config::new(client_id, otp_secret, args.common.state_dir)
     };
     tracing::info!(?config, "starting");

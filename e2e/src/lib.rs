@@ -554,6 +554,9 @@ impl Device {
         config.register_retry = Duration::from_millis(500);
         config.min_backoff = Duration::from_millis(50);
         config.max_backoff = Duration::from_millis(500);
+        // Tests compare the cloud with out:x, so the device keeps all of it;
+        // the retention tests set their own.
+        config.keep_acked = lula_client::retention::KeepAcked::All;
         Device {
             redis,
             keys: DeviceKeys::default(),

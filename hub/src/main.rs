@@ -35,6 +35,10 @@ enum Command {
     /// ours, once, before devices connect (docs/MIGRATING.md). Only moves
     /// cursors forward; the Node keys are only read.
     ImportNode(ImportNodeArgs),
+    /// Trim the in streams (every partition) below what every consumer group
+    /// on each has acknowledged; a stream with no group is left as it is.
+    /// Safe to run at any time, e.g. from a CronJob.
+    TrimIngest(TrimIngestArgs),
 }
 
 #[derive(clap::Args)]
@@ -48,6 +52,15 @@ struct ImportNodeArgs {
     /// Show what would change without writing.
     #[arg(long, env = "LULA_DRY_RUN")]
     dry_run: bool,
+}
+
+#[derive(clap::Args)]
+struct TrimIngestArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Print JSON (`{"streams": [{"stream", "floor", "trimmed"}]}`).
+    #[arg(long, env = "LULA_JSON")]
+    json: bool,
 }
 
 /// Where the hub's data is: every subcommand that reads or writes it.
@@ -171,6 +184,16 @@ struct CallArgs {
     /// How long to wait for the answer.
     #[arg(long, env = "LULA_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// lula-auth's Redis, where provisioned devices are recorded, when it is
+    /// not --redis-url.
+    #[arg(long, env = "LULA_AUTH_REDIS_URL", hide_env_values = true)]
+    auth_redis_url: Option<String>,
+    /// Treat --auth-redis-url as a seed node of a Redis Cluster.
+    #[arg(long, env = "LULA_AUTH_REDIS_CLUSTER")]
+    auth_redis_cluster: bool,
+    /// Prefix of lula-auth's Redis keys.
+    #[arg(long, env = "LULA_AUTH_PREFIX", default_value = lula_protocol::keys::DEFAULT_AUTH_PREFIX)]
+    auth_prefix: String,
     /// Print the answer as JSON.
     #[arg(long, env = "LULA_JSON")]
     json: bool,
@@ -183,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Call(args) => call(args).await,
         Command::Fleet(args) => fleet(args).await,
         Command::ImportNode(args) => import_node(args).await,
+        Command::TrimIngest(args) => trim_ingest(args).await,
     }
 }
 
@@ -215,6 +239,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_hub::run(listener, config, shutdown).await
+}
+
+async fn trim_ingest(args: TrimIngestArgs) -> anyhow::Result<()> {
+    let config = args.store.config();
+    let mut redis = config
+        .redis_target()
+        .connect()
+        .await
+        .context("connect to redis")?;
+    let mut report = Vec::new();
+    for stream in config.ingest_layout().in_streams() {
+        let t = lula_runtime::retention::trim_consumed(&mut redis, &stream)
+            .await
+            .with_context(|| format!("trim {stream}"))?;
+        if !args.json {
+            match &t.floor {
+                Some(floor) => println!("{stream}: trimmed {} entries below {floor}", t.entries),
+                None => println!("{stream}: no consumer group, left as it is"),
+            }
+        }
+        report.push(serde_json::json!({"stream": stream, "floor": t.floor, "trimmed": t.entries}));
+    }
+    if args.json {
+        println!("{}", serde_json::json!({ "streams": report }));
+    }
+    Ok(())
 }
 
 async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
@@ -263,6 +313,18 @@ async fn call(args: CallArgs) -> anyhow::Result<()> {
     .connect()
     .await
     .context("connect to redis")?;
+    let auth_keys = lula_protocol::keys::AuthKeys::new(args.auth_prefix.clone());
+    match &args.auth_redis_url {
+        Some(url) => {
+            let mut auth =
+                lula_runtime::redis::RedisTarget::new(url.clone(), args.auth_redis_cluster)
+                    .connect()
+                    .await
+                    .context("connect to lula-auth's redis")?;
+            lula_hub::rpc::ensure_provisioned(&mut auth, &auth_keys, &args.client).await?
+        }
+        None => lula_hub::rpc::ensure_provisioned(&mut conn, &auth_keys, &args.client).await?,
+    }
     let answer = lula_hub::rpc::call(
         &mut conn,
         &keys.out_stream(&args.client),

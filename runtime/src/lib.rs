@@ -12,6 +12,10 @@
 //!   trusted roots (system plus a private CA).
 //! - [`redis`]: the cloud Redis, one server or a Redis Cluster, behind one
 //!   connection type.
+//! - [`redis_check`]: start-up checks of a Redis's eviction policy and
+//!   persistence against what exactly-once needs.
+//! - [`retention`]: trimming a stream below what every consumer group has
+//!   acknowledged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod redis;
+pub mod redis_check;
+pub mod retention;
 pub mod tls;
 
 /// Limits of the accept loop, and its TLS.
