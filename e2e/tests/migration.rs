@@ -315,6 +315,8 @@ fn our_client(device: &Device, node_secret: &str) -> ClientProcess {
         .arg("--state-dir")
         .arg(device.state_dir())
         .args(["--register-retry", "500ms", "--max-backoff", "500ms"])
+        // The checks compare the cloud with out:x: keep all of it.
+        .args(["--keep-acked", "all"])
         .env("LULA_SECRET", node_secret)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
