@@ -64,6 +64,11 @@ pub struct Config {
     /// looked up again: a key lula-auth stopped publishing (rotated out)
     /// stops verifying within this. Not a flag; tests shorten it.
     pub key_cache_ttl: Duration,
+    /// The wall clock tokens' `exp` is compared with, at the upgrade, on
+    /// `renew` and for the moment a connection's session runs out. Not a
+    /// flag; tests drive it so a token can expire "in 2 s" by the hub's
+    /// clock however long the test takes to connect.
+    pub clock: lula_runtime::Clock,
 }
 
 impl Config {
@@ -119,6 +124,7 @@ impl Config {
             hub_id: None,
             admin_token: None,
             key_cache_ttl: crate::session::DEFAULT_KEY_CACHE_TTL,
+            clock: lula_runtime::Clock::system(),
         }
     }
 }
@@ -151,6 +157,7 @@ impl fmt::Debug for Config {
             .field("hub_id", &self.hub_id)
             .field("admin_token", &self.admin_token)
             .field("key_cache_ttl", &self.key_cache_ttl)
+            .field("clock", &self.clock)
             .finish()
     }
 }

@@ -71,9 +71,11 @@ struct Connection {
     fleet: Recorder,
 }
 
-/// The instant a token expiring at `exp` (epoch seconds) runs out.
-fn deadline_of(exp: u64) -> tokio::time::Instant {
-    let now = std::time::SystemTime::now()
+/// The instant a token expiring at `exp` (epoch seconds) runs out, by the
+/// hub's clock ([`crate::Config::clock`]).
+fn deadline_of(exp: u64, clock: &lula_runtime::Clock) -> tokio::time::Instant {
+    let now = clock
+        .now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let left = std::time::Duration::from_secs(exp).saturating_sub(now);
@@ -169,7 +171,7 @@ pub async fn serve(
         broadcast: None,
         xread: None,
         pending: VecDeque::new(),
-        expires_at: deadline_of(claims.exp),
+        expires_at: deadline_of(claims.exp, &state.config.clock),
         registration,
     };
     tracing::info!("connected");
@@ -533,7 +535,7 @@ impl Connection {
                 match renewed {
                     Ok(claims) if claims.sub == self.client => {
                         HubMetrics::count(&self.state.metrics.renewals, "outcome", "ok");
-                        self.expires_at = deadline_of(claims.exp);
+                        self.expires_at = deadline_of(claims.exp, &self.state.config.clock);
                         self.registration.set_sid(&claims.sid);
                         tracing::debug!(sid = %claims.sid, exp = claims.exp, "session renewed");
                         self.send(kind, id, RenewReply { exp: claims.exp }).await
