@@ -1,8 +1,7 @@
 //! lula-auth configuration, independent of how it was given (flags, env, tests).
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use lula_protocol::Redacted;
 use lula_protocol::keys::DEFAULT_AUTH_PREFIX;
@@ -15,48 +14,8 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The time source for TOTP windows, registration deadlines and token expiry.
-/// Tests drive it; production reads the system clock.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
-
-impl Clock {
-    /// The system clock.
-    pub fn system() -> Self {
-        Clock(Arc::new(SystemTime::now))
-    }
-
-    /// A clock that reads `f`.
-    pub fn from_fn(f: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
-        Clock(Arc::new(f))
-    }
-
-    /// The current time.
-    pub fn now(&self) -> SystemTime {
-        (self.0)()
-    }
-
-    /// Seconds since the epoch.
-    pub fn epoch_secs(&self) -> u64 {
-        self.epoch().as_secs()
-    }
-
-    /// Milliseconds since the epoch.
-    pub fn epoch_ms(&self) -> u64 {
-        self.epoch().as_millis() as u64
-    }
-
-    fn epoch(&self) -> Duration {
-        self.now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for Clock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Clock")
-    }
-}
+/// Tests drive it; production reads the system clock. (The hub takes the same.)
+pub use lula_runtime::Clock;
 
 /// Everything `run` needs besides the listener.
 #[derive(Clone)]

@@ -69,6 +69,11 @@ pub struct Config {
     /// it at expiry like any other. At most
     /// [`crate::legacy_session::MAX_NON_RENEWING_GRACE`].
     pub non_renewing_grace: Duration,
+    /// The wall clock tokens' `exp` is compared with, at the upgrade, on
+    /// `renew` and for the moment a connection's session runs out. Not a
+    /// flag; tests drive it so a token can expire "in 2 s" by the hub's
+    /// clock however long the test takes to connect.
+    pub clock: lula_runtime::Clock,
 }
 
 impl Config {
@@ -125,6 +130,7 @@ impl Config {
             admin_token: None,
             key_cache_ttl: crate::session::DEFAULT_KEY_CACHE_TTL,
             non_renewing_grace: Duration::ZERO,
+            clock: lula_runtime::Clock::system(),
         }
     }
 }
@@ -158,6 +164,7 @@ impl fmt::Debug for Config {
             .field("admin_token", &self.admin_token)
             .field("key_cache_ttl", &self.key_cache_ttl)
             .field("non_renewing_grace", &self.non_renewing_grace)
+            .field("clock", &self.clock)
             .finish()
     }
 }

@@ -164,6 +164,7 @@ pub async fn serve(
         session: crate::legacy_session::SessionClock::new(
             claims.exp,
             state.config.non_renewing_grace,
+            state.config.clock.clone(),
         ),
         registration,
     };

@@ -23,7 +23,9 @@
 //! SECURITY.md: a stolen Node token keeps a socket it already opened for up to
 //! the grace past expiry, unless the device is revoked.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
+
+use lula_runtime::Clock;
 
 use lula_protocol::message::kind;
 use tokio::time::Instant;
@@ -61,22 +63,27 @@ pub struct SessionClock {
     grace: Duration,
     /// Whether the connection asked to renew (or spoke our protocol).
     renews: bool,
+    /// The hub's clock ([`crate::Config::clock`]).
+    clock: Clock,
 }
 
 impl SessionClock {
     /// A connection whose token expires at `token_exp` (epoch seconds), on a
-    /// hub granting `grace` to non-renewing clients.
-    pub fn new(token_exp: u64, grace: Duration) -> Self {
+    /// hub granting `grace` to non-renewing clients, judged by `clock`.
+    pub fn new(token_exp: u64, grace: Duration, clock: Clock) -> Self {
         SessionClock {
             token_exp,
             grace: grace.min(MAX_NON_RENEWING_GRACE),
             renews: false,
+            clock,
         }
     }
 
     /// The instant the socket closes with 4001.
     pub fn deadline(&self) -> Instant {
-        let now = SystemTime::now()
+        let now = self
+            .clock
+            .now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let mut left = Duration::from_secs(self.token_exp).saturating_sub(now);
@@ -105,7 +112,7 @@ mod tests {
     use super::*;
 
     fn epoch() -> u64 {
-        SystemTime::now()
+        std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs()
@@ -115,7 +122,7 @@ mod tests {
     fn only_a_client_that_never_asked_to_renew_gets_the_grace() {
         let exp = epoch() + 60;
         let grace = Duration::from_secs(3600);
-        let mut c = SessionClock::new(exp, grace);
+        let mut c = SessionClock::new(exp, grace, Clock::system());
         let start = Instant::now();
         assert!(c.deadline() >= start + Duration::from_secs(3600));
         for k in ["id", "xread", "xadd", "echo"] {
@@ -124,7 +131,7 @@ mod tests {
         assert!(c.deadline() >= start + Duration::from_secs(3600));
         c.saw("subscribe");
         assert!(c.deadline() <= Instant::now() + Duration::from_secs(61));
-        let mut r = SessionClock::new(exp, grace);
+        let mut r = SessionClock::new(exp, grace, Clock::system());
         r.renewed(exp + 10);
         assert!(r.deadline() <= Instant::now() + Duration::from_secs(71));
     }
@@ -133,7 +140,7 @@ mod tests {
     fn the_grace_is_bounded() {
         assert!(check_grace(MAX_NON_RENEWING_GRACE).is_ok());
         assert!(check_grace(MAX_NON_RENEWING_GRACE + Duration::from_secs(1)).is_err());
-        let c = SessionClock::new(epoch(), Duration::from_secs(10 * 24 * 3600));
+        let c = SessionClock::new(epoch(), Duration::from_secs(10 * 24 * 3600), Clock::system());
         assert!(c.deadline() <= Instant::now() + MAX_NON_RENEWING_GRACE);
     }
 }

@@ -70,6 +70,7 @@ use tracing::Instrument as _;
 
 pub use config::Config;
 pub use error::HubError;
+pub use lula_runtime::Clock;
 use session::Authenticator;
 
 /// Bytes a connection reads from its socket at a time. tungstenite zero-fills
@@ -159,7 +160,8 @@ impl AppState {
             auth: Authenticator::with_key_cache_ttl(
                 AuthKeys::new(config.auth_prefix.clone()),
                 config.key_cache_ttl,
-            ),
+            )
+            .with_clock(config.clock.clone()),
             config,
             redis,
             redis_target,
