@@ -14,8 +14,22 @@
 //! A managed Redis often refuses `CONFIG`; that is reported as "unknown", not
 //! as unsafe: lula cannot tell, and the operator can.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
+
+use crate::redis::RedisTarget;
+
+/// Unsafe settings found by this process's last start-up check, for the
+/// `*_redis_unsafe_settings` gauge.
+static UNSAFE_SETTINGS: AtomicI64 = AtomicI64::new(0);
+
+/// How many unsafe settings the start-up check found (0 before it ran, or
+/// when the settings could not be read).
+pub fn unsafe_settings() -> i64 {
+    UNSAFE_SETTINGS.load(Ordering::Relaxed)
+}
 
 /// One setting that can break a guarantee, and what it can cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +151,57 @@ pub fn report(what: &str, safety: &RedisSafety) -> usize {
     }
 }
 
+/// The start-up check of a service's Redis (`what`, e.g. "the hub Redis"):
+/// one server, or every master of a cluster. Logs each unsafe setting,
+/// records the count for [`unsafe_settings`], and with `refuse`
+/// (`--require-safe-redis`) returns an error when a setting is unsafe or the
+/// settings cannot be read because Redis is unreachable.
+pub async fn check_at_start(target: &RedisTarget, what: &str, refuse: bool) -> Result<(), String> {
+    let safety = match read_target(target).await {
+        Ok(safety) => safety,
+        Err(e) if refuse => {
+            return Err(format!(
+                "--require-safe-redis: cannot read the settings of {what}: {e}"
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(redis = what, error = %e, "cannot check the Redis settings at start (unreachable)");
+            return Ok(());
+        }
+    };
+    let found = report(what, &safety);
+    UNSAFE_SETTINGS.store(found as i64, Ordering::Relaxed);
+    match refusal(what, &safety) {
+        Some(r) if refuse => Err(r),
+        _ => Ok(()),
+    }
+}
+
+/// Judges one server, or each master of a cluster (findings of all masters
+/// together).
+async fn read_target(target: &RedisTarget) -> RedisResult<RedisSafety> {
+    let mut conn = target.connect().await?;
+    let masters = conn.masters().await?;
+    if masters.is_empty() {
+        return check(&mut conn).await;
+    }
+    let mut all = Vec::new();
+    for node in masters {
+        let client = crate::redis::node_client(&target.url, &node)?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        match check(&mut c).await? {
+            RedisSafety::Safe => {}
+            RedisSafety::Unsafe(f) => all.extend(f),
+            unknown @ RedisSafety::Unknown(_) => return Ok(unknown),
+        }
+    }
+    Ok(if all.is_empty() {
+        RedisSafety::Safe
+    } else {
+        RedisSafety::Unsafe(all)
+    })
+}
+
 /// The error `--require-safe-redis` stops with.
 pub fn refusal(what: &str, safety: &RedisSafety) -> Option<String> {
     match safety {
@@ -226,6 +291,37 @@ mod tests {
         assert_eq!(
             check(&mut conn(&safe).await).await.unwrap(),
             RedisSafety::Safe
+        );
+    }
+
+    #[tokio::test]
+    async fn the_start_up_check_refuses_only_when_asked() {
+        let server = RedisServer::start();
+        let target = RedisTarget::new(server.url(), false);
+        assert_eq!(
+            check_at_start(&target, "the test Redis", false).await,
+            Ok(())
+        );
+        assert_eq!(unsafe_settings(), 1, "appendonly no");
+        let e = check_at_start(&target, "the test Redis", true)
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("the test Redis has unsafe settings: appendonly no"),
+            "{e}"
+        );
+        let down = RedisTarget::new(
+            format!("redis://127.0.0.1:{}", lula_testkit::free_port()),
+            false,
+        );
+        assert_eq!(
+            check_at_start(&down, "a Redis that is down", false).await,
+            Ok(())
+        );
+        assert!(
+            check_at_start(&down, "a Redis that is down", true)
+                .await
+                .is_err()
         );
     }
 
