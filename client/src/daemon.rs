@@ -18,13 +18,44 @@ use crate::Config;
 use crate::auth::{AuthCallError, AuthClient, Session};
 use crate::backoff::Backoff;
 use crate::device::{Device, status_fields};
-use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::session::{self, SessionError};
 use std::sync::Arc;
 
 /// A token this close to expiry is renewed before connecting with it.
 const RENEW_MARGIN: Duration = Duration::from_secs(30);
+
+/// Reads the device Redis's eviction and persistence settings once it is
+/// reachable, logs a warning per unsafe one and sets the
+/// `redis_unsafe_settings` gauge; with `refuse`, an unsafe setting is an
+/// error (`--require-safe-redis`).
+async fn check_device_redis(
+    mut device: Device,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    refuse: bool,
+) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let safety = loop {
+        match device.redis_safety().await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::debug!(error = %e, "device Redis not reachable yet for the settings check");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    };
+    let what = "the device Redis";
+    let unsafe_settings = lula_runtime::redis_check::report(what, &safety);
+    metrics.redis_unsafe_settings.set(unsafe_settings as i64);
+    match lula_runtime::redis_check::refusal(what, &safety) {
+        Some(refusal) if refuse => anyhow::bail!(refusal),
+        _ => Ok(()),
+    }
+}
 
 /// Runs the daemon until `shutdown` is cancelled. Returns an error only for
 /// problems retrying cannot solve (unreadable state dir, malformed OTP secret,
@@ -48,10 +79,29 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut identity = Identity::load_or_create(&config.state_dir, &config.client_id)
-        .context("load identity from --state-dir")?;
+    // Takes over a Node lula-client's state when ours does not exist yet.
+    let mut identity = crate::takeover::load_identity(&config, &shutdown).await?;
     let mut device = Device::new(&config.redis_url, DeviceKeys::new(config.prefix.clone()))
-        .context("parse --redis-url")?;
+        .context("parse --redis-url")?
+        .with_keep_acked(config.keep_acked);
+    if config.require_safe_redis {
+        check_device_redis(device.clone(), metrics.clone(), shutdown.clone(), true).await?;
+    } else {
+        tokio::spawn(check_device_redis(
+            device.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            false,
+        ));
+    }
+    if let Some(every) = config.trim_in_consumed {
+        tokio::spawn(crate::retention::trim_in_loop(
+            device.clone(),
+            every,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let auth = AuthClient::with_ca_file(&config.auth_url, config.ca_file.as_deref())
         .context("build lula-auth client")?;
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
@@ -198,7 +248,7 @@ pub async fn run_with_metrics(
 async fn register(
     auth: &AuthClient,
     config: &Config,
-    identity: &mut Identity,
+    identity: &mut crate::identity::Identity,
     backoff: &mut Backoff,
     device: &mut Device,
 ) -> anyhow::Result<Option<Duration>> {

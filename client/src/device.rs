@@ -2,7 +2,7 @@
 //! and broadcasts land in, and the state hash holding the downstream and
 //! broadcast cursors and the daemon's published status.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use lula_protocol::keys::DeviceKeys;
@@ -11,6 +11,8 @@ use lula_protocol::redis_value::entries_from_range;
 use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_reserved};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
+
+use crate::retention::{KeepAcked, OutRetention};
 
 /// Field of the state hash holding the last hub id stored in `in:x`.
 pub const DOWNSTREAM_FIELD: &str = "downstream";
@@ -121,6 +123,8 @@ pub struct Device {
     redis: ConnectionManager,
     client: redis::Client,
     keys: DeviceKeys,
+    /// Upstream retention, shared by clones (only the session trims).
+    retention: Arc<Mutex<OutRetention>>,
 }
 
 impl Device {
@@ -135,7 +139,59 @@ impl Device {
             redis,
             client,
             keys,
+            retention: Arc::new(Mutex::new(OutRetention::new(KeepAcked::All))),
         })
+    }
+
+    /// Sets how much acknowledged history `out:x` keeps (the default of a new
+    /// `Device` is [`KeepAcked::All`]: it never trims).
+    pub fn with_keep_acked(self, keep: KeepAcked) -> Self {
+        Device {
+            retention: Arc::new(Mutex::new(OutRetention::new(keep))),
+            ..self
+        }
+    }
+
+    /// Removes from `in:x` what every consumer group on it has acknowledged
+    /// (never anything when it has no group); returns how many entries.
+    pub async fn trim_in_consumed(&mut self) -> Result<u64, RedisError> {
+        let key = self.keys.in_stream();
+        Ok(
+            lula_runtime::retention::trim_consumed(&mut self.redis, &key)
+                .await?
+                .entries,
+        )
+    }
+
+    /// Reads and judges the device Redis's eviction and persistence settings.
+    pub async fn redis_safety(
+        &mut self,
+    ) -> Result<lula_runtime::redis_check::RedisSafety, RedisError> {
+        lula_runtime::redis_check::check(&mut self.redis).await
+    }
+
+    /// Records that the hub holds every entry of `out:x` up to `cursor`
+    /// (`entries` of them newly acknowledged) and trims `out:x` below it as
+    /// the retention setting allows. Returns how many entries were removed.
+    /// `XTRIM` frees memory, so it works on a full Redis (`noeviction`
+    /// refuses only commands that grow memory).
+    pub async fn retire_acknowledged(
+        &mut self,
+        cursor: StreamId,
+        entries: u64,
+    ) -> Result<u64, RedisError> {
+        let bound = self
+            .retention
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acknowledged(cursor, entries, now_ms());
+        let Some(bound) = bound else { return Ok(0) };
+        redis::cmd("XTRIM")
+            .arg(self.keys.out_stream())
+            .arg("MINID")
+            .arg(bound.to_string())
+            .query_async(&mut self.redis)
+            .await
     }
 
     /// Key names.

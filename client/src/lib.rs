@@ -22,6 +22,7 @@
 //!   reader, status publication.
 //! - [`auth`]: lula-auth calls and TOTP.
 //! - [`identity`]: the secret and registration state in `--state-dir`.
+//! - [`takeover`]: taking over a Node lula-client's state at start.
 //! - [`backoff`]: capped, jittered exponential backoff.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`rpc`]: request/response with the cloud over the synced streams.
@@ -35,9 +36,11 @@ pub mod device;
 pub mod identity;
 pub mod link;
 pub mod metrics;
+pub mod retention;
 pub mod rpc;
 pub mod session;
 pub mod status;
+pub mod takeover;
 pub mod uplink;
 
 pub use config::Config;

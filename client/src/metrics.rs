@@ -39,6 +39,14 @@ pub struct Metrics {
     pub downstream_backlog: Gauge,
     /// Times entries were found deleted from `out:x` before sync.
     pub gaps: Counter,
+    /// Settings of the device Redis that can break the guarantees (eviction
+    /// policy, persistence), as read at start.
+    pub redis_unsafe_settings: Gauge,
+    /// Acknowledged entries the daemon removed from `out:x` (retention).
+    pub out_trimmed: Counter,
+    /// Entries removed from `in:x` after every consumer group acknowledged
+    /// them (`--trim-in-consumed`).
+    pub in_trimmed: Counter,
     /// Broadcasts stored in `in:x`.
     pub broadcast_entries: Counter,
     /// Times the hub reported broadcasts deleted before this device got them.
@@ -63,6 +71,9 @@ impl Default for Metrics {
             downstream_entries: Counter::default(),
             downstream_backlog: Gauge::default(),
             gaps: Counter::default(),
+            out_trimmed: Counter::default(),
+            redis_unsafe_settings: Gauge::default(),
+            in_trimmed: Counter::default(),
             broadcast_entries: Counter::default(),
             broadcast_gaps: Counter::default(),
             renewals: Counter::default(),
@@ -109,6 +120,21 @@ impl Default for Metrics {
             "gaps",
             "Times entries were found deleted from out:x before they were synced",
             m.gaps.clone(),
+        );
+        registry.register(
+            "redis_unsafe_settings",
+            "Settings of the device Redis that can break exactly-once (maxmemory-policy, appendonly), as read at start",
+            m.redis_unsafe_settings.clone(),
+        );
+        registry.register(
+            "out_trimmed_entries",
+            "Acknowledged entries removed from out:x by the daemon (--keep-acked)",
+            m.out_trimmed.clone(),
+        );
+        registry.register(
+            "in_trimmed_entries",
+            "Entries removed from in:x after every consumer group acknowledged them (--trim-in-consumed)",
+            m.in_trimmed.clone(),
         );
         registry.register(
             "broadcast_entries",
@@ -181,6 +207,9 @@ mod tests {
             "lula_client_downstream_entries_total",
             "lula_client_downstream_backlog_entries",
             "lula_client_gaps_total",
+            "lula_client_out_trimmed_entries_total",
+            "lula_client_redis_unsafe_settings",
+            "lula_client_in_trimmed_entries_total",
             "lula_client_broadcast_entries_total",
             "lula_client_broadcast_gaps_total",
             "lula_client_renewals_total",

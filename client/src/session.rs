@@ -156,6 +156,7 @@ pub async fn run(
         prev: StreamId::ZERO,
         cursor: StreamId::ZERO,
         cursor_ordinal: None,
+        retire: true,
         subscribe_id: 0,
         renew_at: renew_time(login.current),
         renewal: Renewal::Idle,
@@ -280,6 +281,9 @@ struct Session<'a> {
     cursor: StreamId,
     /// Its ordinal in `out:x`, when known (see `uplink::Tracker`).
     cursor_ordinal: Option<u64>,
+    /// Whether acknowledged entries may leave `out:x` (not when the hub's
+    /// cursor was found ahead of the device's stream).
+    retire: bool,
     subscribe_id: u64,
     /// How to log in again, and the session token in use.
     login: Login<'a>,
@@ -339,6 +343,19 @@ async fn renewal_login(renewal: &mut Renewal) -> Result<AuthSession, AuthCallErr
 }
 
 impl Session<'_> {
+    /// Lets `out:x` drop what the hub acknowledged, up to `last` (see
+    /// [`crate::retention`]). A failed trim is logged and retried at the next
+    /// acknowledgement: it never ends the session.
+    async fn retire_acknowledged(&mut self, last: StreamId, entries: u64) {
+        match self.device.retire_acknowledged(last, entries).await {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.out_trimmed.inc_by(n);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not trim acknowledged entries from out:x"),
+        }
+    }
+
     /// The cursor's ordinal as published: empty when unknown.
     fn ordinal_text(&self) -> String {
         self.cursor_ordinal
@@ -432,6 +449,12 @@ impl Session<'_> {
             );
             tracing::error!("{message}");
             warning = message;
+            // Entries the hub drops as duplicates are not safe in the cloud:
+            // leave them on the device for the operator.
+            self.retire = false;
+        }
+        if self.retire {
+            self.retire_acknowledged(self.cursor, 0).await;
         }
         self.device
             .publish(&[(status_fields::WARNING, warning)])
@@ -675,6 +698,10 @@ impl Session<'_> {
                     )));
                 }
                 self.cursor = reply.id;
+                if self.retire {
+                    self.retire_acknowledged(last, reply.added + reply.duplicates)
+                        .await;
+                }
                 // Ahead of our batch only if another daemon sent more: then we
                 // do not know where in out:x the cursor is.
                 self.cursor_ordinal = if reply.id == last { last_ordinal } else { None };

@@ -63,21 +63,13 @@ struct Connection {
     xread: Option<mpsc::Sender<XreadJob>>,
     /// Batches submitted and not answered yet, oldest first.
     pending: VecDeque<PendingAppend>,
-    /// When the session ends unless renewed; the socket closes then.
-    expires_at: tokio::time::Instant,
+    /// When the session ends unless renewed; the socket closes then
+    /// (later for a client that never asks to renew, see `legacy_session`).
+    session: crate::legacy_session::SessionClock,
     /// This connection in the hub's registry of live connections.
     registration: Registration,
     /// What the fleet view shows of this device.
     fleet: Recorder,
-}
-
-/// The instant a token expiring at `exp` (epoch seconds) runs out.
-fn deadline_of(exp: u64) -> tokio::time::Instant {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let left = std::time::Duration::from_secs(exp).saturating_sub(now);
-    tokio::time::Instant::now() + left
 }
 
 /// A batch submitted to the ingestor, answered when its result comes.
@@ -169,7 +161,11 @@ pub async fn serve(
         broadcast: None,
         xread: None,
         pending: VecDeque::new(),
-        expires_at: deadline_of(claims.exp),
+        session: crate::legacy_session::SessionClock::new(
+            claims.exp,
+            state.config.non_renewing_grace,
+            state.config.clock.clone(),
+        ),
         registration,
     };
     tracing::info!("connected");
@@ -193,7 +189,7 @@ pub async fn serve(
                 Some(kick) => break Some((kick.code, kick.reason)),
                 None => continue,
             },
-            _ = tokio::time::sleep_until(conn.expires_at) => {
+            _ = tokio::time::sleep_until(conn.session.deadline()) => {
                 break Some((close::SESSION_EXPIRED, "session expired"));
             }
             _ = fleet_tick.tick() => {
@@ -466,6 +462,7 @@ impl Connection {
         };
         let id = env.id.as_ref();
         let kind = env.kind.as_ref();
+        self.session.saw(kind);
         macro_rules! payload {
             ($t:ty) => {
                 match env.payload::<$t>() {
@@ -533,7 +530,7 @@ impl Connection {
                 match renewed {
                     Ok(claims) if claims.sub == self.client => {
                         HubMetrics::count(&self.state.metrics.renewals, "outcome", "ok");
-                        self.expires_at = deadline_of(claims.exp);
+                        self.session.renewed(claims.exp);
                         self.registration.set_sid(&claims.sid);
                         tracing::debug!(sid = %claims.sid, exp = claims.exp, "session renewed");
                         self.send(kind, id, RenewReply { exp: claims.exp }).await

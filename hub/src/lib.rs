@@ -42,7 +42,9 @@ mod connection;
 pub mod downstream;
 pub mod error;
 pub mod fleet;
+pub mod import_node;
 pub mod ingest;
+pub mod legacy_session;
 pub mod link;
 pub mod live;
 pub mod metrics;
@@ -71,6 +73,7 @@ use tracing::Instrument as _;
 
 pub use config::Config;
 pub use error::HubError;
+pub use lula_runtime::Clock;
 use session::Authenticator;
 
 /// Bytes a connection reads from its socket at a time. tungstenite zero-fills
@@ -160,7 +163,8 @@ impl AppState {
             auth: Authenticator::with_key_cache_ttl(
                 AuthKeys::new(config.auth_prefix.clone()),
                 config.key_cache_ttl,
-            ),
+            )
+            .with_clock(config.clock.clone()),
             config,
             redis,
             redis_target,

@@ -30,6 +30,8 @@ pub struct Authenticator {
     keys: AuthKeys,
     key_ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, [u8; 32])>>,
+    /// What a token's `exp` is compared with.
+    clock: lula_runtime::Clock,
 }
 
 impl Authenticator {
@@ -45,7 +47,13 @@ impl Authenticator {
             keys,
             key_ttl,
             cache: Mutex::new(HashMap::new()),
+            clock: lula_runtime::Clock::system(),
         }
+    }
+
+    /// This authenticator, judging token expiry by `clock` ([`crate::Config::clock`]).
+    pub fn with_clock(self, clock: lula_runtime::Clock) -> Self {
+        Authenticator { clock, ..self }
     }
 
     /// Verifies `token` and checks its session still exists; returns its claims.
@@ -56,7 +64,7 @@ impl Authenticator {
     ) -> Result<Claims, HubError> {
         let kid = token::kid_of(token)?;
         let key = self.key(redis, &kid).await?;
-        let claims = token::verify(token, &key)?;
+        let claims = token::verify_at(token, &key, self.clock.epoch_secs())?;
         if !self.session_alive(redis, &claims).await? {
             return Err(TokenError::Revoked.into());
         }

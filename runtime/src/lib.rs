@@ -12,6 +12,12 @@
 //!   trusted roots (system plus a private CA).
 //! - [`redis`]: the cloud Redis, one server or a Redis Cluster, behind one
 //!   connection type.
+//! - [`redis_check`]: start-up checks of a Redis's eviction policy and
+//!   persistence against what exactly-once needs.
+//! - [`retention`]: trimming a stream below what every consumer group has
+//!   acknowledged.
+//! - [`Clock`]: the wall clock services take in their config, so tests can
+//!   drive token expiry and TOTP windows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +34,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod clock;
 pub mod redis;
+pub mod redis_check;
+pub mod retention;
 pub mod tls;
+
+pub use clock::Clock;
 
 /// Limits of the accept loop, and its TLS.
 #[derive(Clone)]
