@@ -125,6 +125,15 @@ pub struct SizeArgs {
     /// Entries of each payload shape sent each way in scenario 6.
     #[arg(long, env = "LULA_BENCH_WIRE_ENTRIES")]
     pub wire_entries: Option<u64>,
+    /// Backlog drained through the slow link in scenario 7.
+    #[arg(long, env = "LULA_BENCH_DRAIN_ENTRIES")]
+    pub drain_entries: Option<u64>,
+    /// The slow link's rate each way in scenario 7, kbit/s.
+    #[arg(long, env = "LULA_BENCH_DRAIN_RATE_KBIT")]
+    pub drain_rate_kbit: Option<u64>,
+    /// The slow link's one-way delay in scenario 7.
+    #[arg(long, env = "LULA_BENCH_DRAIN_DELAY", value_parser = humantime::parse_duration)]
+    pub drain_delay: Option<Duration>,
     /// Longest wait for entries to arrive (a hang guard).
     #[arg(long, env = "LULA_BENCH_WAIT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub wait_timeout: Option<Duration>,
@@ -155,6 +164,9 @@ impl SizeArgs {
             connections: self.connections.unwrap_or(base.connections),
             connect_concurrency: self.connect_concurrency.unwrap_or(base.connect_concurrency),
             wire_entries: self.wire_entries.unwrap_or(base.wire_entries),
+            drain_entries: self.drain_entries.unwrap_or(base.drain_entries),
+            drain_rate_kbit: self.drain_rate_kbit.unwrap_or(base.drain_rate_kbit),
+            drain_delay: self.drain_delay.unwrap_or(base.drain_delay),
             wait_timeout: self.wait_timeout.unwrap_or(base.wait_timeout),
         }
     }

@@ -26,11 +26,13 @@ pub enum Scenario {
     Connections,
     /// Bytes on the link and CPU per entry, for three payload shapes.
     Wire,
+    /// A backlog drained through a slow, high-latency link.
+    Drain,
 }
 
 impl Scenario {
     /// Every concrete scenario, in the order they run.
-    pub const ORDER: [Scenario; 7] = [
+    pub const ORDER: [Scenario; 8] = [
         Scenario::Baseline,
         Scenario::Upstream,
         Scenario::Latency,
@@ -38,6 +40,7 @@ impl Scenario {
         Scenario::Downstream,
         Scenario::Connections,
         Scenario::Wire,
+        Scenario::Drain,
     ];
 
     /// The name used on the command line and in the table.
@@ -51,6 +54,7 @@ impl Scenario {
             Scenario::Downstream => "downstream",
             Scenario::Connections => "connections",
             Scenario::Wire => "wire",
+            Scenario::Drain => "drain",
         }
     }
 
@@ -108,6 +112,12 @@ pub struct Sizes {
     pub connect_concurrency: usize,
     /// Entries of each payload shape sent up, and as many down (scenario 6).
     pub wire_entries: u64,
+    /// Backlog of telemetry entries drained through the slow link (scenario 7).
+    pub drain_entries: u64,
+    /// The slow link's rate each way, kbit/s.
+    pub drain_rate_kbit: u64,
+    /// The slow link's one-way delay.
+    pub drain_delay: Duration,
     /// Longest wait for entries to arrive before a scenario gives up; a hang
     /// guard, never a speed check.
     pub wait_timeout: Duration,
@@ -136,6 +146,9 @@ impl Sizes {
             connections: 10_000,
             connect_concurrency: 100,
             wire_entries: 100_000,
+            drain_entries: 100_000,
+            drain_rate_kbit: 256,
+            drain_delay: Duration::from_millis(300),
             wait_timeout: Duration::from_secs(600),
         }
     }
@@ -162,6 +175,9 @@ impl Sizes {
             connections: 50,
             connect_concurrency: 10,
             wire_entries: 300,
+            drain_entries: 200,
+            drain_rate_kbit: 256,
+            drain_delay: Duration::from_millis(300),
             wait_timeout: Duration::from_secs(120),
         }
     }

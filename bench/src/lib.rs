@@ -12,7 +12,8 @@
 //! 4. downstream: a preloaded hub out stream to one device;
 //! 5. connections: many authenticated idle devices on one hub;
 //! 6. wire: bytes on the link and CPU per entry for three payload shapes,
-//!    counted by a proxy between device and hub.
+//!    counted by a proxy between device and hub;
+//! 7. drain: a backlog through a slow link (256 kbit/s, 300 ms by default).
 //!
 //! Each scenario ends by comparing both sides entry by entry ([`verify`]).
 //! `scripts/bench.sh` runs them all at full size; `tests/smoke.rs` runs each
@@ -75,6 +76,7 @@ pub async fn run(config: &RunConfig) -> Report {
             Scenario::Downstream => scenarios::downstream::run(&ctx).await,
             Scenario::Connections => scenarios::connections::run(&ctx).await,
             Scenario::Wire => scenarios::wire::run(&ctx).await,
+            Scenario::Drain => scenarios::drain::run(&ctx).await,
             Scenario::All => continue,
         };
         let outcome = outcome.unwrap_or_else(|e| {

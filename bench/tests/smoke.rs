@@ -150,6 +150,11 @@ async fn wire_counts_bytes_of_every_shape_and_delivers_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_through_a_slow_link_delivers_exactly_once() {
+    smoke(Scenario::Drain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_all_authenticate_and_stay_open() {
     smoke(Scenario::Connections).await;
 }

@@ -7,6 +7,7 @@
 pub mod baseline;
 pub mod connections;
 pub mod downstream;
+pub mod drain;
 pub mod fanin;
 pub mod latency;
 pub mod upstream;

@@ -212,7 +212,7 @@ impl Noise {
 
 /// Appends `n` entries of `shape` to `key`, pipelined, in order; returns the
 /// bytes of their fields (keys plus values), for reference.
-async fn preload(
+pub(crate) async fn preload(
     conn: &MultiplexedConnection,
     key: &str,
     n: u64,
