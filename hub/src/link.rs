@@ -1,14 +1,19 @@
 //! Compressed frames on one device connection (issue 16, `PROTOCOL.md`,
 //! "Compression"): what the hub agrees to at the upgrade, and the two halves a
-//! connection keeps, [`Outbound`] in its writer and [`Inbound`] in its reader.
-//! Both also count the link's bytes into the connection's [`LinkCounters`].
+//! connection keeps, [`Outbound`] in its writer (through [`compressing`]) and
+//! [`Inbound`] in its reader. Both also count the link's bytes into the hub's
+//! [`LinkMetrics`].
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::extract::ws::{Message, Utf8Bytes};
 use axum::http::HeaderMap;
 use axum::http::header::{HeaderName, HeaderValue};
-use lula_protocol::compress::{self, Decoder, Encoder, FrameError, LinkCounters, Params};
+use futures_util::{Sink, SinkExt as _};
+use lula_protocol::compress::{self, Decoder, Encoder, FrameError, Params, ws_header_bytes};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
 /// What the hub agrees to for this upgrade request: the client's offer from
 /// the `lula-compression` header, else the `compression` query parameter,
@@ -37,23 +42,86 @@ pub fn negotiate(
 
 /// The header the `101` response carries to say what was agreed.
 pub fn response_header(params: Params) -> (HeaderName, HeaderValue) {
-    let value = HeaderValue::from_str(&params.to_string()).expect("an ASCII header value");
+    // `deflate; window-bits=N` is always a valid header value.
+    let value = HeaderValue::from_str(&params.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static(compress::DEFLATE));
     (HeaderName::from_static(compress::HEADER), value)
+}
+
+/// Bytes on the links of all devices of this hub, for `GET /metrics`. "Plain"
+/// is the JSON the frames carry, so `sent_bytes / sent_plain_bytes` is the
+/// compression ratio of what the hub sent (about 1 without compression: frame
+/// headers and pings add a little). Clones share the counts.
+#[derive(Debug, Clone, Default)]
+pub struct LinkMetrics {
+    /// Bytes sent on device links: frame headers and payloads.
+    pub sent_bytes: Counter,
+    /// JSON bytes those frames carried.
+    pub sent_plain_bytes: Counter,
+    /// Bytes received on device links: frame headers and payloads.
+    pub received_bytes: Counter,
+    /// JSON bytes those frames carried.
+    pub received_plain_bytes: Counter,
+}
+
+impl LinkMetrics {
+    /// Registers the four counters (`link_*_bytes_total` under the registry's prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "link_sent_bytes",
+                "Bytes sent on device links (WebSocket frame headers and payloads)",
+                &self.sent_bytes,
+            ),
+            (
+                "link_sent_plain_bytes",
+                "JSON bytes carried by the frames sent on device links",
+                &self.sent_plain_bytes,
+            ),
+            (
+                "link_received_bytes",
+                "Bytes received on device links (WebSocket frame headers and payloads)",
+                &self.received_bytes,
+            ),
+            (
+                "link_received_plain_bytes",
+                "JSON bytes carried by the frames received on device links",
+                &self.received_plain_bytes,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
+
+    fn sent(&self, plain: usize, payload: usize) {
+        // The hub's frames are not masked.
+        self.sent_bytes
+            .inc_by((payload + ws_header_bytes(payload, false)) as u64);
+        self.sent_plain_bytes.inc_by(plain as u64);
+    }
+
+    fn received(&self, plain: usize, payload: usize) {
+        // A device's frames are masked.
+        self.received_bytes
+            .inc_by((payload + ws_header_bytes(payload, true)) as u64);
+        self.received_plain_bytes.inc_by(plain as u64);
+    }
 }
 
 /// The writer's half: compresses text frames once agreed, counts what goes out.
 #[derive(Debug)]
 pub struct Outbound {
     encoder: Option<Encoder>,
-    counters: Arc<LinkCounters>,
+    metrics: LinkMetrics,
 }
 
 impl Outbound {
     /// For a connection that agreed to `params` (or not).
-    pub fn new(params: Option<Params>, counters: Arc<LinkCounters>) -> Self {
+    pub fn new(params: Option<Params>, metrics: LinkMetrics) -> Self {
         Outbound {
             encoder: params.map(Encoder::new),
-            counters,
+            metrics,
         }
     }
 
@@ -63,12 +131,12 @@ impl Outbound {
         match (msg, &mut self.encoder) {
             (Message::Text(text), Some(encoder)) => {
                 let frame = encoder.encode(text.as_bytes());
-                self.counters.sent(text.len(), frame.len(), false);
+                self.metrics.sent(text.len(), frame.len());
                 Message::Binary(frame.into())
             }
             (msg, _) => {
                 let (plain, payload) = sizes(&msg);
-                self.counters.sent(plain, payload, false);
+                self.metrics.sent(plain, payload);
                 msg
             }
         }
@@ -80,24 +148,56 @@ impl Outbound {
     }
 }
 
+/// `sink` with every message passed through `outbound` on its way out: what
+/// the connection's writer task sends on, so replies, pushes and broadcasts
+/// are all compressed (and counted) in one place, in the order queued.
+pub fn compressing<S>(sink: S, outbound: Outbound) -> Compressing<S> {
+    Compressing { sink, outbound }
+}
+
+/// The sink [`compressing`] returns.
+#[derive(Debug)]
+pub struct Compressing<S> {
+    sink: S,
+    outbound: Outbound,
+}
+
+impl<S: Sink<Message> + Unpin> Sink<Message> for Compressing<S> {
+    type Error = S::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.sink.poll_ready_unpin(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, msg: Message) -> Result<(), S::Error> {
+        let this = &mut *self;
+        let msg = this.outbound.prepare(msg);
+        this.sink.start_send_unpin(msg)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.sink.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.sink.poll_close_unpin(cx)
+    }
+}
+
 /// The reader's half: inflates compressed frames once agreed, counts what comes in.
 #[derive(Debug)]
 pub struct Inbound {
     decoder: Option<Decoder>,
-    counters: Arc<LinkCounters>,
+    metrics: LinkMetrics,
 }
 
 impl Inbound {
     /// For a connection that agreed to `params` (or not); no frame inflates
     /// past `max_frame_bytes`.
-    pub fn new(
-        params: Option<Params>,
-        max_frame_bytes: usize,
-        counters: Arc<LinkCounters>,
-    ) -> Self {
+    pub fn new(params: Option<Params>, max_frame_bytes: usize, metrics: LinkMetrics) -> Self {
         Inbound {
             decoder: params.map(|p| Decoder::new(p, max_frame_bytes)),
-            counters,
+            metrics,
         }
     }
 
@@ -110,14 +210,14 @@ impl Inbound {
         match (msg, &mut self.decoder) {
             (Message::Binary(frame), Some(decoder)) => {
                 let plain = decoder.decode(&frame)?;
-                self.counters.received(plain.len(), frame.len(), true);
+                self.metrics.received(plain.len(), frame.len());
                 let text = Utf8Bytes::try_from(plain)
                     .map_err(|_| FrameError::Corrupt("inflated frame is not UTF-8".into()))?;
                 Ok(Message::Text(text))
             }
             (msg, _) => {
                 let (plain, payload) = sizes(&msg);
-                self.counters.received(plain, payload, true);
+                self.metrics.received(plain, payload);
                 Ok(msg)
             }
         }
@@ -153,6 +253,7 @@ mod tests {
     #[test]
     fn offers_are_taken_from_the_header_or_the_query_and_capped() {
         let p = |bits| Params::new(bits).unwrap();
+        let none = HeaderMap::new();
         assert_eq!(
             negotiate(&headers("deflate; window-bits=15"), None, Some(11)),
             Some(p(11))
@@ -161,19 +262,10 @@ mod tests {
             negotiate(&headers("zstd, deflate"), None, Some(12)),
             Some(p(11))
         );
-        assert_eq!(
-            negotiate(
-                &HeaderMap::new(),
-                Some("sessionToken=x&compression=deflate%3B%20window-bits%3D9"),
-                Some(11)
-            ),
-            Some(p(9))
-        );
-        assert_eq!(
-            negotiate(&HeaderMap::new(), Some("sessionToken=x"), Some(11)),
-            None
-        );
-        assert_eq!(negotiate(&HeaderMap::new(), None, Some(11)), None);
+        let query = "sessionToken=x&compression=deflate%3B%20window-bits%3D9";
+        assert_eq!(negotiate(&none, Some(query), Some(11)), Some(p(9)));
+        assert_eq!(negotiate(&none, Some("sessionToken=x"), Some(11)), None);
+        assert_eq!(negotiate(&none, None, Some(11)), None);
         assert_eq!(
             negotiate(&headers("deflate"), None, None),
             None,
@@ -186,11 +278,11 @@ mod tests {
     }
 
     #[test]
-    fn frames_cross_compressed_both_ways_and_are_counted() {
+    fn frames_cross_compressed_and_are_counted() {
         let params = Params::new(compress::DEFAULT_WINDOW_BITS);
-        let hub = Arc::new(LinkCounters::default());
+        let hub = LinkMetrics::default();
         let mut out = Outbound::new(params, hub.clone());
-        let mut client_in = Inbound::new(params, 1 << 20, Arc::new(LinkCounters::default()));
+        let mut client_in = Inbound::new(params, 1 << 20, LinkMetrics::default());
         let text =
             r#"{"type":"push","payload":{"entries":[{"id":"1-0","fields":["temp","21.5"]}]}}"#;
         for _ in 0..3 {
@@ -198,31 +290,49 @@ mod tests {
             assert!(matches!(wire, Message::Binary(_)));
             assert_eq!(client_in.accept(wire).unwrap(), Message::Text(text.into()));
         }
-        let totals = hub.totals();
-        assert_eq!(totals.sent_plain, 3 * text.len() as u64);
-        assert!(totals.sent_ratio() < 0.7, "{totals:?}");
+        assert_eq!(hub.sent_plain_bytes.get(), 3 * text.len() as u64);
+        let ratio = hub.sent_bytes.get() as f64 / hub.sent_plain_bytes.get() as f64;
+        assert!(ratio < 0.7, "{ratio}");
         assert!(out.memory_bytes() <= (1 << compress::DEFAULT_WINDOW_BITS) + 128);
     }
 
     #[test]
     fn without_compression_frames_pass_unchanged() {
-        let counters = Arc::new(LinkCounters::default());
-        let mut out = Outbound::new(None, counters.clone());
-        let mut inb = Inbound::new(None, 1 << 20, counters.clone());
+        let metrics = LinkMetrics::default();
+        let mut out = Outbound::new(None, metrics.clone());
+        let mut inb = Inbound::new(None, 1 << 20, metrics.clone());
         assert_eq!(
             out.prepare(Message::Text("{}".into())),
             Message::Text("{}".into())
         );
         let binary = Message::Binary(vec![1, 2, 3].into());
         assert_eq!(inb.accept(binary.clone()).unwrap(), binary);
-        let t = counters.totals();
-        assert_eq!((t.sent_wire, t.sent_plain, t.received_wire), (4, 2, 9));
+        assert_eq!(
+            (metrics.sent_bytes.get(), metrics.sent_plain_bytes.get()),
+            (4, 2)
+        );
+        assert_eq!(metrics.received_bytes.get(), 9);
+    }
+
+    #[tokio::test]
+    async fn the_compressing_sink_sends_what_outbound_prepares() {
+        let params = Params::new(compress::DEFAULT_WINDOW_BITS);
+        let mut sink = compressing(Vec::new(), Outbound::new(params, LinkMetrics::default()));
+        sink.send(Message::Text("{}".into())).await.unwrap();
+        sink.send(Message::Ping(Default::default())).await.unwrap();
+        let sent = sink.sink;
+        let mut inb = Inbound::new(params, 1 << 20, LinkMetrics::default());
+        assert_eq!(
+            inb.accept(sent[0].clone()).unwrap(),
+            Message::Text("{}".into())
+        );
+        assert!(matches!(sent[1], Message::Ping(_)));
     }
 
     #[test]
     fn a_corrupt_frame_is_an_error_to_close_on() {
         let params = Params::new(compress::DEFAULT_WINDOW_BITS);
-        let mut inb = Inbound::new(params, 1 << 20, Arc::new(LinkCounters::default()));
+        let mut inb = Inbound::new(params, 1 << 20, LinkMetrics::default());
         let err = inb
             .accept(Message::Binary(vec![1, 5, 0xff, 0xff].into()))
             .unwrap_err();
