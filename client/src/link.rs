@@ -1,15 +1,20 @@
 //! Compressed frames on the connection to the hub (issue 16, `PROTOCOL.md`,
 //! "Compression"): the offer on the upgrade request, the hub's answer, and the
-//! two halves a session keeps, [`Outbound`] in its writer and [`Inbound`] in
-//! its reader. Both also count the link's bytes into [`LinkCounters`], which
-//! `status` and the metrics show.
+//! two halves a session keeps: [`Outbound`] in its writer (through
+//! [`compressing`]) and [`Inbound`] in its reader (through [`inflating`]).
+//! Both count the link's bytes into [`LinkMetrics`], which `status` and the
+//! metrics show.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use lula_protocol::compress::{self, Decoder, Encoder, FrameError, LinkCounters, Params};
+use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
+use lula_protocol::compress::{self, Decoder, Encoder, FrameError, Params, ws_header_bytes};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 /// Asks the hub for compressed frames with `params` (a no-op for `None`).
 pub fn offer(request: &mut Request, params: Option<Params>) {
@@ -31,19 +36,96 @@ pub fn accepted(response: &Response) -> Option<Params> {
         .and_then(Params::parse)
 }
 
+/// Bytes on the link to the hub since the daemon started, for the metrics and
+/// `status`. "Plain" is the JSON the frames carry, so `sent_bytes /
+/// sent_plain_bytes` is the compression ratio upstream. Clones share the counts.
+#[derive(Debug, Clone, Default)]
+pub struct LinkMetrics {
+    /// Bytes sent to the hub: frame headers (with the client's mask) and payloads.
+    pub sent_bytes: Counter,
+    /// JSON bytes those frames carried.
+    pub sent_plain_bytes: Counter,
+    /// Bytes received from the hub: frame headers and payloads.
+    pub received_bytes: Counter,
+    /// JSON bytes those frames carried.
+    pub received_plain_bytes: Counter,
+}
+
+impl LinkMetrics {
+    /// Registers the four counters (`link_*_bytes_total` under the registry's prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "link_sent_bytes",
+                "Bytes sent to the hub (WebSocket frame headers and payloads)",
+                &self.sent_bytes,
+            ),
+            (
+                "link_sent_plain_bytes",
+                "JSON bytes carried by the frames sent to the hub",
+                &self.sent_plain_bytes,
+            ),
+            (
+                "link_received_bytes",
+                "Bytes received from the hub (WebSocket frame headers and payloads)",
+                &self.received_bytes,
+            ),
+            (
+                "link_received_plain_bytes",
+                "JSON bytes carried by the frames received from the hub",
+                &self.received_plain_bytes,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
+
+    /// Wire bytes per JSON byte sent (1.0 before anything was sent).
+    pub fn sent_ratio(&self) -> f64 {
+        ratio(self.sent_bytes.get(), self.sent_plain_bytes.get())
+    }
+
+    /// Wire bytes per JSON byte received (1.0 before anything arrived).
+    pub fn received_ratio(&self) -> f64 {
+        ratio(self.received_bytes.get(), self.received_plain_bytes.get())
+    }
+
+    fn sent(&self, plain: usize, payload: usize) {
+        // A client's frames are masked.
+        self.sent_bytes
+            .inc_by((payload + ws_header_bytes(payload, true)) as u64);
+        self.sent_plain_bytes.inc_by(plain as u64);
+    }
+
+    fn received(&self, plain: usize, payload: usize) {
+        self.received_bytes
+            .inc_by((payload + ws_header_bytes(payload, false)) as u64);
+        self.received_plain_bytes.inc_by(plain as u64);
+    }
+}
+
+fn ratio(wire: u64, plain: u64) -> f64 {
+    if plain == 0 {
+        1.0
+    } else {
+        wire as f64 / plain as f64
+    }
+}
+
 /// The writer's half: compresses text frames once agreed, counts what goes out.
 #[derive(Debug)]
 pub struct Outbound {
     encoder: Option<Encoder>,
-    counters: Arc<LinkCounters>,
+    metrics: LinkMetrics,
 }
 
 impl Outbound {
     /// For a session that agreed to `params` (or not).
-    pub fn new(params: Option<Params>, counters: Arc<LinkCounters>) -> Self {
+    pub fn new(params: Option<Params>, metrics: LinkMetrics) -> Self {
         Outbound {
             encoder: params.map(Encoder::new),
-            counters,
+            metrics,
         }
     }
 
@@ -53,15 +135,50 @@ impl Outbound {
         match (msg, &mut self.encoder) {
             (Message::Text(text), Some(encoder)) => {
                 let frame = encoder.encode(text.as_bytes());
-                self.counters.sent(text.len(), frame.len(), true);
+                self.metrics.sent(text.len(), frame.len());
                 Message::Binary(frame.into())
             }
             (msg, _) => {
                 let (plain, payload) = sizes(&msg);
-                self.counters.sent(plain, payload, true);
+                self.metrics.sent(plain, payload);
                 msg
             }
         }
+    }
+}
+
+/// `sink` with every message passed through `outbound` on its way out (the
+/// session's writer task sends on it).
+pub fn compressing<S>(sink: S, outbound: Outbound) -> Compressing<S> {
+    Compressing { sink, outbound }
+}
+
+/// The sink [`compressing`] returns.
+#[derive(Debug)]
+pub struct Compressing<S> {
+    sink: S,
+    outbound: Outbound,
+}
+
+impl<S: Sink<Message> + Unpin> Sink<Message> for Compressing<S> {
+    type Error = S::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.sink.poll_ready_unpin(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, msg: Message) -> Result<(), S::Error> {
+        let this = &mut *self;
+        let msg = this.outbound.prepare(msg);
+        this.sink.start_send_unpin(msg)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.sink.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.sink.poll_close_unpin(cx)
     }
 }
 
@@ -69,42 +186,73 @@ impl Outbound {
 #[derive(Debug)]
 pub struct Inbound {
     decoder: Option<Decoder>,
-    counters: Arc<LinkCounters>,
+    metrics: LinkMetrics,
 }
 
 impl Inbound {
     /// For a session that agreed to `params` (or not); no frame inflates past
     /// `max_frame_bytes`.
-    pub fn new(
-        params: Option<Params>,
-        max_frame_bytes: usize,
-        counters: Arc<LinkCounters>,
-    ) -> Self {
+    pub fn new(params: Option<Params>, max_frame_bytes: usize, metrics: LinkMetrics) -> Self {
         Inbound {
             decoder: params.map(|p| Decoder::new(p, max_frame_bytes)),
-            counters,
+            metrics,
         }
     }
 
     /// The frame as the session handles it: a compressed binary frame becomes
-    /// the text frame it carries. An error means the hub's frames can no
-    /// longer be read: the session ends and reconnects (which starts fresh
-    /// histories on both ends).
+    /// the text frame it carries.
     pub fn accept(&mut self, msg: Message) -> Result<Message, FrameError> {
         match (msg, &mut self.decoder) {
             (Message::Binary(frame), Some(decoder)) => {
                 let plain = decoder.decode(&frame)?;
-                self.counters.received(plain.len(), frame.len(), false);
+                self.metrics.received(plain.len(), frame.len());
                 let text = Utf8Bytes::try_from(plain)
                     .map_err(|_| FrameError::Corrupt("inflated frame is not UTF-8".into()))?;
                 Ok(Message::Text(text))
             }
             (msg, _) => {
                 let (plain, payload) = sizes(&msg);
-                self.counters.received(plain, payload, false);
+                self.metrics.received(plain, payload);
                 Ok(msg)
             }
         }
+    }
+}
+
+/// `stream` with every frame passed through `inbound`. A frame that cannot be
+/// inflated ends the session like a broken socket (an `InvalidData` I/O
+/// error); the reconnect starts both histories afresh.
+pub fn inflating<S>(stream: S, inbound: Inbound) -> Inflating<S> {
+    Inflating { stream, inbound }
+}
+
+/// The stream [`inflating`] returns.
+#[derive(Debug)]
+pub struct Inflating<S> {
+    stream: S,
+    inbound: Inbound,
+}
+
+impl<S> Stream for Inflating<S>
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    type Item = Result<Message, tungstenite::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        this.stream.poll_next_unpin(cx).map(|item| {
+            item.map(|r| {
+                r.and_then(|msg| {
+                    this.inbound.accept(msg).map_err(|e| {
+                        tungstenite::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            e,
+                        ))
+                    })
+                })
+            })
+        })
     }
 }
 
@@ -145,20 +293,57 @@ mod tests {
         assert_eq!(accepted(&response), Params::new(9));
     }
 
-    #[test]
-    fn frames_cross_compressed_and_are_counted_with_the_client_mask() {
+    #[tokio::test]
+    async fn frames_cross_compressed_and_are_counted_with_the_client_mask() {
         let params = Params::new(compress::DEFAULT_WINDOW_BITS);
-        let counters = Arc::new(LinkCounters::default());
-        let mut out = Outbound::new(params, counters.clone());
-        let mut hub_in = Inbound::new(params, 1 << 20, Arc::new(LinkCounters::default()));
+        let metrics = LinkMetrics::default();
+        let mut sink = compressing(Vec::new(), Outbound::new(params, metrics.clone()));
         let text = r#"{"type":"xadds","id":7,"payload":{"prev":"0-0","entries":[]}}"#;
-        let wire = out.prepare(Message::Text(text.into()));
-        let Message::Binary(frame) = &wire else {
-            panic!("compressed: {wire:?}");
+        sink.send(Message::Text(text.into())).await.unwrap();
+        let sent = std::mem::take(&mut sink.sink);
+        let Message::Binary(frame) = &sent[0] else {
+            panic!("compressed: {sent:?}");
         };
-        assert_eq!(counters.totals().sent_wire, (frame.len() + 6) as u64);
-        assert_eq!(hub_in.accept(wire).unwrap(), Message::Text(text.into()));
-        let plain = Outbound::new(None, counters.clone()).prepare(Message::Text(text.into()));
-        assert_eq!(plain, Message::Text(text.into()));
+        assert_eq!(metrics.sent_bytes.get(), (frame.len() + 6) as u64);
+        let hub_side = LinkMetrics::default();
+        let frames = futures_util::stream::iter(sent.into_iter().map(Ok));
+        let mut stream = inflating(frames, Inbound::new(params, 1 << 20, hub_side.clone()));
+        assert_eq!(
+            stream.next().await.unwrap().unwrap(),
+            Message::Text(text.into())
+        );
+        assert_eq!(hub_side.received_plain_bytes.get(), text.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_frame_from_the_hub_is_an_invalid_data_error() {
+        let params = Params::new(compress::DEFAULT_WINDOW_BITS);
+        let bad = Message::Binary(vec![1, 5, 0xff, 0xff].into());
+        let frames = futures_util::stream::iter([Ok(bad)]);
+        let mut stream = inflating(
+            frames,
+            Inbound::new(params, 1 << 20, LinkMetrics::default()),
+        );
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, tungstenite::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData)
+        );
+    }
+
+    #[test]
+    fn without_compression_frames_pass_unchanged() {
+        let metrics = LinkMetrics::default();
+        let text = Message::Text("{}".into());
+        assert_eq!(
+            Outbound::new(None, metrics.clone()).prepare(text.clone()),
+            text
+        );
+        let mut inb = Inbound::new(None, 1 << 20, metrics.clone());
+        assert_eq!(inb.accept(text.clone()).unwrap(), text);
+        assert_eq!(
+            metrics.sent_ratio(),
+            4.0,
+            "2 bytes of JSON in a frame of 8 (2 header, 4 mask)"
+        );
     }
 }

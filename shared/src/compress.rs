@@ -25,7 +25,6 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -220,80 +219,6 @@ pub fn ws_header_bytes(len: usize, masked: bool) -> usize {
         _ => 10,
     };
     base + if masked { 4 } else { 0 }
-}
-
-/// Link byte counts of one connection, kept by its reader and its writer and
-/// read by `status` and the metrics. "Wire" is what went over the link
-/// (frame headers and payloads, compressed or not); "plain" is the JSON those
-/// frames carry, so `wire / plain` is what compression saved.
-#[derive(Debug, Default)]
-pub struct LinkCounters {
-    sent_wire: AtomicU64,
-    sent_plain: AtomicU64,
-    received_wire: AtomicU64,
-    received_plain: AtomicU64,
-}
-
-/// A reading of [`LinkCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LinkTotals {
-    /// Bytes sent on the link (frame headers included).
-    pub sent_wire: u64,
-    /// JSON bytes those frames carried.
-    pub sent_plain: u64,
-    /// Bytes received on the link (frame headers included).
-    pub received_wire: u64,
-    /// JSON bytes those frames carried.
-    pub received_plain: u64,
-}
-
-impl LinkTotals {
-    /// Wire bytes per JSON byte sent (1.0 before anything was sent).
-    pub fn sent_ratio(&self) -> f64 {
-        ratio(self.sent_wire, self.sent_plain)
-    }
-
-    /// Wire bytes per JSON byte received (1.0 before anything arrived).
-    pub fn received_ratio(&self) -> f64 {
-        ratio(self.received_wire, self.received_plain)
-    }
-}
-
-fn ratio(wire: u64, plain: u64) -> f64 {
-    if plain == 0 {
-        1.0
-    } else {
-        wire as f64 / plain as f64
-    }
-}
-
-impl LinkCounters {
-    /// A data frame of `payload` bytes carrying `plain` JSON bytes was sent;
-    /// `masked` when this end is the client.
-    pub fn sent(&self, plain: usize, payload: usize, masked: bool) {
-        let wire = payload + ws_header_bytes(payload, masked);
-        self.sent_wire.fetch_add(wire as u64, Ordering::Relaxed);
-        self.sent_plain.fetch_add(plain as u64, Ordering::Relaxed);
-    }
-
-    /// A data frame of `payload` bytes carrying `plain` JSON bytes arrived;
-    /// `masked` when the peer is the client.
-    pub fn received(&self, plain: usize, payload: usize, masked: bool) {
-        let wire = payload + ws_header_bytes(payload, masked);
-        self.received_wire.fetch_add(wire as u64, Ordering::Relaxed);
-        self.received_plain
-            .fetch_add(plain as u64, Ordering::Relaxed);
-    }
-
-    /// The counts so far.
-    pub fn totals(&self) -> LinkTotals {
-        LinkTotals {
-            sent_wire: self.sent_wire.load(Ordering::Relaxed),
-            sent_plain: self.sent_plain.load(Ordering::Relaxed),
-            received_wire: self.received_wire.load(Ordering::Relaxed),
-            received_plain: self.received_plain.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// The last `window` plain bytes of one direction: the context both ends share.
