@@ -260,7 +260,7 @@ mod tests {
         );
         assert_eq!(
             negotiate(&headers("zstd, deflate"), None, Some(12)),
-            Some(p(11))
+            Some(p(compress::DEFAULT_WINDOW_BITS))
         );
         let query = "sessionToken=x&compression=deflate%3B%20window-bits%3D9";
         assert_eq!(negotiate(&none, Some(query), Some(11)), Some(p(9)));
