@@ -37,6 +37,9 @@ pub struct Config {
     pub inflight_batches: usize,
     /// Largest frame the client sends (the hub's limit wins if smaller).
     pub max_frame_bytes: usize,
+    /// Compression window (bits) asked of the hub; `None` asks for no
+    /// compression (JSON text frames). See `PROTOCOL.md`, "Compression".
+    pub compression_window_bits: Option<u8>,
     /// Pause between failed registration attempts.
     pub register_retry: Duration,
     /// First reconnect delay; doubles per failure up to `max_backoff`, with jitter.
@@ -81,6 +84,7 @@ impl Config {
             batch_entries: DEFAULT_BATCH_ENTRIES,
             inflight_batches: DEFAULT_INFLIGHT_BATCHES,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            compression_window_bits: Some(lula_protocol::compress::DEFAULT_WINDOW_BITS),
             register_retry: Duration::from_secs(60),
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
@@ -109,6 +113,7 @@ impl std::fmt::Debug for Config {
             .field("batch_entries", &self.batch_entries)
             .field("inflight_batches", &self.inflight_batches)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("compression_window_bits", &self.compression_window_bits)
             .field("register_retry", &self.register_retry)
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)

@@ -103,6 +103,10 @@ struct RunArgs {
     /// Largest frame sent, in bytes (the hub's limit wins if smaller).
     #[arg(long, env = "LULA_MAX_FRAME_BYTES", default_value_t = lula_protocol::limits::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
+    /// Compressed frames on the link to the hub: the window asked for (9 to 15
+    /// bits; 10 = 1 KiB per direction), or `off` for JSON text frames.
+    #[arg(long, env = "LULA_COMPRESSION_WINDOW_BITS", default_value = "10", value_parser = lula_protocol::compress::parse_window_setting)]
+    compression_window_bits: Option<u8>,
     /// Pause between refused registration attempts.
     #[arg(long, env = "LULA_REGISTER_RETRY", default_value = "60s", value_parser = humantime::parse_duration)]
     register_retry: Duration,
@@ -219,6 +223,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         batch_entries: args.batch_entries.max(1),
         inflight_batches: args.inflight_batches.max(1),
         max_frame_bytes: args.max_frame_bytes,
+        compression_window_bits: args.compression_window_bits,
         register_retry: args.register_retry,
         max_backoff: args.max_backoff,
         metrics_listen: args.metrics_listen,

@@ -32,7 +32,12 @@ pub struct Config {
     /// Prefix of lula-auth's keys, where sessions and verification keys live (`lula-auth`).
     pub auth_prefix: String,
     /// Largest WebSocket message accepted; larger ones close the socket with 1009.
+    /// A compressed frame may not inflate past it either.
     pub max_frame_bytes: usize,
+    /// Largest compression window (bits) the hub agrees to when a client asks
+    /// for compressed frames; `None` turns compression off (every client gets
+    /// JSON text frames). See `PROTOCOL.md`, "Compression".
+    pub compression_window_bits: Option<u8>,
     /// How long one Redis command may take before it counts as failed. An ingest
     /// script that times out may still have run; the client's retry is then
     /// answered as duplicates, so this never costs correctness.
@@ -118,6 +123,7 @@ impl Config {
             prefix: DEFAULT_HUB_PREFIX.into(),
             auth_prefix: DEFAULT_AUTH_PREFIX.into(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            compression_window_bits: Some(lula_protocol::compress::DEFAULT_WINDOW_BITS),
             redis_timeout: Duration::from_secs(5),
             ping_interval: PING_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
@@ -152,6 +158,7 @@ impl fmt::Debug for Config {
             .field("prefix", &self.prefix)
             .field("auth_prefix", &self.auth_prefix)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("compression_window_bits", &self.compression_window_bits)
             .field("redis_timeout", &self.redis_timeout)
             .field("ping_interval", &self.ping_interval)
             .field("idle_timeout", &self.idle_timeout)

@@ -54,6 +54,20 @@ pub const MAX_WINDOW_BITS: u8 = 15;
 /// between frames to 2 KiB, inside the hub's 16 KiB per idle connection.
 pub const DEFAULT_WINDOW_BITS: u8 = 10;
 
+/// Parses a window setting as the `--compression-window-bits` flags take it:
+/// `off` (or `0`) for no compression, else 9 to 15.
+pub fn parse_window_setting(s: &str) -> Result<Option<u8>, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") || s == "0" {
+        return Ok(None);
+    }
+    s.parse()
+        .ok()
+        .and_then(Params::new)
+        .map(|p| Some(p.window_bits()))
+        .ok_or_else(|| format!("expected off or {MIN_WINDOW_BITS} to {MAX_WINDOW_BITS}, got {s:?}"))
+}
+
 /// First byte of a compressed binary frame: raw deflate, context takeover.
 /// Other values are reserved for other codecs and refused.
 pub const FORMAT_DEFLATE: u8 = 0x01;

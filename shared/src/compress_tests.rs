@@ -325,6 +325,11 @@ fn offers_parse_and_negotiate() {
     assert_eq!(p(11).to_string(), "deflate; window-bits=11");
     assert_eq!(Params::parse(&p(13).to_string()), Some(p(13)));
     assert_eq!(Params::new(8), None);
+    assert_eq!(parse_window_setting("off"), Ok(None));
+    assert_eq!(parse_window_setting("0"), Ok(None));
+    assert_eq!(parse_window_setting("12"), Ok(Some(12)));
+    assert!(parse_window_setting("8").is_err());
+    assert!(parse_window_setting("deflate").is_err());
 }
 
 #[test]
