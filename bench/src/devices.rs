@@ -131,16 +131,19 @@ impl Daemons {
     /// Starts the daemon of `device` against `cloud`, with default batching
     /// and quick retries.
     pub fn start(&mut self, device: &Device, servers: &DeviceServers, cloud: &Cloud) {
-        self.start_via(device, servers, cloud, cloud.hub.url());
+        let defaults = lula_protocol::compress::DEFAULT_WINDOW_BITS;
+        self.start_via(device, servers, cloud, cloud.hub.url(), Some(defaults));
     }
 
-    /// Like [`Daemons::start`], reaching the hub at `hub_url` (a proxy).
+    /// Like [`Daemons::start`], reaching the hub at `hub_url` (a proxy),
+    /// asking for compressed frames with `compression_window_bits` (or not).
     pub fn start_via(
         &mut self,
         device: &Device,
         servers: &DeviceServers,
         cloud: &Cloud,
         hub_url: String,
+        compression_window_bits: Option<u8>,
     ) {
         let mut config = lula_client::Config::new(
             device.client.clone(),
@@ -149,6 +152,7 @@ impl Daemons {
         );
         config.auth_url = cloud.auth_url.clone();
         config.hub_url = hub_url;
+        config.compression_window_bits = compression_window_bits;
         config.redis_url = servers.url(device.server);
         config.prefix = device.keys.prefix().to_owned();
         config.register_retry = Duration::from_millis(500);

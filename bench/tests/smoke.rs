@@ -130,7 +130,7 @@ async fn downstream_delivers_a_preloaded_stream_exactly_once() {
 async fn wire_counts_bytes_of_every_shape_and_delivers_exactly_once() {
     let report = smoke(Scenario::Wire).await;
     for shape in ["telemetry", "logs", "random"] {
-        for phase in ["up", "down"] {
+        for phase in ["up (json)", "down (json)", "up (deflate)", "down (deflate)"] {
             let metric = format!("{shape} {phase}: wire bytes/entry, both ways");
             let row = report
                 .rows
@@ -143,8 +143,8 @@ async fn wire_counts_bytes_of_every_shape_and_delivers_exactly_once() {
                 .next()
                 .and_then(|n| n.parse().ok())
                 .expect("a number");
-            // Every entry crossed the proxy, so at least its fields did.
-            assert!(per_entry > 40.0, "{metric}: {}", row.value);
+            // Every entry crossed the proxy: something per entry did.
+            assert!(per_entry > 5.0, "{metric}: {}", row.value);
         }
     }
 }

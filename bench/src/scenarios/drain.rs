@@ -5,11 +5,12 @@
 //! delay by default). The clock runs from the daemon's start (login and
 //! connect included) until the hub's in stream holds the whole backlog; the
 //! bytes both ways are counted at the proxy. Verified exactly once, in order.
+//! Run twice: with JSON text frames, then with compressed frames.
 
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use super::wire::{Shape, preload};
+use super::wire::{Mode, Shape, preload};
 use super::{Ctx, EXACTLY_ONCE, Outcome, check_row};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
@@ -21,8 +22,32 @@ use crate::wire_proxy::{CountingProxy, Throttle};
 
 const SCENARIO: Scenario = Scenario::Drain;
 
-/// Runs scenario 7.
+/// Runs scenario 7, once per mode.
 pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut verified = Vec::new();
+    let mut failed = Vec::new();
+    for mode in Mode::ALL {
+        let outcome = run_mode(ctx, mode).await?;
+        rows.extend(outcome.rows);
+        notes.extend(outcome.notes);
+        match outcome.check {
+            Ok(what) => verified.push(format!("{}: {what}", mode.name())),
+            Err(e) => failed.push(format!("{}: {e}", mode.name())),
+        }
+    }
+    let check = if failed.is_empty() {
+        Ok(verified.join("; "))
+    } else {
+        Err(failed.join("; "))
+    };
+    rows.push(check_row(SCENARIO, EXACTLY_ONCE, &check));
+    Ok(Outcome { rows, check, notes })
+}
+
+/// One drain in one mode, with its own cloud and device.
+async fn run_mode(ctx: &Ctx<'_>, mode: Mode) -> anyhow::Result<Outcome> {
     let s = ctx.sizes;
     let n = s.drain_entries;
     let throttle = Throttle {
@@ -64,11 +89,15 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let in_key = cloud.keys.in_stream();
     let mut daemons = Daemons::new()?;
     let start = Instant::now();
-    daemons.start_via(&device, &servers, &cloud, proxy.url());
+    daemons.start_via(&device, &servers, &cloud, proxy.url(), mode.window_bits());
     let (len, done) = load::wait_len(&mut cloud.conn(), &in_key, n, s.wait_timeout).await?;
     let bytes = proxy.bytes();
-    let mut rows = vec![Row::info(SCENARIO, "link", link)];
-    let metric = format!("time to drain {} telemetry entries", thousands(n));
+    let mut rows = vec![Row::info(SCENARIO, format!("link ({})", mode.name()), link)];
+    let metric = format!(
+        "time to drain {} telemetry entries ({})",
+        thousands(n),
+        mode.name()
+    );
     rows.push(match done {
         Some(done) => Row::info(SCENARIO, metric, secs(done.duration_since(start))),
         None => Row::info(
@@ -86,7 +115,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let per = |b: u64| b as f64 / n.max(1) as f64;
     rows.push(Row::info(
         SCENARIO,
-        "wire bytes/entry, both ways",
+        format!("wire bytes/entry, both ways ({})", mode.name()),
         format!(
             "{:.1} B (device to hub {:.1}, hub to device {:.1}; fields {:.1})",
             per(bytes.up + bytes.down),
@@ -110,7 +139,6 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     .await
     .map(|n| format!("{} entries", thousands(n)))
     .map_err(|e| format!("{e:#}"));
-    rows.push(check_row(SCENARIO, EXACTLY_ONCE, &check));
     let mut notes: Vec<String> = cloud.hub_log_note(SCENARIO.name()).into_iter().collect();
     if let Err(e) = stopped {
         notes.push(format!("{}: stopping the client: {e:#}", SCENARIO.name()));

@@ -259,14 +259,56 @@ impl Mark {
     }
 }
 
+/// How the daemon talks to the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// JSON text frames (no compression asked for).
+    Json,
+    /// Compressed frames, the default window.
+    Deflate,
+}
+
+impl Mode {
+    /// Both, in the order they run.
+    pub const ALL: [Mode; 2] = [Mode::Json, Mode::Deflate];
+
+    /// Its name in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Json => "json",
+            Mode::Deflate => "deflate",
+        }
+    }
+
+    /// The daemon's `compression_window_bits`.
+    pub fn window_bits(self) -> Option<u8> {
+        match self {
+            Mode::Json => None,
+            Mode::Deflate => Some(lula_protocol::compress::DEFAULT_WINDOW_BITS),
+        }
+    }
+}
+
+/// What one phase measured, for the comparison rows.
+#[derive(Debug, Clone, Copy, Default)]
+struct Phase {
+    bytes_per_entry: f64,
+    rate: f64,
+}
+
 /// The rows of one phase of `n` entries between two marks.
-fn phase_rows(label: &str, n: u64, field_bytes: u64, start: Mark, end: Mark) -> Vec<Row> {
+fn phase_rows(label: &str, n: u64, field_bytes: u64, start: Mark, end: Mark) -> (Vec<Row>, Phase) {
     let b = end.bytes.since(start.bytes);
     let per = |x: u64| x as f64 / n.max(1) as f64;
     let elapsed = end.at.duration_since(start.at);
     let us_per_tick = 1e6 / ticks_per_second() as f64;
     let cpu = |t0: u64, t1: u64| t1.saturating_sub(t0) as f64 * us_per_tick / n.max(1) as f64;
-    vec![
+    let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
+    let phase = Phase {
+        bytes_per_entry: per(b.up + b.down),
+        rate,
+    };
+    let rows = vec![
         Row::info(
             SCENARIO,
             format!("{label}: wire bytes/entry, both ways"),
@@ -283,7 +325,7 @@ fn phase_rows(label: &str, n: u64, field_bytes: u64, start: Mark, end: Mark) -> 
             format!("{label}: entries/s"),
             format!(
                 "{} ({} in {})",
-                per_second(n as f64 / elapsed.as_secs_f64().max(1e-9), "entries"),
+                per_second(rate, "entries"),
                 thousands(n),
                 secs(elapsed)
             ),
@@ -297,7 +339,45 @@ fn phase_rows(label: &str, n: u64, field_bytes: u64, start: Mark, end: Mark) -> 
                 cpu(start.bench_ticks, end.bench_ticks)
             ),
         ),
-    ]
+    ];
+    (rows, phase)
+}
+
+/// Compressed against JSON, for one shape: bytes per entry each way (the
+/// issue's goals: at most 0.35 for telemetry, 1.05 for random bytes) and
+/// upstream entries/s (at least 0.8).
+fn comparison_rows(shape: Shape, json: [Phase; 2], deflate: [Phase; 2]) -> Vec<Row> {
+    let bytes_target = match shape {
+        Shape::Telemetry => Some(0.35),
+        Shape::Random => Some(1.05),
+        Shape::Logs => None,
+    };
+    let mut rows = Vec::new();
+    for (i, phase) in ["up", "down"].into_iter().enumerate() {
+        let ratio = deflate[i].bytes_per_entry / json[i].bytes_per_entry.max(1e-9);
+        let row = Row::info(
+            SCENARIO,
+            format!("{} {phase}: deflate / json bytes per entry", shape.name()),
+            format!(
+                "{ratio:.3} ({:.1} B vs {:.1} B)",
+                deflate[i].bytes_per_entry, json[i].bytes_per_entry
+            ),
+        );
+        rows.push(match bytes_target {
+            Some(t) => row.target(format!("<= {t}"), ratio <= t),
+            None => row,
+        });
+    }
+    let rate = deflate[0].rate / json[0].rate.max(1e-9);
+    rows.push(
+        Row::info(
+            SCENARIO,
+            format!("{} up: deflate / json entries/s", shape.name()),
+            format!("{rate:.2}"),
+        )
+        .target(">= 0.8", rate >= 0.8),
+    );
+    rows
 }
 
 /// Runs scenario 6: every shape, one after the other.
@@ -307,13 +387,19 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let mut verified = Vec::new();
     let mut failed = Vec::new();
     for shape in Shape::ALL {
-        let (shape_rows, check, shape_notes) = run_shape(ctx, shape).await?;
-        rows.extend(shape_rows);
-        notes.extend(shape_notes);
-        match check {
-            Ok(what) => verified.push(format!("{}: {what}", shape.name())),
-            Err(e) => failed.push(format!("{}: {e}", shape.name())),
+        let mut phases = Vec::new();
+        for mode in Mode::ALL {
+            let run = run_shape(ctx, shape, mode).await?;
+            rows.extend(run.rows);
+            notes.extend(run.notes);
+            let name = format!("{} {}", shape.name(), mode.name());
+            match run.check {
+                Ok(what) => verified.push(format!("{name}: {what}")),
+                Err(e) => failed.push(format!("{name}: {e}")),
+            }
+            phases.push(run.phases);
         }
+        rows.extend(comparison_rows(shape, phases[0], phases[1]));
     }
     let check = if failed.is_empty() {
         Ok(verified.join("; "))
@@ -325,10 +411,18 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
 }
 
 /// One shape: its own cloud and device, the up phase, then the down phase.
-async fn run_shape(
-    ctx: &Ctx<'_>,
-    shape: Shape,
-) -> anyhow::Result<(Vec<Row>, Result<String, String>, Vec<String>)> {
+/// What one run of a shape in one mode found.
+struct ShapeRun {
+    rows: Vec<Row>,
+    check: Result<String, String>,
+    notes: Vec<String>,
+    /// Up, down.
+    phases: [Phase; 2],
+}
+
+/// One shape in one mode: its own cloud and device, the up phase, then the
+/// down phase.
+async fn run_shape(ctx: &Ctx<'_>, shape: Shape, mode: Mode) -> anyhow::Result<ShapeRun> {
     let s = ctx.sizes;
     let n = s.wire_entries;
     let cloud = Cloud::start(ctx.hub_exe).await?;
@@ -348,14 +442,19 @@ async fn run_shape(
     let hub_pid = cloud.hub.pid();
     ctx.progress(
         SCENARIO,
-        format_args!("{}: preloading {} entries up", shape.name(), thousands(n)),
+        format_args!(
+            "{} {}: preloading {} entries up",
+            shape.name(),
+            mode.name(),
+            thousands(n)
+        ),
     );
     let up_fields = preload(&servers.conn(0), &device.keys.out_stream(), n, shape).await?;
 
     let in_key = cloud.keys.in_stream();
     let mut daemons = Daemons::new()?;
     let start = Mark::now(&proxy, hub_pid);
-    daemons.start_via(&device, &servers, &cloud, proxy.url());
+    daemons.start_via(&device, &servers, &cloud, proxy.url(), mode.window_bits());
     let (len, done) = load::wait_len(&mut cloud.conn(), &in_key, n, s.wait_timeout).await?;
     if done.is_none() {
         anyhow::bail!(
@@ -367,8 +466,8 @@ async fn run_shape(
         );
     }
     let up_end = Mark::now(&proxy, hub_pid);
-    let label = |phase: &str| format!("{} {phase}", shape.name());
-    let mut rows = phase_rows(&label("up"), n, up_fields, start, up_end);
+    let label = |phase: &str| format!("{} {phase} ({})", shape.name(), mode.name());
+    let (mut rows, up) = phase_rows(&label("up"), n, up_fields, start, up_end);
 
     ctx.progress(
         SCENARIO,
@@ -388,18 +487,20 @@ async fn run_shape(
             secs(s.wait_timeout)
         );
     }
-    rows.extend(phase_rows(
+    let (down_rows, down) = phase_rows(
         &label("down"),
         n,
         down_fields,
         down_start,
         Mark::now(&proxy, hub_pid),
-    ));
+    );
+    rows.extend(down_rows);
+    let phases = [up, down];
 
     // Give a stray duplicate a moment to show, then stop and compare.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopped = daemons.stop().await;
-    let up = verify::upstream(
+    let verified_up = verify::upstream(
         cloud.conn(),
         &in_key,
         vec![verify::DeviceOut {
@@ -409,8 +510,8 @@ async fn run_shape(
         }],
     )
     .await;
-    let down = verify::downstream(cloud.conn(), &out_key, servers.conn(0), &in_dev).await;
-    let check = match (up, down) {
+    let verified_down = verify::downstream(cloud.conn(), &out_key, servers.conn(0), &in_dev).await;
+    let check = match (verified_up, verified_down) {
         (Ok(u), Ok(d)) => Ok(format!("{} up, {} down", thousands(u), thousands(d))),
         (Err(e), _) => Err(format!("up: {e:#}")),
         (_, Err(e)) => Err(format!("down: {e:#}")),
@@ -418,12 +519,18 @@ async fn run_shape(
     let mut notes: Vec<String> = cloud.hub_log_note(SCENARIO.name()).into_iter().collect();
     if let Err(e) = stopped {
         notes.push(format!(
-            "{} {}: stopping the client: {e:#}",
+            "{} {} {}: stopping the client: {e:#}",
             SCENARIO.name(),
-            shape.name()
+            shape.name(),
+            mode.name()
         ));
     }
-    Ok((rows, check, notes))
+    Ok(ShapeRun {
+        rows,
+        check,
+        notes,
+        phases,
+    })
 }
 
 #[cfg(test)]
