@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::Config;
 use crate::auth::{AuthCallError, AuthClient, Session};
 use crate::backoff::Backoff;
-use crate::device::{Device, status_fields};
+use crate::device::Device;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::published::StatusUpdate;
 use crate::session::{self, SessionError};
 use std::sync::Arc;
 
@@ -56,12 +57,11 @@ pub async fn run_with_metrics(
         .context("build lula-auth client")?;
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
     let mut session: Option<Session> = None;
-    let _ = device
-        .publish(&[
-            (status_fields::PID, std::process::id().to_string()),
-            (status_fields::CONNECTED, "0".into()),
-        ])
-        .await;
+    let started = StatusUpdate {
+        pid: Some(std::process::id()),
+        ..StatusUpdate::disconnected()
+    };
+    let _ = device.publish(&started).await;
     tracing::info!(client = %config.client_id, registered = identity.registered, "starting");
 
     loop {
@@ -82,13 +82,8 @@ pub async fn run_with_metrics(
                 .await
             {
                 Ok(s) => {
-                    let expires = s
-                        .expires_at
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
                     let _ = device
-                        .publish(&[(status_fields::SESSION_EXPIRES_AT, expires.to_string())])
+                        .publish(&StatusUpdate::session_expires(s.expires_at))
                         .await;
                     session = Some(s);
                     continue;
@@ -186,9 +181,7 @@ pub async fn run_with_metrics(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    let _ = device
-        .publish(&[(status_fields::CONNECTED, "0".into())])
-        .await;
+    let _ = device.publish(&StatusUpdate::disconnected()).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -248,10 +241,5 @@ async fn register(
 }
 
 async fn note_error(device: &mut Device, error: &str) {
-    let _ = device
-        .publish(&[
-            (status_fields::CONNECTED, "0".into()),
-            (status_fields::LAST_ERROR, error.to_owned()),
-        ])
-        .await;
+    let _ = device.publish(&StatusUpdate::failed(error)).await;
 }

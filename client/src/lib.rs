@@ -32,6 +32,8 @@ pub mod daemon;
 pub mod device;
 pub mod identity;
 pub mod metrics;
+pub mod published;
+pub mod renewal;
 pub mod rpc;
 pub mod session;
 pub mod status;

@@ -31,13 +31,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backlog::count_after;
 use crate::metrics::HubMetrics;
 use axum::extract::ws::Message;
 use futures_util::StreamExt;
 use lula_protocol::limits::{
-    BACKLOG_COUNT_CAP, PUSH_BATCH_ENTRIES, PUSH_WINDOW_ENTRIES, XREAD_MAX_BLOCK, XREAD_MAX_COUNT,
+    PUSH_BATCH_ENTRIES, PUSH_WINDOW_ENTRIES, XREAD_MAX_BLOCK, XREAD_MAX_COUNT,
 };
-use lula_protocol::message::{ErrorReply, Frame, Push, PushStream, XreadRequest, kind, status};
+use lula_protocol::message::{
+    ErrorReply, HubFrame, Push, PushStream, XreadReply, XreadRequest, kind,
+};
 use lula_protocol::redis_value::entries_from_read;
 use lula_protocol::{Entry, StreamId};
 use lula_runtime::redis::{NodeAddr, RedisConn, RedisTarget, node_client};
@@ -206,7 +209,7 @@ pub struct Watched {
     /// Readers to wake when their out stream changes.
     pub wakers: Arc<Wakers>,
     /// lula-auth's revocations (`lula-auth:revoked`), when lula-auth shares
-    /// the hub's Redis (otherwise [`watch_revocations`] listens on lula-auth's
+    /// the hub's Redis (otherwise [`crate::revocation::watch`] listens on lula-auth's
     /// own).
     pub revocations: Option<crate::session::Revocations>,
     /// Connections to close when their session is revoked or a newer
@@ -394,7 +397,7 @@ pub async fn watch(
         }
         // Anything that arrived before the subscriptions took effect.
         wakers.wake_all();
-        let resync = resync_revocations(revocations.as_ref(), &live);
+        let resync = crate::revocation::resync(revocations.as_ref(), &live);
         tokio::pin!(resync);
         let mut resynced = false;
         let mut messages = futures_util::stream::select_all(streams);
@@ -442,15 +445,9 @@ pub async fn watch(
             match msg.flatten() {
                 Some(msg) => {
                     let channel = msg.get_channel_name();
-                    if Some(channel) == revocations.as_ref().map(|r| r.channel()) {
-                        if let Ok(message) = msg.get_payload::<String>() {
-                            let closed = live.revoked(&message);
-                            tracing::info!(%message, closed, "session revoked");
-                        }
-                    } else if channel == connections {
-                        if let Ok(message) = msg.get_payload::<String>() {
-                            live.connected(&message);
-                        }
+                    if crate::revocation::announced(&msg, revocations.as_ref(), &connections, &live)
+                    {
+                        // A revocation or a take-over, handled.
                     } else if let Some(key) = key_of_channel(channel) {
                         wakers.wake(key);
                     }
@@ -680,7 +677,7 @@ pub async fn push(
             if push.backlog.is_some() {
                 reported = push.backlog;
             }
-            let text = match Frame::new(kind::PUSH, None, push).to_text() {
+            let text = match HubFrame::Push(push).to_text(None) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::error!(error = %e, "push: cannot encode frame");
@@ -732,28 +729,6 @@ impl Drop for Unacked {
     fn drop(&mut self) {
         self.gauge.dec_by(self.n as i64);
     }
-}
-
-/// KEYS[1] a stream; ARGV[1] an id, ARGV[2] a cap. Counts the entries after
-/// the id, up to the cap, inside Redis: only the number crosses the network.
-static COUNT_AFTER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])",
-    )
-});
-
-/// Entries of `key` after `after`, counted up to [`BACKLOG_COUNT_CAP`].
-pub async fn count_after(
-    redis: &mut RedisConn,
-    key: &str,
-    after: StreamId,
-) -> Result<u64, redis::RedisError> {
-    COUNT_AFTER
-        .key(key)
-        .arg(after.to_string())
-        .arg(BACKLOG_COUNT_CAP)
-        .invoke_async(redis)
-        .await
 }
 
 /// Sleeps unless cancelled first; true when cancelled.
@@ -814,22 +789,12 @@ pub async fn legacy_reader(
         };
         let text = match result {
             Ok(entries) => {
-                let items: Vec<Value> = entries.into_iter().map(legacy_item).collect();
-                Frame::new(
-                    kind::XREAD,
-                    job.id.as_ref(),
-                    serde_json::json!({ "items": items }),
-                )
-                .to_text()
+                let items = entries.into_iter().map(legacy_item).collect();
+                HubFrame::Xread(XreadReply { items }).to_text(job.id.as_ref())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "xread failed");
-                Frame::new(
-                    kind::XREAD,
-                    job.id.as_ref(),
-                    ErrorReply::new(status::UNAVAILABLE, "redis unavailable, retry later"),
-                )
-                .to_text()
+                HubFrame::error(kind::XREAD, ErrorReply::unavailable()).to_text(job.id.as_ref())
             }
         };
         match text {
@@ -857,95 +822,6 @@ fn legacy_item(entry: Entry) -> Value {
     }
     item.insert("id".into(), Value::String(entry.id.to_string()));
     Value::Object(item)
-}
-
-/// After a (re)subscribe to `revocations`: closes the live connections whose
-/// session was revoked while the hub was not subscribed (see
-/// [`crate::session::Revocations::resync`]), retrying until Redis answers.
-/// Runs beside the subscription, so announcements are handled meanwhile.
-async fn resync_revocations(
-    revocations: Option<&crate::session::Revocations>,
-    live: &crate::live::Live,
-) {
-    let Some(revocations) = revocations else {
-        return;
-    };
-    loop {
-        match revocations.resync(live).await {
-            Ok(closed) => {
-                if closed > 0 {
-                    tracing::info!(
-                        closed,
-                        "sessions revoked while not subscribed to revocations"
-                    );
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "revocation resync: cannot read the session records; retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-        }
-    }
-}
-
-/// Closes the connections of revoked sessions, as announced on lula-auth's
-/// own Redis (when it is not the hub's), until `shutdown`. Reconnects by
-/// itself, and checks every live connection's session after each subscribe.
-/// A cluster delivers `PUBLISH` on every node, so the node `client` points at
-/// is enough.
-pub async fn watch_revocations(
-    client: redis::Client,
-    revocations: crate::session::Revocations,
-    live: Arc<crate::live::Live>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = tokio::time::timeout(WATCH_TIMEOUT, client.get_async_pubsub()) => c,
-        };
-        let mut pubsub = match connected {
-            Ok(Ok(p)) => p,
-            _ => {
-                tracing::warn!("revocation watch: cannot connect to lula-auth's redis; retrying");
-                if pause(&shutdown, RETRY_PAUSE).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if let Err(e) = pubsub.subscribe(revocations.channel()).await {
-            tracing::warn!(error = %e, "revocation watch: subscribe failed; retrying");
-            if pause(&shutdown, RETRY_PAUSE).await {
-                return;
-            }
-            continue;
-        }
-        let mut messages = pubsub.into_on_message();
-        let resync = resync_revocations(Some(&revocations), &live);
-        tokio::pin!(resync);
-        let mut resynced = false;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                () = &mut resync, if !resynced => resynced = true,
-                msg = messages.next() => match msg {
-                    Some(msg) => {
-                        if let Ok(message) = msg.get_payload::<String>() {
-                            let closed = live.revoked(&message);
-                            tracing::info!(%message, closed, "session revoked");
-                        }
-                    }
-                    None => break,
-                },
-            }
-        }
-        tracing::warn!("revocation watch: connection lost; reconnecting");
-        if pause(&shutdown, RETRY_PAUSE).await {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

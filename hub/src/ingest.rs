@@ -216,28 +216,6 @@ pub async fn cursor<C: ConnectionLike>(
     }
 }
 
-/// Appends `entries` of `client` exactly once. `prev`, when given, must not be
-/// ahead of the saved cursor (see [`Appended::Gap`]).
-pub async fn append<C: ConnectionLike>(
-    redis: &mut C,
-    layout: &IngestLayout,
-    client: &ClientId,
-    prev: Option<StreamId>,
-    entries: Vec<Entry>,
-) -> Result<Appended, IngestError> {
-    validate(&entries)?;
-    let section = Section {
-        client: client.clone(),
-        prev,
-        entries,
-    };
-    let partition = layout.partition_of(client);
-    let mut results = append_many(redis, layout, partition, vec![section]).await?;
-    results
-        .pop()
-        .ok_or_else(|| IngestError::Reply("no result".into()))
-}
-
 /// Appends several sections (validated batches, possibly of different
 /// devices, all of `partition`) in one script call, in order, each exactly
 /// once. Returns one result per section.

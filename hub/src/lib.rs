@@ -34,6 +34,7 @@
 //!
 //! The wire protocol is documented in `shared/PROTOCOL.md`.
 
+pub mod backlog;
 pub mod broadcast;
 pub mod config;
 mod connection;
@@ -43,6 +44,7 @@ pub mod fleet;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod revocation;
 pub mod rpc;
 pub mod session;
 
@@ -59,6 +61,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use lula_protocol::ClientId;
 use lula_protocol::keys::{AuthKeys, HubKeys};
+use lula_runtime::bearer::{bearer_token, secrets_equal};
 use lula_runtime::redis::{RedisConn, RedisTarget};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -236,7 +239,7 @@ pub async fn run(
     if let Some(url) = &state.config.auth_redis_url {
         // lula-auth announces revocations on its own Redis.
         let client = redis::Client::open(url.as_str()).context("parse --auth-redis-url")?;
-        tracker.spawn(downstream::watch_revocations(
+        tracker.spawn(revocation::watch(
             client,
             session::Revocations::new(
                 AuthKeys::new(state.config.auth_prefix.clone()),
@@ -275,7 +278,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::V
     redis::cmd("PING")
         .query_async::<()>(&mut state.redis.clone())
         .await?;
-    state.ingestor.check_layout().await?;
+    state
+        .ingestor
+        .check_layout()
+        .await
+        .map_err(|e| HubError::Ingest(e.to_string()))?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
@@ -308,12 +315,8 @@ async fn fleet_view(
     let Some(admin) = &state.config.admin_token else {
         return Err(HubError::NotFound);
     };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !constant_time_eq(given.as_bytes(), admin.expose().as_bytes()) {
+    let given = bearer_token(&headers).unwrap_or_default();
+    if !secrets_equal(given.as_bytes(), admin.expose().as_bytes()) {
         return Err(HubError::NotAdmin);
     }
     let q: FleetQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
@@ -338,15 +341,6 @@ async fn fleet_view(
     Ok(Json(serde_json::json!({ "devices": devices })))
 }
 
-/// Compares without an early exit, so the time taken does not tell how much
-/// of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct TokenQuery {
@@ -357,15 +351,7 @@ struct TokenQuery {
 /// The token from `Authorization: Bearer`, else `?sessionToken=`, else
 /// `?accessToken=` (what the Node lula-client sends).
 fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned());
-    bearer.filter(|t| !t.is_empty()).or_else(|| {
+    bearer_token(headers).map(str::to_owned).or_else(|| {
         let q: TokenQuery = serde_urlencoded::from_str(query?).unwrap_or_default();
         q.session_token.or(q.access_token).filter(|t| !t.is_empty())
     })

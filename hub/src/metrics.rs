@@ -212,7 +212,7 @@ impl HubMetrics {
 
     /// Records the age of an entry whose id was taken at `id_ms` (epoch ms).
     pub fn lag(histogram: &Histogram, id_ms: u64) {
-        let now = crate::fleet::now_ms();
+        let now = lula_runtime::now_ms();
         histogram.observe(now.saturating_sub(id_ms) as f64 / 1000.0);
     }
 

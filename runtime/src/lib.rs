@@ -10,6 +10,10 @@
 //! - [`init_tracing`]: `RUST_LOG`-filtered logs on stderr.
 //! - [`tls`]: rustls configs: a service's certificate and key, a client's
 //!   trusted roots (system plus a private CA).
+//! - [`bearer`]: `Authorization: Bearer` as hub and auth read it, and
+//!   constant-time comparison of secrets.
+//! - [`writer`]: the WebSocket writer task both hub and client use, one
+//!   flush per burst of queued frames.
 //! - [`redis`]: the cloud Redis, one server or a Redis Cluster, behind one
 //!   connection type.
 
@@ -28,8 +32,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod bearer;
 pub mod redis;
 pub mod tls;
+pub mod writer;
 
 /// Limits of the accept loop, and its TLS.
 #[derive(Clone)]
