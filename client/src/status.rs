@@ -116,6 +116,15 @@ pub async fn status(
 
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_daemon(f)?;
+        self.fmt_cursors(f)?;
+        self.fmt_problems(f)
+    }
+}
+
+impl StatusReport {
+    /// Identity, connection and the upstream cursor.
+    fn fmt_daemon(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ago = |ms: u64| {
             humantime::format_duration(Duration::from_secs(now_ms().saturating_sub(ms) / 1000))
         };
@@ -144,6 +153,11 @@ impl fmt::Display for StatusReport {
                 "upstream cursor:    unknown (never acknowledged by the hub)"
             )?,
         }
+        Ok(())
+    }
+
+    /// Backlogs both ways, the other cursors and the session's expiry.
+    fn fmt_cursors(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "upstream backlog:   {} entries waiting in out:x",
@@ -186,6 +200,11 @@ impl fmt::Display for StatusReport {
                 humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
             )?;
         }
+        Ok(())
+    }
+
+    /// Losses, warnings and the last error.
+    fn fmt_problems(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.last_gap, self.gaps) {
             (Some(gap), n) if n > 0 => writeln!(f, "lost before sync:   {n} time(s); last: {gap}")?,
             _ => writeln!(f, "lost before sync:   none")?,

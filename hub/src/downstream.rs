@@ -576,87 +576,147 @@ pub struct PushSource {
 /// A connection runs one for its out stream and, when the device asked for
 /// broadcasts, one more for the broadcast stream, each with its own window.
 pub async fn push(
-    mut redis: RedisConn,
+    redis: RedisConn,
     source: PushSource,
     out: mpsc::Sender<Message>,
-    mut acks: watch_channel::Receiver<StreamId>,
+    acks: watch_channel::Receiver<StreamId>,
     max_frame_bytes: usize,
     metrics: Arc<HubMetrics>,
     cancel: CancellationToken,
 ) {
-    let PushSource {
-        stream,
-        key,
-        waker,
-        start,
-    } = source;
-    let mut last = start;
-    // (last id of a pushed frame, entries in it), oldest first.
-    let mut inflight: VecDeque<(StreamId, usize)> = VecDeque::new();
-    let mut unacked = Unacked {
-        n: 0,
-        gauge: metrics.unacked.clone(),
+    let mut pusher = Pusher {
+        unacked: Unacked {
+            n: 0,
+            gauge: metrics.unacked.clone(),
+        },
+        last: source.start,
+        source,
+        redis,
+        out,
+        acks,
+        max_frame_bytes,
+        metrics,
+        inflight: VecDeque::new(),
+        counted_at: None,
+        reported: None,
     };
-    let mut counted_at: Option<tokio::time::Instant> = None;
-    // The backlog the device last heard of.
-    let mut reported: Option<u64> = None;
     loop {
-        let acked = *acks.borrow_and_update();
-        while let Some(&(id, n)) = inflight.front() {
-            if id > acked {
-                break;
-            }
-            inflight.pop_front();
-            unacked.sub(n);
-        }
-        if unacked.n >= PUSH_WINDOW_ENTRIES {
+        pusher.settle_acks();
+        if pusher.unacked.n >= PUSH_WINDOW_ENTRIES {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                changed = acks.changed() => if changed.is_err() { return },
+                changed = pusher.acks.changed() => if changed.is_err() { return },
             }
             continue;
         }
-        let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - unacked.n);
-        let op = match stream {
-            PushStream::Direct => "xread",
-            PushStream::Broadcast => "broadcast_read",
-        };
-        let read = metrics
-            .timed(op, read_batch(&mut redis, stream, &key, last, count))
-            .await;
-        let Batch { entries, gap } = match read {
+        let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - pusher.unacked.n);
+        let batch = match pusher.read(count).await {
             Ok(batch) => batch,
             Err(e) => {
-                tracing::warn!(error = %e, stream = stream.as_str(), "push: read failed; retrying");
+                let stream = pusher.source.stream.as_str();
+                tracing::warn!(error = %e, stream, "push: read failed; retrying");
                 if pause(&cancel, RETRY_PAUSE).await {
                     return;
                 }
                 continue;
             }
         };
-        if let Some(gap) = gap {
+        let caught_up = batch.entries.len() < count;
+        if pusher.send(batch, caught_up).await.is_err() {
+            return;
+        }
+        if caught_up {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = pusher.source.waker.changed() => {}
+            }
+        }
+    }
+}
+
+/// The state of one [`push`].
+struct Pusher {
+    source: PushSource,
+    redis: RedisConn,
+    out: mpsc::Sender<Message>,
+    acks: watch_channel::Receiver<StreamId>,
+    max_frame_bytes: usize,
+    metrics: Arc<HubMetrics>,
+    /// The last id pushed.
+    last: StreamId,
+    /// (last id of a pushed frame, entries in it), oldest first.
+    inflight: VecDeque<(StreamId, usize)>,
+    unacked: Unacked,
+    /// When the backlog was last counted.
+    counted_at: Option<tokio::time::Instant>,
+    /// The backlog the device last heard of.
+    reported: Option<u64>,
+}
+
+/// The push has ended (the connection's queue closed, or a frame could not
+/// be encoded).
+struct Ended;
+
+impl Pusher {
+    /// Takes the frames the device acknowledged out of the window.
+    fn settle_acks(&mut self) {
+        let acked = *self.acks.borrow_and_update();
+        while let Some(&(id, n)) = self.inflight.front() {
+            if id > acked {
+                break;
+            }
+            self.inflight.pop_front();
+            self.unacked.sub(n);
+        }
+    }
+
+    /// Reads up to `count` entries after the last one pushed.
+    async fn read(&mut self, count: usize) -> Result<Batch, String> {
+        let PushSource { stream, key, .. } = &self.source;
+        let op = match stream {
+            PushStream::Direct => "xread",
+            PushStream::Broadcast => "broadcast_read",
+        };
+        let read = read_batch(&mut self.redis, *stream, key, self.last, count);
+        let batch = self.metrics.timed(op, read).await?;
+        if let Some(gap) = batch.gap {
             tracing::warn!(
                 stream = stream.as_str(),
-                after = %last,
+                after = %self.last,
                 deleted_up_to = %gap,
                 "entries were deleted before they could be pushed; telling the device"
             );
         }
-        let caught_up = entries.len() < count;
-        let read_last = entries.last().map(|e| e.id).unwrap_or(last);
-        // What still waits after this read: none when it came short; counted
-        // (capped) at most once a second while a backlog drains.
-        let backlog = if caught_up {
-            Some(0)
-        } else if counted_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            counted_at = Some(tokio::time::Instant::now());
-            count_after(&mut redis, &key, read_last).await.ok()
-        } else {
-            None
-        };
-        let mut frames = frames_by_size(entries, max_frame_bytes / 2);
+        Ok(batch)
+    }
+
+    /// What still waits after `read_last`: none when the read came short;
+    /// counted (capped) at most once a second while a backlog drains.
+    async fn backlog(&mut self, caught_up: bool, read_last: StreamId) -> Option<u64> {
+        if caught_up {
+            return Some(0);
+        }
+        if self
+            .counted_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.counted_at = Some(tokio::time::Instant::now());
+        count_after(&mut self.redis, &self.source.key, read_last)
+            .await
+            .ok()
+    }
+
+    /// Pushes a batch in frames of at most half the frame limit; the first
+    /// carries the gap, the last the backlog.
+    async fn send(&mut self, batch: Batch, caught_up: bool) -> Result<(), Ended> {
+        let Batch { entries, gap } = batch;
+        let read_last = entries.last().map(|e| e.id).unwrap_or(self.last);
+        let backlog = self.backlog(caught_up, read_last).await;
+        let mut frames = frames_by_size(entries, self.max_frame_bytes / 2);
         if frames.is_empty()
-            && (gap.is_some() || (backlog == Some(0) && reported.is_some_and(|r| r > 0)))
+            && (gap.is_some() || (backlog == Some(0) && self.reported.is_some_and(|r| r > 0)))
         {
             // Nothing to send, but the device must still learn of a gap, or
             // that the backlog drained exactly at a full read (it would keep
@@ -665,44 +725,46 @@ pub async fn push(
         }
         let last_frame = frames.len().saturating_sub(1);
         for (i, frame) in frames.into_iter().enumerate() {
-            let frame_gap = gap.filter(|_| i == 0);
-            let frame_last = frame.last().map(|e| e.id).or(frame_gap).unwrap_or(last);
-            let n = frame.len();
             let push = Push {
                 entries: frame,
                 backlog: backlog.filter(|_| i == last_frame),
-                stream,
-                gap: frame_gap,
+                stream: self.source.stream,
+                gap: gap.filter(|_| i == 0),
             };
-            if push.backlog.is_some() {
-                reported = push.backlog;
-            }
-            let text = match HubFrame::Push(push).to_text(None) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "push: cannot encode frame");
-                    return;
-                }
-            };
-            if out.send(Message::Text(text.into())).await.is_err() {
-                return;
-            }
-            // A gap-only frame moves past the deleted entries.
-            last = frame_last;
-            if n == 0 {
-                continue;
-            }
-            inflight.push_back((frame_last, n));
-            unacked.add(n);
-            metrics.entries_out.inc_by(n as u64);
-            HubMetrics::lag(&metrics.downstream_lag, frame_last.ms);
+            self.send_frame(push).await?;
         }
-        if caught_up {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = waker.changed() => {}
-            }
+        Ok(())
+    }
+
+    /// Sends one push frame and counts its entries into the window.
+    async fn send_frame(&mut self, push: Push) -> Result<(), Ended> {
+        let frame_last = push
+            .entries
+            .last()
+            .map(|e| e.id)
+            .or(push.gap)
+            .unwrap_or(self.last);
+        let n = push.entries.len();
+        if push.backlog.is_some() {
+            self.reported = push.backlog;
         }
+        let text = HubFrame::Push(push).to_text(None).map_err(|e| {
+            tracing::error!(error = %e, "push: cannot encode frame");
+            Ended
+        })?;
+        self.out
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|_| Ended)?;
+        // A gap-only frame moves past the deleted entries.
+        self.last = frame_last;
+        if n > 0 {
+            self.inflight.push_back((frame_last, n));
+            self.unacked.add(n);
+            self.metrics.entries_out.inc_by(n as u64);
+            HubMetrics::lag(&self.metrics.downstream_lag, frame_last.ms);
+        }
+        Ok(())
     }
 }
 
