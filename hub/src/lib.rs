@@ -16,21 +16,35 @@
 //! into partitions spread over its masters (`lula_protocol::keys::IngestLayout`).
 //!
 //! # Layout
-//! - [`config`]: [`Config`], the hub's settings.
-//! - [`session`]: token and session checks at upgrade time.
+//! - [`config`]: [`Config`], the hub's settings; [`AppState`] (`state`), what
+//!   every request and connection shares.
+//! - `upgrade`: `GET /`, the token check and the WebSocket upgrade;
+//!   `take_over`: the device's connection generation (one live connection per
+//!   device); `health`: `/healthz`, `/readyz`, `/metrics`; `fleet_route`:
+//!   `GET /fleet`. [`error`]: [`HubError`], their HTTP refusals (the only
+//!   HTTP error type; nothing below the routes returns it).
+//! - `connection`: one device's socket, a `select!` over named events. Each
+//!   request kind has a method, by family: `connection::batches` (`xadd`,
+//!   `xadds`, `id`), `connection::pushes` (`subscribe`, `ack`, `xread`),
+//!   `connection::renewal` (`renew`, session expiry).
+//! - [`session`]: token and session checks ([`session::AuthError`]).
+//! - [`revocation`]: where 4003 and 4002 closes come from: revocation and
+//!   take-over announcements, the session checks after (re)subscribing.
+//! - [`live`]: live connections by device, so those closes reach them.
 //! - [`ingest`]: the exactly-once append script, one group commit per partition.
-//! - [`fleet`]: what each hub records of its devices, and the fleet view
-//!   read back from it (`lula-hub fleet`, `GET /fleet`).
-//! - [`live`]: live connections by device, so revocation and expiry reach them.
-//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
-//! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
-//! - [`broadcast`]: the fleet's broadcast stream: reads with gap detection,
-//!   trimming to the retention.
 //! - [`downstream`]: server push and lula `xread`, woken by keyspace
 //!   notifications (from every master of a cluster) instead of a blocking
-//!   read per device.
-//! - `connection`: one device's socket, its requests, pings and close codes.
-//! - [`error`]: [`HubError`], HTTP refusals before an upgrade.
+//!   read per device; [`backlog`]: counting what waits after a cursor.
+//! - [`broadcast`]: the fleet's broadcast stream: reads with gap detection,
+//!   trimming to the retention.
+//! - [`fleet`]: what each hub records of its devices, and the fleet view
+//!   read back from it (`lula-hub fleet`, `GET /fleet`).
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
+//! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
+//!
+//! Modules depend downward only (no cycles): routes and `connection` use the
+//! rest; `revocation` and `downstream` use `live` and `session`; `fleet` and
+//! `downstream` share `backlog`.
 //!
 //! The wire protocol is documented in `shared/PROTOCOL.md`.
 

@@ -4,7 +4,7 @@
 //!
 //! Both announcements are pub/sub messages. When lula-auth shares the hub's
 //! Redis they arrive on the connection [`crate::downstream::watch`] keeps
-//! for keyspace events, which hands them to [`announced`]; otherwise
+//! for keyspace events, which hands them to `announced`; otherwise
 //! [`watch`] listens on lula-auth's own Redis. Either way [`Live`] finds the
 //! connections to close and tells each its [`lula_protocol::CloseReason`].
 
