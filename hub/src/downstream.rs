@@ -306,162 +306,207 @@ pub async fn watch(
     poll: Duration,
     shutdown: CancellationToken,
 ) {
-    let Watched {
-        out_pattern,
-        broadcast_pattern,
-        wakers,
-        revocations,
-        live,
-        connections,
-    } = watched;
     // The broadcast stream lives on one master of a cluster, like any key;
     // subscribing to it on every master finds it wherever it is.
     let channel_patterns = [
-        format!("__keyspace@*__:{out_pattern}"),
-        format!("__keyspace@*__:{broadcast_pattern}"),
+        format!("__keyspace@*__:{}", watched.out_pattern),
+        format!("__keyspace@*__:{}", watched.broadcast_pattern),
     ];
+    let mut channels = vec![watched.connections.clone()];
+    channels.extend(watched.revocations.as_ref().map(|r| r.channel().to_owned()));
     loop {
         let discovered = tokio::select! {
             _ = shutdown.cancelled() => return,
             d = discover(&target, &mut redis) => d,
         };
-        let mut nodes = match discovered {
-            Ok(nodes) => nodes,
+        let subscribed = match discovered {
+            Ok(mut nodes) => {
+                let subscribing = subscribe(&mut nodes, &channel_patterns, &channels);
+                match shutdown.run_until_cancelled(subscribing).await {
+                    None => return,
+                    Some(subscribed) => subscribed.map(|s| (nodes, s)),
+                }
+            }
+            Err(e) => Err(format!("cannot find the servers to subscribe to: {e}")),
+        };
+        let (nodes, subscriptions) = match subscribed {
+            Ok(ok) => ok,
             Err(e) => {
-                tracing::warn!(error = %e, "downstream watch: cannot find the servers to subscribe to; polling meanwhile");
-                if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
+                tracing::warn!(error = %e, "downstream watch: pub/sub failed; polling meanwhile");
+                if poll_until(&watched.wakers, poll, RETRY_PAUSE, &shutdown).await {
                     return;
                 }
                 continue;
             }
         };
-        let masters: Vec<Option<NodeAddr>> = nodes.iter().map(|n| n.addr.clone()).collect();
-        let mut notifying = true;
-        for node in &mut nodes {
-            let on = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                on = node.control.ensure_keyspace_events() => on,
-            };
-            notifying &= on;
+        let listening = Listening {
+            target: &target,
+            redis: &mut redis,
+            watched: &watched,
+            poll,
+            nodes,
+            subscriptions,
+        };
+        if shutdown
+            .run_until_cancelled(listening.run())
+            .await
+            .is_none()
+        {
+            return;
         }
-        let mut sinks = Vec::with_capacity(nodes.len());
-        let mut streams = Vec::with_capacity(nodes.len());
-        let mut failed = None;
-        for (i, node) in nodes.iter().enumerate() {
-            let at = node
-                .addr
-                .as_ref()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            let connected = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                c = tokio::time::timeout(WATCH_TIMEOUT, node.client.get_async_pubsub()) => c,
-            };
-            let mut pubsub = match connected {
+        watched.wakers.wake_all();
+        if pause(&shutdown, RETRY_PAUSE.min(poll)).await {
+            return;
+        }
+    }
+}
+
+/// The pub/sub connections of every node, subscribed.
+struct Subscriptions {
+    /// Whether every node sends keyspace notifications.
+    notifying: bool,
+    /// To ping each connection.
+    sinks: Vec<redis::aio::PubSubSink>,
+    /// Every node's messages, each ending with `None`.
+    streams: Vec<futures_util::stream::BoxStream<'static, NodeMessage>>,
+}
+
+/// Enables keyspace notifications on every node and subscribes to the
+/// keyspace `patterns` on each, and to the plain `channels` on the first.
+async fn subscribe(
+    nodes: &mut [Node],
+    patterns: &[String],
+    channels: &[String],
+) -> Result<Subscriptions, String> {
+    let mut notifying = true;
+    for node in nodes.iter_mut() {
+        notifying &= node.control.ensure_keyspace_events().await;
+    }
+    let mut sinks = Vec::with_capacity(nodes.len());
+    let mut streams = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        let at = node
+            .addr
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut pubsub =
+            match tokio::time::timeout(WATCH_TIMEOUT, node.client.get_async_pubsub()).await {
                 Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    failed = Some(format!("cannot connect {at}: {e}"));
-                    break;
-                }
-                Err(_) => {
-                    failed = Some(format!("connect {at} timed out"));
-                    break;
-                }
+                Ok(Err(e)) => return Err(format!("cannot connect {at}: {e}")),
+                Err(_) => return Err(format!("connect {at} timed out")),
             };
-            let mut subscribed = pubsub.psubscribe(&channel_patterns).await;
-            if subscribed.is_ok() && i == 0 {
-                let mut channels = vec![connections.as_str()];
-                channels.extend(revocations.as_ref().map(|r| r.channel()));
-                subscribed = pubsub.subscribe(&channels).await;
-            }
-            if let Err(e) = subscribed {
-                failed = Some(format!("subscribe {at}: {e}"));
-                break;
-            }
-            let (sink, stream) = pubsub.split();
-            sinks.push(sink);
-            // A stream that ends says so, so one lost node restarts them all.
-            streams.push(
-                stream
-                    .map(Some)
-                    .chain(futures_util::stream::once(async { None }))
-                    .boxed(),
-            );
+        let mut subscribed = pubsub.psubscribe(patterns).await;
+        if subscribed.is_ok() && i == 0 {
+            subscribed = pubsub.subscribe(channels).await;
         }
-        if let Some(e) = failed {
-            tracing::warn!(error = %e, "downstream watch: pub/sub failed; polling meanwhile");
-            if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
-                return;
-            }
-            continue;
-        }
+        subscribed.map_err(|e| format!("subscribe {at}: {e}"))?;
+        let (sink, stream) = pubsub.split();
+        sinks.push(sink);
+        // A stream that ends says so, so one lost node restarts them all.
+        streams.push(
+            stream
+                .map(Some)
+                .chain(futures_util::stream::once(async { None }))
+                .boxed(),
+        );
+    }
+    Ok(Subscriptions {
+        notifying,
+        sinks,
+        streams,
+    })
+}
+
+/// One subscribed period of [`watch`], until a connection is lost or the
+/// servers change.
+struct Listening<'a> {
+    target: &'a RedisTarget,
+    redis: &'a mut RedisConn,
+    watched: &'a Watched,
+    poll: Duration,
+    nodes: Vec<Node>,
+    subscriptions: Subscriptions,
+}
+
+impl Listening<'_> {
+    /// Handles messages (and sweeps) until it is time to subscribe again.
+    async fn run(mut self) {
+        let watched = self.watched;
+        let masters: Vec<Option<NodeAddr>> = self.nodes.iter().map(|n| n.addr.clone()).collect();
         // Anything that arrived before the subscriptions took effect.
-        wakers.wake_all();
-        let resync = crate::revocation::resync(revocations.as_ref(), &live);
+        watched.wakers.wake_all();
+        let resync = crate::revocation::resync(watched.revocations.as_ref(), &watched.live);
         tokio::pin!(resync);
         let mut resynced = false;
+        let streams = std::mem::take(&mut self.subscriptions.streams);
         let mut messages = futures_util::stream::select_all(streams);
-        let mut sweep = tokio::time::interval(if notifying { SWEEP } else { poll });
+        let notifying = self.subscriptions.notifying;
+        let mut sweep = tokio::time::interval(if notifying { SWEEP } else { self.poll });
         sweep.tick().await;
         loop {
             let msg: Option<NodeMessage> = tokio::select! {
-                _ = shutdown.cancelled() => return,
                 () = &mut resync, if !resynced => {
                     resynced = true;
                     continue;
                 }
                 msg = messages.next() => msg,
                 _ = sweep.tick() => {
-                    wakers.wake_all();
-                    let pings = futures_util::future::join_all(
-                        sinks.iter_mut().map(|s| tokio::time::timeout(WATCH_TIMEOUT, s.ping::<redis::Value>())),
-                    ).await;
-                    if !pings.iter().all(|p| matches!(p, Ok(Ok(_)))) {
-                        tracing::warn!("downstream watch: pub/sub connection does not answer; reconnecting");
-                        break;
-                    }
-                    if target.cluster {
-                        let now = tokio::time::timeout(WATCH_TIMEOUT, redis.masters()).await;
-                        let now: Option<Vec<Option<NodeAddr>>> = match now {
-                            Ok(Ok(m)) => Some(m.into_iter().map(Some).collect()),
-                            _ => None,
-                        };
-                        if now.as_ref() != Some(&masters) {
-                            tracing::info!(?now, before = ?masters, "downstream watch: the cluster's masters changed; subscribing again");
-                            break;
-                        }
-                    }
-                    let mut still = true;
-                    for node in &mut nodes {
-                        still &= node.control.ensure_keyspace_events().await;
-                    }
-                    if notifying != still {
-                        // Switch between notified and polling sweeps.
-                        break;
+                    if !self.sweep(&masters).await {
+                        return;
                     }
                     continue;
                 }
             };
-            match msg.flatten() {
-                Some(msg) => {
-                    let channel = msg.get_channel_name();
-                    if crate::revocation::announced(&msg, revocations.as_ref(), &connections, &live)
-                    {
-                        // A revocation or a take-over, handled.
-                    } else if let Some(key) = key_of_channel(channel) {
-                        wakers.wake(key);
-                    }
-                }
-                None => {
-                    tracing::warn!("downstream watch: pub/sub connection lost; reconnecting");
-                    break;
-                }
+            let Some(msg) = msg.flatten() else {
+                tracing::warn!("downstream watch: pub/sub connection lost; reconnecting");
+                return;
+            };
+            let announced = crate::revocation::announced(
+                &msg,
+                watched.revocations.as_ref(),
+                &watched.connections,
+                &watched.live,
+            );
+            if !announced && let Some(key) = key_of_channel(msg.get_channel_name()) {
+                watched.wakers.wake(key);
             }
         }
-        wakers.wake_all();
-        if pause(&shutdown, RETRY_PAUSE.min(poll)).await {
-            return;
+    }
+
+    /// Wakes every reader, and checks the connections still answer, the
+    /// cluster's masters are still `masters` and notifications are still as
+    /// they were; false when it is time to subscribe again.
+    async fn sweep(&mut self, masters: &[Option<NodeAddr>]) -> bool {
+        self.watched.wakers.wake_all();
+        let pings = futures_util::future::join_all(
+            self.subscriptions
+                .sinks
+                .iter_mut()
+                .map(|s| tokio::time::timeout(WATCH_TIMEOUT, s.ping::<redis::Value>())),
+        )
+        .await;
+        if !pings.iter().all(|p| matches!(p, Ok(Ok(_)))) {
+            tracing::warn!("downstream watch: pub/sub connection does not answer; reconnecting");
+            return false;
         }
+        if self.target.cluster {
+            let now = tokio::time::timeout(WATCH_TIMEOUT, self.redis.masters()).await;
+            let now: Option<Vec<Option<NodeAddr>>> = match now {
+                Ok(Ok(m)) => Some(m.into_iter().map(Some).collect()),
+                _ => None,
+            };
+            if now.as_deref() != Some(masters) {
+                tracing::info!(?now, before = ?masters, "downstream watch: the cluster's masters changed; subscribing again");
+                return false;
+            }
+        }
+        let mut still = true;
+        for node in &mut self.nodes {
+            still &= node.control.ensure_keyspace_events().await;
+        }
+        // Switch between notified and polling sweeps when that changed.
+        still == self.subscriptions.notifying
     }
 }
 
