@@ -4,7 +4,7 @@
 
 use lula_protocol::ClientId;
 
-use crate::{AppState, HubError};
+use crate::AppState;
 
 /// KEYS[1] the device's connection counter; ARGV[1] the announcement channel,
 /// ARGV[2] the client. Takes the next generation and announces it, in one trip.
@@ -20,7 +20,7 @@ static TAKE_OVER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(
 /// connection generation from Redis and announces it, so every replica closes
 /// the device's older connections (see [`crate::live`]). Returns the generation, 0
 /// when several connections per device are allowed.
-pub(crate) async fn take_over(state: &AppState, client: &ClientId) -> Result<u64, HubError> {
+pub(crate) async fn take_over(state: &AppState, client: &ClientId) -> redis::RedisResult<u64> {
     if !state.config.one_connection_per_device {
         return Ok(0);
     }
