@@ -178,4 +178,49 @@ mod tests {
         );
         assert!(HubFrame::parse(r#"{"type":"what","payload":{}}"#).is_err());
     }
+
+    #[test]
+    fn pushes_xread_and_echo_keep_the_shapes_clients_read() {
+        let push = HubFrame::Push(Push {
+            entries: vec![crate::Entry::from_pairs(StreamId::new(9, 0), &[("k", "v")])],
+            backlog: Some(0),
+            stream: Default::default(),
+            gap: None,
+        });
+        assert_eq!(
+            push.to_text(None).unwrap(),
+            r#"{"type":"push","payload":{"entries":[{"id":"9-0","fields":["k","v"]}],"backlog":0}}"#
+        );
+        let items = vec![serde_json::json!({"k": "v", "id": "9-0"})];
+        let xread = HubFrame::Xread(XreadReply { items });
+        assert_eq!(
+            xread.to_text(Some(&Value::from(4))).unwrap(),
+            r#"{"type":"xread","id":4,"payload":{"items":[{"id":"9-0","k":"v"}]}}"#
+        );
+        let raw: &RawValue = serde_json::from_str("[1, 2]").unwrap();
+        assert_eq!(
+            HubFrame::echo(Some(raw)).to_text(None).unwrap(),
+            r#"{"type":"echo","payload":[1, 2]}"#
+        );
+        assert_eq!(
+            HubFrame::echo(None)
+                .to_text(Some(&Value::from("e")))
+                .unwrap(),
+            r#"{"type":"echo","id":"e","payload":{}}"#
+        );
+    }
+
+    #[test]
+    fn a_rejected_frame_is_answered_under_its_own_type() {
+        let text = r#"{"type":"fetch","id":"q"}"#;
+        let rejected = crate::Request::parse(text).unwrap_err();
+        let reply = HubFrame::Error {
+            kind: rejected.kind,
+            reply: rejected.reply,
+        };
+        assert_eq!(
+            reply.to_text(rejected.id.as_ref()).unwrap(),
+            r#"{"type":"fetch","id":"q","payload":{"status":400,"message":"unknown message type \"fetch\""}}"#
+        );
+    }
 }
