@@ -1,6 +1,7 @@
 //! The device Redis: the out stream producers write, the in stream hub messages
 //! and broadcasts land in, and the state hash holding the downstream and
-//! broadcast cursors and the daemon's published status.
+//! broadcast cursors and the daemon's published status (written as
+//! [`crate::published::StatusUpdate`]s).
 
 use std::sync::LazyLock;
 use std::time::Duration;

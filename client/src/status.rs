@@ -10,8 +10,9 @@ use lula_protocol::keys::DeviceKeys;
 use redis::AsyncCommands;
 use serde::Serialize;
 
-use crate::device::{BROADCAST_FIELD, DOWNSTREAM_FIELD, count_after, now_ms, status_fields};
+use crate::device::{BROADCAST_FIELD, DOWNSTREAM_FIELD, count_after, now_ms};
 use crate::identity::{IDENTITY_FILE, Identity};
+use crate::published::status_fields;
 
 /// A daemon whose last status write is older than this is not running.
 const STALE_AFTER: Duration = Duration::from_secs(15);
