@@ -1,6 +1,7 @@
 //! The device Redis: the out stream producers write, the in stream hub messages
 //! and broadcasts land in, and the state hash holding the downstream and
-//! broadcast cursors and the daemon's published status.
+//! broadcast cursors and the daemon's published status (written as
+//! [`crate::published::StatusUpdate`]s).
 
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -31,40 +32,8 @@ pub struct Stored {
     pub missed_after: Option<StreamId>,
 }
 
-/// Status fields the daemon publishes in the state hash for `lula-client status`.
-pub mod status_fields {
-    /// `1` while a hub session is up, `0` otherwise.
-    pub const CONNECTED: &str = "connected";
-    /// Epoch ms of the daemon's last status write (a heartbeat while it runs).
-    pub const UPDATED_AT: &str = "updatedAt";
-    /// The hub's upstream cursor as last acknowledged: the last device seq the hub holds.
-    pub const UPSTREAM: &str = "upstream";
-    /// The most recent error, cleared when a session comes up.
-    pub const LAST_ERROR: &str = "lastError";
-    /// Epoch seconds when the current session token expires.
-    pub const SESSION_EXPIRES_AT: &str = "sessionExpiresAt";
-    /// Process id of the daemon.
-    pub const PID: &str = "pid";
-    /// How many entries the upstream cursor is into `out:x` since the stream was
-    /// created (its ordinal), when known; lets a restarted daemon count entries
-    /// trimmed before they were synced.
-    pub const UPSTREAM_ORDINAL: &str = "upstreamOrdinal";
-    /// Times entries were found deleted from `out:x` before they were synced.
-    pub const GAPS: &str = "gaps";
-    /// The most recent such finding, in words.
-    pub const LAST_GAP: &str = "lastGap";
-    /// Entries waiting for the device on the hub (its out stream after the
-    /// device's cursor), as the hub last reported; counted up to 10,000.
-    pub const DOWNSTREAM_BACKLOG: &str = "downstreamBacklog";
-    /// A condition that needs an operator, as of the last connection (empty
-    /// when there is none).
-    pub const WARNING: &str = "warning";
-    /// Times broadcasts were found deleted (past the hub's retention) before
-    /// this device received them; counted by the store script.
-    pub const BROADCAST_GAPS: &str = "broadcastGaps";
-    /// The most recent such finding: the broadcast ids missed and when.
-    pub const LAST_BROADCAST_GAP: &str = "lastBroadcastGap";
-}
+use crate::published::StatusUpdate;
+pub use crate::published::status_fields;
 
 /// KEYS[1] in stream, KEYS[2] state hash.
 /// ARGV[1] the cursor's field, ARGV[2] the marker field written first into
@@ -275,9 +244,9 @@ impl Device {
         })
     }
 
-    /// Writes status fields (and `updatedAt`) to the state hash.
-    pub async fn publish(&mut self, fields: &[(&str, String)]) -> Result<(), RedisError> {
-        let mut items: Vec<(&str, String)> = fields.to_vec();
+    /// Writes the fields `update` sets (and `updatedAt`) to the state hash.
+    pub async fn publish(&mut self, update: &StatusUpdate) -> Result<(), RedisError> {
+        let mut items = update.fields();
         items.push((status_fields::UPDATED_AT, now_ms().to_string()));
         self.redis.hset_multiple(self.keys.state(), &items).await
     }
