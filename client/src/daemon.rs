@@ -232,7 +232,11 @@ async fn after_session(
         report.result,
         Err(SessionError::Closed(Some(close::REPLACED)))
     );
-    if report.established && !replaced {
+    // Nor does a connection the hub (or the device) refused: the same
+    // refusal after every connect would otherwise turn into a reconnect
+    // loop at full speed.
+    let refused = report.result.as_ref().is_err_and(SessionError::is_refusal);
+    if report.established && !replaced && !refused {
         backoff.reset();
     }
     let e = match report.result {

@@ -86,6 +86,13 @@ static STORE: LazyLock<Script> =
 
 pub use lula_runtime::now_ms;
 
+/// Whether `e` is the device Redis refusing a write because it is full
+/// (`maxmemory` with `noeviction`): the daemon carries on with what needs no
+/// memory (reading, acknowledging, trimming) and retries the writes later.
+pub fn is_full(e: &RedisError) -> bool {
+    e.code() == Some("OOM")
+}
+
 /// Access to the device Redis for ordinary (non-blocking) commands.
 #[derive(Clone)]
 pub struct Device {
@@ -189,7 +196,7 @@ impl Device {
         &mut self,
         entries: Vec<Entry>,
     ) -> Result<(StreamId, u64), RedisError> {
-        let stored = self.store(PushStream::Direct, entries, None).await?;
+        let stored = self.store(PushStream::Direct, &entries, None).await?;
         Ok((stored.cursor, stored.added))
     }
 
@@ -202,7 +209,7 @@ impl Device {
     pub async fn store(
         &mut self,
         stream: PushStream,
-        entries: Vec<Entry>,
+        entries: &[Entry],
         gap: Option<StreamId>,
     ) -> Result<Stored, RedisError> {
         let (field, marker, reserved): (&str, &str, &[&str]) = match stream {
@@ -224,11 +231,14 @@ impl Device {
             .arg(now_ms());
         for entry in entries {
             invocation.arg(entry.id.to_string()).arg(entry.fields.len());
-            for (i, mut value) in entry.fields.into_iter().enumerate() {
-                if i.is_multiple_of(2) {
-                    escape_reserved(&mut value, reserved);
+            for (i, value) in entry.fields.iter().enumerate() {
+                if i.is_multiple_of(2) && reserved.iter().any(|r| value == r.as_bytes()) {
+                    let mut name = value.clone();
+                    escape_reserved(&mut name, reserved);
+                    invocation.arg(name);
+                } else {
+                    invocation.arg(value.as_slice());
                 }
-                invocation.arg(value);
             }
         }
         let (cursor, added, missed): (String, u64, String) =

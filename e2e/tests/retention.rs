@@ -203,7 +203,6 @@ async fn in_x_is_trimmed_only_below_what_every_consumer_group_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "WIP: an OOM refusal still turns into a reconnect loop"]
 async fn a_full_hub_redis_is_refused_clearly_and_nothing_is_lost_when_room_returns() {
     let cloud = Cloud::start().await;
     let otp = cloud.provision("dev-1").await;
@@ -215,7 +214,11 @@ async fn a_full_hub_redis_is_refused_clearly_and_nothing_is_lost_when_room_retur
 
     // The hub's Redis fills up: room for a little more, then OOM.
     let mut redis = cloud.conn().await;
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut redis).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     let used: u64 = info
         .lines()
         .find_map(|l| l.strip_prefix("used_memory:"))

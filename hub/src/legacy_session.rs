@@ -140,7 +140,11 @@ mod tests {
     fn the_grace_is_bounded() {
         assert!(check_grace(MAX_NON_RENEWING_GRACE).is_ok());
         assert!(check_grace(MAX_NON_RENEWING_GRACE + Duration::from_secs(1)).is_err());
-        let c = SessionClock::new(epoch(), Duration::from_secs(10 * 24 * 3600), Clock::system());
+        let c = SessionClock::new(
+            epoch(),
+            Duration::from_secs(10 * 24 * 3600),
+            Clock::system(),
+        );
         assert!(c.deadline() <= Instant::now() + MAX_NON_RENEWING_GRACE);
     }
 }

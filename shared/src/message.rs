@@ -61,6 +61,9 @@ pub mod status {
     pub const INTERNAL: u16 = 500;
     /// The hub's Redis is unreachable. Safe to retry after a backoff.
     pub const UNAVAILABLE: u16 = 503;
+    /// The hub's Redis is full (`maxmemory` with `noeviction`): nothing was
+    /// written. Safe to retry after a backoff; the device keeps its entries.
+    pub const INSUFFICIENT_STORAGE: u16 = 507;
 }
 
 /// WebSocket close codes, the codes of [`CloseReason`] (which also has each
@@ -214,6 +217,14 @@ impl ErrorReply {
     /// A 503: the hub's Redis is unreachable.
     pub fn unavailable() -> Self {
         Self::new(status::UNAVAILABLE, "redis unavailable, retry later")
+    }
+
+    /// A 507: the hub's Redis is full; nothing was written.
+    pub fn storage_full() -> Self {
+        Self::new(
+            status::INSUFFICIENT_STORAGE,
+            "the hub's Redis is full (maxmemory): nothing was written, retry later",
+        )
     }
 }
 
