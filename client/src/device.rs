@@ -91,6 +91,9 @@ pub use lula_runtime::now_ms;
 /// memory (reading, acknowledging, trimming) and retries the writes later.
 pub fn is_full(e: &RedisError) -> bool {
     e.code() == Some("OOM")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
 }
 
 /// Access to the device Redis for ordinary (non-blocking) commands.
@@ -387,6 +390,32 @@ return {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] 
 
 static COUNTERS: LazyLock<Script> = LazyLock::new(|| Script::new(COUNTERS_BODY));
 
+/// KEYS[1] out stream, ARGV[1] the id to read after, ARGV[2] how many. The
+/// counters and the entries in one read-only script (Redis 7 flags), for a
+/// full device Redis: over `maxmemory` Redis refuses every command queued in
+/// a `MULTI`, and any script not declared read-only, but still runs this.
+/// Slower than the transaction (Lua builds every entry), so only then.
+static READ_WHEN_FULL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua flags=no-writes
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {{0, 0, '', '0-0'}, {}}
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local f = {}
+for i = 1, #info, 2 do
+  f[info[i]] = info[i + 1]
+end
+local first = ''
+if type(f['first-entry']) == 'table' then
+  first = f['first-entry'][1]
+end
+local counters = {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] or '0-0'}
+return {counters, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+"#,
+    )
+});
+
 /// Reads the out stream on a connection of its own: entries and counters in
 /// one script call, and, when there is nothing to read, a blocking `XREAD` that
 /// only waits for the next entry. The block never delays other commands, since
@@ -416,6 +445,42 @@ impl OutReader {
             }
         }
         self.read_after(after, count, Some(self.block)).await
+    }
+
+    /// [`READ_WHEN_FULL`], after the wait (a plain blocking `XREAD`, which a
+    /// full Redis still serves); the same `[counters, entries]` as the
+    /// transaction.
+    async fn read_when_full(
+        &mut self,
+        after: StreamId,
+        count: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Value>, RedisError> {
+        if let Some(wait) = wait {
+            let _: Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(wait.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.key)
+                .arg(after.to_string())
+                .query_async(&mut self.conn)
+                .await?;
+        }
+        // Loaded first: over maxmemory Redis refuses an EVALSHA of a script
+        // it does not know (OOM, not NOSCRIPT), so the usual fallback to
+        // EVAL would never happen.
+        READ_WHEN_FULL
+            .prepare_invoke()
+            .load_async(&mut self.conn)
+            .await?;
+        READ_WHEN_FULL
+            .key(&self.key)
+            .arg(after.to_string())
+            .arg(count)
+            .invoke_async(&mut self.conn)
+            .await
     }
 
     /// Entries after `after` and the stream's counters, read in one
@@ -471,6 +536,7 @@ impl OutReader {
                 COUNTERS.prepare_invoke().load_async(&mut self.conn).await?;
                 pipe.query_async(&mut self.conn).await?
             }
+            Err(e) if is_full(&e) => (self.read_when_full(after, count, wait).await?,),
             other => other?,
         };
         let mut exec = exec.into_iter();

@@ -265,3 +265,95 @@ async fn a_full_hub_redis_is_refused_clearly_and_nothing_is_lost_when_room_retur
     wait_in_len(&cloud, 21_000).await;
     assert_exactly_once("dev-1", &cloud.in_entries().await, 21_000);
 }
+
+/// Fills `out:x` until the device Redis refuses with OOM; returns the next
+/// producer number (entries `from..` that number were written).
+async fn produce_until_full(device: &Device, from: u64) -> u64 {
+    let mut conn = device.conn().await;
+    let payload = "p".repeat(200);
+    let mut n = from;
+    loop {
+        let r: redis::RedisResult<String> = redis::cmd("XADD")
+            .arg(device.keys.out_stream())
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .arg("payload")
+            .arg(&payload)
+            .query_async(&mut conn)
+            .await;
+        match r {
+            Ok(_) => n += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Some("OOM"), "{e}");
+                return n;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_device_redis_is_survived_and_synced_entries_make_room() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let redis = lula_testkit::RedisServer::start_with(lula_testkit::RedisOptions {
+        extra_args: ["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let mut device = Device::with_redis(&cloud, "dev-1", &otp, redis);
+    device.config.keep_acked = KeepAcked::Nothing;
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", lula_testkit::free_port())
+        .parse()
+        .unwrap();
+    device.config.metrics_listen = Some(metrics_addr);
+    // Full before the daemon ever ran: producers get OOM, and so would the
+    // daemon's status writes and the messages it stores.
+    let first = produce_until_full(&device, 0).await;
+    eprintln!("{first} entries filled the device Redis");
+    assert!(first > 1_000);
+    for i in 0..50 {
+        cloud.send_down("dev-1", &[("m", i.to_string())]).await;
+    }
+    device.start();
+    wait_in_len(&cloud, first).await;
+    // What was synced left, so producers can write again, and that syncs
+    // too; the messages that waited for room are stored, once each.
+    let more = eventually("room again on the device", WAIT, || async {
+        let n = produce_until_full(&device, first).await;
+        (n > first + 1_000).then_some(n)
+    })
+    .await;
+    wait_in_len(&cloud, more).await;
+    assert_exactly_once("dev-1", &cloud.in_entries().await, more);
+    let got = eventually("the 50 messages on the device", WAIT, || async {
+        let got = device.in_entries().await;
+        (got.len() >= 50).then_some(got)
+    })
+    .await;
+    let numbers: Vec<&[u8]> = got.iter().map(|e| field(e, "m").unwrap()).collect();
+    let expected: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(
+        numbers,
+        expected.iter().map(|s| s.as_bytes()).collect::<Vec<_>>()
+    );
+    // One session did it all: a full Redis ended none.
+    assert_eq!(sessions(metrics_addr).await, 1);
+}
+
+/// `lula_client_sessions_total` from the daemon's metrics endpoint.
+async fn sessions(addr: std::net::SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("lula_client_sessions_total "))
+        .unwrap_or_else(|| panic!("no session count in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
