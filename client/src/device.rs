@@ -39,8 +39,10 @@ pub use crate::published::status_fields;
 /// ARGV[1] the cursor's field, ARGV[2] the marker field written first into
 /// each entry (`seq` or `broadcast`), ARGV[3] a gap: the id the hub says
 /// entries up to were deleted ('' when none), ARGV[4] the field counting
-/// gaps, ARGV[5] the field describing the last one, ARGV[6] now (epoch ms);
-/// then per entry: hub id, number of values, values.
+/// gaps, ARGV[5] the field describing the last one, ARGV[6] now (epoch ms),
+/// ARGV[7] how many messages expired on the hub before these (0: none),
+/// ARGV[8] the field counting them, ARGV[9] the field describing the last
+/// report; then per entry: hub id, number of values, values.
 /// Moves the cursor to the gap if it is ahead (counting the gap), appends
 /// the entries after the cursor with the marker = hub id first, moves the
 /// cursor, atomically. Returns {cursor, added, cursor before a counted gap
@@ -57,8 +59,13 @@ if gap ~= '' and id_gt(gap, cur) then
   cur = gap
   moved = true
 end
+local expired = tonumber(ARGV[7])
+if expired > 0 then
+  redis.call('HINCRBY', KEYS[2], ARGV[8], expired)
+  redis.call('HSET', KEYS[2], ARGV[9], expired .. ' expired before delivery (at ' .. ARGV[6] .. ' ms)')
+end
 local n = #ARGV
-local i = 7
+local i = 10
 local added = 0
 while i <= n do
   local id = ARGV[i]
@@ -199,7 +206,7 @@ impl Device {
         &mut self,
         entries: Vec<Entry>,
     ) -> Result<(StreamId, u64), RedisError> {
-        let stored = self.store(PushStream::Direct, &entries, None).await?;
+        let stored = self.store(PushStream::Direct, &entries, None, 0).await?;
         Ok((stored.cursor, stored.added))
     }
 
@@ -214,6 +221,7 @@ impl Device {
         stream: PushStream,
         entries: &[Entry],
         gap: Option<StreamId>,
+        expired: u64,
     ) -> Result<Stored, RedisError> {
         let (field, marker, reserved): (&str, &str, &[&str]) = match stream {
             PushStream::Direct => (DOWNSTREAM_FIELD, FIELD_SEQ, &[FIELD_SEQ]),
@@ -231,7 +239,10 @@ impl Device {
             .arg(gap.map(|g| g.to_string()).unwrap_or_default())
             .arg(status_fields::BROADCAST_GAPS)
             .arg(status_fields::LAST_BROADCAST_GAP)
-            .arg(now_ms());
+            .arg(now_ms())
+            .arg(expired)
+            .arg(status_fields::EXPIRED)
+            .arg(status_fields::LAST_EXPIRED);
         for entry in entries {
             invocation.arg(entry.id.to_string()).arg(entry.fields.len());
             for (i, value) in entry.fields.iter().enumerate() {

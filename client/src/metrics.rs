@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Settings of the device Redis that can break the guarantees (eviction
     /// policy, persistence), as read at start.
     pub redis_unsafe_settings: Gauge,
+    /// Messages for this device that expired on the hub before delivery.
+    pub downstream_expired: Counter,
     /// Acknowledged entries the daemon removed from `out:x` (retention).
     pub out_trimmed: Counter,
     /// Entries removed from `in:x` after every consumer group acknowledged
@@ -72,6 +74,7 @@ impl Default for Metrics {
             downstream_backlog: Gauge::default(),
             gaps: Counter::default(),
             out_trimmed: Counter::default(),
+            downstream_expired: Counter::default(),
             redis_unsafe_settings: Gauge::default(),
             in_trimmed: Counter::default(),
             broadcast_entries: Counter::default(),
@@ -125,6 +128,11 @@ impl Default for Metrics {
             "redis_unsafe_settings",
             "Settings of the device Redis that can break exactly-once (maxmemory-policy, appendonly), as read at start",
             m.redis_unsafe_settings.clone(),
+        );
+        registry.register(
+            "downstream_expired_entries",
+            "Messages for this device that expired on the hub before delivery (expiresAt, --downstream-max-age)",
+            m.downstream_expired.clone(),
         );
         registry.register(
             "out_trimmed_entries",
@@ -208,6 +216,7 @@ mod tests {
             "lula_client_downstream_backlog_entries",
             "lula_client_gaps_total",
             "lula_client_out_trimmed_entries_total",
+            "lula_client_downstream_expired_entries_total",
             "lula_client_redis_unsafe_settings",
             "lula_client_in_trimmed_entries_total",
             "lula_client_broadcast_entries_total",

@@ -894,10 +894,21 @@ impl Session<'_> {
         // Gaps are reported on the broadcast stream only (the hub reports
         // none on the out stream, whose retention is the cloud's business).
         let gap = push.gap.filter(|_| stream == PushStream::Broadcast);
-        if push.entries.is_empty() && gap.is_none() {
+        let expired = push.expired.unwrap_or(0);
+        if push.entries.is_empty() && gap.is_none() && expired == 0 {
             return Ok(None);
         }
-        let stored = self.device.store(stream, &push.entries, gap).await?;
+        let stored = self
+            .device
+            .store(stream, &push.entries, gap, expired)
+            .await?;
+        if expired > 0 {
+            self.metrics.downstream_expired.inc_by(expired);
+            tracing::warn!(
+                expired,
+                "messages for this device expired on the hub before delivery (expiresAt or --downstream-max-age)"
+            );
+        }
         let counter = match stream {
             PushStream::Direct => &self.metrics.downstream_entries,
             PushStream::Broadcast => &self.metrics.broadcast_entries,

@@ -357,3 +357,75 @@ async fn sessions(addr: std::net::SocketAddr) -> u64 {
         .parse()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_are_not_delivered_and_the_device_is_told() {
+    let mut cloud = Cloud::start().await;
+    // The hubs drop anything older than a minute by its id's time.
+    cloud.set_downstream_max_age(Some(Duration::from_secs(60)));
+    cloud.kill_hub();
+    cloud.start_hub();
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    let client: lula_protocol::ClientId = "dev-1".parse().unwrap();
+    let out = cloud.keys.out_stream(&client);
+    let now = lula_runtime::now_ms();
+    // While the device is offline: a message two minutes old, one past its
+    // own expiresAt, one that expires in an hour, a plain one, another
+    // expired one, and a last plain one.
+    let _: String = redis::cmd("XADD")
+        .arg(&out)
+        .arg(format!("{}-0", now - 120_000))
+        .arg("m")
+        .arg("ancient")
+        .query_async(&mut cloud.conn().await)
+        .await
+        .unwrap();
+    let stale = cloud
+        .send_down(
+            "dev-1",
+            &[("m", "stale".into()), ("expiresAt", (now - 1).to_string())],
+        )
+        .await;
+    cloud
+        .send_down(
+            "dev-1",
+            &[
+                ("m", "fresh".into()),
+                ("expiresAt", (now + 3_600_000).to_string()),
+            ],
+        )
+        .await;
+    cloud.send_down("dev-1", &[("m", "plain".into())]).await;
+    cloud
+        .send_down(
+            "dev-1",
+            &[("m", "stale2".into()), ("expiresAt", "1".into())],
+        )
+        .await;
+    cloud.send_down("dev-1", &[("m", "last".into())]).await;
+    device.start();
+    let got = eventually("the live messages on the device", WAIT, || async {
+        let got = device.in_entries().await;
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    let names: Vec<&[u8]> = got.iter().map(|e| field(e, "m").unwrap()).collect();
+    assert_eq!(names, [&b"fresh"[..], b"plain", b"last"]);
+    let status = eventually("the expired count in the status", WAIT, || async {
+        let s = device.status().await;
+        (s.expired == 3).then_some(s)
+    })
+    .await;
+    assert!(status.last_expired.is_some(), "{status:?}");
+    // Deleted on the hub, not just skipped.
+    let left = lula_e2e::read_all(&mut cloud.conn().await, &out).await;
+    assert!(
+        left.iter().all(|e| e.id != stale),
+        "the stale message is deleted"
+    );
+    assert_eq!(left.len(), 3, "{left:?}");
+    // Nothing more arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(device.in_entries().await.len(), 3);
+}

@@ -364,6 +364,12 @@ pub struct Push {
     /// moves its cursor to it and reports the gap. Absent: nothing missed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<StreamId>,
+    /// Messages after the device's cursor that expired (past their
+    /// `expiresAt`, or older than the hub's `--downstream-max-age`) and were
+    /// deleted instead of delivered, just before this push's entries. The
+    /// device counts them. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired: Option<u64>,
 }
 
 /// Request [`kind::RENEW`]: continue this connection under a new session token
@@ -463,6 +469,7 @@ mod tests {
             backlog: None,
             stream: PushStream::Direct,
             gap: None,
+            expired: None,
         };
         assert_eq!(
             serde_json::to_string(&direct).unwrap(),
@@ -505,6 +512,7 @@ mod tests {
             backlog: Some(0),
             stream: PushStream::Broadcast,
             gap: Some(StreamId::new(7, 0)),
+            expired: None,
         };
         let text = serde_json::to_string(&push).unwrap();
         assert_eq!(
