@@ -124,26 +124,7 @@ impl Default for Metrics {
             "Times entries were found deleted from out:x before they were synced",
             m.gaps.clone(),
         );
-        registry.register(
-            "redis_unsafe_settings",
-            "Settings of the device Redis that can break exactly-once (maxmemory-policy, appendonly), as read at start",
-            m.redis_unsafe_settings.clone(),
-        );
-        registry.register(
-            "downstream_expired_entries",
-            "Messages for this device that expired on the hub before delivery (expiresAt, --downstream-max-age)",
-            m.downstream_expired.clone(),
-        );
-        registry.register(
-            "out_trimmed_entries",
-            "Acknowledged entries removed from out:x by the daemon (--keep-acked)",
-            m.out_trimmed.clone(),
-        );
-        registry.register(
-            "in_trimmed_entries",
-            "Entries removed from in:x after every consumer group acknowledged them (--trim-in-consumed)",
-            m.in_trimmed.clone(),
-        );
+        m.register_storage(&mut registry);
         registry.register(
             "broadcast_entries",
             "Broadcasts stored in in:x",
@@ -164,6 +145,32 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Registers what the device Redis holds and lets go: its unsafe
+    /// settings, trims of out:x and in:x, expired messages.
+    fn register_storage(&self, registry: &mut Registry) {
+        let m = self;
+        registry.register(
+            "redis_unsafe_settings",
+            "Settings of the device Redis that can break exactly-once (maxmemory-policy, appendonly), as read at start",
+            m.redis_unsafe_settings.clone(),
+        );
+        registry.register(
+            "downstream_expired_entries",
+            "Messages for this device that expired on the hub before delivery (expiresAt, --downstream-max-age)",
+            m.downstream_expired.clone(),
+        );
+        registry.register(
+            "out_trimmed_entries",
+            "Acknowledged entries removed from out:x by the daemon (--keep-acked)",
+            m.out_trimmed.clone(),
+        );
+        registry.register(
+            "in_trimmed_entries",
+            "Entries removed from in:x after every consumer group acknowledged them (--trim-in-consumed)",
+            m.in_trimmed.clone(),
+        );
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
