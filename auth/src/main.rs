@@ -73,6 +73,11 @@ struct Common {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// Refuse to start when the Redis evicts keys or does not persist
+    /// (maxmemory-policy other than noeviction, appendonly off), or its
+    /// settings cannot be read, instead of warning.
+    #[arg(long, env = "LULA_REQUIRE_SAFE_REDIS")]
+    require_safe_redis: bool,
     /// After SIGTERM, keep serving this long with /readyz answering 503, so
     /// a load balancer that polls readiness stops sending requests here first.
     #[arg(long, env = "LULA_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -218,6 +223,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..Config::new(args.common.redis_url)
     };
     tracing::info!(?config, "starting");
+    let target =
+        lula_runtime::redis::RedisTarget::new(config.redis_url.clone(), config.redis_cluster);
+    lula_runtime::redis_check::check_at_start(
+        &target,
+        "lula-auth's Redis",
+        args.require_safe_redis,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;

@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::Config;
 use crate::auth::{AuthCallError, AuthClient, Session};
 use crate::backoff::Backoff;
-use crate::device::{Device, status_fields};
+use crate::device::Device;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::published::StatusUpdate;
 use crate::session::{self, SessionError};
 use std::sync::Arc;
 
@@ -106,141 +108,169 @@ pub async fn run_with_metrics(
         .context("build lula-auth client")?;
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
     let mut session: Option<Session> = None;
-    let _ = device
-        .publish(&[
-            (status_fields::PID, std::process::id().to_string()),
-            (status_fields::CONNECTED, "0".into()),
-        ])
-        .await;
+    let started = StatusUpdate {
+        pid: Some(std::process::id()),
+        ..StatusUpdate::disconnected()
+    };
+    let _ = device.publish(&started).await;
     tracing::info!(client = %config.client_id, registered = identity.registered, "starting");
 
-    loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
+    while !shutdown.is_cancelled() {
         let wait = if !identity.registered {
-            match register(&auth, &config, &mut identity, &mut backoff, &mut device).await? {
-                None => continue,
-                Some(wait) => wait,
-            }
-        } else if session
-            .as_ref()
-            .is_none_or(|s| s.expires_within(RENEW_MARGIN))
-        {
-            match auth
-                .login(&config.client_id, identity.secret.expose())
-                .await
-            {
-                Ok(s) => {
-                    let expires = s
-                        .expires_at
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let _ = device
-                        .publish(&[(status_fields::SESSION_EXPIRES_AT, expires.to_string())])
-                        .await;
-                    session = Some(s);
-                    continue;
-                }
-                Err(AuthCallError::Status { status: 403, .. }) => {
-                    tracing::warn!(
-                        "lula-auth says this device is not registered (re-provisioned?); registering again"
-                    );
-                    identity.set_registered(false).context("save identity")?;
-                    continue;
-                }
-                Err(e) => {
-                    note_error(&mut device, &e.to_string()).await;
-                    match &e {
-                        AuthCallError::Status { status: 401, .. } => {
-                            tracing::error!(
-                                "lula-auth refused this device's secret; another daemon may have registered this client id. Re-provision it with `lula-auth provision --force`"
-                            );
-                            config.register_retry
-                        }
-                        AuthCallError::Status {
-                            status: 429,
-                            retry_after,
-                            ..
-                        } => retry_after.unwrap_or_else(|| backoff.next_delay()),
-                        _ => {
-                            tracing::warn!(error = %e, "login failed");
-                            backoff.next_delay()
-                        }
-                    }
-                }
-            }
-        } else {
-            let Some(current) = session.as_mut() else {
-                continue;
-            };
+            register(&auth, &config, &mut identity, &mut backoff, &mut device).await?
+        } else if let Some(current) = session.as_mut().filter(|s| !s.expires_within(RENEW_MARGIN)) {
             let login = session::Login {
                 auth: &auth,
                 secret: identity.secret.expose(),
                 current,
             };
             let report = session::run(&config, &mut device, login, &metrics, &shutdown).await;
-            // A connection that worked resets the backoff, unless another
-            // connection of this device took it over: a second daemon with
-            // the same identity would otherwise take turns with this one at
-            // full speed.
-            let replaced = matches!(
-                report.result,
-                Err(SessionError::Closed(Some(close::REPLACED)))
-            );
-            if report.established && !replaced {
-                backoff.reset();
-            }
-            match report.result {
-                Ok(()) => break,
-                Err(e) => {
-                    note_error(&mut device, &e.to_string()).await;
-                    match e {
-                        SessionError::Unauthorized => {
-                            tracing::info!("hub refused the session token; logging in again");
-                            session = None;
-                            backoff.next_delay()
-                        }
-                        SessionError::Closed(Some(close::REPLACED)) => {
-                            tracing::warn!(
-                                "another connection of this device took over (is a second daemon running with this identity?); backing off"
-                            );
-                            backoff.next_delay()
-                        }
-                        SessionError::Closed(Some(
-                            code @ (close::SESSION_EXPIRED | close::SESSION_REVOKED),
-                        )) => {
-                            tracing::info!(code, "hub ended the session; logging in again");
-                            session = None;
-                            backoff.next_delay()
-                        }
-                        SessionError::RateLimited(after) => {
-                            after.unwrap_or_else(|| backoff.next_delay())
-                        }
-                        SessionError::Uplink(e) => {
-                            tracing::error!(error = %e, "upstream sync is stuck");
-                            config.register_retry
-                        }
-                        e => {
-                            tracing::warn!(error = %e, "disconnected from hub");
-                            backoff.next_delay()
-                        }
-                    }
+            match after_session(report, &config, &mut backoff, &mut device).await {
+                AfterSession::Stop => break,
+                AfterSession::Wait(wait) => Some(wait),
+                AfterSession::LogIn(wait) => {
+                    session = None;
+                    Some(wait)
                 }
             }
+        } else {
+            log_in(
+                &auth,
+                &config,
+                &mut identity,
+                &mut backoff,
+                &mut device,
+                &mut session,
+            )
+            .await?
         };
+        let Some(wait) = wait else { continue };
         tracing::debug!(?wait, "waiting before the next attempt");
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    let _ = device
-        .publish(&[(status_fields::CONNECTED, "0".into())])
-        .await;
+    let _ = device.publish(&StatusUpdate::disconnected()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One login attempt. `Ok(None)`: logged in (or found unregistered), go on;
+/// `Ok(Some(wait))`: try again after `wait`; `Err`: the identity cannot be
+/// saved.
+async fn log_in(
+    auth: &AuthClient,
+    config: &Config,
+    identity: &mut Identity,
+    backoff: &mut Backoff,
+    device: &mut Device,
+    session: &mut Option<Session>,
+) -> anyhow::Result<Option<Duration>> {
+    let e = match auth
+        .login(&config.client_id, identity.secret.expose())
+        .await
+    {
+        Ok(s) => {
+            let _ = device
+                .publish(&StatusUpdate::session_expires(s.expires_at))
+                .await;
+            *session = Some(s);
+            return Ok(None);
+        }
+        Err(AuthCallError::Status { status: 403, .. }) => {
+            tracing::warn!(
+                "lula-auth says this device is not registered (re-provisioned?); registering again"
+            );
+            identity.set_registered(false).context("save identity")?;
+            return Ok(None);
+        }
+        Err(e) => e,
+    };
+    note_error(device, &e.to_string()).await;
+    Ok(Some(match &e {
+        AuthCallError::Status { status: 401, .. } => {
+            tracing::error!(
+                "lula-auth refused this device's secret; another daemon may have registered this client id. Re-provision it with `lula-auth provision --force`"
+            );
+            config.register_retry
+        }
+        AuthCallError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => retry_after.unwrap_or_else(|| backoff.next_delay()),
+        _ => {
+            tracing::warn!(error = %e, "login failed");
+            backoff.next_delay()
+        }
+    }))
+}
+
+/// What to do after a session.
+enum AfterSession {
+    /// Shutdown was requested.
+    Stop,
+    /// Connect again with the same token after this long.
+    Wait(Duration),
+    /// Log in again after this long (the hub refused or ended the session).
+    LogIn(Duration),
+}
+
+/// Decides what follows a session, and notes its error.
+async fn after_session(
+    report: session::SessionReport,
+    config: &Config,
+    backoff: &mut Backoff,
+    device: &mut Device,
+) -> AfterSession {
+    // A connection that worked resets the backoff, unless another
+    // connection of this device took it over: a second daemon with
+    // the same identity would otherwise take turns with this one at
+    // full speed.
+    let replaced = matches!(
+        report.result,
+        Err(SessionError::Closed(Some(close::REPLACED)))
+    );
+    // Nor does a connection the hub (or the device) refused: the same
+    // refusal after every connect would otherwise turn into a reconnect
+    // loop at full speed.
+    let refused = report.result.as_ref().is_err_and(SessionError::is_refusal);
+    if report.established && !replaced && !refused {
+        backoff.reset();
+    }
+    let e = match report.result {
+        Ok(()) => return AfterSession::Stop,
+        Err(e) => e,
+    };
+    note_error(device, &e.to_string()).await;
+    match e {
+        SessionError::Unauthorized => {
+            tracing::info!("hub refused the session token; logging in again");
+            AfterSession::LogIn(backoff.next_delay())
+        }
+        SessionError::Closed(Some(close::REPLACED)) => {
+            tracing::warn!(
+                "another connection of this device took over (is a second daemon running with this identity?); backing off"
+            );
+            AfterSession::Wait(backoff.next_delay())
+        }
+        SessionError::Closed(Some(code @ (close::SESSION_EXPIRED | close::SESSION_REVOKED))) => {
+            tracing::info!(code, "hub ended the session; logging in again");
+            AfterSession::LogIn(backoff.next_delay())
+        }
+        SessionError::RateLimited(after) => {
+            AfterSession::Wait(after.unwrap_or_else(|| backoff.next_delay()))
+        }
+        SessionError::Uplink(e) => {
+            tracing::error!(error = %e, "upstream sync is stuck");
+            AfterSession::Wait(config.register_retry)
+        }
+        e => {
+            tracing::warn!(error = %e, "disconnected from hub");
+            AfterSession::Wait(backoff.next_delay())
+        }
+    }
 }
 
 /// One registration attempt. `Ok(None)`: registered, go on; `Ok(Some(wait))`:
@@ -298,10 +328,5 @@ async fn register(
 }
 
 async fn note_error(device: &mut Device, error: &str) {
-    let _ = device
-        .publish(&[
-            (status_fields::CONNECTED, "0".into()),
-            (status_fields::LAST_ERROR, error.to_owned()),
-        ])
-        .await;
+    let _ = device.publish(&StatusUpdate::failed(error)).await;
 }

@@ -14,12 +14,16 @@
 //! # Layout
 //! - [`config`]: the daemon's settings, [`Config`].
 //! - [`daemon`]: the reconnecting state machine ([`run`]).
-//! - [`session`]: one hub connection: handshake, batches, pushes, drain.
 //! - [`link`]: compressed frames (issue 16): the offer, the hub's answer and
 //!   the per-direction halves of a session, with its link byte counts.
+//! - [`session`]: one hub connection: handshake, then a `select!` over named
+//!   events (frames, batches, timers, renewal), one method per hub frame kind.
+//! - [`renewal`]: renewing the session token on the live connection.
+//! - [`published`]: the status fields the daemon writes for
+//!   `lula-client status`, through one typed [`published::StatusUpdate`].
 //! - [`uplink`]: reading `out:x` into byte-bounded batches.
 //! - [`device`]: the device Redis: the downstream store script, the out-stream
-//!   reader, status publication.
+//!   reader, the state hash.
 //! - [`auth`]: lula-auth calls and TOTP.
 //! - [`identity`]: the secret and registration state in `--state-dir`.
 //! - [`takeover`]: taking over a Node lula-client's state at start.
@@ -36,6 +40,8 @@ pub mod device;
 pub mod identity;
 pub mod link;
 pub mod metrics;
+pub mod published;
+pub mod renewal;
 pub mod retention;
 pub mod rpc;
 pub mod session;

@@ -242,6 +242,7 @@ pub struct Cloud {
     redis_cluster: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
     broadcast_retention: Option<(Duration, Duration)>,
+    downstream_max_age: Option<Duration>,
     auth_addr: SocketAddr,
     hub_addr: SocketAddr,
     /// Seconds the hubs' clock is ahead of the system clock (negative:
@@ -306,6 +307,7 @@ impl Cloud {
             redis_cluster,
             tls: options.tls,
             broadcast_retention: options.broadcast_retention,
+            downstream_max_age: None,
             auth_addr,
             hub_addr,
             hub_clock_offset: Arc::default(),
@@ -326,6 +328,11 @@ impl Cloud {
             )
             .await;
         }
+    }
+
+    /// Sets the `--downstream-max-age` of hubs started from now on.
+    pub fn set_downstream_max_age(&mut self, max_age: Option<Duration>) {
+        self.downstream_max_age = max_age;
     }
 
     /// Sets the `--broadcast-retention` and trim interval of hubs started
@@ -379,6 +386,7 @@ impl Cloud {
             config.broadcast_retention = retention;
             config.broadcast_trim_interval = every;
         }
+        config.downstream_max_age = self.downstream_max_age;
         config
     }
 

@@ -158,6 +158,16 @@ struct ServeArgs {
     /// 0 closes it at expiry (4001). See SECURITY.md for the cost.
     #[arg(long, env = "LULA_NON_RENEWING_GRACE", default_value = "0s", value_parser = humantime::parse_duration)]
     non_renewing_grace: Duration,
+    /// Do not deliver messages for a device that are older than this (by
+    /// their stream id's time): delete them, count them, tell the device.
+    /// 0: no maximum (a message's own `expiresAt` still applies).
+    #[arg(long, env = "LULA_DOWNSTREAM_MAX_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    downstream_max_age: Duration,
+    /// Refuse to start when the Redis evicts keys or does not persist
+    /// (maxmemory-policy other than noeviction, appendonly off), or its
+    /// settings cannot be read, instead of warning.
+    #[arg(long, env = "LULA_REQUIRE_SAFE_REDIS")]
+    require_safe_redis: bool,
 }
 
 #[derive(clap::Args)]
@@ -229,6 +239,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hub_id: args.hub_id,
         admin_token: args.admin_token.map(Into::into),
         non_renewing_grace: args.non_renewing_grace,
+        downstream_max_age: Some(args.downstream_max_age).filter(|d| !d.is_zero()),
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
             drain_delay: args.drain_delay,
@@ -237,6 +248,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..args.store.config()
     };
     tracing::info!(?config, "starting");
+    lula_runtime::redis_check::check_at_start(
+        &config.redis_target(),
+        "the hub Redis",
+        args.require_safe_redis,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;

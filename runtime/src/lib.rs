@@ -10,6 +10,10 @@
 //! - [`init_tracing`]: `RUST_LOG`-filtered logs on stderr.
 //! - [`tls`]: rustls configs: a service's certificate and key, a client's
 //!   trusted roots (system plus a private CA).
+//! - [`bearer`]: `Authorization: Bearer` as hub and auth read it, and
+//!   constant-time comparison of secrets.
+//! - [`writer`]: the WebSocket writer task both hub and client use, one
+//!   flush per burst of queued frames.
 //! - [`redis`]: the cloud Redis, one server or a Redis Cluster, behind one
 //!   connection type.
 //! - [`redis_check`]: start-up checks of a Redis's eviction policy and
@@ -34,11 +38,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod bearer;
 mod clock;
 pub mod redis;
 pub mod redis_check;
 pub mod retention;
 pub mod tls;
+pub mod writer;
 
 pub use clock::Clock;
 

@@ -6,7 +6,7 @@ pub mod logout;
 pub mod register;
 pub mod renew;
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use lula_protocol::ClientId;
 use serde::Deserialize;
 
@@ -55,16 +55,7 @@ fn session_token(headers: &HeaderMap, body: &[u8]) -> Result<String, AuthError> 
         access_token: Option<String>,
         token: Option<String>,
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty());
-    match bearer {
+    match lula_runtime::bearer::bearer_token(headers).map(str::to_owned) {
         Some(t) => Ok(t),
         None if body.iter().all(u8::is_ascii_whitespace) => Err(AuthError::MissingToken),
         None => {
