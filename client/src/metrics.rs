@@ -58,6 +58,9 @@ pub struct Metrics {
     /// `entries-added` of `out:x` at the reader's last read (not exported;
     /// with the cursor's ordinal it gives the lag).
     pub out_added: AtomicU64,
+    /// Bytes on the link to the hub and the JSON they carried:
+    /// `link_sent_bytes / link_sent_plain_bytes` is the compression ratio upstream.
+    pub link: crate::link::LinkMetrics,
 }
 
 impl Default for Metrics {
@@ -81,6 +84,7 @@ impl Default for Metrics {
             broadcast_gaps: Counter::default(),
             renewals: Counter::default(),
             out_added: AtomicU64::new(0),
+            link: crate::link::LinkMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,12 +139,20 @@ impl Default for Metrics {
             "Times broadcasts were deleted (past the hub's retention) before this device received them",
             m.broadcast_gaps.clone(),
         );
+        m.register_link(&mut registry);
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The connection's own metrics: renewals and the link's bytes.
+    fn register_link(&self, registry: &mut Registry) {
         registry.register(
             "renewals",
             "Session tokens renewed on a live connection",
-            m.renewals.clone(),
+            self.renewals.clone(),
         );
-        Metrics { registry, ..m }
+        self.link.register(registry);
     }
 }
 

@@ -50,10 +50,12 @@ use tokio_util::sync::CancellationToken;
 use crate::Config;
 use crate::auth::{AuthClient, Session as AuthSession};
 use crate::device::Device;
+use crate::link::{self, Inbound, Inflating, Outbound};
 use crate::metrics::Metrics;
 use crate::published::StatusUpdate;
 use crate::renewal::{Credentials, Renewal};
 use crate::uplink::{self, Batch, UplinkError};
+use lula_protocol::compress::Params;
 use std::sync::Arc;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -164,10 +166,17 @@ pub async fn run(
         _ = shutdown.cancelled() => return not_established(Ok(())),
         ws = connect(config, &token) => ws,
     };
-    let (sink, stream) = match ws {
-        Ok(ws) => ws.split(),
+    let (sink, stream, agreed) = match ws {
+        Ok((ws, agreed)) => {
+            let (sink, stream) = ws.split();
+            (sink, stream, agreed)
+        }
         Err(e) => return not_established(Err(e)),
     };
+    // Compression, if the hub agreed, between the session and the socket.
+    let link = &metrics.link;
+    let sink = link::compressing(sink, Outbound::new(agreed, link.clone()));
+    let stream = link::inflating(stream, Inbound::new(agreed, MAX_INCOMING, link.clone()));
     // Acks of two push windows: the out stream's and the broadcast stream's.
     let (out, rx) = mpsc::channel(config.inflight_batches + 2 * PUSH_WINDOW_ENTRIES + 16);
     let mut writer = tokio::spawn(lula_runtime::writer::coalesce(sink, rx, classify, |_| {}));
@@ -226,7 +235,8 @@ fn classify(msg: &Message) -> Outgoing {
     }
 }
 
-async fn connect(config: &Config, token: &str) -> Result<Ws, SessionError> {
+/// Upgrades to the hub; returns the socket and the compression it agreed to.
+async fn connect(config: &Config, token: &str) -> Result<(Ws, Option<Params>), SessionError> {
     let mut request = config
         .hub_url
         .as_str()
@@ -235,6 +245,10 @@ async fn connect(config: &Config, token: &str) -> Result<Ws, SessionError> {
     let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| SessionError::Unauthorized)?;
     request.headers_mut().insert("authorization", bearer);
+    link::offer(
+        &mut request,
+        config.compression_window_bits.and_then(Params::new),
+    );
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_INCOMING))
@@ -255,7 +269,7 @@ async fn connect(config: &Config, token: &str) -> Result<Ws, SessionError> {
     .await;
     match connected {
         Err(_) => Err(SessionError::Connect("timed out".into())),
-        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Ok((ws, response))) => Ok((ws, link::accepted(&response))),
         Ok(Err(tungstenite::Error::Http(res))) => match res.status().as_u16() {
             401 => Err(SessionError::Unauthorized),
             429 => Err(SessionError::RateLimited(
@@ -292,7 +306,7 @@ struct Session<'a> {
     device: &'a mut Device,
     /// To the writer task.
     out: mpsc::Sender<Message>,
-    stream: SplitStream<Ws>,
+    stream: Inflating<SplitStream<Ws>>,
     next_id: u64,
     /// Sent batches awaiting their reply, oldest first.
     inflight: VecDeque<InFlight>,
@@ -371,7 +385,7 @@ impl<'a> Session<'a> {
         config: &'a Config,
         device: &'a mut Device,
         out: mpsc::Sender<Message>,
-        stream: SplitStream<Ws>,
+        stream: Inflating<SplitStream<Ws>>,
         login: Login<'a>,
         metrics: &Arc<Metrics>,
     ) -> Self {

@@ -62,6 +62,9 @@ pub struct HubMetrics {
     pub downstream_lag: Histogram,
     /// Latency of the hub's Redis commands besides ingest, by operation.
     pub redis_seconds: LatencyByOp,
+    /// Bytes on device links and the JSON they carried: `link_sent_bytes /
+    /// link_sent_plain_bytes` is the compression ratio downstream.
+    pub link: crate::link::LinkMetrics,
 }
 
 /// A latency histogram per operation.
@@ -102,10 +105,12 @@ impl Default for HubMetrics {
             upstream_lag: lag_histogram(),
             downstream_lag: lag_histogram(),
             redis_seconds: LatencyByOp::new_with_constructor(latency_histogram),
+            link: crate::link::LinkMetrics::default(),
         };
         let mut r = Registry::with_prefix("lula_hub");
         m.register_upstream(&mut r);
         m.register_downstream(&mut r);
+        m.link.register(&mut r);
         HubMetrics { registry: r, ..m }
     }
 }

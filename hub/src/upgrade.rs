@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tracing::Instrument as _;
 
 use crate::take_over::take_over;
-use crate::{AppState, HubError, connection, metrics};
+use crate::{AppState, HubError, connection, link, metrics};
 
 /// Bytes a connection reads from its socket at a time. tungstenite zero-fills
 /// this much of its read buffer on every read, so the default (128 KiB) costs
@@ -86,14 +86,25 @@ async fn authenticated_upgrade(
     let span = tracing::info_span!("conn", client = %claims.sub, conn = conn_id);
     let limit = state.config.max_frame_bytes;
     let tracker = state.tracker.clone();
-    Ok(ws
+    let compression = link::negotiate(
+        &headers,
+        query.as_deref(),
+        state.config.compression_window_bits,
+    );
+    let mut response = ws
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            tracker.track_future(
-                connection::serve(socket, claims, generation, conn_id, state).instrument(span),
-            )
+            let conn = connection::serve(socket, claims, generation, conn_id, compression, state);
+            tracker.track_future(conn.instrument(span))
         })
-        .into_response())
+        .into_response();
+    // The answer that tells the client to expect (and allows it to send)
+    // compressed frames; no header, no compression.
+    if let Some(params) = compression {
+        let (name, value) = link::response_header(params);
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
 }

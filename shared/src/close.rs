@@ -11,6 +11,9 @@ pub enum CloseReason {
     /// 1001: the hub is shutting down; reconnect (possibly to another
     /// replica) at once.
     GoingAway,
+    /// 1007: a compressed frame was truncated or corrupt (invalid payload
+    /// data); the two ends' compression histories no longer agree.
+    InvalidPayload,
     /// 1008: policy violation (a WebSocket protocol error, invalid UTF-8).
     Policy,
     /// 1009: a message exceeded the frame size limit.
@@ -31,9 +34,10 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for lookups by code.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
+        CloseReason::InvalidPayload,
         CloseReason::Policy,
         CloseReason::TooBig,
         CloseReason::Idle,
@@ -47,6 +51,7 @@ impl CloseReason {
         match self {
             CloseReason::Normal => 1000,
             CloseReason::GoingAway => 1001,
+            CloseReason::InvalidPayload => 1007,
             CloseReason::Policy => 1008,
             CloseReason::TooBig => 1009,
             CloseReason::Idle => 4000,
@@ -61,6 +66,7 @@ impl CloseReason {
         match self {
             CloseReason::Normal => "client shutting down",
             CloseReason::GoingAway => "hub shutting down",
+            CloseReason::InvalidPayload => "corrupt compressed frame",
             CloseReason::Policy => "protocol error",
             CloseReason::TooBig => "message too big",
             CloseReason::Idle => "idle timeout",
@@ -75,6 +81,7 @@ impl CloseReason {
         match self {
             CloseReason::Normal => "normal",
             CloseReason::GoingAway => "shutdown",
+            CloseReason::InvalidPayload => "corrupt_compressed",
             CloseReason::Policy => "protocol",
             CloseReason::TooBig => "too_big",
             CloseReason::Idle => "idle",

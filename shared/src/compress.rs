@@ -182,19 +182,20 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    /// The WebSocket close code the receiver closes with: 1009 (message too
-    /// big) when the frame would inflate past the limit, 1007 (invalid payload
-    /// data) for everything else.
-    pub fn close_code(&self) -> u16 {
+    /// Why the receiver closes: 1009 (message too big) when the frame would
+    /// inflate past the limit, 1007 (invalid payload data) for everything else.
+    pub fn close_reason(&self) -> crate::CloseReason {
         match self {
-            Self::TooLarge { .. } => crate::message::close::TOO_BIG,
-            _ => INVALID_PAYLOAD,
+            Self::TooLarge { .. } => crate::CloseReason::TooBig,
+            _ => crate::CloseReason::InvalidPayload,
         }
     }
-}
 
-/// RFC 6455 close code 1007: data inconsistent with the message type.
-pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The close code of [`FrameError::close_reason`].
+    pub fn close_code(&self) -> u16 {
+        self.close_reason().code()
+    }
+}
 
 /// Counters of one direction, for `status` and the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

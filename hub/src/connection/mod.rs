@@ -29,6 +29,7 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
+use lula_protocol::compress::Params;
 use lula_protocol::message::{ErrorReply, HubFrame, Incoming, Rejected, Request};
 use lula_protocol::token::Claims;
 use lula_protocol::{ClientId, CloseReason, StreamId};
@@ -42,6 +43,7 @@ use crate::AppState;
 use crate::downstream::XreadJob;
 use crate::fleet::{self, Recorder};
 use crate::ingest::{Appended, IngestError};
+use crate::link::{self, Inbound, Outbound};
 use crate::live::Registration;
 use crate::metrics::HubMetrics;
 use batches::{PendingAppend, next_done};
@@ -85,6 +87,8 @@ struct Connection {
     client: ClientId,
     redis: lula_runtime::redis::RedisConn,
     out: mpsc::Sender<Message>,
+    /// Inflates compressed frames (when agreed) and counts what arrives.
+    inbound: Inbound,
     /// Cancelled when the connection ends; stops its helper tasks.
     cancel: CancellationToken,
     /// The push of the device's out stream: stops it, and carries its acks.
@@ -112,9 +116,15 @@ pub async fn serve(
     claims: Claims,
     generation: u64,
     conn_id: u64,
+    compression: Option<Params>,
     state: Arc<AppState>,
 ) {
     let (sink, mut stream) = socket.split();
+    // Compression (if agreed) sits between the queue and the socket, so every
+    // frame queued (replies, pushes, broadcasts) is compressed in queue order.
+    let link_metrics = state.metrics.link.clone();
+    let sink = link::compressing(sink, Outbound::new(compression, link_metrics.clone()));
+    let inbound = Inbound::new(compression, state.config.max_frame_bytes, link_metrics);
     let (out, rx) = mpsc::channel(OUT_QUEUE);
     let metrics = state.metrics.clone();
     let writer = state.tracker.spawn(lula_runtime::writer::coalesce(
@@ -126,7 +136,7 @@ pub async fn serve(
         },
     ));
     state.metrics.connections.inc();
-    let (mut conn, kicked) = Connection::open(&state, claims, generation, conn_id, out);
+    let (mut conn, kicked) = Connection::open(&state, claims, generation, conn_id, out, inbound);
     tracing::info!("connected");
     let mut signals = Signals::start(&state, kicked).await;
     let close_with = loop {
@@ -178,6 +188,7 @@ impl Connection {
         generation: u64,
         conn_id: u64,
         out: mpsc::Sender<Message>,
+        inbound: Inbound,
     ) -> (Self, watch::Receiver<Option<CloseReason>>) {
         let (registration, kicked) = state.live.register(&claims.sub, &claims.sid, generation);
         crate::revocation::recheck_session(state, &claims);
@@ -199,6 +210,7 @@ impl Connection {
             state: state.clone(),
             client: claims.sub,
             out,
+            inbound,
             cancel: state.shutdown.child_token(),
             push: None,
             broadcast: None,
@@ -284,6 +296,17 @@ impl Connection {
         &mut self,
         msg: Option<Result<Message, axum::Error>>,
     ) -> Result<(), Option<CloseReason>> {
+        let msg = match msg {
+            Some(Ok(m)) => match self.inbound.accept(m) {
+                Ok(m) => Some(Ok(m)),
+                // The histories no longer agree: close, handle nothing.
+                Err(e) => {
+                    self.fleet.error(e.to_string());
+                    return Err(Some(e.close_reason()));
+                }
+            },
+            other => other,
+        };
         let handled = match msg {
             None | Some(Ok(Message::Close(_))) => return Err(None),
             Some(Ok(Message::Text(text))) => {
