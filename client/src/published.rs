@@ -44,6 +44,19 @@ pub mod status_fields {
     pub const EXPIRED: &str = "expired";
     /// The most recent such report: how many, and when.
     pub const LAST_EXPIRED: &str = "lastExpired";
+    /// Bytes sent to the hub on the link since the daemon started (frame
+    /// headers included), and the JSON they carried; the same for bytes
+    /// received. Their ratio is what compression saved.
+    pub const LINK_SENT: &str = "linkSentBytes";
+    /// See [`LINK_SENT`].
+    pub const LINK_SENT_PLAIN: &str = "linkSentPlainBytes";
+    /// See [`LINK_SENT`].
+    pub const LINK_RECEIVED: &str = "linkReceivedBytes";
+    /// See [`LINK_SENT`].
+    pub const LINK_RECEIVED_PLAIN: &str = "linkReceivedPlainBytes";
+    /// What the hub agreed to at the last connect (`deflate; window-bits=10`),
+    /// or `off`.
+    pub const COMPRESSION: &str = "compression";
 }
 
 /// One write of status fields. The fields set here are written (with
@@ -68,6 +81,10 @@ pub struct StatusUpdate {
     pub warning: Option<String>,
     /// [`status_fields::LAST_GAP`].
     pub last_gap: Option<String>,
+    /// [`status_fields::COMPRESSION`].
+    pub compression: Option<String>,
+    /// [`status_fields::LINK_SENT`] and the three after it, in that order.
+    pub link: Option<[u64; 4]>,
 }
 
 impl StatusUpdate {
@@ -129,7 +146,17 @@ impl StatusUpdate {
             let ordinal = ordinal.map(|o| o.to_string()).unwrap_or_default();
             out.push((status_fields::UPSTREAM_ORDINAL, ordinal));
         }
+        if let Some(link) = self.link {
+            let names = [
+                status_fields::LINK_SENT,
+                status_fields::LINK_SENT_PLAIN,
+                status_fields::LINK_RECEIVED,
+                status_fields::LINK_RECEIVED_PLAIN,
+            ];
+            out.extend(names.into_iter().zip(link.map(|n| n.to_string())));
+        }
         let texts = [
+            (status_fields::COMPRESSION, &self.compression),
             (status_fields::LAST_ERROR, &self.last_error),
             (status_fields::WARNING, &self.warning),
             (status_fields::LAST_GAP, &self.last_gap),

@@ -190,6 +190,11 @@ pub async fn run(
     };
     metrics.sessions.inc();
     metrics.connected.set(1);
+    let compression = StatusUpdate {
+        compression: Some(agreed.map_or_else(|| "off".to_owned(), |p| p.to_string())),
+        ..StatusUpdate::default()
+    };
+    let _ = session.publish(&compression).await;
     let mut writer_done = false;
     let result = tokio::select! {
         // Biased: when the session ends by closing, the writer ends too; the
@@ -426,7 +431,16 @@ impl Session<'_> {
 
     /// The acknowledged upstream cursor, as published.
     fn upstream_status(&self) -> StatusUpdate {
-        StatusUpdate::upstream(self.cursor, self.cursor_ordinal)
+        let link = &self.metrics.link;
+        StatusUpdate {
+            link: Some([
+                link.sent_bytes.get(),
+                link.sent_plain_bytes.get(),
+                link.received_bytes.get(),
+                link.received_plain_bytes.get(),
+            ]),
+            ..StatusUpdate::upstream(self.cursor, self.cursor_ordinal)
+        }
     }
 
     /// Writes status fields. A full device Redis refuses them (`OOM`); status

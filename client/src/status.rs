@@ -60,6 +60,11 @@ pub struct StatusReport {
     pub last_gap: Option<String>,
     /// A condition that needs an operator, as of the last connection.
     pub warning: Option<String>,
+    /// Compression the hub agreed to at the last connect, or `off`.
+    pub compression: Option<String>,
+    /// Bytes on the link since the daemon started, as last published: sent,
+    /// the JSON sent, received, the JSON received.
+    pub link: Option<[u64; 4]>,
 }
 
 /// Reads the status from the state dir and the device Redis.
@@ -120,7 +125,39 @@ pub async fn status(
             .unwrap_or(0),
         last_gap: get(status_fields::LAST_GAP),
         warning: get(status_fields::WARNING),
+        compression: get(status_fields::COMPRESSION),
+        link: link_counts(&get),
     })
+}
+
+/// The four link counts, when the daemon published them.
+fn link_counts(get: &impl Fn(&str) -> Option<String>) -> Option<[u64; 4]> {
+    let n = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
+    Some([
+        n(status_fields::LINK_SENT)?,
+        n(status_fields::LINK_SENT_PLAIN)?,
+        n(status_fields::LINK_RECEIVED)?,
+        n(status_fields::LINK_RECEIVED_PLAIN)?,
+    ])
+}
+
+/// `1.2 MiB (0.21 of 5.8 MiB of JSON)`.
+fn link_line(wire: u64, plain: u64) -> String {
+    let size = |b: u64| match b {
+        0..1024 => format!("{b} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        _ => format!("{:.1} MiB", b as f64 / 1_048_576.0),
+    };
+    if plain == 0 {
+        size(wire)
+    } else {
+        format!(
+            "{} ({:.2} of {} of JSON)",
+            size(wire),
+            wire as f64 / plain as f64,
+            size(plain)
+        )
+    }
 }
 
 impl fmt::Display for StatusReport {
@@ -202,6 +239,17 @@ impl StatusReport {
             "broadcast cursor:   {} (last broadcast stored in in:x)",
             self.broadcast_cursor
         )?;
+        if let Some(c) = &self.compression {
+            writeln!(f, "compression:        {c}")?;
+        }
+        if let Some([sent, sent_plain, received, received_plain]) = self.link {
+            writeln!(f, "link sent:          {}", link_line(sent, sent_plain))?;
+            writeln!(
+                f,
+                "link received:      {}",
+                link_line(received, received_plain)
+            )?;
+        }
         if let Some(exp) = self.session_expires_at {
             writeln!(
                 f,
@@ -319,6 +367,26 @@ fn thousands(n: u64) -> String {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn link_bytes_show_with_the_compression_ratio() {
+        assert_eq!(link_line(0, 0), "0 B");
+        assert_eq!(link_line(2_048, 0), "2.0 KiB");
+        assert_eq!(
+            link_line(262_144, 1_048_576),
+            "256.0 KiB (0.25 of 1.0 MiB of JSON)"
+        );
+        let fields: std::collections::HashMap<&str, &str> = [
+            (status_fields::LINK_SENT, "10"),
+            (status_fields::LINK_SENT_PLAIN, "40"),
+            (status_fields::LINK_RECEIVED, "5"),
+            (status_fields::LINK_RECEIVED_PLAIN, "20"),
+        ]
+        .into();
+        let get = |k: &str| fields.get(k).map(|v| v.to_string());
+        assert_eq!(link_counts(&get), Some([10, 40, 5, 20]));
+        assert_eq!(link_counts(&|_: &str| None), None, "an older daemon");
+    }
 
     #[test]
     fn progress_shows_the_rate_and_the_time_left() {
