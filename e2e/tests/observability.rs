@@ -142,3 +142,50 @@ async fn status_shows_both_backlogs_and_the_session() {
     assert_eq!(json["downstreamBacklog"], 0);
     assert_eq!(json["upstreamBacklog"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_is_compressed_and_status_shows_its_bytes_and_ratio() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-z").await;
+    let mut device = Device::new(&cloud, "dev-z", &otp);
+    device.produce(0, 500).await;
+    for i in 0..500 {
+        cloud.send_down("dev-z", &[("n", i.to_string())]).await;
+    }
+    let (dir, url) = (
+        device.state_dir().to_owned(),
+        device.config.redis_url.clone(),
+    );
+    device.start();
+    // The upstream cursor (and the link counts with it) is published a
+    // moment after each acknowledgement: wait for counts that include the
+    // whole upstream backlog.
+    let status = eventually("upstream synced and link counts published", WAIT, || {
+        let (dir, url) = (dir.clone(), url.clone());
+        async move {
+            let s = lula_client::status::status(&dir, &url, "lula-client")
+                .await
+                .unwrap();
+            let sent_plain = s.link.map_or(0, |l| l[1]);
+            (s.connected && s.upstream_backlog == 0 && sent_plain > 500 * 60).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(
+        status.compression.as_deref(),
+        Some("deflate; window-bits=10")
+    );
+    let [sent, sent_plain, received, received_plain] = status.link.unwrap();
+    // 500 entries of 80 repeated bytes: far below half of the JSON.
+    assert!(sent * 2 < sent_plain, "sent {sent} of {sent_plain}");
+    assert!(received > 0 && received_plain > 0);
+    let text = status.to_string();
+    assert!(
+        text.contains("compression:        deflate; window-bits=10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("link sent:") && text.contains("of JSON)"),
+        "{text}"
+    );
+}
