@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _, TryStreamExt as _};
 use lula_auth::signing::Signer;
 use lula_protocol::ClientId;
+use lula_protocol::compress::{self, Decoder, Encoder, Params};
 use lula_protocol::message::Envelope;
 use lula_protocol::token::{AUDIENCE, Claims, ISSUER};
 use redis::aio::MultiplexedConnection;
@@ -236,7 +237,9 @@ async fn mint_tokens(cloud: &Cloud, count: usize) -> anyhow::Result<Vec<String>>
         .await
 }
 
-/// Connects like lula-client: bearer token, `id`, `subscribe`, both replies.
+/// Connects like lula-client: bearer token, asking for compressed frames,
+/// `id`, `subscribe`, both replies (compressed both ways when the hub agrees,
+/// so the hub holds each connection's compression history as it would).
 async fn connect_one(url: &str, token: &str) -> anyhow::Result<Ws> {
     tokio::time::timeout(CONNECT_TIMEOUT, async {
         let mut request = url.into_client_request()?;
@@ -244,36 +247,58 @@ async fn connect_one(url: &str, token: &str) -> anyhow::Result<Ws> {
             "authorization",
             HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
+        let offer = Params::new(compress::DEFAULT_WINDOW_BITS).context("window")?;
+        request
+            .headers_mut()
+            .insert(compress::HEADER, HeaderValue::from_str(&offer.to_string())?);
         // Small buffers: ten thousand of these live in this process.
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
-            .await
-            .context("connect")?;
-        ws.send(Message::text(r#"{"type":"id","id":1}"#)).await?;
-        ws.send(Message::text(
+        let (mut ws, response) =
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+                .await
+                .context("connect")?;
+        let agreed = response
+            .headers()
+            .get(compress::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Params::parse);
+        let mut encoder = agreed.map(Encoder::new);
+        let mut decoder = agreed.map(|p| Decoder::new(p, 1 << 20));
+        for text in [
+            r#"{"type":"id","id":1}"#,
             r#"{"type":"subscribe","id":2,"payload":{"id":"0-0"}}"#,
-        ))
-        .await?;
+        ] {
+            let msg = match &mut encoder {
+                Some(e) => Message::Binary(e.encode(text.as_bytes()).into()),
+                None => Message::text(text),
+            };
+            ws.send(msg).await?;
+        }
         let (mut id, mut subscribed) = (false, false);
         while !(id && subscribed) {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    let env = Envelope::parse(text.as_str()).context("reply")?;
-                    if let Some(e) = env.error() {
-                        bail!("{} refused: {} {}", env.kind, e.status, e.message);
-                    }
-                    match (env.kind.as_ref(), env.id.as_ref().and_then(|v| v.as_u64())) {
-                        ("id", Some(1)) => id = true,
-                        ("subscribe", Some(2)) => subscribed = true,
-                        _ => {}
-                    }
+            let text = match (ws.next().await, &mut decoder) {
+                (Some(Ok(Message::Binary(frame))), Some(d)) => {
+                    Some(String::from_utf8(d.decode(&frame)?).context("utf-8")?)
                 }
-                Some(Ok(Message::Close(frame))) => bail!("hub closed: {frame:?}"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e).context("read reply"),
-                None => bail!("hub closed the connection"),
+                (Some(Ok(Message::Text(text))), _) => Some(text.as_str().to_owned()),
+                (other, _) => match other {
+                    Some(Ok(Message::Close(frame))) => bail!("hub closed: {frame:?}"),
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => return Err(e).context("read reply"),
+                    None => bail!("hub closed the connection"),
+                },
+            };
+            let Some(text) = text else { continue };
+            let env = Envelope::parse(&text).context("reply")?;
+            if let Some(e) = env.error() {
+                bail!("{} refused: {} {}", env.kind, e.status, e.message);
+            }
+            match (env.kind.as_ref(), env.id.as_ref().and_then(|v| v.as_u64())) {
+                ("id", Some(1)) => id = true,
+                ("subscribe", Some(2)) => subscribed = true,
+                _ => {}
             }
         }
         Ok(ws)
