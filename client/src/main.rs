@@ -106,7 +106,7 @@ struct RunArgs {
     /// Compressed frames on the link to the hub: the window asked for (9 to 15
     /// bits; 10 = 1 KiB per direction), or `off` for JSON text frames.
     #[arg(long, env = "LULA_COMPRESSION_WINDOW_BITS", default_value = "10", value_parser = lula_protocol::compress::parse_window_setting)]
-    compression_window_bits: Option<u8>,
+    compression_window_bits: u8,
     /// Pause between refused registration attempts.
     #[arg(long, env = "LULA_REGISTER_RETRY", default_value = "60s", value_parser = humantime::parse_duration)]
     register_retry: Duration,
@@ -223,7 +223,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         batch_entries: args.batch_entries.max(1),
         inflight_batches: args.inflight_batches.max(1),
         max_frame_bytes: args.max_frame_bytes,
-        compression_window_bits: args.compression_window_bits,
+        compression_window_bits: lula_protocol::compress::window_setting(
+            args.compression_window_bits,
+        ),
         register_retry: args.register_retry,
         max_backoff: args.max_backoff,
         metrics_listen: args.metrics_listen,

@@ -125,7 +125,7 @@ struct ServeArgs {
     /// Largest compression window agreed to when a device asks for compressed
     /// frames (9 to 15 bits; 10 = 1 KiB per direction), or `off`.
     #[arg(long, env = "LULA_COMPRESSION_WINDOW_BITS", default_value = "10", value_parser = lula_protocol::compress::parse_window_setting)]
-    compression_window_bits: Option<u8>,
+    compression_window_bits: u8,
     /// How often out streams are re-read when the hub's Redis refuses to send
     /// keyspace notifications (set `notify-keyspace-events` to include `Kt`).
     #[arg(long, env = "LULA_DOWNSTREAM_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -232,7 +232,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth_redis_cluster: args.auth_redis_cluster,
         auth_prefix: args.auth_prefix,
         max_frame_bytes: args.max_frame_bytes,
-        compression_window_bits: args.compression_window_bits,
+        compression_window_bits: lula_protocol::compress::window_setting(
+            args.compression_window_bits,
+        ),
         downstream_poll: args.downstream_poll,
         broadcast_retention: args.broadcast_retention,
         one_connection_per_device: !args.allow_concurrent_connections,

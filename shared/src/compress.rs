@@ -55,17 +55,24 @@ pub const MAX_WINDOW_BITS: u8 = 15;
 pub const DEFAULT_WINDOW_BITS: u8 = 10;
 
 /// Parses a window setting as the `--compression-window-bits` flags take it:
-/// `off` (or `0`) for no compression, else 9 to 15.
-pub fn parse_window_setting(s: &str) -> Result<Option<u8>, String> {
+/// `off` (or `0`) for no compression, which it returns as 0, else 9 to 15.
+/// (A plain number rather than an `Option`, which clap would take for an
+/// optional flag; [`window_setting`] turns it into one.)
+pub fn parse_window_setting(s: &str) -> Result<u8, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("off") || s == "0" {
-        return Ok(None);
+        return Ok(0);
     }
     s.parse()
         .ok()
         .and_then(Params::new)
-        .map(|p| Some(p.window_bits()))
+        .map(Params::window_bits)
         .ok_or_else(|| format!("expected off or {MIN_WINDOW_BITS} to {MAX_WINDOW_BITS}, got {s:?}"))
+}
+
+/// A parsed `--compression-window-bits` as a setting: `None` for off (0).
+pub fn window_setting(bits: u8) -> Option<u8> {
+    (bits != 0).then_some(bits)
 }
 
 /// First byte of a compressed binary frame: raw deflate, context takeover.
