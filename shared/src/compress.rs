@@ -300,17 +300,24 @@ fn with_deflater<R>(bits: u8, f: impl FnOnce(&mut Compress) -> R) -> R {
     r
 }
 
-/// Runs `f` with this thread's decompressor, reset, for `bits`.
-fn with_inflater<R>(bits: u8, f: impl FnOnce(&mut Decompress) -> R) -> R {
+/// Runs `f` with this thread's decompressor, reset. It always has the
+/// largest window: an inflater with a 32 KiB window reads any raw deflate
+/// stream made with a smaller one, and the history it is given (never more
+/// than the agreed window) still bounds how far back into earlier frames a
+/// frame may refer (within one frame a sender could refer up to 32 KiB back,
+/// which costs this end nothing: the window is this thread's). With
+/// the default window flate2 resets the zlib-rs state in place; with any
+/// other it allocates a new one on every reset, i.e. on every frame.
+fn with_inflater<R>(f: impl FnOnce(&mut Decompress) -> R) -> R {
     let mut d = match INFLATER.take() {
-        Some((b, mut d)) if b == bits => {
+        Some((_, mut d)) => {
             d.reset(false);
             d
         }
-        _ => Decompress::new_with_window_bits(false, bits),
+        None => Decompress::new(false),
     };
     let r = f(&mut d);
-    INFLATER.set(Some((bits, d)));
+    INFLATER.set(Some((MAX_WINDOW_BITS, d)));
     r
 }
 
@@ -434,9 +441,7 @@ impl Decoder {
         // doing so and refused, at most one byte late.
         out.resize(declared + 1, 0);
         let dictionary = &self.history.bytes;
-        let got = with_inflater(self.params.window_bits, |d| {
-            inflate(d, dictionary, body, out)
-        })?;
+        let got = with_inflater(|d| inflate(d, dictionary, body, out))?;
         if got > declared {
             return Err(FrameError::Corrupt(format!(
                 "inflates past its stated {declared} bytes"
@@ -449,6 +454,11 @@ impl Decoder {
         self.history.push(out);
         self.stats.count(declared, frame.len());
         Ok(())
+    }
+
+    /// The parameters agreed for this connection.
+    pub fn params(&self) -> Params {
+        self.params
     }
 
     /// What this direction has received so far.
