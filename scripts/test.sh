@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 ensure_redis
 ensure_tool oathtool oathtool "an independent TOTP implementation lula's codes are checked against"
 ensure_tool haproxy haproxy "a real load balancer in front of several hubs"
+ensure_tool promtool prometheus "Prometheus's own linter for /metrics and the alert rules"
+# Tests that need one of these tools fail instead of skipping when it is missing.
+export LULA_REQUIRE_TOOLS=1
 echo "==> $(redis-server --version | cut -d' ' -f1-3)"
 
 echo "==> cargo fmt --check"

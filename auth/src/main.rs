@@ -24,8 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve /register, /login, /logout and /healthz.
-    Serve(ServeArgs),
+    /// Serve devices: POST /register, /login, /renew and /logout on --listen;
+    /// GET /healthz, /readyz and /metrics on --admin-listen (on --listen
+    /// without it, deprecated).
+    Serve(Box<ServeArgs>),
     /// Let a device register: generate its OTP secret and registration deadline.
     Provision(ProvisionArgs),
     /// Cut a device off: end its sessions (every hub closes its sockets at
@@ -61,9 +63,14 @@ struct ServeArgs {
     log: lula_runtime::LogArgs,
     #[command(flatten)]
     common: Common,
-    /// Address to listen on.
+    /// Address devices reach: POST /register, /login, /renew, /logout.
     #[arg(long, env = "LULA_AUTH_LISTEN", default_value = "0.0.0.0:3001")]
     listen: SocketAddr,
+    /// Address of the admin listener: GET /healthz, /readyz, /metrics, off
+    /// the device port. Unset: they are served on --listen as before
+    /// (deprecated; that layout goes in the next release).
+    #[arg(long, env = "LULA_AUTH_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// bcrypt cost of stored device secrets (4 to 31).
     #[arg(long, env = "LULA_BCRYPT_COST", default_value_t = lula_auth::config::DEFAULT_BCRYPT_COST)]
     bcrypt_cost: u32,
@@ -135,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
             lula_runtime::init_tracing_as(args.log.log_format);
-            serve(args).await
+            serve(*args).await
         }
         Command::Provision(args) => {
             lula_runtime::init_tracing();
@@ -185,10 +192,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    tracing::info!(addr = %listener.local_addr()?, "listening for devices");
+    let admin = match args.admin_listen {
+        Some(addr) => {
+            let admin = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind --admin-listen {addr}"))?;
+            tracing::info!(addr = %admin.local_addr()?, "admin listener: /healthz /readyz /metrics");
+            Some(admin)
+        }
+        None => {
+            tracing::warn!(
+                "no --admin-listen: /healthz, /readyz and /metrics are on the device port (deprecated)"
+            );
+            None
+        }
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
-    lula_auth::run(listener, config, shutdown).await
+    lula_auth::run_with_admin(listener, admin, config, shutdown).await
 }
 
 async fn connect(common: &Common) -> anyhow::Result<lula_runtime::redis::RedisConn> {

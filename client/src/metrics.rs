@@ -10,7 +10,6 @@ use std::sync::atomic::AtomicU64;
 
 use axum::Router;
 use axum::routing::get;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -52,7 +51,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("lula_client");
+        let mut root = lula_runtime::metrics::registry("lula_client", env!("CARGO_PKG_VERSION"));
+        let registry = root.sub_registry_with_prefix("lula_client");
         let m = Metrics {
             connected: Gauge::default(),
             sessions: Counter::default(),
@@ -125,17 +125,17 @@ impl Default for Metrics {
             "Session tokens renewed on a live connection",
             m.renewals.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 }
 
 impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        lula_runtime::metrics::render(&self.registry)
     }
 }
 
@@ -151,9 +151,9 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
     let router = Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let metrics = metrics.clone();
-            async move { lula_runtime::metrics_response(metrics.render()) }
+            async move { lula_runtime::metrics::response(metrics.render(), &headers) }
         }),
     );
     lula_runtime::serve(listener, router, shutdown, Default::default()).await?;

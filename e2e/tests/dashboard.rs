@@ -552,7 +552,7 @@ async fn every_metric_the_dashboard_names_is_exported_by_a_running_system() {
     let upgrade = http.get(&hub_http).send().await.unwrap();
     assert!(upgrade.status().is_client_error(), "{}", upgrade.status());
 
-    let hub = format!("{hub_http}/metrics");
+    let hub = format!("{}/metrics", cloud.admin_url());
     let client = format!("http://127.0.0.1:{port}/metrics");
     let client_text = eventually("the device's counts and a renewal", WAIT, || {
         let client = client.clone();
@@ -579,7 +579,9 @@ async fn every_metric_the_dashboard_names_is_exported_by_a_running_system() {
         }
     })
     .await;
-    let auth_text = scrape(&format!("{auth}/metrics")).await.unwrap();
+    let auth_text = scrape(&format!("{}/metrics", cloud.auth_admin_url()))
+        .await
+        .unwrap();
     for family in [
         "registrations",
         "logins",

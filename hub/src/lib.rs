@@ -19,6 +19,7 @@
 //! - [`config`]: [`Config`], the hub's settings.
 //! - [`session`]: token and session checks at upgrade time.
 //! - [`ingest`]: the exactly-once append script, one group commit per partition.
+//! - [`admin`]: the admin listener: probes, metrics, the fleet view and page.
 //! - [`fleet`]: what each hub records of its devices, and the fleet view
 //!   read back from it (`lula-hub fleet`, `GET /fleet`).
 //! - [`live`]: live connections by device, so revocation and expiry reach them.
@@ -34,6 +35,7 @@
 //!
 //! The wire protocol is documented in `shared/PROTOCOL.md`.
 
+pub mod admin;
 pub mod broadcast;
 pub mod config;
 mod connection;
@@ -173,25 +175,32 @@ impl AppState {
     }
 }
 
-/// The hub's routes: `GET /` (WebSocket upgrade), `GET /healthz` (liveness)
-/// and `GET /readyz` (Redis reachable).
+/// What devices need: `GET /` (the WebSocket upgrade). The rest is on the
+/// admin listener ([`admin::app`]).
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(upgrade))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/fleet", get(fleet_view))
         .fallback(|| async { HubError::NotFound })
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown` is cancelled, then (after
-/// `--drain-delay` with `/readyz` answering 503) closes every device
-/// connection with 1001 (after the request it is handling) and returns once
-/// all are closed.
+/// [`run_with_admin`] without an admin listener: the admin routes are served
+/// on the device port (the layout before `--admin-listen`, deprecated).
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_admin(listener, None, config, shutdown).await
+}
+
+/// Serves devices on `listener` and the admin routes on `admin` until
+/// `shutdown` is cancelled, then (after `--drain-delay` with `/readyz`
+/// answering 503) closes every device connection with 1001 (after the
+/// request it is handling) and returns once all are closed.
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -246,7 +255,14 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    lula_runtime::serve(listener, app(state), shutdown, serve_options)
+    let devices = match admin {
+        Some(admin) => {
+            tracker.spawn(admin::serve(admin, state.clone(), shutdown.clone()));
+            app(state)
+        }
+        None => app(state.clone()).merge(admin::routes(state)),
+    };
+    lula_runtime::serve(listener, devices, shutdown, serve_options)
         .await
         .context("serve")?;
     tracker.close();
@@ -255,8 +271,8 @@ pub async fn run(
 }
 
 /// The Prometheus text exposition of [`metrics::HubMetrics`].
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    lula_runtime::metrics_response(state.metrics.render())
+async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    lula_runtime::metrics::response(state.metrics.render(), &headers)
 }
 
 /// Liveness: the process serves requests.

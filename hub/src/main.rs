@@ -78,6 +78,11 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LULA_HUB_LISTEN", default_value = "0.0.0.0:3002")]
     listen: SocketAddr,
+    /// Address of the admin listener: /healthz, /readyz, /metrics, /fleet
+    /// and the fleet page, off the device port. Unset: they are served on
+    /// --listen as before (deprecated; that layout goes in the next release).
+    #[arg(long, env = "LULA_HUB_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// lula-auth's Redis (sessions, verification keys, revocations), when it
     /// is not the hub's own --redis-url.
     #[arg(long, env = "LULA_AUTH_REDIS_URL", hide_env_values = true)]
@@ -185,10 +190,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    tracing::info!(addr = %listener.local_addr()?, "listening for devices");
+    let admin = match args.admin_listen {
+        Some(addr) => {
+            let admin = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind --admin-listen {addr}"))?;
+            tracing::info!(addr = %admin.local_addr()?, "admin listener: /healthz /readyz /metrics /fleet");
+            Some(admin)
+        }
+        None => {
+            tracing::warn!(
+                "no --admin-listen: /healthz, /readyz, /metrics and /fleet are on the device port (deprecated)"
+            );
+            None
+        }
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
-    lula_hub::run(listener, config, shutdown).await
+    lula_hub::run_with_admin(listener, admin, config, shutdown).await
 }
 
 async fn fleet(args: FleetArgs) -> anyhow::Result<()> {

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -100,7 +99,8 @@ impl Default for HubMetrics {
             downstream_lag: lag_histogram(),
             redis_seconds: LatencyByOp::new_with_constructor(latency_histogram),
         };
-        let mut r = Registry::with_prefix("lula_hub");
+        let mut root = lula_runtime::metrics::registry("lula_hub", env!("CARGO_PKG_VERSION"));
+        let r = root.sub_registry_with_prefix("lula_hub");
         r.register(
             "connections",
             "Live device connections",
@@ -180,7 +180,10 @@ impl Default for HubMetrics {
             "Latency of Redis commands besides ingest, by operation",
             m.redis_seconds.clone(),
         );
-        HubMetrics { registry: r, ..m }
+        HubMetrics {
+            registry: root,
+            ..m
+        }
     }
 }
 
@@ -216,11 +219,9 @@ impl HubMetrics {
         histogram.observe(now.saturating_sub(id_ms) as f64 / 1000.0);
     }
 
-    /// The text exposition.
+    /// The OpenMetrics text exposition (see [`lula_runtime::metrics::response`]).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+        lula_runtime::metrics::render(&self.registry)
     }
 }
 

@@ -10,6 +10,9 @@
 //! - [`init_tracing`]: `RUST_LOG`-filtered logs on stderr.
 //! - [`tls`]: rustls configs: a service's certificate and key, a client's
 //!   trusted roots (system plus a private CA).
+//! - [`metrics`]: what every `GET /metrics` shares: `*_build_info`, the
+//!   `process_*` series ([`process`]), OpenMetrics or the classic text format
+//!   by the scraper's `Accept`.
 //! - [`redis`]: the cloud Redis, one server or a Redis Cluster, behind one
 //!   connection type.
 
@@ -28,6 +31,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod metrics;
+pub mod process;
 pub mod redis;
 pub mod tls;
 
@@ -85,19 +90,6 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// A Prometheus text exposition as the answer to `GET /metrics`.
-pub fn metrics_response(exposition: String) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        exposition,
-    )
-        .into_response()
 }
 
 /// The stop of a service in two steps. `draining` is the caller's shutdown
