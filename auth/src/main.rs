@@ -188,7 +188,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..Config::new(args.common.redis_url)
     };
-    tracing::info!(?config, "starting");
+    lula_runtime::log_start("lula-auth", env!("CARGO_PKG_VERSION"), &config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;

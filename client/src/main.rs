@@ -199,7 +199,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         ..Config::new(args.client_id, args.otp_secret, args.common.state_dir)
     };
-    tracing::info!(?config, "starting");
+    lula_runtime::log_start("lula-client", env!("CARGO_PKG_VERSION"), &config);
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_client::run(config, shutdown).await

@@ -186,7 +186,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..args.store.config()
     };
-    tracing::info!(?config, "starting");
+    lula_runtime::log_start("lula-hub", env!("CARGO_PKG_VERSION"), &config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;

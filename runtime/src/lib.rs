@@ -275,21 +275,54 @@ pub fn init_tracing() {
 }
 
 /// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
+/// Colours only when stderr is a terminal (and `NO_COLOR` is unset): escape
+/// codes in a file, a journal or a pod log are noise to every reader. Never
+/// logs the WebSocket library's handshake requests ([`without_secrets`]).
 pub fn init_tracing_as(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let secrets = tracing_subscriber::filter::filter_fn(without_secrets);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.finish().with(secrets).init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(secrets)
             .init(),
     }
+}
+
+/// False for events that would carry a credential whatever `RUST_LOG` says:
+/// tungstenite logs the whole client handshake request, `Authorization:
+/// Bearer <token>` included, at trace level (`tungstenite::handshake::client`,
+/// "Request: ..."). Its debug lines and every other trace line stay.
+pub fn without_secrets(meta: &tracing::Metadata<'_>) -> bool {
+    !(*meta.level() == tracing::Level::TRACE
+        && meta.target().starts_with("tungstenite::handshake::client"))
+}
+
+/// The start-up line every service writes first: its name, version, commit
+/// and the configuration it runs with (`config`'s `Debug`, which redacts
+/// secrets and URL passwords).
+pub fn log_start(name: &str, version: &str, config: &dyn std::fmt::Debug) {
+    tracing::info!(
+        name,
+        version,
+        commit = metrics::COMMIT,
+        config = ?config,
+        "starting"
+    );
 }
 
 #[cfg(test)]
