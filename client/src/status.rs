@@ -47,7 +47,8 @@ pub struct StatusReport {
     pub last_broadcast_gap: Option<String>,
     /// The daemon's most recent error.
     pub last_error: Option<String>,
-    /// Epoch seconds when the session token expires.
+    /// Epoch ms when the session token expires (the state hash keeps
+    /// seconds, as the Node client does; every time in the report is ms).
     pub session_expires_at: Option<u64>,
     /// Times entries were found deleted from `out:x` before they were synced.
     pub gaps: u64,
@@ -105,7 +106,9 @@ pub async fn status(
             .unwrap_or(0),
         last_broadcast_gap: get(status_fields::LAST_BROADCAST_GAP),
         last_error: get(status_fields::LAST_ERROR),
-        session_expires_at: get(status_fields::SESSION_EXPIRES_AT).and_then(|v| v.parse().ok()),
+        session_expires_at: get(status_fields::SESSION_EXPIRES_AT)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|secs| secs.saturating_mul(1000)),
         gaps: get(status_fields::GAPS)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
@@ -183,7 +186,9 @@ impl fmt::Display for StatusReport {
             writeln!(
                 f,
                 "session expires:    {}",
-                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(exp)
+                )
             )?;
         }
         match (&self.last_gap, self.gaps) {

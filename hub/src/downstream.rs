@@ -48,6 +48,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Pause after a Redis failure before a reader tries again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between pub/sub reconnects ([`next_retry`]).
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 /// How often [`watch`] wakes every reader even when notifications work, and
 /// checks that they are still enabled and its pub/sub connection still answers.
 pub const SWEEP: Duration = Duration::from_secs(30);
@@ -317,6 +319,7 @@ pub async fn watch(
         format!("__keyspace@*__:{out_pattern}"),
         format!("__keyspace@*__:{broadcast_pattern}"),
     ];
+    let mut retry = RETRY_PAUSE;
     loop {
         let discovered = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -325,10 +328,11 @@ pub async fn watch(
         let mut nodes = match discovered {
             Ok(nodes) => nodes,
             Err(e) => {
-                tracing::warn!(error = %e, "downstream watch: cannot find the servers to subscribe to; polling meanwhile");
-                if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
+                tracing::warn!(error = %e, retry_in = ?retry, "downstream watch: cannot find the servers to subscribe to; polling meanwhile");
+                if poll_until(&wakers, poll, retry, &shutdown).await {
                     return;
                 }
+                retry = next_retry(retry);
                 continue;
             }
         };
@@ -345,11 +349,12 @@ pub async fn watch(
         let mut streams = Vec::with_capacity(nodes.len());
         let mut failed = None;
         for (i, node) in nodes.iter().enumerate() {
-            let at = node
-                .addr
-                .as_ref()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+            // A cluster node by its announced address, one server by its URL's
+            // host and port (never the URL: it may hold a password).
+            let at = node.addr.as_ref().map_or_else(
+                || node.client.get_connection_info().addr().to_string(),
+                |a| a.to_string(),
+            );
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 c = tokio::time::timeout(WATCH_TIMEOUT, node.client.get_async_pubsub()) => c,
@@ -386,12 +391,14 @@ pub async fn watch(
             );
         }
         if let Some(e) = failed {
-            tracing::warn!(error = %e, "downstream watch: pub/sub failed; polling meanwhile");
-            if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
+            tracing::warn!(error = %e, retry_in = ?retry, "downstream watch: pub/sub failed; polling meanwhile");
+            if poll_until(&wakers, poll, retry, &shutdown).await {
                 return;
             }
+            retry = next_retry(retry);
             continue;
         }
+        retry = RETRY_PAUSE;
         // Anything that arrived before the subscriptions took effect.
         wakers.wake_all();
         let resync = resync_revocations(revocations.as_ref(), &live);
@@ -756,6 +763,13 @@ pub async fn count_after(
         .await
 }
 
+/// The pause after another failed pub/sub (re)connect: doubled each time,
+/// capped, so a hub whose Redis is down for long neither spins nor floods its
+/// log (readers keep polling meanwhile, so nothing waits on it).
+fn next_retry(previous: Duration) -> Duration {
+    (previous * 2).min(MAX_RETRY_PAUSE)
+}
+
 /// Sleeps unless cancelled first; true when cancelled.
 async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
@@ -951,6 +965,17 @@ pub async fn watch_revocations(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pubsub_retries_double_up_to_the_cap() {
+        let mut d = RETRY_PAUSE;
+        let mut seen = vec![];
+        for _ in 0..8 {
+            seen.push(d.as_secs());
+            d = next_retry(d);
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 
     #[test]
     fn frames_split_by_size_and_keep_order() {
