@@ -151,7 +151,19 @@ dev XRANGE lula-client:in:x - +
 [ "$(dev XLEN lula-client:in:x)" -ge 2 ] || { echo "the broadcast did not arrive; see $dir/client.log" >&2; exit 1; }
 
 bold "lula-client status"
-"$bin/lula-client" status --redis-url "redis://127.0.0.1:$device_port" --state-dir "$dir/client-state"
+# The daemon publishes its cursors about once a second; wait for the write
+# that follows the hub's acknowledgement, so the status agrees with what the
+# cloud received above (its "figures as of" line says how old they are).
+status=("$bin/lula-client" status --redis-url "redis://127.0.0.1:$device_port" --state-dir "$dir/client-state")
+for _ in $(seq 1 100); do
+  "${status[@]}" --json | grep -q '"upstreamBacklog": 0,' && break
+  sleep 0.1
+done
+"${status[@]}"
+"${status[@]}" --json | grep -q '"upstreamBacklog": 0,' \
+  || { echo "the status still shows an upstream backlog; see $dir/client.log" >&2; exit 1; }
+step "lula-client status --check     (the health check: exit 0 when connected and draining)"
+"${status[@]}" --check
 
 if $once; then
   bold "Demo done"

@@ -29,12 +29,43 @@ pub struct Stored {
     pub missed_after: Option<StreamId>,
 }
 
+/// KEYS[1] the state hash; ARGV[1] now (epoch ms), then field/value pairs.
+/// Sets them and `updatedAt`; `connected` 0 sets `disconnectedSince` unless
+/// it is set (1 deletes it); an `upstream` that differs from the stored one
+/// sets `upstreamProgressAt`. One script, so the times agree with the fields.
+static PUBLISH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+        local now = ARGV[1]
+        for i = 2, #ARGV, 2 do
+          local f, v = ARGV[i], ARGV[i + 1]
+          if f == 'connected' then
+            if v == '1' then
+              redis.call('HDEL', KEYS[1], 'disconnectedSince')
+            else
+              redis.call('HSETNX', KEYS[1], 'disconnectedSince', now)
+            end
+          elseif f == 'upstream' and redis.call('HGET', KEYS[1], 'upstream') ~= v then
+            redis.call('HSET', KEYS[1], 'upstreamProgressAt', now)
+          end
+          redis.call('HSET', KEYS[1], f, v)
+        end
+        redis.call('HSET', KEYS[1], 'updatedAt', now)
+        return 1
+        ",
+    )
+});
+
 /// Status fields the daemon publishes in the state hash for `lula-client status`.
 pub mod status_fields {
     /// `1` while a hub session is up, `0` otherwise.
     pub const CONNECTED: &str = "connected";
     /// Epoch ms of the daemon's last status write (a heartbeat while it runs).
     pub const UPDATED_AT: &str = "updatedAt";
+    /// Epoch ms since when the daemon is not connected (absent while it is).
+    pub const DISCONNECTED_SINCE: &str = "disconnectedSince";
+    /// Epoch ms when the published upstream cursor last moved.
+    pub const UPSTREAM_PROGRESS_AT: &str = "upstreamProgressAt";
     /// The hub's upstream cursor as last acknowledged: the last device seq the hub holds.
     pub const UPSTREAM: &str = "upstream";
     /// The most recent error, cleared when a session comes up.
@@ -219,11 +250,17 @@ impl Device {
         })
     }
 
-    /// Writes status fields (and `updatedAt`) to the state hash.
+    /// Writes status fields (and `updatedAt`) to the state hash, with the
+    /// times `lula-client status --check` judges by: since when the daemon
+    /// is disconnected, and when the upstream cursor last moved.
     pub async fn publish(&mut self, fields: &[(&str, String)]) -> Result<(), RedisError> {
-        let mut items: Vec<(&str, String)> = fields.to_vec();
-        items.push((status_fields::UPDATED_AT, now_ms().to_string()));
-        self.redis.hset_multiple(self.keys.state(), &items).await
+        let mut script = PUBLISH.key(self.keys.state());
+        script.arg(now_ms());
+        for (field, value) in fields {
+            script.arg(*field).arg(value);
+        }
+        let _: i64 = script.invoke_async(&mut self.redis).await?;
+        Ok(())
     }
 
     /// The highest id `out:x` ever generated (`0-0` when it does not exist).

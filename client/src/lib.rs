@@ -24,6 +24,7 @@
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`rpc`]: request/response with the cloud over the synced streams.
 //! - [`status`]: `lula-client status`.
+//! - [`status_check`]: `lula-client status --check`, health as an exit code.
 
 pub mod auth;
 pub mod backoff;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod rpc;
 pub mod session;
 pub mod status;
+pub mod status_check;
 pub mod uplink;
 
 pub use config::Config;

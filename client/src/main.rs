@@ -119,6 +119,17 @@ struct StatusArgs {
     /// time left) until the backlog is empty or Ctrl-C.
     #[arg(long, env = "LULA_WATCH")]
     watch: bool,
+    /// Exit non-zero when unhealthy, for health checks: 2 stopped, 3
+    /// disconnected longer than --max-disconnected, 4 upstream backlog not
+    /// draining for --max-stall (1: status unreadable). Prints one line.
+    #[arg(long, env = "LULA_CHECK", conflicts_with = "watch")]
+    check: bool,
+    /// With --check: longest tolerated disconnection.
+    #[arg(long, env = "LULA_MAX_DISCONNECTED", default_value = "2m", value_parser = humantime::parse_duration)]
+    max_disconnected: Duration,
+    /// With --check: longest tolerated stall of a waiting upstream backlog.
+    #[arg(long, env = "LULA_MAX_STALL", default_value = "5m", value_parser = humantime::parse_duration)]
+    max_stall: Duration,
 }
 
 #[tokio::main]
@@ -134,6 +145,18 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             .context("read status")?;
+            if args.check {
+                let verdict = lula_client::status_check::check(
+                    &report,
+                    lula_client::status_check::Limits {
+                        max_disconnected: args.max_disconnected,
+                        max_stall: args.max_stall,
+                    },
+                    lula_runtime::now_ms(),
+                );
+                println!("{}", verdict.describe());
+                std::process::exit(verdict.exit_code());
+            }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -13,8 +13,7 @@ use serde::Serialize;
 use crate::device::{BROADCAST_FIELD, DOWNSTREAM_FIELD, count_after, now_ms, status_fields};
 use crate::identity::{IDENTITY_FILE, Identity};
 
-/// A daemon whose last status write is older than this is not running.
-const STALE_AFTER: Duration = Duration::from_secs(15);
+use crate::status_check::STALE_AFTER;
 
 /// The device's sync state.
 #[derive(Debug, Clone, Serialize)]
@@ -26,8 +25,16 @@ pub struct StatusReport {
     pub registered: bool,
     /// A daemon is running and connected to the hub.
     pub connected: bool,
-    /// Epoch ms of the daemon's last status write.
+    /// Epoch ms of the daemon's last status write: the figures the daemon
+    /// published (cursors, connected, downstream backlog) are as of then.
     pub updated_at: Option<u64>,
+    /// Epoch ms since when the daemon is not connected to a hub.
+    pub disconnected_since: Option<u64>,
+    /// Epoch ms when the upstream cursor last moved.
+    pub upstream_progress_at: Option<u64>,
+    /// Epoch ms of the oldest entry waiting in `out:x` (its id's time), when
+    /// there is a backlog.
+    pub upstream_oldest_at: Option<u64>,
     /// The last device seq the hub acknowledged.
     pub upstream_cursor: Option<StreamId>,
     /// Entries in `out:x` after the upstream cursor (all of them if the hub
@@ -87,7 +94,21 @@ pub async fn status(
         upstream_cursor.unwrap_or(StreamId::ZERO),
     )
     .await?;
+    let oldest: Vec<(String, redis::Value)> = if upstream_backlog > 0 {
+        let after = upstream_cursor.unwrap_or(StreamId::ZERO);
+        conn.xrange_count(keys.out_stream(), format!("({after}"), "+", 1)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let ms = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
     Ok(StatusReport {
+        disconnected_since: ms(status_fields::DISCONNECTED_SINCE),
+        upstream_progress_at: ms(status_fields::UPSTREAM_PROGRESS_AT),
+        upstream_oldest_at: oldest
+            .first()
+            .and_then(|(id, _)| id.parse::<StreamId>().ok())
+            .map(|id| id.ms),
         client_id: identity.as_ref().map(|i| i.client_id.to_string()),
         registered: identity.as_ref().is_some_and(|i| i.registered),
         connected: fresh && get(status_fields::CONNECTED).as_deref() == Some("1"),
@@ -140,6 +161,18 @@ impl fmt::Display for StatusReport {
             (false, None) => "no (daemon never ran against this Redis)".to_owned(),
         };
         writeln!(f, "connected:          {connected}")?;
+        // The cursors and backlogs below are as of the daemon's last write
+        // (at most a second old while it runs); the upstream backlog is
+        // counted now, against that cursor.
+        if let Some(t) = self.updated_at {
+            writeln!(
+                f,
+                "figures as of:      {} ago (the daemon's last status write)",
+                humantime::format_duration(Duration::from_millis(
+                    now_ms().saturating_sub(t) / 100 * 100
+                ))
+            )?;
+        }
         match self.upstream_cursor {
             Some(c) => writeln!(f, "upstream cursor:    {c} (last seq the hub acknowledged)")?,
             None => writeln!(
