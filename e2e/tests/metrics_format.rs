@@ -189,3 +189,29 @@ async fn the_device_ports_serve_only_what_devices_need() {
     let upgrade = reqwest::get(&hub).await.unwrap().status().as_u16();
     assert_eq!(upgrade, 401, "the hub's upgrade route wants a token");
 }
+
+/// deploy/prometheus/alerts.yml passes `promtool check rules`, and its unit
+/// tests (alerts_test.yml: each alert fires on what it is for and stays
+/// quiet on a healthy system) pass `promtool test rules`.
+#[test]
+fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let Some(promtool) = promtool() else { return };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = Command::new(promtool)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
