@@ -10,6 +10,8 @@ ensure_redis
 ensure_tool oathtool oathtool "an independent TOTP implementation lula's codes are checked against"
 ensure_tool haproxy haproxy "a real load balancer in front of several hubs"
 ensure_tool promtool prometheus "Prometheus's own linter for /metrics and the alert rules"
+ensure_tool chromium chromium "a real browser for the fleet page test"
+ensure_tool chromedriver chromium-driver "drives that browser (WebDriver)"
 # Tests that need one of these tools fail instead of skipping when it is missing.
 export LULA_REQUIRE_TOOLS=1
 echo "==> $(redis-server --version | cut -d' ' -f1-3)"

@@ -1,8 +1,8 @@
 //! The hub's admin listener (`--admin-listen`): what operators and their
 //! tools use, kept off the port devices reach, as NATS keeps its monitoring
 //! on 8222. `GET /healthz`, `GET /readyz` (probes), `GET /metrics`
-//! (Prometheus), `GET /fleet` (JSON) and `GET /fleet/` (the fleet page), the
-//! last two behind the admin token.
+//! (Prometheus), `GET /fleet` (JSON) and `GET /fleet/` (the fleet page,
+//! [`crate::fleet_page`]), the last two behind the admin token.
 //!
 //! Without `--admin-listen` these routes stay on the device port, as before
 //! (deprecated, for one release: it costs one `merge`, and a hub upgraded in
@@ -30,6 +30,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/readyz", get(crate::readyz))
         .route("/metrics", get(crate::metrics_text))
         .route("/fleet", get(crate::fleet_view))
+        .route("/fleet/", get(crate::fleet_page::page))
         .with_state(state)
 }
 

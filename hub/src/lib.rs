@@ -22,6 +22,7 @@
 //! - [`admin`]: the admin listener: probes, metrics, the fleet view and page.
 //! - [`fleet`]: what each hub records of its devices, and the fleet view
 //!   read back from it (`lula-hub fleet`, `GET /fleet`).
+//! - [`fleet_page`]: the fleet page, an HTML view of `GET /fleet`.
 //! - [`live`]: live connections by device, so revocation and expiry reach them.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
@@ -42,6 +43,7 @@ mod connection;
 pub mod downstream;
 pub mod error;
 pub mod fleet;
+pub mod fleet_page;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
@@ -321,17 +323,7 @@ async fn fleet_view(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, HubError> {
-    let Some(admin) = &state.config.admin_token else {
-        return Err(HubError::NotFound);
-    };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !constant_time_eq(given.as_bytes(), admin.expose().as_bytes()) {
-        return Err(HubError::NotAdmin);
-    }
+    fleet_page::authorize(&state, &headers)?;
     let q: FleetQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|e| HubError::BadRequest(format!("bad query: {e}")))?;
     let client = q
