@@ -25,6 +25,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> deploy/k8s: kustomize render + schema validation"
 scripts/validate-k8s.sh
 
+echo "==> Dockerfile: hadolint + what the image must have"
+scripts/lint-dockerfile.sh
+
 echo "==> cargo test"
 cargo test --workspace --locked
 
