@@ -80,14 +80,21 @@ echo "device Redis on $device_port, cloud Redis on $cloud_port"
 bold "Starting lula-auth and lula-hub (cloud side)"
 export RUST_LOG="${RUST_LOG:-info}"
 auth_port=$(free_port 13001)
-REDIS_URL="redis://127.0.0.1:$cloud_port" "$bin/lula-auth" serve --listen "127.0.0.1:$auth_port" >"$dir/auth.log" 2>&1 &
+auth_admin_port=$(free_port 19091)
+REDIS_URL="redis://127.0.0.1:$cloud_port" "$bin/lula-auth" serve --listen "127.0.0.1:$auth_port" \
+  --admin-listen "127.0.0.1:$auth_admin_port" >"$dir/auth.log" 2>&1 &
 pids+=($!)
 wait_port "$auth_port"
+wait_port "$auth_admin_port"
 hub_port=$(free_port 13002)
-REDIS_URL="redis://127.0.0.1:$cloud_port" "$bin/lula-hub" serve --listen "127.0.0.1:$hub_port" >"$dir/hub.log" 2>&1 &
+hub_admin_port=$(free_port 19090)
+REDIS_URL="redis://127.0.0.1:$cloud_port" "$bin/lula-hub" serve --listen "127.0.0.1:$hub_port" \
+  --admin-listen "127.0.0.1:$hub_admin_port" >"$dir/hub.log" 2>&1 &
 pids+=($!)
 wait_port "$hub_port"
+wait_port "$hub_admin_port"
 echo "lula-auth on http://127.0.0.1:$auth_port, lula-hub on ws://127.0.0.1:$hub_port"
+echo "admin (probes, /metrics): http://127.0.0.1:$auth_admin_port and http://127.0.0.1:$hub_admin_port"
 
 bold "Provisioning device 'demo-device' (an operator does this once per device)"
 step "lula-auth provision demo-device --json"
@@ -155,13 +162,13 @@ bold "lula-client status"
 # that follows the hub's acknowledgement, so the status agrees with what the
 # cloud received above (its "figures as of" line says how old they are).
 status=("$bin/lula-client" status --redis-url "redis://127.0.0.1:$device_port" --state-dir "$dir/client-state")
+caught_up() { [[ "$("${status[@]}" --json)" == *'"upstreamBacklog": 0,'* ]]; }
 for _ in $(seq 1 100); do
-  "${status[@]}" --json | grep -q '"upstreamBacklog": 0,' && break
+  caught_up && break
   sleep 0.1
 done
 "${status[@]}"
-"${status[@]}" --json | grep -q '"upstreamBacklog": 0,' \
-  || { echo "the status still shows an upstream backlog; see $dir/client.log" >&2; exit 1; }
+caught_up || { echo "the status still shows an upstream backlog; see $dir/client.log" >&2; exit 1; }
 step "lula-client status --check     (the health check: exit 0 when connected and draining)"
 "${status[@]}" --check
 
