@@ -157,6 +157,26 @@ impl Browser {
         serde_json::from_value(rows).unwrap_or_default()
     }
 
+    /// Types `keys` (WebDriver key values) into whatever has the focus, as
+    /// a keyboard would.
+    async fn keys(&self, keys: &str) {
+        let strokes: Vec<Value> = keys
+            .chars()
+            .flat_map(|k| {
+                [
+                    json!({ "type": "keyDown", "value": k.to_string() }),
+                    json!({ "type": "keyUp", "value": k.to_string() }),
+                ]
+            })
+            .collect();
+        self.call(
+            reqwest::Method::POST,
+            "/actions",
+            json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": strokes }] }),
+        )
+        .await;
+    }
+
     async fn screenshot(&self) -> Vec<u8> {
         let png = self
             .call(reqwest::Method::GET, "/screenshot", Value::Null)
@@ -260,13 +280,16 @@ async fn the_fleet_page_lists_devices_follows_them_and_needs_the_token() {
         .await;
     assert!(row.as_str().unwrap_or_default().contains("ago"), "{row}");
 
-    // Filter by text and by state; sort by client.
-    browser
-        .script("const f = document.getElementById('filter'); f.value = 'pump'; f.dispatchEvent(new Event('input')); return 0")
-        .await;
+    // By keyboard: `/` jumps to the filter, typing filters, Escape clears.
+    browser.keys("/pump").await;
+    let focused = browser.script("return document.activeElement.id").await;
+    assert_eq!(focused, "filter");
     assert_eq!(browser.rows().await, ["pump-station-1:connected"]);
+    browser.keys("\u{E00C}").await;
+    assert_eq!(browser.rows().await.len(), 3);
+    // By state; then sort by client.
     browser
-        .script("const f = document.getElementById('filter'); f.value = ''; f.dispatchEvent(new Event('input')); const s = document.getElementById('state'); s.value = 'disconnected'; s.dispatchEvent(new Event('change')); return 0")
+        .script("const s = document.getElementById('state'); s.value = 'disconnected'; s.dispatchEvent(new Event('change')); return 0")
         .await;
     assert_eq!(browser.rows().await, ["weather-mast-2:disconnected"]);
     browser
