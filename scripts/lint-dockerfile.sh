@@ -38,6 +38,25 @@ need '^EXPOSE ' "no EXPOSE"
 for label in title description source licenses version revision; do
   need "org\\.opencontainers\\.image\\.$label=" "no OCI label org.opencontainers.image.$label"
 done
+# The dependency layer copies every workspace member's manifest and stubs its
+# sources; a member added to Cargo.toml and not here breaks the image build.
+members=$(sed -n 's/^members = \[\(.*\)\]/\1/p' Cargo.toml | tr -d '"' | tr ',' '\n' | tr -d ' ')
+for m in $members; do
+  grep -q "^COPY $m/Cargo.toml $m/" Dockerfile || { echo "lint-dockerfile: member $m's manifest is not copied into the dependency layer" >&2; fail=1; }
+  grep -Eq "^RUN for c in .*\b$m\b" Dockerfile || { echo "lint-dockerfile: member $m gets no stub sources in the dependency layer" >&2; fail=1; }
+done
+# And cargo accepts that stub workspace with the lock file as is.
+stub=$(mktemp -d)
+trap 'rm -rf "$stub"' EXIT
+cp Cargo.toml Cargo.lock "$stub/"
+for m in $members; do
+  mkdir -p "$stub/$m/src"
+  cp "$m/Cargo.toml" "$stub/$m/"
+  echo 'fn main() {}' >"$stub/$m/src/main.rs"
+  touch "$stub/$m/src/lib.rs"
+done
+(cd "$stub" && cargo metadata -q --locked --format-version 1 >/dev/null) \
+  || { echo "lint-dockerfile: cargo rejects the dependency layer's stub workspace" >&2; fail=1; }
 # The manifests name the image `lula`, resolved by each overlay's `images:`.
 grep -q 'image: lula$' deploy/k8s/base/hub.yaml || { echo "lint-dockerfile: deploy/k8s does not name the image lula" >&2; fail=1; }
 [ "$fail" = 0 ] || exit 1
