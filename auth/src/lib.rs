@@ -21,6 +21,7 @@
 //! - [`routes`]: one module per endpoint.
 //! - [`admin`]: the admin listener: probes and metrics.
 //! - [`provision`]: the operator's step and the client record.
+//! - [`import_node`]: the one-off import of the Node lula-auth's records.
 //! - [`sessions`]: session records, revocation, token verification.
 //! - [`signing`]: the Ed25519 key and its publication.
 //! - [`otp`]: TOTP codes and `otpauth://` URIs.
@@ -34,6 +35,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod import_node;
 pub mod metrics;
 pub mod otp;
 pub mod password;
@@ -177,6 +179,7 @@ pub async fn run_with_admin(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.check()?;
     let state = AppState::new(config)?;
     tracing::info!(kid = state.signer.kid(), "token signing key");
     let publisher = tokio::spawn(keep_key_published(state.clone(), shutdown.clone()));

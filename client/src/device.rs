@@ -1,8 +1,9 @@
 //! The device Redis: the out stream producers write, the in stream hub messages
 //! and broadcasts land in, and the state hash holding the downstream and
-//! broadcast cursors and the daemon's published status.
+//! broadcast cursors and the daemon's published status (written as
+//! [`crate::published::StatusUpdate`]s).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use lula_protocol::keys::DeviceKeys;
@@ -11,6 +12,10 @@ use lula_protocol::redis_value::entries_from_range;
 use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_reserved};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
+
+use crate::published::StatusUpdate;
+pub use crate::published::status_fields;
+use crate::retention::{KeepAcked, OutRetention};
 
 /// Field of the state hash holding the last hub id stored in `in:x`.
 pub const DOWNSTREAM_FIELD: &str = "downstream";
@@ -33,7 +38,7 @@ pub struct Stored {
 /// Sets them and `updatedAt`; `connected` 0 sets `disconnectedSince` unless
 /// it is set (1 deletes it); an `upstream` that differs from the stored one
 /// sets `upstreamProgressAt`. One script, so the times agree with the fields.
-static PUBLISH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local now = ARGV[1]
@@ -55,45 +60,6 @@ static PUBLISH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
         ",
     )
 });
-
-/// Status fields the daemon publishes in the state hash for `lula-client status`.
-pub mod status_fields {
-    /// `1` while a hub session is up, `0` otherwise.
-    pub const CONNECTED: &str = "connected";
-    /// Epoch ms of the daemon's last status write (a heartbeat while it runs).
-    pub const UPDATED_AT: &str = "updatedAt";
-    /// Epoch ms since when the daemon is not connected (absent while it is).
-    pub const DISCONNECTED_SINCE: &str = "disconnectedSince";
-    /// Epoch ms when the published upstream cursor last moved.
-    pub const UPSTREAM_PROGRESS_AT: &str = "upstreamProgressAt";
-    /// The hub's upstream cursor as last acknowledged: the last device seq the hub holds.
-    pub const UPSTREAM: &str = "upstream";
-    /// The most recent error, cleared when a session comes up.
-    pub const LAST_ERROR: &str = "lastError";
-    /// Epoch seconds when the current session token expires.
-    pub const SESSION_EXPIRES_AT: &str = "sessionExpiresAt";
-    /// Process id of the daemon.
-    pub const PID: &str = "pid";
-    /// How many entries the upstream cursor is into `out:x` since the stream was
-    /// created (its ordinal), when known; lets a restarted daemon count entries
-    /// trimmed before they were synced.
-    pub const UPSTREAM_ORDINAL: &str = "upstreamOrdinal";
-    /// Times entries were found deleted from `out:x` before they were synced.
-    pub const GAPS: &str = "gaps";
-    /// The most recent such finding, in words.
-    pub const LAST_GAP: &str = "lastGap";
-    /// Entries waiting for the device on the hub (its out stream after the
-    /// device's cursor), as the hub last reported; counted up to 10,000.
-    pub const DOWNSTREAM_BACKLOG: &str = "downstreamBacklog";
-    /// A condition that needs an operator, as of the last connection (empty
-    /// when there is none).
-    pub const WARNING: &str = "warning";
-    /// Times broadcasts were found deleted (past the hub's retention) before
-    /// this device received them; counted by the store script.
-    pub const BROADCAST_GAPS: &str = "broadcastGaps";
-    /// The most recent such finding: the broadcast ids missed and when.
-    pub const LAST_BROADCAST_GAP: &str = "lastBroadcastGap";
-}
 
 /// KEYS[1] in stream, KEYS[2] state hash.
 /// ARGV[1] the cursor's field, ARGV[2] the marker field written first into
@@ -152,6 +118,8 @@ pub struct Device {
     redis: ConnectionManager,
     client: redis::Client,
     keys: DeviceKeys,
+    /// Upstream retention, shared by clones (only the session trims).
+    retention: Arc<Mutex<OutRetention>>,
 }
 
 impl Device {
@@ -166,7 +134,59 @@ impl Device {
             redis,
             client,
             keys,
+            retention: Arc::new(Mutex::new(OutRetention::new(KeepAcked::All))),
         })
+    }
+
+    /// Sets how much acknowledged history `out:x` keeps (the default of a new
+    /// `Device` is [`KeepAcked::All`]: it never trims).
+    pub fn with_keep_acked(self, keep: KeepAcked) -> Self {
+        Device {
+            retention: Arc::new(Mutex::new(OutRetention::new(keep))),
+            ..self
+        }
+    }
+
+    /// Removes from `in:x` what every consumer group on it has acknowledged
+    /// (never anything when it has no group); returns how many entries.
+    pub async fn trim_in_consumed(&mut self) -> Result<u64, RedisError> {
+        let key = self.keys.in_stream();
+        Ok(
+            lula_runtime::retention::trim_consumed(&mut self.redis, &key)
+                .await?
+                .entries,
+        )
+    }
+
+    /// Reads and judges the device Redis's eviction and persistence settings.
+    pub async fn redis_safety(
+        &mut self,
+    ) -> Result<lula_runtime::redis_check::RedisSafety, RedisError> {
+        lula_runtime::redis_check::check(&mut self.redis).await
+    }
+
+    /// Records that the hub holds every entry of `out:x` up to `cursor`
+    /// (`entries` of them newly acknowledged) and trims `out:x` below it as
+    /// the retention setting allows. Returns how many entries were removed.
+    /// `XTRIM` frees memory, so it works on a full Redis (`noeviction`
+    /// refuses only commands that grow memory).
+    pub async fn retire_acknowledged(
+        &mut self,
+        cursor: StreamId,
+        entries: u64,
+    ) -> Result<u64, RedisError> {
+        let bound = self
+            .retention
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acknowledged(cursor, entries, now_ms());
+        let Some(bound) = bound else { return Ok(0) };
+        redis::cmd("XTRIM")
+            .arg(self.keys.out_stream())
+            .arg("MINID")
+            .arg(bound.to_string())
+            .query_async(&mut self.redis)
+            .await
     }
 
     /// Key names.
@@ -250,14 +270,14 @@ impl Device {
         })
     }
 
-    /// Writes status fields (and `updatedAt`) to the state hash, with the
-    /// times `lula-client status --check` judges by: since when the daemon
-    /// is disconnected, and when the upstream cursor last moved.
-    pub async fn publish(&mut self, fields: &[(&str, String)]) -> Result<(), RedisError> {
+    /// Writes the fields `update` sets (and `updatedAt`) to the state hash,
+    /// with the times `lula-client status --check` judges by: since when the
+    /// daemon is disconnected, and when the upstream cursor last moved.
+    pub async fn publish(&mut self, update: &StatusUpdate) -> Result<(), RedisError> {
         let mut script = PUBLISH.key(self.keys.state());
         script.arg(now_ms());
-        for (field, value) in fields {
-            script.arg(*field).arg(value);
+        for (field, value) in update.fields() {
+            script.arg(field).arg(value);
         }
         let _: i64 = script.invoke_async(&mut self.redis).await?;
         Ok(())

@@ -38,6 +38,14 @@ pub struct Metrics {
     pub downstream_backlog: Gauge,
     /// Times entries were found deleted from `out:x` before sync.
     pub gaps: Counter,
+    /// Settings of the device Redis that can break the guarantees (eviction
+    /// policy, persistence), as read at start.
+    pub redis_unsafe_settings: Gauge,
+    /// Acknowledged entries the daemon removed from `out:x` (retention).
+    pub out_trimmed: Counter,
+    /// Entries removed from `in:x` after every consumer group acknowledged
+    /// them (`--trim-in-consumed`).
+    pub in_trimmed: Counter,
     /// Broadcasts stored in `in:x`.
     pub broadcast_entries: Counter,
     /// Times the hub reported broadcasts deleted before this device got them.
@@ -63,68 +71,17 @@ impl Default for Metrics {
             downstream_entries: Counter::default(),
             downstream_backlog: Gauge::default(),
             gaps: Counter::default(),
+            out_trimmed: Counter::default(),
+            redis_unsafe_settings: Gauge::default(),
+            in_trimmed: Counter::default(),
             broadcast_entries: Counter::default(),
             broadcast_gaps: Counter::default(),
             renewals: Counter::default(),
             out_added: AtomicU64::new(0),
             registry: Registry::default(),
         };
-        registry.register(
-            "connected",
-            "1 while a hub session is up",
-            m.connected.clone(),
-        );
-        registry.register("sessions", "Hub sessions established", m.sessions.clone());
-        registry.register(
-            "upstream_entries",
-            "Entries of out:x the hub acknowledged, duplicates included",
-            m.upstream_entries.clone(),
-        );
-        registry.register(
-            "upstream_duplicates",
-            "Acknowledged entries the hub already had",
-            m.upstream_duplicates.clone(),
-        );
-        registry.register(
-            "upstream_batch_entries",
-            "Entries per upstream batch",
-            m.upstream_batch_entries.clone(),
-        );
-        registry.register(
-            "upstream_lag_entries",
-            "Entries in out:x the hub has not acknowledged yet (when known)",
-            m.upstream_lag.clone(),
-        );
-        registry.register(
-            "downstream_entries",
-            "Hub messages stored in in:x",
-            m.downstream_entries.clone(),
-        );
-        registry.register(
-            "downstream_backlog_entries",
-            "Entries waiting for this device on the hub, as the hub last reported",
-            m.downstream_backlog.clone(),
-        );
-        registry.register(
-            "gaps",
-            "Times entries were found deleted from out:x before they were synced",
-            m.gaps.clone(),
-        );
-        registry.register(
-            "broadcast_entries",
-            "Broadcasts stored in in:x",
-            m.broadcast_entries.clone(),
-        );
-        registry.register(
-            "broadcast_gaps",
-            "Times broadcasts were deleted (past the hub's retention) before this device received them",
-            m.broadcast_gaps.clone(),
-        );
-        registry.register(
-            "renewals",
-            "Session tokens renewed on a live connection",
-            m.renewals.clone(),
-        );
+        m.register_upstream(registry);
+        m.register_downstream(registry);
         Metrics {
             registry: root,
             ..m
@@ -133,6 +90,89 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Registers the session and upstream metrics.
+    fn register_upstream(&self, r: &mut Registry) {
+        r.register(
+            "connected",
+            "1 while a hub session is up",
+            self.connected.clone(),
+        );
+        r.register(
+            "sessions",
+            "Hub sessions established",
+            self.sessions.clone(),
+        );
+        r.register(
+            "upstream_entries",
+            "Entries of out:x the hub acknowledged, duplicates included",
+            self.upstream_entries.clone(),
+        );
+        r.register(
+            "upstream_duplicates",
+            "Acknowledged entries the hub already had",
+            self.upstream_duplicates.clone(),
+        );
+        r.register(
+            "upstream_batch_entries",
+            "Entries per upstream batch",
+            self.upstream_batch_entries.clone(),
+        );
+        r.register(
+            "upstream_lag_entries",
+            "Entries in out:x the hub has not acknowledged yet (when known)",
+            self.upstream_lag.clone(),
+        );
+    }
+
+    /// Registers the downstream, retention, broadcast and renewal metrics.
+    fn register_downstream(&self, r: &mut Registry) {
+        r.register(
+            "downstream_entries",
+            "Hub messages stored in in:x",
+            self.downstream_entries.clone(),
+        );
+        r.register(
+            "downstream_backlog_entries",
+            "Entries waiting for this device on the hub, as the hub last reported",
+            self.downstream_backlog.clone(),
+        );
+        r.register(
+            "gaps",
+            "Times entries were found deleted from out:x before they were synced",
+            self.gaps.clone(),
+        );
+        r.register(
+            "redis_unsafe_settings",
+            "Settings of the device Redis that can break exactly-once (maxmemory-policy, appendonly), as read at start",
+            self.redis_unsafe_settings.clone(),
+        );
+        r.register(
+            "out_trimmed_entries",
+            "Acknowledged entries removed from out:x by the daemon (--keep-acked)",
+            self.out_trimmed.clone(),
+        );
+        r.register(
+            "in_trimmed_entries",
+            "Entries removed from in:x after every consumer group acknowledged them (--trim-in-consumed)",
+            self.in_trimmed.clone(),
+        );
+        r.register(
+            "broadcast_entries",
+            "Broadcasts stored in in:x",
+            self.broadcast_entries.clone(),
+        );
+        r.register(
+            "broadcast_gaps",
+            "Times broadcasts were deleted (past the hub's retention) before this device received them",
+            self.broadcast_gaps.clone(),
+        );
+        r.register(
+            "renewals",
+            "Session tokens renewed on a live connection",
+            self.renewals.clone(),
+        );
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         lula_runtime::metrics::render(&self.registry)
@@ -181,6 +221,9 @@ mod tests {
             "lula_client_downstream_entries_total",
             "lula_client_downstream_backlog_entries",
             "lula_client_gaps_total",
+            "lula_client_out_trimmed_entries_total",
+            "lula_client_redis_unsafe_settings",
+            "lula_client_in_trimmed_entries_total",
             "lula_client_broadcast_entries_total",
             "lula_client_broadcast_gaps_total",
             "lula_client_renewals_total",

@@ -10,8 +10,9 @@ use lula_protocol::keys::DeviceKeys;
 use redis::AsyncCommands;
 use serde::Serialize;
 
-use crate::device::{BROADCAST_FIELD, DOWNSTREAM_FIELD, count_after, now_ms, status_fields};
+use crate::device::{BROADCAST_FIELD, DOWNSTREAM_FIELD, count_after, now_ms};
 use crate::identity::{IDENTITY_FILE, Identity};
+use crate::published::status_fields;
 
 use crate::status_check::STALE_AFTER;
 
@@ -140,6 +141,15 @@ pub async fn status(
 
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_daemon(f)?;
+        self.fmt_cursors(f)?;
+        self.fmt_problems(f)
+    }
+}
+
+impl StatusReport {
+    /// Identity, connection and the upstream cursor.
+    fn fmt_daemon(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ago = |ms: u64| {
             humantime::format_duration(Duration::from_secs(now_ms().saturating_sub(ms) / 1000))
         };
@@ -180,6 +190,11 @@ impl fmt::Display for StatusReport {
                 "upstream cursor:    unknown (never acknowledged by the hub)"
             )?,
         }
+        Ok(())
+    }
+
+    /// Backlogs both ways, the other cursors and the session's expiry.
+    fn fmt_cursors(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "upstream backlog:   {} entries waiting in out:x",
@@ -224,6 +239,11 @@ impl fmt::Display for StatusReport {
                 )
             )?;
         }
+        Ok(())
+    }
+
+    /// Losses, warnings and the last error.
+    fn fmt_problems(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.last_gap, self.gaps) {
             (Some(gap), n) if n > 0 => writeln!(f, "lost before sync:   {n} time(s); last: {gap}")?,
             _ => writeln!(f, "lost before sync:   none")?,

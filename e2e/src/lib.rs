@@ -13,7 +13,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use lula_protocol::keys::{AuthKeys, DeviceKeys, HubKeys, IngestLayout};
 use lula_protocol::redis_value::entries_from_range;
@@ -249,6 +250,9 @@ pub struct Cloud {
     hub_addr: SocketAddr,
     hub_admin_addr: SocketAddr,
     admin_token: Option<String>,
+    /// Seconds the hubs' clock is ahead of the system clock (negative:
+    /// behind); read at every look, so it can change while hubs run.
+    hub_clock_offset: Arc<AtomicI64>,
     _auth: Isolated,
     hub: Option<Isolated>,
 }
@@ -319,6 +323,7 @@ impl Cloud {
             hub_addr,
             hub_admin_addr,
             admin_token: options.admin_token,
+            hub_clock_offset: Arc::default(),
             _auth: auth,
             hub: None,
         };
@@ -357,6 +362,15 @@ impl Cloud {
         }));
     }
 
+    /// Sets the hubs' clock (the one they judge tokens' expiry by) `secs`
+    /// seconds ahead of the system clock (negative: behind), at once for the
+    /// hubs running and those started later; lula-auth and the devices keep
+    /// the system clock. A test makes a device's token expired for the hub
+    /// while the device still thinks it good, or gives renewals slack.
+    pub fn set_hub_clock_offset(&self, secs: i64) {
+        self.hub_clock_offset.store(secs, Ordering::SeqCst);
+    }
+
     /// The cloud Redis URL hubs and auth use.
     pub fn redis_url(&self) -> &str {
         &self.redis_url
@@ -365,6 +379,16 @@ impl Cloud {
     /// The configuration every hub of this cloud runs with.
     pub fn hub_config(&self) -> lula_hub::Config {
         let mut config = lula_hub::Config::new(self.redis_url.clone());
+        let offset = self.hub_clock_offset.clone();
+        config.clock = lula_hub::Clock::from_fn(move || {
+            let secs = offset.load(Ordering::SeqCst);
+            let shift = Duration::from_secs(secs.unsigned_abs());
+            if secs >= 0 {
+                SystemTime::now() + shift
+            } else {
+                SystemTime::now() - shift
+            }
+        });
         config.serve.tls = self.tls.clone();
         config.redis_cluster = self.redis_cluster;
         config.ingest_partitions = self.layout.partitions();
@@ -582,6 +606,9 @@ impl Device {
         config.register_retry = Duration::from_millis(500);
         config.min_backoff = Duration::from_millis(50);
         config.max_backoff = Duration::from_millis(500);
+        // Tests compare the cloud with out:x, so the device keeps all of it;
+        // the retention tests set their own.
+        config.keep_acked = lula_client::retention::KeepAcked::All;
         Device {
             redis,
             keys: DeviceKeys::default(),

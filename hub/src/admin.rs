@@ -26,10 +26,10 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// fallback) when there is no admin listener.
 pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(crate::healthz))
-        .route("/readyz", get(crate::readyz))
-        .route("/metrics", get(crate::metrics_text))
-        .route("/fleet", get(crate::fleet_view))
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
+        .route("/metrics", get(crate::health::metrics_text))
+        .route("/fleet", get(crate::fleet_route::fleet_view))
         .route("/fleet/", get(crate::fleet_page::page))
         .with_state(state)
 }

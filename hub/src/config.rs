@@ -64,6 +64,16 @@ pub struct Config {
     /// looked up again: a key lula-auth stopped publishing (rotated out)
     /// stops verifying within this. Not a flag; tests shorten it.
     pub key_cache_ttl: Duration,
+    /// How long past its token's expiry a connection that never asked to
+    /// renew (the Node lula-client) stays open; zero (the default) closes
+    /// it at expiry like any other. At most
+    /// [`crate::legacy_session::MAX_NON_RENEWING_GRACE`].
+    pub non_renewing_grace: Duration,
+    /// The wall clock tokens' `exp` is compared with, at the upgrade, on
+    /// `renew` and for the moment a connection's session runs out. Not a
+    /// flag; tests drive it so a token can expire "in 2 s" by the hub's
+    /// clock however long the test takes to connect.
+    pub clock: lula_runtime::Clock,
 }
 
 impl Config {
@@ -119,6 +129,8 @@ impl Config {
             hub_id: None,
             admin_token: None,
             key_cache_ttl: crate::session::DEFAULT_KEY_CACHE_TTL,
+            non_renewing_grace: Duration::ZERO,
+            clock: lula_runtime::Clock::system(),
         }
     }
 }
@@ -151,6 +163,8 @@ impl fmt::Debug for Config {
             .field("hub_id", &self.hub_id)
             .field("admin_token", &self.admin_token)
             .field("key_cache_ttl", &self.key_cache_ttl)
+            .field("non_renewing_grace", &self.non_renewing_grace)
+            .field("clock", &self.clock)
             .finish()
     }
 }

@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use lula_runtime::bearer::{bearer_token, secrets_equal};
 
 use crate::{AppState, HubError};
 
@@ -34,25 +35,25 @@ pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), HubError> 
     let Some(admin) = &state.config.admin_token else {
         return Err(HubError::NotFound);
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(presented_token)
-        .unwrap_or_default();
-    if crate::constant_time_eq(given.as_bytes(), admin.expose().as_bytes()) {
+    let given = presented_token(headers).unwrap_or_default();
+    if secrets_equal(given.as_bytes(), admin.expose().as_bytes()) {
         Ok(())
     } else {
         Err(HubError::NotAdmin)
     }
 }
 
-/// The token in an `Authorization` value: `Bearer <token>`, or the password
-/// of `Basic base64(<user>:<token>)`.
-fn presented_token(value: &str) -> Option<String> {
-    if let Some(token) = value.strip_prefix("Bearer ") {
-        return Some(token.trim().to_owned());
+/// The token in `Authorization`: `Bearer <token>` (read as everywhere else,
+/// [`bearer_token`]), or the password of `Basic base64(<user>:<token>)`.
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(token) = bearer_token(headers) {
+        return Some(token.to_owned());
     }
-    let encoded = value.strip_prefix("Basic ")?;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
@@ -93,16 +94,25 @@ pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
 mod tests {
     use super::*;
 
+    /// `Authorization: <value>`.
+    fn authorization(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
     #[test]
     fn the_token_comes_as_bearer_or_as_the_basic_password() {
-        assert_eq!(presented_token("Bearer abc").as_deref(), Some("abc"));
+        let token = |value: &str| presented_token(&authorization(value));
+        assert_eq!(token("Bearer abc").as_deref(), Some("abc"));
         // base64("admin:s3cret:x") — a password may hold colons.
         let basic = base64::engine::general_purpose::STANDARD.encode("admin:s3cret:x");
         assert_eq!(
-            presented_token(&format!("Basic {basic}")).as_deref(),
+            token(&format!("Basic {basic}")).as_deref(),
             Some("s3cret:x")
         );
-        assert_eq!(presented_token("Basic !!!"), None);
-        assert_eq!(presented_token("Token abc"), None);
+        assert_eq!(token("Basic !!!"), None);
+        assert_eq!(token("Token abc"), None);
+        assert_eq!(presented_token(&HeaderMap::new()), None);
     }
 }

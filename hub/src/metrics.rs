@@ -101,6 +101,19 @@ impl Default for HubMetrics {
         };
         let mut root = lula_runtime::metrics::registry("lula_hub", env!("CARGO_PKG_VERSION"));
         let r = root.sub_registry_with_prefix("lula_hub");
+        m.register_upstream(r);
+        m.register_downstream(r);
+        HubMetrics {
+            registry: root,
+            ..m
+        }
+    }
+}
+
+impl HubMetrics {
+    /// Registers the connection and ingest metrics.
+    fn register_upstream(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "connections",
             "Live device connections",
@@ -150,6 +163,11 @@ impl Default for HubMetrics {
             "Ingest calls that failed",
             m.ingest_errors.clone(),
         );
+    }
+
+    /// Registers the push, session and Redis metrics.
+    fn register_downstream(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "entries_out",
             "Entries pushed to devices",
@@ -180,10 +198,6 @@ impl Default for HubMetrics {
             "Latency of Redis commands besides ingest, by operation",
             m.redis_seconds.clone(),
         );
-        HubMetrics {
-            registry: root,
-            ..m
-        }
     }
 }
 
@@ -215,7 +229,7 @@ impl HubMetrics {
 
     /// Records the age of an entry whose id was taken at `id_ms` (epoch ms).
     pub fn lag(histogram: &Histogram, id_ms: u64) {
-        let now = crate::fleet::now_ms();
+        let now = lula_runtime::now_ms();
         histogram.observe(now.saturating_sub(id_ms) as f64 / 1000.0);
     }
 
