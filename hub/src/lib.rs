@@ -46,7 +46,8 @@
 //! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
 //!
 //! Modules depend downward only (no cycles): `admin` uses the admin routes,
-//! `fleet_route` uses `fleet_page`; routes and `connection` use the rest; `revocation` and `downstream` use `live` and `session`; `fleet` and
+//! `fleet_route` uses `fleet_page`; routes and `connection` use the rest;
+//! `revocation` and `downstream` use `live` and `session`; `fleet` and
 //! `downstream` share `backlog`.
 //!
 //! The wire protocol is documented in `shared/PROTOCOL.md`.
