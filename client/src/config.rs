@@ -14,8 +14,9 @@ use lula_protocol::{ClientId, Redacted, redact_url};
 pub struct Config {
     /// This device's identity, as provisioned in lula-auth.
     pub client_id: ClientId,
-    /// The provisioned base32 TOTP secret, used to prove the registration.
-    pub otp_secret: Redacted<String>,
+    /// The provisioned base32 TOTP secret, used to prove the registration;
+    /// `None` once registered (the identity in `state_dir` replaces it).
+    pub otp_secret: Option<Redacted<String>>,
     /// lula-auth base URL, e.g. `http://localhost:3001`.
     pub auth_url: String,
     /// lula-hub WebSocket URL, e.g. `ws://localhost:3002`.
@@ -50,7 +51,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for everything but identity and where things are.
+    /// Defaults for everything but identity and where things are. A device
+    /// that registered already may pass [`Config::otp_secret`] as `None`.
     pub fn new(
         client_id: ClientId,
         otp_secret: impl Into<String>,
@@ -58,7 +60,7 @@ impl Config {
     ) -> Self {
         Config {
             client_id,
-            otp_secret: Redacted::new(otp_secret.into()),
+            otp_secret: Some(Redacted::new(otp_secret.into())),
             auth_url: "http://localhost:3001".into(),
             hub_url: "ws://localhost:3002".into(),
             ca_file: None,

@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::session::{self, SessionError};
 use std::sync::Arc;
 
+/// Why an unregistered device cannot start without the provisioned secret.
+const NEEDS_OTP_SECRET: &str = "this device is not registered yet: give the OTP secret `lula-auth provision` printed with --otp-secret-file <file> (or LULA_OTP_SECRET_FILE); once registered it is no longer needed";
+
 /// A token this close to expiry is renewed before connecting with it.
 const RENEW_MARGIN: Duration = Duration::from_secs(30);
 
@@ -50,6 +53,9 @@ pub async fn run_with_metrics(
 ) -> anyhow::Result<()> {
     let mut identity = Identity::load_or_create(&config.state_dir, &config.client_id)
         .context("load identity from --state-dir")?;
+    if !identity.registered && config.otp_secret.is_none() {
+        anyhow::bail!(NEEDS_OTP_SECRET);
+    }
     let mut device = Device::new(&config.redis_url, DeviceKeys::new(config.prefix.clone()))
         .context("parse --redis-url")?;
     let auth = AuthClient::with_ca_file(&config.auth_url, config.ca_file.as_deref())
@@ -202,10 +208,15 @@ async fn register(
     backoff: &mut Backoff,
     device: &mut Device,
 ) -> anyhow::Result<Option<Duration>> {
+    // Only after lula-auth forgot the device (re-provisioned) can a daemon
+    // that started registered get here without the secret.
+    let Some(otp_secret) = config.otp_secret.as_ref() else {
+        anyhow::bail!(NEEDS_OTP_SECRET);
+    };
     let result = auth
         .register(
             &config.client_id,
-            config.otp_secret.expose(),
+            otp_secret.expose(),
             identity.secret.expose(),
         )
         .await;
@@ -217,7 +228,9 @@ async fn register(
             .login(&config.client_id, identity.secret.expose())
             .await
             .is_ok(),
-        Err(AuthCallError::OtpSecret) => anyhow::bail!("--otp-secret is not valid base32"),
+        Err(AuthCallError::OtpSecret) => {
+            anyhow::bail!("the OTP secret (--otp-secret-file) is not valid base32")
+        }
         Err(e @ AuthCallError::Status { status: 429, .. }) => {
             note_error(device, &format!("registration: {e}")).await;
             let AuthCallError::Status { retry_after, .. } = e else {

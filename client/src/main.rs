@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use lula_client::Config;
-use lula_protocol::ClientId;
+use lula_protocol::{ClientId, Redacted};
+use lula_runtime::secret::{Readers, secret_value};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -58,6 +59,10 @@ struct Common {
         hide_env_values = true
     )]
     redis_url: String,
+    /// Read --redis-url from this file instead (a URL with a password is a
+    /// secret); it must be readable by its owner only.
+    #[arg(long, env = "REDIS_URL_FILE", conflicts_with = "redis_url")]
+    redis_url_file: Option<PathBuf>,
     /// Where the daemon keeps its identity (secret, registration state).
     #[arg(long, env = "LULA_STATE_DIR", default_value = "/var/lib/lula-client")]
     state_dir: PathBuf,
@@ -73,9 +78,14 @@ struct RunArgs {
     /// This device's client id, as provisioned in lula-auth.
     #[arg(long, env = "LULA_CLIENT_ID")]
     client_id: ClientId,
-    /// The provisioned base32 TOTP secret (only needed until registered).
+    /// The provisioned base32 TOTP secret, inline (visible in `ps`: prefer
+    /// --otp-secret-file). Only needed until registered.
     #[arg(long, env = "LULA_OTP_SECRET", hide_env_values = true)]
-    otp_secret: String,
+    otp_secret: Option<String>,
+    /// A file holding the provisioned base32 TOTP secret, readable by its
+    /// owner only (chmod 600). Only needed until registered.
+    #[arg(long, env = "LULA_OTP_SECRET_FILE", conflicts_with = "otp_secret")]
+    otp_secret_file: Option<PathBuf>,
     /// lula-auth base URL.
     #[arg(long, env = "LULA_AUTH_URL", default_value = "http://localhost:3001")]
     auth_url: String,
@@ -121,9 +131,27 @@ struct StatusArgs {
     watch: bool,
 }
 
+impl Common {
+    /// Replaces `redis_url` with the content of `--redis-url-file`, if given.
+    fn load_secrets(&mut self) -> anyhow::Result<()> {
+        if let Some(url) = secret_value(None, self.redis_url_file.as_deref(), Readers::Owner)
+            .context("--redis-url-file")?
+        {
+            self.redis_url = url;
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::Run(args) => args.common.load_secrets()?,
+        Command::Request(args) => args.common.load_secrets()?,
+        Command::Status(args) => args.common.load_secrets()?,
+    }
+    match cli.command {
         Command::Run(args) => run(*args).await,
         Command::Request(args) => request(args).await,
         Command::Status(args) => {
@@ -185,6 +213,12 @@ async fn watch(common: &Common) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     lula_runtime::init_tracing_as(args.log.log_format);
+    let otp_secret = secret_value(
+        args.otp_secret,
+        args.otp_secret_file.as_deref(),
+        Readers::Owner,
+    )
+    .context("--otp-secret-file")?;
     let config = Config {
         auth_url: args.auth_url,
         hub_url: args.hub_url,
@@ -197,7 +231,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         register_retry: args.register_retry,
         max_backoff: args.max_backoff,
         metrics_listen: args.metrics_listen,
-        ..Config::new(args.client_id, args.otp_secret, args.common.state_dir)
+        otp_secret: otp_secret.map(Redacted::new),
+        ..Config::new(args.client_id, "", args.common.state_dir)
     };
     tracing::info!(?config, "starting");
     let shutdown = CancellationToken::new();

@@ -1,12 +1,18 @@
 //! `lula-hub`: the cloud side of lula. See the crate docs of `lula_hub`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lula_hub::Config;
+use lula_runtime::secret::{Readers, secret_value};
 use tokio_util::sync::CancellationToken;
+
+/// Secret files may be group-readable: Kubernetes mounts them for the pod's
+/// `fsGroup` (lula_runtime::secret).
+const CLOUD_READERS: Readers = Readers::OwnerAndGroup;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +49,10 @@ struct Store {
         hide_env_values = true
     )]
     redis_url: String,
+    /// Read --redis-url from this file instead (a URL with a password is a
+    /// secret); others must not be able to read it.
+    #[arg(long, env = "REDIS_URL_FILE", conflicts_with = "redis_url")]
+    redis_url_file: Option<PathBuf>,
     /// Treat --redis-url as a seed node of a Redis Cluster.
     #[arg(long, env = "LULA_REDIS_CLUSTER")]
     redis_cluster: bool,
@@ -60,6 +70,16 @@ struct Store {
 }
 
 impl Store {
+    /// Replaces `redis_url` with the content of `--redis-url-file`, if given.
+    fn load_secrets(&mut self) -> anyhow::Result<()> {
+        if let Some(url) = secret_value(None, self.redis_url_file.as_deref(), CLOUD_READERS)
+            .context("--redis-url-file")?
+        {
+            self.redis_url = url;
+        }
+        Ok(())
+    }
+
     fn config(&self) -> Config {
         Config {
             redis_cluster: self.redis_cluster,
@@ -82,6 +102,13 @@ struct ServeArgs {
     /// is not the hub's own --redis-url.
     #[arg(long, env = "LULA_AUTH_REDIS_URL", hide_env_values = true)]
     auth_redis_url: Option<String>,
+    /// Read --auth-redis-url from this file instead.
+    #[arg(
+        long,
+        env = "LULA_AUTH_REDIS_URL_FILE",
+        conflicts_with = "auth_redis_url"
+    )]
+    auth_redis_url_file: Option<PathBuf>,
     /// Treat --auth-redis-url as a seed node of a Redis Cluster.
     #[arg(long, env = "LULA_AUTH_REDIS_CLUSTER")]
     auth_redis_cluster: bool,
@@ -110,6 +137,9 @@ struct ServeArgs {
     /// Bearer token that opens `GET /fleet` (unset: /fleet answers 404).
     #[arg(long, env = "LULA_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Read --admin-token from this file instead (inline it shows in `ps`).
+    #[arg(long, env = "LULA_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     tls: lula_runtime::tls::ServeTlsArgs,
     /// After SIGTERM, keep serving this long with /readyz answering 503, so
@@ -155,7 +185,13 @@ struct CallArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::Serve(args) => args.store.load_secrets()?,
+        Command::Call(args) => args.store.load_secrets()?,
+        Command::Fleet(args) => args.store.load_secrets()?,
+    }
+    match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Call(args) => call(args).await,
         Command::Fleet(args) => fleet(args).await,
@@ -164,8 +200,20 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     lula_runtime::init_tracing_as(args.log.log_format);
+    let auth_redis_url = secret_value(
+        args.auth_redis_url,
+        args.auth_redis_url_file.as_deref(),
+        CLOUD_READERS,
+    )
+    .context("--auth-redis-url-file")?;
+    let admin_token = secret_value(
+        args.admin_token,
+        args.admin_token_file.as_deref(),
+        CLOUD_READERS,
+    )
+    .context("--admin-token-file")?;
     let config = Config {
-        auth_redis_url: args.auth_redis_url,
+        auth_redis_url,
         auth_redis_cluster: args.auth_redis_cluster,
         auth_prefix: args.auth_prefix,
         max_frame_bytes: args.max_frame_bytes,
@@ -173,7 +221,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         broadcast_retention: args.broadcast_retention,
         one_connection_per_device: !args.allow_concurrent_connections,
         hub_id: args.hub_id,
-        admin_token: args.admin_token.map(Into::into),
+        admin_token: admin_token.map(Into::into),
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
             drain_delay: args.drain_delay,

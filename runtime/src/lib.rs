@@ -10,6 +10,8 @@
 //! - [`init_tracing`]: `RUST_LOG`-filtered logs on stderr.
 //! - [`tls`]: rustls configs: a service's certificate and key, a client's
 //!   trusted roots (system plus a private CA).
+//! - [`secret`]: secrets from files (`--<secret>-file`), refused when others
+//!   may read them.
 //! - [`redis`]: the cloud Redis, one server or a Redis Cluster, behind one
 //!   connection type.
 
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod redis;
+pub mod secret;
 pub mod tls;
 
 /// Limits of the accept loop, and its TLS.
