@@ -10,8 +10,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use lula_protocol::Redacted;
 use lula_protocol::keys::DeviceKeys;
 use lula_protocol::message::close;
+use lula_runtime::secret::{Readers, read_secret_file};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
@@ -53,8 +55,9 @@ pub async fn run_with_metrics(
 ) -> anyhow::Result<()> {
     let mut identity = Identity::load_or_create(&config.state_dir, &config.client_id)
         .context("load identity from --state-dir")?;
-    if !identity.registered && config.otp_secret.is_none() {
-        anyhow::bail!(NEEDS_OTP_SECRET);
+    if !identity.registered {
+        // Fail at start, not at the first attempt, on a missing secret.
+        otp_secret(&config)?;
     }
     let mut device = Device::new(&config.redis_url, DeviceKeys::new(config.prefix.clone()))
         .context("parse --redis-url")?;
@@ -208,11 +211,8 @@ async fn register(
     backoff: &mut Backoff,
     device: &mut Device,
 ) -> anyhow::Result<Option<Duration>> {
-    // Only after lula-auth forgot the device (re-provisioned) can a daemon
-    // that started registered get here without the secret.
-    let Some(otp_secret) = config.otp_secret.as_ref() else {
-        anyhow::bail!(NEEDS_OTP_SECRET);
-    };
+    // Read here, not at start: a registered device never needs the file.
+    let otp_secret = otp_secret(config)?;
     let result = auth
         .register(
             &config.client_id,
@@ -258,6 +258,19 @@ async fn register(
     identity.set_registered(true).context("save identity")?;
     tracing::info!("registered");
     Ok(None)
+}
+
+/// The provisioned OTP secret: `--otp-secret`, or the content of
+/// `--otp-secret-file` (which must be private to the daemon's user).
+fn otp_secret(config: &Config) -> anyhow::Result<Redacted<String>> {
+    if let Some(secret) = &config.otp_secret {
+        return Ok(secret.clone());
+    }
+    let Some(path) = &config.otp_secret_file else {
+        anyhow::bail!(NEEDS_OTP_SECRET);
+    };
+    let secret = read_secret_file(path, Readers::Owner).context("--otp-secret-file")?;
+    Ok(Redacted::new(secret))
 }
 
 async fn note_error(device: &mut Device, error: &str) {

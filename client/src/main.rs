@@ -83,7 +83,7 @@ struct RunArgs {
     #[arg(long, env = "LULA_OTP_SECRET", hide_env_values = true)]
     otp_secret: Option<String>,
     /// A file holding the provisioned base32 TOTP secret, readable by its
-    /// owner only (chmod 600). Only needed until registered.
+    /// owner only (chmod 600). Only read until registered; may be gone after.
     #[arg(long, env = "LULA_OTP_SECRET_FILE", conflicts_with = "otp_secret")]
     otp_secret_file: Option<PathBuf>,
     /// lula-auth base URL.
@@ -213,12 +213,6 @@ async fn watch(common: &Common) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     lula_runtime::init_tracing_as(args.log.log_format);
-    let otp_secret = secret_value(
-        args.otp_secret,
-        args.otp_secret_file.as_deref(),
-        Readers::Owner,
-    )
-    .context("--otp-secret-file")?;
     let config = Config {
         auth_url: args.auth_url,
         hub_url: args.hub_url,
@@ -231,7 +225,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         register_retry: args.register_retry,
         max_backoff: args.max_backoff,
         metrics_listen: args.metrics_listen,
-        otp_secret: otp_secret.map(Redacted::new),
+        otp_secret: args.otp_secret.map(Redacted::new),
+        otp_secret_file: args.otp_secret_file,
         ..Config::new(args.client_id, "", args.common.state_dir)
     };
     tracing::info!(?config, "starting");

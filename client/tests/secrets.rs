@@ -170,12 +170,21 @@ fn a_registered_device_starts_without_the_otp_secret() {
     let state = tempfile::tempdir().unwrap();
     let identity = r#"{"clientId": "dev-1", "secret": "c2VjcmV0LW9mLWRldi0xLWF0LWxlYXN0LTQzLWNoYXJz", "registered": true}"#;
     write_file(state.path(), "identity.json", identity, 0o600);
-    let mut daemon = Daemon::spawn(run_command(&redis, state.path()));
-    // Registered: it goes straight to logging in (nobody answers), no OTP asked.
-    daemon.wait_for_log("login failed");
-    let log = daemon.log.lock().unwrap().clone();
-    assert!(log.contains(r#""registered":true"#), "{log}");
-    assert!(!log.contains("registration"), "{log}");
+    // Without any secret, and with the unit's secret file deleted after
+    // registration (it is not even opened).
+    let gone = state.path().join("otp-secret-deleted");
+    for file in [None, Some(&gone)] {
+        let mut cmd = run_command(&redis, state.path());
+        if let Some(file) = file {
+            cmd.env("LULA_OTP_SECRET_FILE", file);
+        }
+        let mut daemon = Daemon::spawn(cmd);
+        // Registered: it goes straight to logging in (nobody answers).
+        daemon.wait_for_log("login failed");
+        let log = daemon.log.lock().unwrap().clone();
+        assert!(log.contains(r#""registered":true"#), "{log}");
+        assert!(!log.contains("registration"), "{log}");
+    }
 }
 
 #[test]
