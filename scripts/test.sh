@@ -23,6 +23,34 @@ scripts/validate-k8s.sh
 echo "==> cargo test"
 cargo test --workspace --locked
 
+# lula-client for the devices: cross-build arm64 and armv7 (cached between
+# runs in /var/cache/lula/device-target), check each package, and run the
+# end-to-end test with each binary under qemu-user against the x86_64 cloud.
+# LULA_SKIP_DEVICE_BUILD=1 tests binaries already in target/device/ without
+# building them, and skips (loudly) an arch whose binary is missing.
+for arch in arm64 armv7; do
+  case $arch in
+    arm64) qemu="qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
+    armv7) qemu="qemu-arm-static -L /usr/arm-linux-gnueabihf" ;;
+  esac
+  bin=target/device/$arch/lula-client
+  if [ "${LULA_SKIP_DEVICE_BUILD:-0}" = 1 ]; then
+    if [ ! -x "$bin" ]; then
+      echo "!!!!!!!! SKIPPED: no $bin and LULA_SKIP_DEVICE_BUILD=1: the $arch build, package and qemu e2e test did NOT run !!!!!!!!" >&2
+      continue
+    fi
+  else
+    echo "==> device build: $arch"
+    scripts/build-device.sh "$arch"
+  fi
+  echo "==> device package: $arch"
+  scripts/check-device-package.sh target/device/"$arch"/lula-client_*.deb
+  echo "==> device e2e under qemu-user: $arch"
+  ensure_tool "${qemu%% *}" qemu-user-static "runs the cross-built lula-client in the end-to-end test"
+  LULA_CLIENT_BIN=$PWD/$bin LULA_CLIENT_RUNNER="$qemu" \
+    cargo test -p lula-e2e --locked --test device_binary
+done
+
 echo "==> demo (short run)"
 LULA_DEMO_PROFILE=debug scripts/demo.sh --once
 
