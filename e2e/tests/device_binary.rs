@@ -45,7 +45,13 @@ async fn send_down(cloud: &Cloud, from: u64, to: u64) {
 
 /// Waits until the hub has `up` of the device's entries and the device `down`
 /// of the hub's, with the daemon's log in the failure message.
-async fn wait_synced(cloud: &Cloud, device: &Device, daemon: &ClientProcess, up: usize, down: usize) {
+async fn wait_synced(
+    cloud: &Cloud,
+    device: &Device,
+    daemon: &ClientProcess,
+    up: usize,
+    down: usize,
+) {
     let what = format!("{up} entries up and {down} down");
     let found = tokio::time::timeout(
         WAIT,
@@ -56,7 +62,11 @@ async fn wait_synced(cloud: &Cloud, device: &Device, daemon: &ClientProcess, up:
         }),
     )
     .await;
-    assert!(found.is_ok(), "{what} never arrived; daemon log:\n{}", daemon.log());
+    assert!(
+        found.is_ok(),
+        "{what} never arrived; daemon log:\n{}",
+        daemon.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +98,12 @@ async fn device_binary_registers_syncs_both_ways_and_survives_a_kill() {
 
     // Exactly once, in order, both ways: the ids the hub and the device
     // stored are each other's, once each, after everything was delivered.
-    check_upstream(CLIENT, &device.out_entries().await, &hub_entries_of(&cloud).await)
-        .unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", daemon.log()));
+    check_upstream(
+        CLIENT,
+        &device.out_entries().await,
+        &hub_entries_of(&cloud).await,
+    )
+    .unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", daemon.log()));
     check_downstream(&sent_down(&cloud).await, &device.in_entries().await)
         .unwrap_or_else(|e| panic!("{e}\ndaemon log:\n{}", daemon.log()));
     let log = daemon.log();
