@@ -109,6 +109,7 @@ package() {
   version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' RETURN
+  chmod 755 "$stage" # the package's root is /
   install -D -m 755 "$out/lula-client" "$stage/usr/bin/lula-client"
   install -D -m 644 client/pkg/lula-client.service "$stage/usr/lib/systemd/system/lula-client.service"
   install -D -m 644 client/pkg/lula-client.env "$stage/etc/lula-client/lula-client.env"

@@ -28,14 +28,15 @@ esac
 # The layout, with owners and modes, as dpkg --contents lists it.
 contents=$(dpkg --contents "$deb")
 expect() { # expect <mode> <path>
-  echo "$contents" | grep -Eq "^$1 root/root .* \./${2#/}\$" || fail "no $2 with mode $1 owned by root in:
+  grep -Eq "^$1 root/root .* \./${2#/}\$" <<<"$contents" || fail "no $2 with mode $1 owned by root in:
 $contents"
 }
 expect -rwxr-xr-x /usr/bin/lula-client
 expect -rw-r--r-- /usr/lib/systemd/system/lula-client.service
 expect -rw-r--r-- /etc/lula-client/lula-client.env
 expect -rw-r--r-- /usr/share/doc/lula-client/DEVICE.md
-if echo "$contents" | grep -q "otp-secret"; then
+grep -Eq "^drwxr-xr-x root/root .* \./\$" <<<"$contents" || fail "the package's root is not 0755 (it would change /)"
+if grep -q "otp-secret" <<<"$contents"; then
   fail "the package ships an OTP secret file; the operator creates it"
 fi
 
@@ -51,11 +52,13 @@ done
 
 # The binary: the package's architecture, stripped, linked to its debug file.
 bin=$root/usr/bin/lula-client
-readelf -h "$bin" | grep -q "Machine:.*$machine" || fail "usr/bin/lula-client is not $machine"
-if readelf -S "$bin" | grep -q '\.debug_'; then
+header=$(readelf -h "$bin")
+sections=$(readelf -S -W "$bin")
+grep -q "Machine:.*$machine" <<<"$header" || fail "usr/bin/lula-client is not $machine"
+if grep -Eq '\.debug_(info|line|abbrev|str) ' <<<"$sections"; then
   fail "usr/bin/lula-client is not stripped"
 fi
-readelf -S "$bin" | grep -q '\.gnu_debuglink' || fail "usr/bin/lula-client has no .gnu_debuglink"
+grep -q '\.gnu_debuglink' <<<"$sections" || fail "usr/bin/lula-client has no .gnu_debuglink"
 
 # The unit: what it must say, then systemd's own verdict.
 unit=$root/usr/lib/systemd/system/lula-client.service
