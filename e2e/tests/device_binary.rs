@@ -109,3 +109,51 @@ async fn device_binary_registers_syncs_both_ways_and_survives_a_kill() {
     let log = daemon.log();
     assert!(!log.contains(&otp), "the OTP secret was logged:\n{log}");
 }
+
+/// Resident memory of a process, from `/proc/<pid>/status` (`VmRSS`,
+/// `VmHWM`), in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let get = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+/// A measurement, not a check (BENCHMARKS.md, "lula-client on devices"): the
+/// daemon's resident memory once registered, synced and idle on a connected
+/// session. Under `LULA_CLIENT_RUNNER` the process is qemu-user's, so its own
+/// memory is counted too.
+///
+/// `cargo test -p lula-e2e --test device_binary measure_idle_rss -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand for BENCHMARKS.md"]
+async fn measure_idle_rss() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision(CLIENT).await;
+    let device = Device::new(&cloud, CLIENT, &otp);
+    device.produce(0, 1000).await;
+    send_down(&cloud, 0, 100).await;
+    let daemon = ClientProcess::run(&device, "info", &[]);
+    wait_synced(&cloud, &device, &daemon, 1000, 100).await;
+    eventually("connected", WAIT, || async {
+        device.status().await.connected.then_some(())
+    })
+    .await;
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push(memory_kib(daemon.pid()));
+    }
+    let rss: Vec<u64> = samples.iter().map(|s| s.0).collect();
+    let hwm = samples.last().map_or(0, |s| s.1);
+    println!(
+        "idle RSS after syncing 1000 up / 100 down, 10 samples 1 s apart: min {} KiB, max {} KiB; peak (VmHWM) {hwm} KiB",
+        rss.iter().min().unwrap(),
+        rss.iter().max().unwrap()
+    );
+}
