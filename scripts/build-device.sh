@@ -50,7 +50,9 @@ apt_install() {
 }
 
 ensure_packages() {
-  local want=(rustc-web cargo-web "libstd-rust-web-dev:$deb_arch" dpkg-dev binutils)
+  # libc6:<arch> (multiarch): the target's glibc, which qemu-user runs the
+  # binary against in scripts/test.sh.
+  local want=(rustc-web cargo-web "libstd-rust-web-dev:$deb_arch" "libc6:$deb_arch" dpkg-dev binutils)
   if [ "$arch" != x86_64 ]; then
     want+=("gcc-$gnu" "binutils-$gnu" "libc6-dev-$deb_arch-cross")
     if ! dpkg --print-foreign-architectures | grep -qx "$deb_arch"; then

@@ -30,8 +30,8 @@ cargo test --workspace --locked
 # building them, and skips (loudly) an arch whose binary is missing.
 for arch in arm64 armv7; do
   case $arch in
-    arm64) qemu="qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
-    armv7) qemu="qemu-arm-static -L /usr/arm-linux-gnueabihf" ;;
+    arm64) qemu="qemu-aarch64-static" ;;
+    armv7) qemu="qemu-arm-static" ;;
   esac
   bin=target/device/$arch/lula-client
   if [ "${LULA_SKIP_DEVICE_BUILD:-0}" = 1 ]; then
@@ -47,9 +47,11 @@ for arch in arm64 armv7; do
   scripts/check-device-package.sh target/device/"$arch"/lula-client_*.deb
   echo "==> device e2e under qemu-user: $arch"
   ensure_tool "${qemu%% *}" qemu-user-static "runs the cross-built lula-client in the end-to-end test"
-  # Some hosts' qemu-user cannot start a thread (seen on a Firecracker VM:
-  # even a five-line Rust program that spawns one hangs on arm64 and
-  # segfaults on armv7). Say so instead of timing out in the test.
+  # qemu-user runs the binary against the target's own glibc, installed by
+  # multiarch (libc6:arm64 / libc6:armhf, see build-device.sh), not with
+  # `-L /usr/<triplet>`: the cross toolchain's older libc6-*-cross copy
+  # hangs (arm64) or crashes (armv7) at the first thread under qemu 7.2.
+  # If the binary cannot run here at all, say so instead of timing out.
   # shellcheck disable=SC2086
   if ! timeout 60 $qemu "$bin" --version >/dev/null 2>&1; then
     if [ "${LULA_SKIP_DEVICE_E2E:-0}" = 1 ]; then
