@@ -1,8 +1,7 @@
 //! lula-auth configuration, independent of how it was given (flags, env, tests).
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use lula_protocol::Redacted;
 use lula_protocol::keys::DEFAULT_AUTH_PREFIX;
@@ -15,48 +14,8 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The time source for TOTP windows, registration deadlines and token expiry.
-/// Tests drive it; production reads the system clock.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
-
-impl Clock {
-    /// The system clock.
-    pub fn system() -> Self {
-        Clock(Arc::new(SystemTime::now))
-    }
-
-    /// A clock that reads `f`.
-    pub fn from_fn(f: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
-        Clock(Arc::new(f))
-    }
-
-    /// The current time.
-    pub fn now(&self) -> SystemTime {
-        (self.0)()
-    }
-
-    /// Seconds since the epoch.
-    pub fn epoch_secs(&self) -> u64 {
-        self.epoch().as_secs()
-    }
-
-    /// Milliseconds since the epoch.
-    pub fn epoch_ms(&self) -> u64 {
-        self.epoch().as_millis() as u64
-    }
-
-    fn epoch(&self) -> Duration {
-        self.now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for Clock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Clock")
-    }
-}
+/// Tests drive it; production reads the system clock. (The hub takes the same.)
+pub use lula_runtime::Clock;
 
 /// Everything `run` needs besides the listener.
 #[derive(Clone)]
@@ -89,6 +48,10 @@ pub struct Config {
     pub serve: lula_runtime::ServeOptions,
     /// Failed attempts allowed per client and per address.
     pub limits: crate::throttle::Limits,
+    /// Shortest device secret `/register` and `/login` accept (default
+    /// [`crate::routes::MIN_SECRET_LEN`]; at least
+    /// [`crate::routes::MIN_SECRET_FLOOR`], see [`Config::check`]).
+    pub min_secret_len: usize,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy
     /// that sets it; otherwise anyone could pick their own address).
     pub trust_forwarded_for: bool,
@@ -112,7 +75,32 @@ impl Config {
             serve: lula_runtime::ServeOptions::default(),
             limits: crate::throttle::Limits::default(),
             trust_forwarded_for: false,
+            min_secret_len: crate::routes::MIN_SECRET_LEN,
         }
+    }
+
+    /// Refuses settings lula-auth cannot serve with, and warns about weak
+    /// ones: a `min_secret_len` outside [`crate::routes::MIN_SECRET_FLOOR`]
+    /// to [`crate::routes::MAX_SECRET_LEN`] is an error; one below
+    /// [`crate::routes::MIN_SECRET_LEN`] is logged at warn, since short
+    /// secrets are easier to guess (they are only for fleets that already
+    /// use them, e.g. Node lula devices kept on their secret).
+    pub fn check(&self) -> anyhow::Result<()> {
+        use crate::routes::{MAX_SECRET_LEN, MIN_SECRET_FLOOR, MIN_SECRET_LEN};
+        let min = self.min_secret_len;
+        if !(MIN_SECRET_FLOOR..=MAX_SECRET_LEN).contains(&min) {
+            anyhow::bail!(
+                "--min-secret-len {min} is outside {MIN_SECRET_FLOOR} to {MAX_SECRET_LEN} bytes"
+            );
+        }
+        if min < MIN_SECRET_LEN {
+            tracing::warn!(
+                min_secret_len = min,
+                default = MIN_SECRET_LEN,
+                "--min-secret-len is below the default: device secrets this short are easier to guess; raise it once every device has a longer secret"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -132,6 +120,7 @@ impl fmt::Debug for Config {
             )
             .field("redis_timeout", &self.redis_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("min_secret_len", &self.min_secret_len)
             .finish_non_exhaustive()
     }
 }

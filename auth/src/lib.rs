@@ -20,6 +20,7 @@
 //! - [`config`]: [`Config`] and the [`Clock`](config::Clock) tests drive.
 //! - [`routes`]: one module per endpoint.
 //! - [`provision`]: the operator's step and the client record.
+//! - [`import_node`]: the one-off import of the Node lula-auth's records.
 //! - [`sessions`]: session records, revocation, token verification.
 //! - [`signing`]: the Ed25519 key and its publication.
 //! - [`otp`]: TOTP codes and `otpauth://` URIs.
@@ -32,6 +33,7 @@
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod import_node;
 pub mod metrics;
 pub mod otp;
 pub mod password;
@@ -166,6 +168,7 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.check()?;
     let state = AppState::new(config)?;
     tracing::info!(kid = state.signer.kid(), "token signing key");
     let publisher = tokio::spawn(keep_key_published(state.clone(), shutdown.clone()));

@@ -32,6 +32,26 @@ enum Command {
     /// Cut a device off: end its sessions (every hub closes its sockets at
     /// once) and forget its secret, so it must be provisioned again.
     Revoke(RevokeArgs),
+    /// Import the Node lula-auth's device records (`lula:client:<client>:h`),
+    /// once, so devices registered there log in here with their secret.
+    ImportNode(ImportNodeArgs),
+}
+
+#[derive(Args)]
+struct ImportNodeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The Node lula-auth's Redis, when it is not --redis-url (a single
+    /// server: it is scanned).
+    #[arg(long, env = "LULA_NODE_REDIS_URL", hide_env_values = true)]
+    node_redis_url: Option<String>,
+    /// Key prefix of the Node lula-auth (its `redis.keyPrefix` without the
+    /// trailing colon).
+    #[arg(long, env = "LULA_NODE_PREFIX", default_value = "lula")]
+    node_prefix: String,
+    /// Show what would be imported without writing.
+    #[arg(long, env = "LULA_DRY_RUN")]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -58,6 +78,11 @@ struct Common {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// Refuse to start when the Redis evicts keys or does not persist
+    /// (maxmemory-policy other than noeviction, appendonly off), or its
+    /// settings cannot be read, instead of warning.
+    #[arg(long, env = "LULA_REQUIRE_SAFE_REDIS")]
+    require_safe_redis: bool,
     /// After SIGTERM, keep serving this long with /readyz answering 503, so
     /// a load balancer that polls readiness stops sending requests here first.
     #[arg(long, env = "LULA_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -102,6 +127,11 @@ struct ServeArgs {
     /// The window failed attempts are counted in.
     #[arg(long, env = "LULA_FAILURE_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
     failure_window: Duration,
+    /// Shortest device secret accepted at /register and /login, in bytes
+    /// (8 to 72). Below 16 lula-auth warns at start: only for fleets that
+    /// already use short secrets (docs/MIGRATING.md).
+    #[arg(long, env = "LULA_MIN_SECRET_LEN", default_value_t = lula_auth::routes::MIN_SECRET_LEN)]
+    min_secret_len: usize,
     /// Take client addresses from X-Forwarded-For (only behind a proxy that sets it).
     #[arg(long, env = "LULA_TRUST_FORWARDED_FOR")]
     trust_forwarded_for: bool,
@@ -114,7 +144,13 @@ struct ProvisionArgs {
     #[command(flatten)]
     common: Common,
     /// The device's client id (A-Z a-z 0-9 . _ -).
-    client: ClientId,
+    #[arg(required_unless_present = "from_file", conflicts_with = "from_file")]
+    client: Option<ClientId>,
+    /// Provision every client id in this file (one per line; blank lines and
+    /// `#` comments skipped) and print CSV: client,otpSecret,regDeadline.
+    /// The way to re-provision a whole fleet in one step.
+    #[arg(long, env = "LULA_FROM_FILE")]
+    from_file: Option<PathBuf>,
     /// How long the device has to register.
     #[arg(long, env = "LULA_VALID_FOR", default_value = "24h", value_parser = humantime::parse_duration)]
     valid_for: Duration,
@@ -158,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => args.common.load_secrets()?,
         Command::Provision(args) => args.common.load_secrets()?,
         Command::Revoke(args) => args.common.load_secrets()?,
+        Command::ImportNode(args) => args.common.load_secrets()?,
     }
     match cli.command {
         Command::Serve(args) => {
@@ -171,6 +208,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Revoke(args) => {
             lula_runtime::init_tracing();
             revoke(args).await
+        }
+        Command::ImportNode(args) => {
+            lula_runtime::init_tracing();
+            import_node(args).await
         }
     }
 }
@@ -200,6 +241,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             window: args.failure_window,
         },
         trust_forwarded_for: args.trust_forwarded_for,
+        min_secret_len: args.min_secret_len,
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
             drain_delay: args.drain_delay,
@@ -208,6 +250,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..Config::new(args.common.redis_url)
     };
     tracing::info!(?config, "starting");
+    let target =
+        lula_runtime::redis::RedisTarget::new(config.redis_url.clone(), config.redis_cluster);
+    lula_runtime::redis_check::check_at_start(
+        &target,
+        "lula-auth's Redis",
+        args.require_safe_redis,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
@@ -232,18 +283,24 @@ async fn connect(common: &Common) -> anyhow::Result<lula_runtime::redis::RedisCo
 async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
     let mut conn = connect(&args.common).await?;
     let keys = AuthKeys::new(args.common.prefix.clone());
+    let Some(client) = &args.client else {
+        let path = args
+            .from_file
+            .as_deref()
+            .context("a client id or --from-file")?;
+        return provision_batch(&mut conn, &keys, path, &args).await;
+    };
     let p = match lula_auth::provision::provision(
         &mut conn,
         &keys,
-        &args.client,
+        client,
         args.valid_for,
         args.force,
     )
     .await
     {
         Err(lula_auth::AuthError::AlreadyRegistered) => anyhow::bail!(
-            "{} is already registered; add --force to re-provision it (its secret is forgotten, its sessions revoked, and it must register again)",
-            args.client
+            "{client} is already registered; add --force to re-provision it (its secret is forgotten, its sessions revoked, and it must register again)"
         ),
         other => other.context("provision")?,
     };
@@ -290,5 +347,103 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         "revoked {n} session(s) of {}; it must be provisioned again (lula-auth provision {}) to come back",
         args.client, args.client
     );
+    Ok(())
+}
+
+/// `provision --from-file`: every client id of the file, one CSV line each
+/// on stdout; refusals on stderr, and an error at the end if any.
+async fn provision_batch(
+    conn: &mut lula_runtime::redis::RedisConn,
+    keys: &AuthKeys,
+    path: &std::path::Path,
+    args: &ProvisionArgs,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read --from-file {}", path.display()))?;
+    let mut clients = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let client: ClientId = line
+            .parse()
+            .with_context(|| format!("{}:{}: {line:?}", path.display(), n + 1))?;
+        clients.push(client);
+    }
+    println!("client,otpSecret,regDeadline");
+    let mut refused = 0;
+    for client in &clients {
+        match lula_auth::provision::provision(conn, keys, client, args.valid_for, args.force).await
+        {
+            Ok(p) => println!("{},{},{}", p.client, p.otp_secret, p.reg_deadline),
+            Err(lula_auth::AuthError::AlreadyRegistered) => {
+                refused += 1;
+                eprintln!("{client}: already registered; add --force to re-provision it");
+            }
+            Err(e) => return Err(e).with_context(|| format!("provision {client}")),
+        }
+    }
+    if refused > 0 {
+        anyhow::bail!("{refused} of {} device(s) not provisioned", clients.len());
+    }
+    Ok(())
+}
+
+async fn import_node(args: ImportNodeArgs) -> anyhow::Result<()> {
+    let mut ours = connect(&args.common).await?;
+    let keys = AuthKeys::new(args.common.prefix.clone());
+    let node_url = args
+        .node_redis_url
+        .clone()
+        .unwrap_or_else(|| args.common.redis_url.clone());
+    let mut node = lula_runtime::redis::RedisTarget::new(node_url.as_str(), false)
+        .connect()
+        .await
+        .with_context(|| format!("connect to {}", lula_protocol::redact_url(&node_url)))?;
+    let report = lula_auth::import_node::import_node(
+        &mut node,
+        &mut ours,
+        &keys,
+        &args.node_prefix,
+        args.dry_run,
+    )
+    .await
+    .context("import the Node lula-auth's records")?;
+    let verb = if args.dry_run {
+        "would import"
+    } else {
+        "imported"
+    };
+    for r in &report {
+        match (r.outcome, &r.reason) {
+            ("exists", _) => println!("{}: kept ours (a record exists here)", r.client),
+            ("skipped", reason) => println!(
+                "{}: skipped: {}",
+                r.client,
+                reason.as_deref().unwrap_or("unreadable")
+            ),
+            (outcome, _) => println!("{}: {verb} ({outcome})", r.client),
+        }
+    }
+    let imported = report
+        .iter()
+        .filter(|r| matches!(r.outcome, "registered" | "provisioned"))
+        .count();
+    let skipped = report.iter().filter(|r| r.outcome == "skipped").count();
+    println!(
+        "{} Node record(s); {imported} {verb}; {skipped} skipped{}",
+        report.len(),
+        if args.dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        }
+    );
+    if skipped > 0 {
+        println!(
+            "re-provision the skipped devices: list them in a file and run lula-auth provision --from-file <file>"
+        );
+    }
     Ok(())
 }

@@ -603,11 +603,11 @@ async fn bodies_over_the_limit_get_413_however_they_are_framed() {
     assert_eq!(key_names(&app).await, before);
 }
 
-/// BUG (reported): the accept loop's header read timeout covers the request
-/// head only. A client that sends a complete head announcing a body and then
-/// never sends it holds its connection (and one of the `max_http_connections`
-/// slots) for as long as it likes: lula-auth waits for the body for ever, so
-/// enough such clients lock everyone out.
+/// The accept loop's header read timeout covers the request head only; a
+/// client that sent a complete head announcing a body and then never sent it
+/// would hold its connection (and one of the `max_http_connections` slots)
+/// for as long as it liked, so enough such clients would lock everyone out.
+/// lula-auth must give up on the body by itself.
 #[tokio::test]
 async fn a_body_that_never_finishes_is_cut_off() {
     let app = spawn_app_with(|mut c| {
@@ -662,9 +662,10 @@ async fn a_body_that_never_finishes_is_cut_off() {
     }
 }
 
-/// BUG (reported): serde's derived `Deserialize` also reads a struct from a
-/// JSON array, positionally, so `["dev-1", "<otp>", "<secret>"]` registers
-/// the device, though the API takes objects (`{client, otp, secret}`) or forms.
+/// serde's derived `Deserialize` also reads a struct from a JSON array,
+/// positionally, so without a guard `["dev-1", "<otp>", "<secret>"]` would
+/// register the device, though the API takes objects (`{client, otp, secret}`)
+/// or forms.
 #[tokio::test]
 async fn json_arrays_are_not_request_bodies() {
     let (app, code) = provisioned().await;

@@ -143,6 +143,8 @@ impl Daemons {
         config.register_retry = Duration::from_millis(500);
         config.min_backoff = Duration::from_millis(50);
         config.max_backoff = Duration::from_secs(1);
+        // The verification compares the cloud with out:x afterwards.
+        config.keep_acked = lula_client::retention::KeepAcked::All;
         let handle = tokio::spawn(lula_client::run(config, self.cancel.child_token()));
         self.handles.push((device.client.clone(), handle));
     }

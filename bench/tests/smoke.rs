@@ -39,6 +39,37 @@ fn row_bytes(report: &lula_bench::Report, scenario: Scenario, metric: &str) -> f
     }
 }
 
+/// The latency samples each phase of `scenario` counted: the number just
+/// before `marker` (or the whole value) of every row whose metric starts
+/// with `metric`. Fails when there is no such row.
+fn samples(
+    report: &lula_bench::Report,
+    scenario: Scenario,
+    metric: &str,
+    marker: Option<&str>,
+) -> Vec<u64> {
+    let counts: Vec<u64> = report
+        .rows
+        .iter()
+        .filter(|r| r.scenario == scenario && r.metric.starts_with(metric))
+        .map(|r| {
+            let before = match marker {
+                Some(m) => r.value.split(m).next().unwrap_or_default(),
+                None => r.value.as_str(),
+            };
+            let word = before.split_whitespace().last().unwrap_or_default();
+            word.replace(',', "")
+                .parse()
+                .unwrap_or_else(|_| panic!("no sample count in {:?}", r.value))
+        })
+        .collect();
+    assert!(
+        !counts.is_empty(),
+        "no {metric:?} rows: the phase did not run"
+    );
+    counts
+}
+
 /// A loose bound on the catch-up's memory: far above what a bounded client
 /// and hub need, far below what holding a backlog would take at full size.
 /// Not a measurement; the numbers are in the full run's table.
@@ -66,12 +97,18 @@ async fn upstream_delivers_a_preloaded_stream_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_run_delivers_paced_entries_exactly_once() {
-    smoke(Scenario::Latency).await;
+    let report = smoke(Scenario::Latency).await;
+    // Percentiles of nothing are zeros that look like a fast run.
+    let counts = samples(&report, Scenario::Latency, "produced @", Some("samples"));
+    assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanin_delivers_every_device_exactly_once() {
-    smoke(Scenario::Fanin).await;
+    let report = smoke(Scenario::Fanin).await;
+    let metric = "latency samples after warm-up";
+    let counts = samples(&report, Scenario::Fanin, metric, None);
+    assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -491,7 +491,8 @@ mod tests {
         )
         .await
         .unwrap();
-        let mut closed = 0;
+        // Each of five connections must be cut within the deadline (the loop
+        // only ends on a cut); the proxy must have counted each as a cut.
         for _ in 0..5 {
             let mut c = TcpStream::connect(addr).await.unwrap();
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -506,9 +507,7 @@ mod tests {
                     _ => {}
                 }
             }
-            closed += 1;
         }
-        assert_eq!(closed, 5);
         assert!(
             counts.get(FaultKind::ProxyCut) + counts.get(FaultKind::ProxyMidFrameCut) >= 5,
             "{:?}",

@@ -181,6 +181,8 @@ pub async fn run_client(a: RunClientArgs) -> anyhow::Result<()> {
     config.min_backoff = a.min_backoff;
     config.max_backoff = a.max_backoff;
     config.register_retry = Duration::from_secs(2);
+    // The checker compares the cloud with out:x: the device keeps all of it.
+    config.keep_acked = lula_client::retention::KeepAcked::All;
     eprintln!("lula-chaos run-client: pid {}", std::process::id());
     lula_client::run(config, stop_on_stdin_eof()).await
 }

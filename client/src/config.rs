@@ -9,6 +9,8 @@ use lula_protocol::limits::{
 };
 use lula_protocol::{ClientId, Redacted, redact_url};
 
+use crate::retention::{DEFAULT_KEEP_ACKED, KeepAcked};
+
 /// Everything the daemon needs.
 #[derive(Clone)]
 pub struct Config {
@@ -51,6 +53,17 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Serve Prometheus metrics at `GET /metrics` on this address.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The secret a Node lula-client registered this device with (its
+    /// `LULA_SECRET`), kept when its state is taken over (`crate::takeover`).
+    pub node_secret: Option<Redacted<String>>,
+    /// How much acknowledged history `out:x` keeps (upstream retention).
+    pub keep_acked: KeepAcked,
+    /// Trim `in:x` below what every consumer group acknowledged, this often
+    /// (off when `None`: `in:x` is its consumers' to trim).
+    pub trim_in_consumed: Option<Duration>,
+    /// Refuse to start when the device Redis's settings can break the
+    /// guarantees (eviction policy, persistence), instead of warning.
+    pub require_safe_redis: bool,
 }
 
 impl Config {
@@ -80,6 +93,10 @@ impl Config {
             idle_timeout: IDLE_TIMEOUT,
             drain_timeout: Duration::from_secs(10),
             metrics_listen: None,
+            node_secret: None,
+            keep_acked: DEFAULT_KEEP_ACKED,
+            trim_in_consumed: None,
+            require_safe_redis: false,
         }
     }
 }
@@ -104,6 +121,10 @@ impl std::fmt::Debug for Config {
             .field("max_backoff", &self.max_backoff)
             .field("idle_timeout", &self.idle_timeout)
             .field("metrics_listen", &self.metrics_listen)
+            .field("node_secret", &self.node_secret)
+            .field("keep_acked", &self.keep_acked.to_string())
+            .field("trim_in_consumed", &self.trim_in_consumed)
+            .field("require_safe_redis", &self.require_safe_redis)
             .finish_non_exhaustive()
     }
 }

@@ -1,8 +1,9 @@
 //! The device Redis: the out stream producers write, the in stream hub messages
 //! and broadcasts land in, and the state hash holding the downstream and
-//! broadcast cursors and the daemon's published status.
+//! broadcast cursors and the daemon's published status (written as
+//! [`crate::published::StatusUpdate`]s).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use lula_protocol::keys::DeviceKeys;
@@ -11,6 +12,8 @@ use lula_protocol::redis_value::entries_from_range;
 use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_reserved};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
+
+use crate::retention::{KeepAcked, OutRetention};
 
 /// Field of the state hash holding the last hub id stored in `in:x`.
 pub const DOWNSTREAM_FIELD: &str = "downstream";
@@ -29,47 +32,17 @@ pub struct Stored {
     pub missed_after: Option<StreamId>,
 }
 
-/// Status fields the daemon publishes in the state hash for `lula-client status`.
-pub mod status_fields {
-    /// `1` while a hub session is up, `0` otherwise.
-    pub const CONNECTED: &str = "connected";
-    /// Epoch ms of the daemon's last status write (a heartbeat while it runs).
-    pub const UPDATED_AT: &str = "updatedAt";
-    /// The hub's upstream cursor as last acknowledged: the last device seq the hub holds.
-    pub const UPSTREAM: &str = "upstream";
-    /// The most recent error, cleared when a session comes up.
-    pub const LAST_ERROR: &str = "lastError";
-    /// Epoch seconds when the current session token expires.
-    pub const SESSION_EXPIRES_AT: &str = "sessionExpiresAt";
-    /// Process id of the daemon.
-    pub const PID: &str = "pid";
-    /// How many entries the upstream cursor is into `out:x` since the stream was
-    /// created (its ordinal), when known; lets a restarted daemon count entries
-    /// trimmed before they were synced.
-    pub const UPSTREAM_ORDINAL: &str = "upstreamOrdinal";
-    /// Times entries were found deleted from `out:x` before they were synced.
-    pub const GAPS: &str = "gaps";
-    /// The most recent such finding, in words.
-    pub const LAST_GAP: &str = "lastGap";
-    /// Entries waiting for the device on the hub (its out stream after the
-    /// device's cursor), as the hub last reported; counted up to 10,000.
-    pub const DOWNSTREAM_BACKLOG: &str = "downstreamBacklog";
-    /// A condition that needs an operator, as of the last connection (empty
-    /// when there is none).
-    pub const WARNING: &str = "warning";
-    /// Times broadcasts were found deleted (past the hub's retention) before
-    /// this device received them; counted by the store script.
-    pub const BROADCAST_GAPS: &str = "broadcastGaps";
-    /// The most recent such finding: the broadcast ids missed and when.
-    pub const LAST_BROADCAST_GAP: &str = "lastBroadcastGap";
-}
+use crate::published::StatusUpdate;
+pub use crate::published::status_fields;
 
 /// KEYS[1] in stream, KEYS[2] state hash.
 /// ARGV[1] the cursor's field, ARGV[2] the marker field written first into
 /// each entry (`seq` or `broadcast`), ARGV[3] a gap: the id the hub says
 /// entries up to were deleted ('' when none), ARGV[4] the field counting
-/// gaps, ARGV[5] the field describing the last one, ARGV[6] now (epoch ms);
-/// then per entry: hub id, number of values, values.
+/// gaps, ARGV[5] the field describing the last one, ARGV[6] now (epoch ms),
+/// ARGV[7] how many messages expired on the hub before these (0: none),
+/// ARGV[8] the field counting them, ARGV[9] the field describing the last
+/// report; then per entry: hub id, number of values, values.
 /// Moves the cursor to the gap if it is ahead (counting the gap), appends
 /// the entries after the cursor with the marker = hub id first, moves the
 /// cursor, atomically. Returns {cursor, added, cursor before a counted gap
@@ -86,8 +59,13 @@ if gap ~= '' and id_gt(gap, cur) then
   cur = gap
   moved = true
 end
+local expired = tonumber(ARGV[7])
+if expired > 0 then
+  redis.call('HINCRBY', KEYS[2], ARGV[8], expired)
+  redis.call('HSET', KEYS[2], ARGV[9], expired .. ' expired before delivery (at ' .. ARGV[6] .. ' ms)')
+end
 local n = #ARGV
-local i = 7
+local i = 10
 local added = 0
 while i <= n do
   local id = ARGV[i]
@@ -115,12 +93,24 @@ static STORE: LazyLock<Script> =
 
 pub use lula_runtime::now_ms;
 
+/// Whether `e` is the device Redis refusing a write because it is full
+/// (`maxmemory` with `noeviction`): the daemon carries on with what needs no
+/// memory (reading, acknowledging, trimming) and retries the writes later.
+pub fn is_full(e: &RedisError) -> bool {
+    e.code() == Some("OOM")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
+}
+
 /// Access to the device Redis for ordinary (non-blocking) commands.
 #[derive(Clone)]
 pub struct Device {
     redis: ConnectionManager,
     client: redis::Client,
     keys: DeviceKeys,
+    /// Upstream retention, shared by clones (only the session trims).
+    retention: Arc<Mutex<OutRetention>>,
 }
 
 impl Device {
@@ -135,7 +125,59 @@ impl Device {
             redis,
             client,
             keys,
+            retention: Arc::new(Mutex::new(OutRetention::new(KeepAcked::All))),
         })
+    }
+
+    /// Sets how much acknowledged history `out:x` keeps (the default of a new
+    /// `Device` is [`KeepAcked::All`]: it never trims).
+    pub fn with_keep_acked(self, keep: KeepAcked) -> Self {
+        Device {
+            retention: Arc::new(Mutex::new(OutRetention::new(keep))),
+            ..self
+        }
+    }
+
+    /// Removes from `in:x` what every consumer group on it has acknowledged
+    /// (never anything when it has no group); returns how many entries.
+    pub async fn trim_in_consumed(&mut self) -> Result<u64, RedisError> {
+        let key = self.keys.in_stream();
+        Ok(
+            lula_runtime::retention::trim_consumed(&mut self.redis, &key)
+                .await?
+                .entries,
+        )
+    }
+
+    /// Reads and judges the device Redis's eviction and persistence settings.
+    pub async fn redis_safety(
+        &mut self,
+    ) -> Result<lula_runtime::redis_check::RedisSafety, RedisError> {
+        lula_runtime::redis_check::check(&mut self.redis).await
+    }
+
+    /// Records that the hub holds every entry of `out:x` up to `cursor`
+    /// (`entries` of them newly acknowledged) and trims `out:x` below it as
+    /// the retention setting allows. Returns how many entries were removed.
+    /// `XTRIM` frees memory, so it works on a full Redis (`noeviction`
+    /// refuses only commands that grow memory).
+    pub async fn retire_acknowledged(
+        &mut self,
+        cursor: StreamId,
+        entries: u64,
+    ) -> Result<u64, RedisError> {
+        let bound = self
+            .retention
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acknowledged(cursor, entries, now_ms());
+        let Some(bound) = bound else { return Ok(0) };
+        redis::cmd("XTRIM")
+            .arg(self.keys.out_stream())
+            .arg("MINID")
+            .arg(bound.to_string())
+            .query_async(&mut self.redis)
+            .await
     }
 
     /// Key names.
@@ -164,7 +206,7 @@ impl Device {
         &mut self,
         entries: Vec<Entry>,
     ) -> Result<(StreamId, u64), RedisError> {
-        let stored = self.store(PushStream::Direct, entries, None).await?;
+        let stored = self.store(PushStream::Direct, &entries, None, 0).await?;
         Ok((stored.cursor, stored.added))
     }
 
@@ -177,8 +219,9 @@ impl Device {
     pub async fn store(
         &mut self,
         stream: PushStream,
-        entries: Vec<Entry>,
+        entries: &[Entry],
         gap: Option<StreamId>,
+        expired: u64,
     ) -> Result<Stored, RedisError> {
         let (field, marker, reserved): (&str, &str, &[&str]) = match stream {
             PushStream::Direct => (DOWNSTREAM_FIELD, FIELD_SEQ, &[FIELD_SEQ]),
@@ -196,14 +239,20 @@ impl Device {
             .arg(gap.map(|g| g.to_string()).unwrap_or_default())
             .arg(status_fields::BROADCAST_GAPS)
             .arg(status_fields::LAST_BROADCAST_GAP)
-            .arg(now_ms());
+            .arg(now_ms())
+            .arg(expired)
+            .arg(status_fields::EXPIRED)
+            .arg(status_fields::LAST_EXPIRED);
         for entry in entries {
             invocation.arg(entry.id.to_string()).arg(entry.fields.len());
-            for (i, mut value) in entry.fields.into_iter().enumerate() {
-                if i.is_multiple_of(2) {
-                    escape_reserved(&mut value, reserved);
+            for (i, value) in entry.fields.iter().enumerate() {
+                if i.is_multiple_of(2) && reserved.iter().any(|r| value == r.as_bytes()) {
+                    let mut name = value.clone();
+                    escape_reserved(&mut name, reserved);
+                    invocation.arg(name);
+                } else {
+                    invocation.arg(value.as_slice());
                 }
-                invocation.arg(value);
             }
         }
         let (cursor, added, missed): (String, u64, String) =
@@ -219,9 +268,9 @@ impl Device {
         })
     }
 
-    /// Writes status fields (and `updatedAt`) to the state hash.
-    pub async fn publish(&mut self, fields: &[(&str, String)]) -> Result<(), RedisError> {
-        let mut items: Vec<(&str, String)> = fields.to_vec();
+    /// Writes the fields `update` sets (and `updatedAt`) to the state hash.
+    pub async fn publish(&mut self, update: &StatusUpdate) -> Result<(), RedisError> {
+        let mut items = update.fields();
         items.push((status_fields::UPDATED_AT, now_ms().to_string()));
         self.redis.hset_multiple(self.keys.state(), &items).await
     }
@@ -352,6 +401,32 @@ return {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] 
 
 static COUNTERS: LazyLock<Script> = LazyLock::new(|| Script::new(COUNTERS_BODY));
 
+/// KEYS[1] out stream, ARGV[1] the id to read after, ARGV[2] how many. The
+/// counters and the entries in one read-only script (Redis 7 flags), for a
+/// full device Redis: over `maxmemory` Redis refuses every command queued in
+/// a `MULTI`, and any script not declared read-only, but still runs this.
+/// Slower than the transaction (Lua builds every entry), so only then.
+static READ_WHEN_FULL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua flags=no-writes
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {{0, 0, '', '0-0'}, {}}
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local f = {}
+for i = 1, #info, 2 do
+  f[info[i]] = info[i + 1]
+end
+local first = ''
+if type(f['first-entry']) == 'table' then
+  first = f['first-entry'][1]
+end
+local counters = {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] or '0-0'}
+return {counters, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+"#,
+    )
+});
+
 /// Reads the out stream on a connection of its own: entries and counters in
 /// one script call, and, when there is nothing to read, a blocking `XREAD` that
 /// only waits for the next entry. The block never delays other commands, since
@@ -381,6 +456,42 @@ impl OutReader {
             }
         }
         self.read_after(after, count, Some(self.block)).await
+    }
+
+    /// [`READ_WHEN_FULL`], after the wait (a plain blocking `XREAD`, which a
+    /// full Redis still serves); the same `[counters, entries]` as the
+    /// transaction.
+    async fn read_when_full(
+        &mut self,
+        after: StreamId,
+        count: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Value>, RedisError> {
+        if let Some(wait) = wait {
+            let _: Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(wait.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.key)
+                .arg(after.to_string())
+                .query_async(&mut self.conn)
+                .await?;
+        }
+        // Loaded first: over maxmemory Redis refuses an EVALSHA of a script
+        // it does not know (OOM, not NOSCRIPT), so the usual fallback to
+        // EVAL would never happen.
+        READ_WHEN_FULL
+            .prepare_invoke()
+            .load_async(&mut self.conn)
+            .await?;
+        READ_WHEN_FULL
+            .key(&self.key)
+            .arg(after.to_string())
+            .arg(count)
+            .invoke_async(&mut self.conn)
+            .await
     }
 
     /// Entries after `after` and the stream's counters, read in one
@@ -436,6 +547,7 @@ impl OutReader {
                 COUNTERS.prepare_invoke().load_async(&mut self.conn).await?;
                 pipe.query_async(&mut self.conn).await?
             }
+            Err(e) if is_full(&e) => (self.read_when_full(after, count, wait).await?,),
             other => other?,
         };
         let mut exec = exec.into_iter();

@@ -103,16 +103,29 @@ impl Identity {
             None => {
                 create_private_dir(state_dir)?;
                 let secret = B64URL.encode(rand::random::<[u8; 32]>());
-                let id = Identity {
-                    path,
-                    client_id: client_id.clone(),
-                    secret: Redacted::new(secret),
-                    registered: false,
-                };
-                id.save()?;
-                Ok(id)
+                Self::create(state_dir, client_id, Redacted::new(secret), false)
             }
         }
+    }
+
+    /// Writes a new identity file in `state_dir` (created if missing) with
+    /// `secret` and `registered` as given: a fresh device's, or one taken
+    /// over from the Node lula-client (`crate::takeover`).
+    pub fn create(
+        state_dir: &Path,
+        client_id: &ClientId,
+        secret: Redacted<String>,
+        registered: bool,
+    ) -> Result<Self, IdentityError> {
+        fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+        let id = Identity {
+            path: state_dir.join(IDENTITY_FILE),
+            client_id: client_id.clone(),
+            secret,
+            registered,
+        };
+        id.save()?;
+        Ok(id)
     }
 
     /// Reads an identity file if it exists.

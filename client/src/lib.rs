@@ -14,12 +14,17 @@
 //! # Layout
 //! - [`config`]: the daemon's settings, [`Config`].
 //! - [`daemon`]: the reconnecting state machine ([`run`]).
-//! - [`session`]: one hub connection: handshake, batches, pushes, drain.
+//! - [`session`]: one hub connection: handshake, then a `select!` over named
+//!   events (frames, batches, timers, renewal), one method per hub frame kind.
+//! - [`renewal`]: renewing the session token on the live connection.
+//! - [`published`]: the status fields the daemon writes for
+//!   `lula-client status`, through one typed [`published::StatusUpdate`].
 //! - [`uplink`]: reading `out:x` into byte-bounded batches.
 //! - [`device`]: the device Redis: the downstream store script, the out-stream
-//!   reader, status publication.
+//!   reader, the state hash.
 //! - [`auth`]: lula-auth calls and TOTP.
 //! - [`identity`]: the secret and registration state in `--state-dir`.
+//! - [`takeover`]: taking over a Node lula-client's state at start.
 //! - [`backoff`]: capped, jittered exponential backoff.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`rpc`]: request/response with the cloud over the synced streams.
@@ -32,9 +37,13 @@ pub mod daemon;
 pub mod device;
 pub mod identity;
 pub mod metrics;
+pub mod published;
+pub mod renewal;
+pub mod retention;
 pub mod rpc;
 pub mod session;
 pub mod status;
+pub mod takeover;
 pub mod uplink;
 
 pub use config::Config;

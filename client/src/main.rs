@@ -75,17 +75,24 @@ struct Common {
 struct RunArgs {
     #[command(flatten)]
     common: Common,
-    /// This device's client id, as provisioned in lula-auth.
+    /// This device's client id, as provisioned in lula-auth. Optional on a
+    /// device a Node lula-client ran on: its `client` is taken over.
     #[arg(long, env = "LULA_CLIENT_ID")]
-    client_id: ClientId,
+    client_id: Option<ClientId>,
     /// The provisioned base32 TOTP secret, inline (visible in `ps`: prefer
-    /// --otp-secret-file). Only needed until registered.
+    /// --otp-secret-file). Only needed until registered. Optional on a device
+    /// a Node lula-client ran on: its `otpSecret` is taken over.
     #[arg(long, env = "LULA_OTP_SECRET", hide_env_values = true)]
     otp_secret: Option<String>,
     /// A file holding the provisioned base32 TOTP secret, readable by its
     /// owner only (chmod 600). Only read until registered; may be gone after.
     #[arg(long, env = "LULA_OTP_SECRET_FILE", conflicts_with = "otp_secret")]
     otp_secret_file: Option<PathBuf>,
+    /// File holding the secret a Node lula-client registered this device
+    /// with, kept when its state is taken over (docs/MIGRATING.md). The
+    /// Node client's own LULA_SECRET environment variable is read too.
+    #[arg(long, env = "LULA_NODE_SECRET_FILE")]
+    node_secret_file: Option<PathBuf>,
     /// lula-auth base URL.
     #[arg(long, env = "LULA_AUTH_URL", default_value = "http://localhost:3001")]
     auth_url: String,
@@ -116,6 +123,20 @@ struct RunArgs {
     /// Cap of the reconnect backoff.
     #[arg(long, env = "LULA_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     max_backoff: Duration,
+    /// Acknowledged history kept in out:x: `all` (never trim), `none` (trim
+    /// as soon as the hub has it), a count (the last N acknowledged entries)
+    /// or an age (e.g. `2h`). Unacknowledged entries are never removed.
+    #[arg(long, env = "LULA_KEEP_ACKED", default_value = "10000")]
+    keep_acked: lula_client::retention::KeepAcked,
+    /// Trim in:x below what every consumer group on it acknowledged (never
+    /// when it has no group), this often; off unless given (e.g. `10s`).
+    #[arg(long, env = "LULA_TRIM_IN_CONSUMED", value_parser = humantime::parse_duration)]
+    trim_in_consumed: Option<Duration>,
+    /// Refuse to start when the device Redis evicts keys or does not persist
+    /// (maxmemory-policy other than noeviction, appendonly off), instead of
+    /// warning.
+    #[arg(long, env = "LULA_REQUIRE_SAFE_REDIS")]
+    require_safe_redis: bool,
 }
 
 #[derive(Args)]
@@ -213,7 +234,10 @@ async fn watch(common: &Common) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     lula_runtime::init_tracing_as(args.log.log_format);
+    let (client_id, otp_secret) = identity_args(&args).await?;
+    let node_secret = node_secret(args.node_secret_file.as_deref())?;
     let config = Config {
+        node_secret,
         auth_url: args.auth_url,
         hub_url: args.hub_url,
         ca_file: args.ca_file,
@@ -225,12 +249,63 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         register_retry: args.register_retry,
         max_backoff: args.max_backoff,
         metrics_listen: args.metrics_listen,
-        otp_secret: args.otp_secret.map(Redacted::new),
+        keep_acked: args.keep_acked,
+        trim_in_consumed: args.trim_in_consumed,
+        require_safe_redis: args.require_safe_redis,
+        otp_secret: otp_secret.map(Redacted::new),
         otp_secret_file: args.otp_secret_file,
-        ..Config::new(args.client_id, "", args.common.state_dir)
+        ..Config::new(client_id, "", args.common.state_dir)
     };
     tracing::info!(?config, "starting");
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_client::run(config, shutdown).await
+}
+
+/// `--client-id` and `--otp-secret`, or what a Node lula-client left in the
+/// device Redis for those not given (lula_client::takeover). The OTP secret
+/// may be missing only for a device that registered already.
+async fn identity_args(args: &RunArgs) -> anyhow::Result<(ClientId, Option<String>)> {
+    if let Some(id) = &args.client_id
+        && (args.otp_secret.is_some() || args.otp_secret_file.is_some())
+    {
+        return Ok((id.clone(), args.otp_secret.clone()));
+    }
+    let keys = lula_protocol::keys::DeviceKeys::new(args.common.prefix.clone());
+    let node = lula_client::takeover::node_defaults(&args.common.redis_url, &keys)
+        .await
+        .context("read the Node lula-client's state")?
+        .unwrap_or_default();
+    let client_id = match (&args.client_id, &node.client) {
+        (Some(id), _) => id.clone(),
+        (None, Some(id)) => id
+            .parse()
+            .with_context(|| format!("the Node lula-client's client {id:?}"))?,
+        (None, None) => {
+            anyhow::bail!("--client-id is required (no Node lula-client state to take it from)")
+        }
+    };
+    // None: --otp-secret-file, or not needed (registered); the daemon says
+    // which flag to give when it is needed and missing.
+    let otp_secret = args.otp_secret.clone().or(node.otp_secret);
+    Ok((client_id, otp_secret))
+}
+
+/// The Node lula-client's secret: `--node-secret-file`, else its own
+/// `LULA_SECRET` environment variable.
+fn node_secret(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<lula_protocol::Redacted<String>>> {
+    let secret = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("read --node-secret-file {}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        None => std::env::var("LULA_SECRET").ok(),
+    };
+    Ok(secret
+        .filter(|s| !s.is_empty())
+        .map(lula_protocol::Redacted::new))
 }

@@ -24,15 +24,17 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
 use lula_protocol::StreamId;
 use lula_protocol::limits::PUSH_WINDOW_ENTRIES;
 use lula_protocol::message::{
-    Ack, Envelope, ErrorReply, Frame, IdReply, Push, PushStream, RenewRequest, SubscribeReply,
-    SubscribeRequest, XaddsReply, close, kind,
+    Ack, ErrorReply, HubFrame, Push, PushStream, RenewRequest, Request, SubscribeRequest,
+    XaddsReply, XaddsRequest, kind,
 };
-use serde_json::{Value, json};
+use lula_protocol::{CloseReason, Entry};
+use lula_runtime::writer::Outgoing;
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -41,14 +43,16 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
-use crate::auth::{AuthCallError, AuthClient, Session as AuthSession};
-use crate::device::{Device, status_fields};
+use crate::auth::{AuthClient, Session as AuthSession};
+use crate::device::Device;
 use crate::metrics::Metrics;
+use crate::published::StatusUpdate;
+use crate::renewal::{Credentials, Renewal};
 use crate::uplink::{self, Batch, UplinkError};
 use std::sync::Arc;
 
@@ -65,6 +69,8 @@ const MAX_INCOMING: usize = 64 << 20;
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// How often the session refreshes its published status.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How soon pushed frames that did not fit in a full device Redis are tried again.
+const HELD_RETRY: Duration = Duration::from_millis(500);
 /// How soon after an acknowledgement the new upstream cursor is published for
 /// `lula-client status`: often enough to look live, rarely enough to cost the
 /// device Redis nothing at full speed.
@@ -102,6 +108,27 @@ pub enum SessionError {
     Protocol(String),
 }
 
+impl SessionError {
+    /// Whether the session ended because something refused to go on (an
+    /// error reply, a policy or size close, a device Redis error, an entry
+    /// that cannot be sent) rather than because the connection was lost:
+    /// reconnecting at once would only meet the same refusal.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            SessionError::Hub(_)
+            | SessionError::RateLimited(_)
+            | SessionError::Device(_)
+            | SessionError::Uplink(_)
+            | SessionError::Protocol(_) => true,
+            SessionError::Closed(Some(code)) => matches!(
+                CloseReason::from_code(*code),
+                Some(CloseReason::Policy | CloseReason::TooBig)
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl From<UplinkError> for SessionError {
     fn from(e: UplinkError) -> Self {
         match e {
@@ -128,49 +155,28 @@ pub async fn run(
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> SessionReport {
+    let not_established = |result| SessionReport {
+        established: false,
+        result,
+    };
     let token = login.current.token.expose().clone();
     let ws = tokio::select! {
-        _ = shutdown.cancelled() => return SessionReport { established: false, result: Ok(()) },
+        _ = shutdown.cancelled() => return not_established(Ok(())),
         ws = connect(config, &token) => ws,
     };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => {
-            return SessionReport {
-                established: false,
-                result: Err(e),
-            };
-        }
+    let (sink, stream) = match ws {
+        Ok(ws) => ws.split(),
+        Err(e) => return not_established(Err(e)),
     };
-    let (sink, stream) = ws.split();
     // Acks of two push windows: the out stream's and the broadcast stream's.
     let (out, rx) = mpsc::channel(config.inflight_batches + 2 * PUSH_WINDOW_ENTRIES + 16);
-    let mut writer = tokio::spawn(write_loop(sink, rx));
-    let mut session = Session {
-        config,
-        device,
-        out,
-        stream,
-        next_id: 1,
-        inflight: VecDeque::new(),
-        prev: StreamId::ZERO,
-        cursor: StreamId::ZERO,
-        cursor_ordinal: None,
-        subscribe_id: 0,
-        renew_at: renew_time(login.current),
-        renewal: Renewal::Idle,
-        login,
-        metrics: metrics.clone(),
-        downstream_backlog: None,
-    };
+    let mut writer = tokio::spawn(lula_runtime::writer::coalesce(sink, rx, classify, |_| {}));
+    let mut session = Session::new(config, device, out, stream, login, metrics);
     let limits = match session.handshake().await {
         Ok(l) => l,
         Err(e) => {
             writer.abort();
-            return SessionReport {
-                established: false,
-                result: Err(e),
-            };
+            return not_established(Err(e));
         }
     };
     metrics.sessions.inc();
@@ -192,11 +198,8 @@ pub async fn run(
     if let Err(e) = &result {
         tracing::debug!(error = %e, "session ended");
         // Status readers count the backlog from this cursor; leave it exact.
-        let fields = [
-            (status_fields::UPSTREAM, session.cursor.to_string()),
-            (status_fields::UPSTREAM_ORDINAL, session.ordinal_text()),
-        ];
-        let _ = session.device.publish(&fields).await;
+        let update = session.upstream_status();
+        let _ = session.publish(&update).await;
     }
     // Let the writer flush what is queued (the close frame on shutdown), then stop it.
     drop(session);
@@ -211,6 +214,15 @@ pub async fn run(
     SessionReport {
         established: true,
         result,
+    }
+}
+
+/// What the writer counts (nothing) and where it stops (a close frame).
+fn classify(msg: &Message) -> Outgoing {
+    match msg {
+        Message::Text(_) | Message::Binary(_) => Outgoing::Data,
+        Message::Close(_) => Outgoing::Close,
+        _ => Outgoing::Control,
     }
 }
 
@@ -265,6 +277,16 @@ struct Limits {
     max_bytes: usize,
 }
 
+/// A batch sent and not acknowledged yet.
+struct InFlight {
+    /// Its request id.
+    id: u64,
+    /// Its last seq.
+    last: StreamId,
+    /// That seq's ordinal in `out:x`, when known.
+    last_ordinal: Option<u64>,
+}
+
 struct Session<'a> {
     config: &'a Config,
     device: &'a mut Device,
@@ -272,23 +294,27 @@ struct Session<'a> {
     out: mpsc::Sender<Message>,
     stream: SplitStream<Ws>,
     next_id: u64,
-    /// Sent batches awaiting their reply: (request id, last seq), oldest first.
-    inflight: VecDeque<(u64, StreamId, Option<u64>)>,
+    /// Sent batches awaiting their reply, oldest first.
+    inflight: VecDeque<InFlight>,
     /// Last seq sent (the `prev` of the next batch).
     prev: StreamId,
     /// Last seq the hub acknowledged.
     cursor: StreamId,
     /// Its ordinal in `out:x`, when known (see `uplink::Tracker`).
     cursor_ordinal: Option<u64>,
-    subscribe_id: u64,
+    /// Whether acknowledged entries may leave `out:x` (not when the hub's
+    /// cursor was found ahead of the device's stream).
+    retire: bool,
     /// How to log in again, and the session token in use.
     login: Login<'a>,
-    /// When to renew the token on this connection.
-    renew_at: Instant,
     renewal: Renewal,
     metrics: Arc<Metrics>,
     /// The downstream backlog last published to the status hash.
     downstream_backlog: Option<u64>,
+    /// Pushed frames not stored yet, oldest first (the device Redis was full).
+    held: VecDeque<Push>,
+    /// When to try storing them again.
+    held_retry_at: Option<Instant>,
 }
 
 /// What a connection needs to renew its session token without reconnecting.
@@ -301,49 +327,104 @@ pub struct Login<'a> {
     pub current: &'a mut AuthSession,
 }
 
-/// Where a renewal of the session token stands.
-enum Renewal {
+/// What the session loop waits for.
+enum Event {
+    /// Shutdown was requested: finish the batches in flight, then close.
+    Shutdown,
+    /// The batches in flight were not acknowledged in time after shutdown.
+    DrainTimedOut,
+    /// A frame from the hub, or the end of the connection.
+    Frame(Option<Result<Message, tungstenite::Error>>),
+    /// Time to publish the acknowledged upstream cursor.
+    PublishUpstream,
+    /// The next upstream batch (or the reader's end).
+    Batch(Option<Result<Batch, UplinkError>>),
+    /// Nothing heard from the hub within the idle timeout.
     Idle,
-    /// Logging in again at lula-auth.
-    LoggingIn(tokio::task::JoinHandle<Result<AuthSession, AuthCallError>>),
-    /// `renew` sent with this request id and the new session.
-    Sent(u64, AuthSession),
+    /// Time to renew the session token.
+    RenewDue,
+    /// The login of a renewal finished (`None`: it failed, retried later).
+    LoggedIn(Option<AuthSession>),
+    /// Time to refresh the published status.
+    Heartbeat,
+    /// Time to try storing the pushed frames that did not fit.
+    RetryHeld,
 }
 
-/// Tokens are renewed this long before they expire (at most a quarter of
-/// their lifetime before), on the live connection.
-const RENEW_MARGIN: Duration = Duration::from_secs(30);
-/// Pause before trying a failed renewal again (the token may still be valid).
-const RENEW_RETRY: Duration = Duration::from_secs(5);
-
-/// When to renew `session` so the hub never closes the connection for expiry.
-fn renew_time(session: &AuthSession) -> Instant {
-    let margin = RENEW_MARGIN.min(session.ttl / 4);
-    let left = session
-        .expires_at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default()
-        .saturating_sub(margin);
-    Instant::now() + left
+/// The loop's timers and the upstream reader, beside the session.
+struct Loop {
+    batches: mpsc::Receiver<Result<Batch, UplinkError>>,
+    /// Stops the upstream reader.
+    reader_cancel: CancellationToken,
+    heartbeat: tokio::time::Interval,
+    last_heard: Instant,
+    /// The upstream cursor last published.
+    published: StreamId,
+    /// When to publish the cursor next, if it moved.
+    publish_at: Option<Instant>,
+    /// Set at shutdown: when to stop waiting for the batches in flight.
+    drain_deadline: Option<Instant>,
 }
 
-/// The outcome of the login of a renewal; pending while none is running.
-async fn renewal_login(renewal: &mut Renewal) -> Result<AuthSession, AuthCallError> {
-    match renewal {
-        Renewal::LoggingIn(task) => match task.await {
-            Ok(result) => result,
-            Err(e) => Err(AuthCallError::Network(format!("login task: {e}"))),
-        },
-        _ => std::future::pending().await,
+impl<'a> Session<'a> {
+    fn new(
+        config: &'a Config,
+        device: &'a mut Device,
+        out: mpsc::Sender<Message>,
+        stream: SplitStream<Ws>,
+        login: Login<'a>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        Session {
+            config,
+            device,
+            out,
+            stream,
+            next_id: 1,
+            inflight: VecDeque::new(),
+            prev: StreamId::ZERO,
+            cursor: StreamId::ZERO,
+            cursor_ordinal: None,
+            retire: true,
+            held: VecDeque::new(),
+            held_retry_at: None,
+            renewal: Renewal::new(login.current),
+            login,
+            metrics: metrics.clone(),
+            downstream_backlog: None,
+        }
     }
 }
 
 impl Session<'_> {
-    /// The cursor's ordinal as published: empty when unknown.
-    fn ordinal_text(&self) -> String {
-        self.cursor_ordinal
-            .map(|o| o.to_string())
-            .unwrap_or_default()
+    /// Lets `out:x` drop what the hub acknowledged, up to `last` (see
+    /// [`crate::retention`]). A failed trim is logged and retried at the next
+    /// acknowledgement: it never ends the session.
+    async fn retire_acknowledged(&mut self, last: StreamId, entries: u64) {
+        match self.device.retire_acknowledged(last, entries).await {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.out_trimmed.inc_by(n);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not trim acknowledged entries from out:x"),
+        }
+    }
+
+    /// The acknowledged upstream cursor, as published.
+    fn upstream_status(&self) -> StatusUpdate {
+        StatusUpdate::upstream(self.cursor, self.cursor_ordinal)
+    }
+
+    /// Writes status fields. A full device Redis refuses them (`OOM`); status
+    /// is for people, so that is logged and the session goes on.
+    async fn publish(&mut self, update: &StatusUpdate) -> Result<(), SessionError> {
+        match self.device.publish(update).await {
+            Err(e) if crate::device::is_full(&e) => {
+                tracing::debug!("device Redis full: status not written");
+                Ok(())
+            }
+            r => Ok(r?),
+        }
     }
 
     fn request_id(&mut self) -> u64 {
@@ -355,7 +436,15 @@ impl Session<'_> {
     /// Queues a frame for the writer. Never waits: the queue is sized for
     /// everything the protocol lets be outstanding, so a full queue means the
     /// hub broke its push window.
-    fn send(&mut self, text: String) -> Result<(), SessionError> {
+    fn send<B: serde::Serialize>(
+        &mut self,
+        id: Option<u64>,
+        request: &Request<'_, B>,
+    ) -> Result<(), SessionError> {
+        let id = id.map(Value::from);
+        let text = request
+            .to_text(id.as_ref())
+            .map_err(|e| SessionError::Protocol(e.to_string()))?;
         self.out.try_send(Message::text(text)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 SessionError::Protocol("outgoing queue full".into())
@@ -364,48 +453,42 @@ impl Session<'_> {
         })
     }
 
-    fn send_frame<P: serde::Serialize>(
-        &mut self,
-        kind: &str,
-        id: Option<u64>,
-        payload: P,
-    ) -> Result<(), SessionError> {
-        let id = id.map(Value::from);
-        let text = Frame::new(kind, id.as_ref(), payload)
-            .to_text()
-            .map_err(|e| SessionError::Protocol(e.to_string()))?;
-        self.send(text)
+    /// The next text frame from the hub, within the handshake timeout.
+    async fn handshake_frame(&mut self, what: &str) -> Result<Utf8Bytes, SessionError> {
+        loop {
+            return match tokio::time::timeout(CONNECT_TIMEOUT, self.stream.next()).await {
+                Err(_) => Err(SessionError::Connect(format!("no reply to {what}"))),
+                Ok(None) => Err(SessionError::Closed(None)),
+                Ok(Some(Err(e))) => Err(SessionError::Connect(e.to_string())),
+                Ok(Some(Ok(Message::Text(t)))) => Ok(t),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    Err(SessionError::Closed(f.map(|f| u16::from(f.code))))
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+        }
     }
 
     /// `id`, then `subscribe`; returns the limits to batch by.
     async fn handshake(&mut self) -> Result<Limits, SessionError> {
         let id = self.request_id();
-        self.send_frame(kind::ID, Some(id), json!({}))?;
-        let reply: IdReply = loop {
-            let text = match tokio::time::timeout(CONNECT_TIMEOUT, self.stream.next()).await {
-                Err(_) => return Err(SessionError::Connect("no reply to id".into())),
-                Ok(None) => return Err(SessionError::Closed(None)),
-                Ok(Some(Err(e))) => return Err(SessionError::Connect(e.to_string())),
-                Ok(Some(Ok(Message::Text(t)))) => t,
-                Ok(Some(Ok(Message::Close(f)))) => {
-                    return Err(SessionError::Closed(f.map(|f| u16::from(f.code))));
-                }
-                Ok(Some(Ok(_))) => continue,
-            };
-            let env = Envelope::parse(text.as_str())
-                .map_err(|e| SessionError::Protocol(e.to_string()))?;
-            if env.id.as_ref().and_then(Value::as_u64) != Some(id) {
+        self.send(Some(id), &Request::<'_, Vec<Entry>>::Id)?;
+        let text = self.handshake_frame("id").await?;
+        let reply = match HubFrame::parse(text.as_str()) {
+            Err(e) => return Err(SessionError::Protocol(e.to_string())),
+            Ok((reply_id, _)) if reply_id.as_ref().and_then(Value::as_u64) != Some(id) => {
+                return Err(SessionError::Protocol(
+                    "expected the reply to id, got another frame".into(),
+                ));
+            }
+            Ok((_, HubFrame::Id(reply))) => reply,
+            Ok((_, HubFrame::Error { reply, .. })) => return Err(SessionError::Hub(reply)),
+            Ok((_, other)) => {
                 return Err(SessionError::Protocol(format!(
                     "expected the reply to id, got {}",
-                    env.kind
+                    other.kind()
                 )));
             }
-            if let Some(err) = env.error() {
-                return Err(SessionError::Hub(err));
-            }
-            break env
-                .payload()
-                .map_err(|e| SessionError::Protocol(e.to_string()))?;
         };
         self.cursor = reply.id;
         self.cursor_ordinal = self.device.saved_ordinal(reply.id).await?;
@@ -419,7 +502,17 @@ impl Session<'_> {
             .unwrap_or(self.config.batch_entries)
             .min(self.config.batch_entries)
             .max(1);
+        self.check_cursor().await?;
+        self.subscribe().await?;
+        Ok(Limits {
+            max_entries,
+            max_bytes: max_bytes.saturating_sub(uplink::ENVELOPE_RESERVE).max(1),
+        })
+    }
 
+    /// Publishes a warning when the hub's cursor is ahead of everything this
+    /// device ever produced (and clears an old one otherwise).
+    async fn check_cursor(&mut self) -> Result<(), SessionError> {
         let last_generated = self.device.last_generated().await?;
         let mut warning = String::new();
         if self.cursor > last_generated {
@@ -432,45 +525,44 @@ impl Session<'_> {
             );
             tracing::error!("{message}");
             warning = message;
+            // Entries the hub drops as duplicates are not safe in the cloud:
+            // leave them on the device for the operator.
+            self.retire = false;
         }
-        self.device
-            .publish(&[(status_fields::WARNING, warning)])
-            .await?;
-        let downstream = self.device.downstream_cursor().await?;
-        let broadcast = self.device.broadcast_cursor().await?;
-        self.subscribe_id = self.request_id();
-        self.send_frame(
-            kind::SUBSCRIBE,
-            Some(self.subscribe_id),
-            SubscribeRequest {
-                id: downstream,
-                broadcast_after: Some(broadcast),
-            },
-        )?;
-        tracing::info!(upstream = %self.cursor, %downstream, %broadcast, "connected to hub");
-        Ok(Limits {
-            max_entries,
-            max_bytes: max_bytes.saturating_sub(uplink::ENVELOPE_RESERVE).max(1),
-        })
+        if self.retire {
+            self.retire_acknowledged(self.cursor, 0).await;
+        }
+        let update = StatusUpdate {
+            warning: Some(warning),
+            ..StatusUpdate::default()
+        };
+        self.publish(&update).await
     }
 
-    async fn run(
-        &mut self,
-        limits: Limits,
-        shutdown: &CancellationToken,
-    ) -> Result<(), SessionError> {
-        self.device
-            .publish(&[
-                (status_fields::CONNECTED, "1".into()),
-                (status_fields::UPSTREAM, self.cursor.to_string()),
-                (status_fields::UPSTREAM_ORDINAL, self.ordinal_text()),
-                (status_fields::LAST_ERROR, String::new()),
-            ])
-            .await?;
+    /// Subscribes to the downstream from the cursors stored on the device.
+    async fn subscribe(&mut self) -> Result<(), SessionError> {
+        let downstream = self.device.downstream_cursor().await?;
+        let broadcast = self.device.broadcast_cursor().await?;
+        let id = self.request_id();
+        let subscribe = Request::<'_, Vec<Entry>>::Subscribe(SubscribeRequest {
+            id: downstream,
+            broadcast_after: Some(broadcast),
+        });
+        self.send(Some(id), &subscribe)?;
+        tracing::info!(upstream = %self.cursor, %downstream, %broadcast, "connected to hub");
+        Ok(())
+    }
+
+    /// Publishes the session as up and starts the upstream reader.
+    async fn start(&mut self, limits: Limits) -> Result<Loop, SessionError> {
+        let up = StatusUpdate {
+            last_error: Some(String::new()),
+            ..StatusUpdate::connected(self.cursor, self.cursor_ordinal)
+        };
+        self.publish(&up).await?;
         let reader_cancel = CancellationToken::new();
-        let _stop_reader = reader_cancel.clone().drop_guard();
         let reader = self.device.out_reader(uplink::READ_BLOCK).await?;
-        let (tx, mut batches) = mpsc::channel(1);
+        let (tx, batches) = mpsc::channel(1);
         tokio::spawn(uplink::read_batches(
             reader,
             self.device.clone(),
@@ -482,118 +574,152 @@ impl Session<'_> {
             tx,
             reader_cancel.clone(),
         ));
+        Ok(Loop {
+            batches,
+            reader_cancel,
+            heartbeat: tokio::time::interval(HEARTBEAT),
+            last_heard: Instant::now(),
+            published: self.cursor,
+            publish_at: None,
+            drain_deadline: None,
+        })
+    }
 
-        let window = self.config.inflight_batches.max(1);
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        let mut last_heard = Instant::now();
-        let mut published = self.cursor;
-        let mut publish_at: Option<Instant> = None;
-        let mut drain_deadline: Option<Instant> = None;
+    /// Sends batches and handles the hub's frames until shutdown (after the
+    /// batches in flight are acknowledged, or the drain timeout) or an error.
+    async fn run(
+        &mut self,
+        limits: Limits,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut lp = self.start(limits).await?;
+        let _stop_reader = lp.reader_cancel.clone().drop_guard();
         loop {
-            if drain_deadline.is_some() && self.inflight.is_empty() {
+            if lp.drain_deadline.is_some() && self.inflight.is_empty() {
                 self.close().await;
                 return Ok(());
             }
-            let idle_at = last_heard + self.config.idle_timeout;
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled(), if drain_deadline.is_none() => {
-                    tracing::info!(inflight = self.inflight.len(), "shutting down: finishing batches in flight");
-                    reader_cancel.cancel();
-                    drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+            match self.next_event(&mut lp, shutdown).await {
+                Event::Shutdown => {
+                    tracing::info!(
+                        inflight = self.inflight.len(),
+                        "shutting down: finishing batches in flight"
+                    );
+                    lp.reader_cancel.cancel();
+                    lp.drain_deadline = Some(Instant::now() + self.config.drain_timeout);
                 }
-                _ = tokio::time::sleep_until(drain_deadline.unwrap_or(idle_at)), if drain_deadline.is_some() => {
-                    tracing::warn!(inflight = self.inflight.len(), "drain timed out; unacknowledged batches will be resent at the next start");
+                Event::DrainTimedOut => {
+                    tracing::warn!(
+                        inflight = self.inflight.len(),
+                        "drain timed out; unacknowledged batches will be resent at the next start"
+                    );
                     self.close().await;
                     return Ok(());
                 }
-                msg = self.stream.next() => {
-                    last_heard = Instant::now();
-                    self.on_message(msg).await?;
-                    if self.cursor != published && publish_at.is_none() {
-                        publish_at = Some(last_heard + STATUS_DELAY);
-                    }
+                Event::Frame(msg) => self.on_frame(&mut lp, msg).await?,
+                Event::PublishUpstream => {
+                    lp.publish_at = None;
+                    lp.published = self.cursor;
+                    self.publish(&self.upstream_status()).await?;
                 }
-                _ = tokio::time::sleep_until(publish_at.unwrap_or(idle_at)), if publish_at.is_some() => {
-                    publish_at = None;
-                    published = self.cursor;
-                    self.device.publish(&[
-                        (status_fields::UPSTREAM, published.to_string()),
-                        (status_fields::UPSTREAM_ORDINAL, self.ordinal_text()),
-                    ]).await?;
-                }
-                batch = batches.recv(), if drain_deadline.is_none() && self.inflight.len() < window => {
-                    match batch {
-                        Some(Ok(batch)) => self.send_batch(batch).await?,
-                        Some(Err(e)) => return Err(e.into()),
-                        None => return Err(SessionError::Protocol("upstream reader stopped".into())),
-                    }
-                }
-                _ = tokio::time::sleep_until(idle_at) => return Err(SessionError::Idle),
-                _ = tokio::time::sleep_until(self.renew_at), if matches!(self.renewal, Renewal::Idle) && drain_deadline.is_none() => {
-                    let (auth, client, secret, current) = (
-                        self.login.auth.clone(),
-                        self.config.client_id.clone(),
-                        self.login.secret.to_owned(),
-                        self.login.current.clone(),
-                    );
-                    tracing::debug!("renewing the session token");
-                    self.renewal = Renewal::LoggingIn(tokio::spawn(async move {
-                        // Renewing by the live session costs lula-auth no
-                        // bcrypt; a full login is the fallback (an older
-                        // lula-auth, or a session it no longer knows).
-                        match auth.renew(&current).await {
-                            Ok(renewed) => Ok(renewed),
-                            Err(e) => {
-                                tracing::debug!(error = %e, "renewal refused; logging in");
-                                auth.login(&client, &secret).await
-                            }
-                        }
-                    }));
-                }
-                logged_in = renewal_login(&mut self.renewal) => match logged_in {
-                    Ok(new) => {
-                        let id = self.request_id();
-                        let renew = RenewRequest { token: new.token.expose().clone() };
-                        self.send_frame(kind::RENEW, Some(id), renew)?;
-                        self.renewal = Renewal::Sent(id, new);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the session token yet; retrying");
-                        self.renewal = Renewal::Idle;
-                        self.renew_at = Instant::now() + RENEW_RETRY;
-                    }
-                },
-                _ = heartbeat.tick() => {
-                    published = self.cursor;
-                    self.device.publish(&[
-                        (status_fields::CONNECTED, "1".into()),
-                        (status_fields::UPSTREAM, self.cursor.to_string()),
-                (status_fields::UPSTREAM_ORDINAL, self.ordinal_text()),
-                    ]).await?;
+                Event::Batch(batch) => self.on_batch(batch)?,
+                Event::Idle => return Err(SessionError::Idle),
+                Event::RenewDue => self.start_renewal(),
+                Event::LoggedIn(new) => self.send_renew(new)?,
+                Event::RetryHeld => self.store_held().await?,
+                Event::Heartbeat => {
+                    lp.published = self.cursor;
+                    self.publish(&StatusUpdate::connected(self.cursor, self.cursor_ordinal))
+                        .await?;
                 }
             }
         }
     }
 
-    async fn send_batch(&mut self, batch: Batch) -> Result<(), SessionError> {
+    /// Waits for the next thing to act on. Biased: shutdown first, then the
+    /// hub's frames before new batches.
+    async fn next_event(&mut self, lp: &mut Loop, shutdown: &CancellationToken) -> Event {
+        let idle_at = lp.last_heard + self.config.idle_timeout;
+        let draining = lp.drain_deadline.is_some();
+        let window = self.config.inflight_batches.max(1);
+        let renew_at = self.renewal.due_at().filter(|_| !draining);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if !draining => Event::Shutdown,
+            _ = sleep_until_some(lp.drain_deadline) => Event::DrainTimedOut,
+            msg = self.stream.next() => Event::Frame(msg),
+            _ = sleep_until_some(lp.publish_at) => Event::PublishUpstream,
+            batch = lp.batches.recv(), if !draining && self.inflight.len() < window => Event::Batch(batch),
+            _ = tokio::time::sleep_until(idle_at) => Event::Idle,
+            _ = sleep_until_some(renew_at) => Event::RenewDue,
+            new = self.renewal.logged_in() => Event::LoggedIn(new),
+            _ = lp.heartbeat.tick() => Event::Heartbeat,
+            _ = sleep_until_some(self.held_retry_at) => Event::RetryHeld,
+        }
+    }
+
+    /// A frame (or the end) from the hub; schedules publishing a moved cursor.
+    async fn on_frame(
+        &mut self,
+        lp: &mut Loop,
+        msg: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<(), SessionError> {
+        lp.last_heard = Instant::now();
+        self.on_message(msg).await?;
+        if self.cursor != lp.published && lp.publish_at.is_none() {
+            lp.publish_at = Some(lp.last_heard + STATUS_DELAY);
+        }
+        Ok(())
+    }
+
+    /// Sends the next upstream batch, naming the batch before it as `prev`.
+    fn on_batch(&mut self, batch: Option<Result<Batch, UplinkError>>) -> Result<(), SessionError> {
+        let batch = match batch {
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(SessionError::Protocol("upstream reader stopped".into())),
+        };
         let id = self.request_id();
-        let text = format!(
-            r#"{{"type":"{}","id":{id},"payload":{{"prev":"{}","entries":{}}}}}"#,
-            kind::XADDS,
-            self.prev,
-            batch.entries_json
-        );
-        self.send(text)?;
+        let request = Request::Xadds(XaddsRequest {
+            prev: Some(self.prev),
+            entries: &*batch.entries,
+        });
+        self.send(Some(id), &request)?;
         self.metrics
             .upstream_batch_entries
             .observe(batch.count as f64);
-        self.inflight
-            .push_back((id, batch.last, batch.last_ordinal));
+        self.inflight.push_back(InFlight {
+            id,
+            last: batch.last,
+            last_ordinal: batch.last_ordinal,
+        });
         self.prev = batch.last;
         Ok(())
     }
 
+    /// Starts logging in again for a renewal.
+    fn start_renewal(&mut self) {
+        let login = Credentials {
+            auth: self.login.auth.clone(),
+            client: self.config.client_id.clone(),
+            secret: self.login.secret.to_owned(),
+        };
+        self.renewal.start(login, self.login.current.clone());
+    }
+
+    /// Sends `renew` with the token of a finished login.
+    fn send_renew(&mut self, new: Option<AuthSession>) -> Result<(), SessionError> {
+        let Some(new) = new else { return Ok(()) };
+        let id = self.request_id();
+        let renew = Request::<'_, Vec<Entry>>::Renew(RenewRequest {
+            token: new.token.expose().clone(),
+        });
+        self.send(Some(id), &renew)?;
+        self.renewal.sent(new);
+        Ok(())
+    }
+
+    /// Handles one message from the hub: one method per frame kind.
     async fn on_message(
         &mut self,
         msg: Option<Result<Message, tungstenite::Error>>,
@@ -607,102 +733,12 @@ impl Session<'_> {
             }
             Some(Ok(_)) => return Ok(()),
         };
-        let env =
-            Envelope::parse(text.as_str()).map_err(|e| SessionError::Protocol(e.to_string()))?;
-        if env.kind == kind::PUSH {
-            let push: Push = env
-                .payload()
-                .map_err(|e| SessionError::Protocol(format!("bad push: {e}")))?;
-            return self.on_push(push).await;
-        }
-        if env.kind == kind::ERR {
-            let err = env
-                .error()
-                .unwrap_or_else(|| ErrorReply::bad_request("unspecified"));
-            return Err(SessionError::Protocol(format!(
-                "hub could not parse a frame: {}",
-                err.message
-            )));
-        }
-        let id = env.id.as_ref().and_then(Value::as_u64);
-        if let Renewal::Sent(renew_id, _) = &self.renewal
-            && id == Some(*renew_id)
-        {
-            let Renewal::Sent(_, new) = std::mem::replace(&mut self.renewal, Renewal::Idle) else {
-                return Ok(());
-            };
-            match env.error() {
-                None => {
-                    let expires = new
-                        .expires_at
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    self.renew_at = renew_time(&new);
-                    *self.login.current = new;
-                    self.metrics.renewals.inc();
-                    self.device
-                        .publish(&[(status_fields::SESSION_EXPIRES_AT, expires.to_string())])
-                        .await?;
-                    tracing::debug!("session token renewed on the live connection");
-                }
-                Some(err) => {
-                    // The hub will close at expiry; the next connection logs in.
-                    tracing::warn!(status = err.status, message = %err.message, "hub refused the renewed token");
-                    self.renew_at = Instant::now() + RENEW_RETRY;
-                }
-            }
-            return Ok(());
-        }
-        if let Some(err) = env.error() {
-            return Err(SessionError::Hub(err));
-        }
-        match id {
-            Some(id) if Some(id) == self.inflight.front().map(|(i, _, _)| *i) => {
-                let (_, last, last_ordinal) =
-                    self.inflight
-                        .pop_front()
-                        .unwrap_or((id, self.cursor, self.cursor_ordinal));
-                let reply: XaddsReply = env
-                    .payload()
-                    .map_err(|e| SessionError::Protocol(format!("bad xadds reply: {e}")))?;
-                // The hub's cursor can be ahead of our batch only if another
-                // daemon with this identity sent more; never behind it.
-                if reply.id < last {
-                    return Err(SessionError::Protocol(format!(
-                        "hub acknowledged {} for a batch ending at {last}",
-                        reply.id
-                    )));
-                }
-                self.cursor = reply.id;
-                // Ahead of our batch only if another daemon sent more: then we
-                // do not know where in out:x the cursor is.
-                self.cursor_ordinal = if reply.id == last { last_ordinal } else { None };
-                self.metrics
-                    .upstream_entries
-                    .inc_by(reply.added + reply.duplicates);
-                self.metrics.upstream_duplicates.inc_by(reply.duplicates);
-                if let Some(ordinal) = self.cursor_ordinal {
-                    let added = self
-                        .metrics
-                        .out_added
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    self.metrics
-                        .upstream_lag
-                        .set(added.saturating_sub(ordinal) as i64);
-                }
-                if reply.duplicates > 0 {
-                    tracing::debug!(
-                        duplicates = reply.duplicates,
-                        "hub already had some entries"
-                    );
-                }
-                Ok(())
-            }
-            Some(id) if id == self.subscribe_id => {
-                let reply: SubscribeReply = env
-                    .payload()
-                    .map_err(|e| SessionError::Protocol(format!("bad subscribe reply: {e}")))?;
+        let (id, frame) =
+            HubFrame::parse(text.as_str()).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        match frame {
+            HubFrame::Push(push) => self.on_push(push).await,
+            HubFrame::Xadds(reply) => self.on_acknowledged(id, reply).await,
+            HubFrame::Subscribe(reply) => {
                 if reply.broadcast_after.is_none() {
                     tracing::warn!(
                         "the hub does not push broadcasts (older than broadcasts?); direct messages still arrive"
@@ -710,35 +746,169 @@ impl Session<'_> {
                 }
                 Ok(())
             }
-            _ => Err(SessionError::Protocol(format!(
+            HubFrame::Renew(_) => self.on_renewed(Ok(())).await,
+            HubFrame::Error { kind, reply }
+                if kind == kind::RENEW && self.renewal.awaiting_reply() =>
+            {
+                self.on_renewed(Err(reply)).await
+            }
+            HubFrame::Error { kind, reply } if kind == kind::ERR => Err(SessionError::Protocol(
+                format!("hub could not parse a frame: {}", reply.message),
+            )),
+            HubFrame::Error { reply, .. } => Err(SessionError::Hub(reply)),
+            other => Err(SessionError::Protocol(format!(
                 "unexpected {} frame",
-                env.kind
+                other.kind()
             ))),
         }
     }
 
+    /// The hub's reply to `renew`: switch to the new session when accepted.
+    async fn on_renewed(&mut self, result: Result<(), ErrorReply>) -> Result<(), SessionError> {
+        if !self.renewal.awaiting_reply() {
+            return Err(SessionError::Protocol("unexpected renew frame".into()));
+        }
+        if let Some(new) = self.renewal.replied(result) {
+            let expires = StatusUpdate::session_expires(new.expires_at);
+            *self.login.current = new;
+            self.metrics.renewals.inc();
+            self.publish(&expires).await?;
+        }
+        Ok(())
+    }
+
+    /// The hub's reply to the oldest batch in flight: the cursor moves.
+    async fn on_acknowledged(
+        &mut self,
+        id: Option<Value>,
+        reply: XaddsReply,
+    ) -> Result<(), SessionError> {
+        let expected = self.inflight.front().map(|b| b.id);
+        let Some(batch) = self
+            .inflight
+            .pop_front()
+            .filter(|_| id.as_ref().and_then(Value::as_u64) == expected)
+        else {
+            return Err(SessionError::Protocol("unexpected xadds frame".into()));
+        };
+        // The hub's cursor can be ahead of our batch only if another
+        // daemon with this identity sent more; never behind it.
+        if reply.id < batch.last {
+            return Err(SessionError::Protocol(format!(
+                "hub acknowledged {} for a batch ending at {}",
+                reply.id, batch.last
+            )));
+        }
+        self.cursor = reply.id;
+        if self.retire {
+            self.retire_acknowledged(batch.last, reply.added + reply.duplicates)
+                .await;
+        }
+        // Ahead of our batch only if another daemon sent more: then we
+        // do not know where in out:x the cursor is.
+        self.cursor_ordinal = if reply.id == batch.last {
+            batch.last_ordinal
+        } else {
+            None
+        };
+        self.metrics
+            .upstream_entries
+            .inc_by(reply.added + reply.duplicates);
+        self.metrics.upstream_duplicates.inc_by(reply.duplicates);
+        if let Some(ordinal) = self.cursor_ordinal {
+            let added = self
+                .metrics
+                .out_added
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .upstream_lag
+                .set(added.saturating_sub(ordinal) as i64);
+        }
+        if reply.duplicates > 0 {
+            tracing::debug!(
+                duplicates = reply.duplicates,
+                "hub already had some entries"
+            );
+        }
+        Ok(())
+    }
+
     /// Stores a pushed frame with its stream's cursor in one script, then
-    /// acknowledges it on that stream.
+    /// acknowledges it on that stream. While the device Redis is full, frames
+    /// wait (in order) and are stored when it has room again: the hub sends
+    /// no more than its window without acknowledgements, so the wait is
+    /// bounded, and upstream goes on meanwhile.
     async fn on_push(&mut self, push: Push) -> Result<(), SessionError> {
-        let stream = push.stream;
-        if stream == PushStream::Direct
+        if push.stream == PushStream::Direct
             && let Some(backlog) = push.backlog
             && self.downstream_backlog != Some(backlog)
         {
             // Only when it changes: a caught-up device gets 0 with every push.
             self.downstream_backlog = Some(backlog);
             self.metrics.downstream_backlog.set(backlog as i64);
-            self.device
-                .publish(&[(status_fields::DOWNSTREAM_BACKLOG, backlog.to_string())])
-                .await?;
+            let update = StatusUpdate {
+                downstream_backlog: Some(backlog),
+                ..StatusUpdate::default()
+            };
+            self.publish(&update).await?;
         }
+        self.held.push_back(push);
+        if self.held.len() == 1 {
+            self.store_held().await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the waiting frames, oldest first, until one does not fit: then
+    /// tries again in [`HELD_RETRY`].
+    async fn store_held(&mut self) -> Result<(), SessionError> {
+        self.held_retry_at = None;
+        while let Some(push) = self.held.pop_front() {
+            match self.store_push(&push).await {
+                Ok(ack) => {
+                    if let Some(ack) = ack {
+                        self.send(None, &ack)?;
+                    }
+                }
+                Err(SessionError::Device(e)) if crate::device::is_full(&e) => {
+                    self.held.push_front(push);
+                    tracing::warn!(
+                        frames = self.held.len(),
+                        "device Redis full (maxmemory): pushed messages wait until there is room"
+                    );
+                    self.held_retry_at = Some(Instant::now() + HELD_RETRY);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores one pushed frame; returns the acknowledgement to send, if any.
+    async fn store_push(
+        &mut self,
+        push: &Push,
+    ) -> Result<Option<Request<'static, Vec<Entry>>>, SessionError> {
+        let stream = push.stream;
         // Gaps are reported on the broadcast stream only (the hub reports
         // none on the out stream, whose retention is the cloud's business).
         let gap = push.gap.filter(|_| stream == PushStream::Broadcast);
-        if push.entries.is_empty() && gap.is_none() {
-            return Ok(());
+        let expired = push.expired.unwrap_or(0);
+        if push.entries.is_empty() && gap.is_none() && expired == 0 {
+            return Ok(None);
         }
-        let stored = self.device.store(stream, push.entries, gap).await?;
+        let stored = self
+            .device
+            .store(stream, &push.entries, gap, expired)
+            .await?;
+        if expired > 0 {
+            self.metrics.downstream_expired.inc_by(expired);
+            tracing::warn!(
+                expired,
+                "messages for this device expired on the hub before delivery (expiresAt or --downstream-max-age)"
+            );
+        }
         let counter = match stream {
             PushStream::Direct => &self.metrics.downstream_entries,
             PushStream::Broadcast => &self.metrics.broadcast_entries,
@@ -753,14 +923,10 @@ impl Session<'_> {
                 "missed broadcasts: the hub deleted them (retention) before this device received them"
             );
         }
-        self.send_frame(
-            kind::ACK,
-            None,
-            Ack {
-                id: stored.cursor,
-                stream,
-            },
-        )
+        Ok(Some(Request::Ack(Ack {
+            id: stored.cursor,
+            stream,
+        })))
     }
 
     /// Publishes the final status, then queues the close frame. In that order:
@@ -768,40 +934,24 @@ impl Session<'_> {
     /// session must return without awaiting anything else, or its caller would
     /// see the writer's end first and report it as an error.
     async fn close(&mut self) {
-        let _ = self
-            .device
-            .publish(&[
-                (status_fields::CONNECTED, "0".into()),
-                (status_fields::UPSTREAM, self.cursor.to_string()),
-                (status_fields::UPSTREAM_ORDINAL, self.ordinal_text()),
-            ])
-            .await;
+        let down = StatusUpdate {
+            connected: Some(false),
+            ..self.upstream_status()
+        };
+        let _ = self.device.publish(&down).await;
+        let reason = CloseReason::Normal;
         let frame = CloseFrame {
-            code: CloseCode::from(close::NORMAL),
-            reason: "client shutting down".into(),
+            code: CloseCode::from(reason.code()),
+            reason: reason.text().into(),
         };
         let _ = self.out.try_send(Message::Close(Some(frame)));
     }
 }
 
-/// Sends queued frames, coalescing whatever is queued into one flush. Ends after
-/// a close frame, when the queue closes, or on a socket error.
-async fn write_loop(
-    mut sink: SplitSink<Ws, Message>,
-    mut rx: mpsc::Receiver<Message>,
-) -> Result<(), tungstenite::Error> {
-    while let Some(msg) = rx.recv().await {
-        let mut closing = matches!(msg, Message::Close(_));
-        sink.feed(msg).await?;
-        while !closing && let Ok(more) = rx.try_recv() {
-            closing = matches!(more, Message::Close(_));
-            sink.feed(more).await?;
-        }
-        sink.flush().await?;
-        if closing {
-            break;
-        }
+/// Sleeps until `at`; never resolves when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
-    let _ = sink.close().await;
-    Ok(())
 }

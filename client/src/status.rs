@@ -10,8 +10,9 @@ use lula_protocol::keys::DeviceKeys;
 use redis::AsyncCommands;
 use serde::Serialize;
 
-use crate::device::{BROADCAST_FIELD, DOWNSTREAM_FIELD, count_after, now_ms, status_fields};
+use crate::device::{BROADCAST_FIELD, DOWNSTREAM_FIELD, count_after, now_ms};
 use crate::identity::{IDENTITY_FILE, Identity};
+use crate::published::status_fields;
 
 /// A daemon whose last status write is older than this is not running.
 const STALE_AFTER: Duration = Duration::from_secs(15);
@@ -45,6 +46,10 @@ pub struct StatusReport {
     pub broadcast_gaps: u64,
     /// The most recent such finding.
     pub last_broadcast_gap: Option<String>,
+    /// Messages for this device that expired on the hub before delivery.
+    pub expired: u64,
+    /// The most recent such report.
+    pub last_expired: Option<String>,
     /// The daemon's most recent error.
     pub last_error: Option<String>,
     /// Epoch seconds when the session token expires.
@@ -104,6 +109,10 @@ pub async fn status(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         last_broadcast_gap: get(status_fields::LAST_BROADCAST_GAP),
+        expired: get(status_fields::EXPIRED)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        last_expired: get(status_fields::LAST_EXPIRED),
         last_error: get(status_fields::LAST_ERROR),
         session_expires_at: get(status_fields::SESSION_EXPIRES_AT).and_then(|v| v.parse().ok()),
         gaps: get(status_fields::GAPS)
@@ -116,6 +125,15 @@ pub async fn status(
 
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_daemon(f)?;
+        self.fmt_cursors(f)?;
+        self.fmt_problems(f)
+    }
+}
+
+impl StatusReport {
+    /// Identity, connection and the upstream cursor.
+    fn fmt_daemon(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ago = |ms: u64| {
             humantime::format_duration(Duration::from_secs(now_ms().saturating_sub(ms) / 1000))
         };
@@ -144,6 +162,11 @@ impl fmt::Display for StatusReport {
                 "upstream cursor:    unknown (never acknowledged by the hub)"
             )?,
         }
+        Ok(())
+    }
+
+    /// Backlogs both ways, the other cursors and the session's expiry.
+    fn fmt_cursors(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "upstream backlog:   {} entries waiting in out:x",
@@ -186,6 +209,11 @@ impl fmt::Display for StatusReport {
                 humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
             )?;
         }
+        Ok(())
+    }
+
+    /// Losses, warnings and the last error.
+    fn fmt_problems(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.last_gap, self.gaps) {
             (Some(gap), n) if n > 0 => writeln!(f, "lost before sync:   {n} time(s); last: {gap}")?,
             _ => writeln!(f, "lost before sync:   none")?,
@@ -196,6 +224,13 @@ impl fmt::Display for StatusReport {
                 "missed broadcasts:  {n} time(s) (trimmed by the hub's retention first); last: {gap}"
             )?,
             _ => writeln!(f, "missed broadcasts:  none")?,
+        }
+        match (&self.last_expired, self.expired) {
+            (Some(last), n) if n > 0 => writeln!(
+                f,
+                "expired messages:   {n} (not delivered: past expiresAt or --downstream-max-age); last: {last}"
+            )?,
+            _ => writeln!(f, "expired messages:   none")?,
         }
         if let Some(w) = &self.warning {
             writeln!(f, "WARNING:            {w}")?;

@@ -22,8 +22,11 @@ use redis::RedisError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use serde_json::value::RawValue;
+
 use crate::device::{Device, OutRead, OutReader, status_fields};
 use crate::metrics::Metrics;
+use crate::published::StatusUpdate;
 use std::sync::Arc;
 
 /// How long one `XREAD` on the out stream blocks before it is issued again.
@@ -34,7 +37,7 @@ pub const READ_BLOCK: Duration = Duration::from_secs(1);
 pub const ENVELOPE_RESERVE: usize = 256;
 
 /// Consecutive out-stream entries, encoded and ready to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Batch {
     /// Id of the first entry.
     pub first: StreamId,
@@ -44,8 +47,8 @@ pub struct Batch {
     pub count: usize,
     /// The last entry's ordinal in the stream, when known (see [`Tracker`]).
     pub last_ordinal: Option<u64>,
-    /// The entries as a JSON array.
-    pub entries_json: String,
+    /// The entries as a JSON array, encoded once here and sent as they are.
+    pub entries: Box<RawValue>,
 }
 
 /// Why the reader stopped.
@@ -117,20 +120,20 @@ pub fn take_batch(
         return Ok(None);
     }
     json.push(b']');
-    // serde_json writes UTF-8 only; this check cannot fail and costs one pass.
-    let entries_json = String::from_utf8(json).map_err(|e| {
-        RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "entry encoding",
-            e.to_string(),
-        ))
-    })?;
+    // serde_json writes UTF-8 and JSON only; these checks cannot fail and
+    // cost a pass each.
+    let entries = String::from_utf8(json)
+        .map_err(|e| e.to_string())
+        .and_then(|text| RawValue::from_string(text).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            RedisError::from((redis::ErrorKind::UnexpectedReturnType, "entry encoding", e))
+        })?;
     Ok(Some(Batch {
         first,
         last,
         count,
         last_ordinal: None,
-        entries_json,
+        entries,
     }))
 }
 
@@ -327,15 +330,12 @@ pub async fn read_batches(
 async fn report_gap(device: &mut Device, gap: &Gap) {
     tracing::warn!(%gap, "entries lost before sync; carrying on with the rest");
     let _ = device.count(status_fields::GAPS, 1).await;
-    let _ = device
-        .publish(&[(
-            status_fields::LAST_GAP,
-            format!(
-                "{gap} (noticed {})",
-                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            ),
-        )])
-        .await;
+    let noticed = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let update = StatusUpdate {
+        last_gap: Some(format!("{gap} (noticed {noticed})")),
+        ..StatusUpdate::default()
+    };
+    let _ = device.publish(&update).await;
 }
 
 #[cfg(test)]
@@ -356,7 +356,7 @@ mod tests {
             (b.first, b.last, b.count),
             (StreamId::new(1, 0), StreamId::new(4, 0), 4)
         );
-        let parsed: Vec<Entry> = serde_json::from_str(&b.entries_json).unwrap();
+        let parsed: Vec<Entry> = serde_json::from_str(b.entries.get()).unwrap();
         assert_eq!(
             parsed.iter().map(|e| e.id.ms).collect::<Vec<_>>(),
             [1, 2, 3, 4]
@@ -364,7 +364,7 @@ mod tests {
         // one entry encodes to about 40 bytes; a 100-byte budget holds two
         let b = take_batch(&mut pending, 100, 100).unwrap().unwrap();
         assert_eq!(b.count, 2);
-        assert!(b.entries_json.len() <= 100);
+        assert!(b.entries.get().len() <= 100);
         assert_eq!(pending.front().unwrap().id, StreamId::new(7, 0));
     }
 

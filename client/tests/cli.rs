@@ -1,9 +1,9 @@
 //! The `lula-client` binary as operators run it: logs as JSON lines for log
 //! pipelines, and secrets in none of its output.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lula_testkit::RedisServer;
 
@@ -33,16 +33,38 @@ fn json_logs_are_one_object_a_line_and_never_show_the_secrets() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Read the lines as they are written until the failed registration is
+    // logged among at least two lines (a generous deadline, not a fixed
+    // wait), then the rest.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let enough =
+        |seen: &[String]| seen.len() >= 2 && seen.iter().any(|l| l.contains("registration failed"));
+    while !enough(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "no failed registration logged within 30s:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
     child.kill().unwrap();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
     let _ = child.wait();
+    reader.join().unwrap();
+    seen.extend(rx.try_iter());
+    let logs = seen.join("\n");
 
     let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 2, "too few log lines:\n{logs}");

@@ -89,6 +89,7 @@ impl ClientProcess {
             .arg(device.state_dir())
             .args(["--batch-entries", &c.batch_entries.to_string()])
             .args(["--inflight-batches", &c.inflight_batches.to_string()])
+            .args(["--keep-acked", &c.keep_acked.to_string()])
             .arg("--register-retry")
             .arg(humantime_ms(c.register_retry))
             .arg("--max-backoff")

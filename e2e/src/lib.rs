@@ -13,7 +13,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use lula_protocol::keys::{AuthKeys, DeviceKeys, HubKeys, IngestLayout};
 use lula_protocol::redis_value::entries_from_range;
@@ -241,8 +242,12 @@ pub struct Cloud {
     redis_cluster: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
     broadcast_retention: Option<(Duration, Duration)>,
+    downstream_max_age: Option<Duration>,
     auth_addr: SocketAddr,
     hub_addr: SocketAddr,
+    /// Seconds the hubs' clock is ahead of the system clock (negative:
+    /// behind); read at every look, so it can change while hubs run.
+    hub_clock_offset: Arc<AtomicI64>,
     _auth: Isolated,
     hub: Option<Isolated>,
 }
@@ -302,8 +307,10 @@ impl Cloud {
             redis_cluster,
             tls: options.tls,
             broadcast_retention: options.broadcast_retention,
+            downstream_max_age: None,
             auth_addr,
             hub_addr,
+            hub_clock_offset: Arc::default(),
             _auth: auth,
             hub: None,
         };
@@ -323,6 +330,11 @@ impl Cloud {
         }
     }
 
+    /// Sets the `--downstream-max-age` of hubs started from now on.
+    pub fn set_downstream_max_age(&mut self, max_age: Option<Duration>) {
+        self.downstream_max_age = max_age;
+    }
+
     /// Sets the `--broadcast-retention` and trim interval of hubs started
     /// from now on (`None`: their defaults).
     pub fn set_broadcast_retention(&mut self, retention: Option<(Duration, Duration)>) {
@@ -340,6 +352,15 @@ impl Cloud {
         }));
     }
 
+    /// Sets the hubs' clock (the one they judge tokens' expiry by) `secs`
+    /// seconds ahead of the system clock (negative: behind), at once for the
+    /// hubs running and those started later; lula-auth and the devices keep
+    /// the system clock. A test makes a device's token expired for the hub
+    /// while the device still thinks it good, or gives renewals slack.
+    pub fn set_hub_clock_offset(&self, secs: i64) {
+        self.hub_clock_offset.store(secs, Ordering::SeqCst);
+    }
+
     /// The cloud Redis URL hubs and auth use.
     pub fn redis_url(&self) -> &str {
         &self.redis_url
@@ -348,6 +369,16 @@ impl Cloud {
     /// The configuration every hub of this cloud runs with.
     pub fn hub_config(&self) -> lula_hub::Config {
         let mut config = lula_hub::Config::new(self.redis_url.clone());
+        let offset = self.hub_clock_offset.clone();
+        config.clock = lula_hub::Clock::from_fn(move || {
+            let secs = offset.load(Ordering::SeqCst);
+            let shift = Duration::from_secs(secs.unsigned_abs());
+            if secs >= 0 {
+                SystemTime::now() + shift
+            } else {
+                SystemTime::now() - shift
+            }
+        });
         config.serve.tls = self.tls.clone();
         config.redis_cluster = self.redis_cluster;
         config.ingest_partitions = self.layout.partitions();
@@ -355,6 +386,7 @@ impl Cloud {
             config.broadcast_retention = retention;
             config.broadcast_trim_interval = every;
         }
+        config.downstream_max_age = self.downstream_max_age;
         config
     }
 
@@ -554,6 +586,9 @@ impl Device {
         config.register_retry = Duration::from_millis(500);
         config.min_backoff = Duration::from_millis(50);
         config.max_backoff = Duration::from_millis(500);
+        // Tests compare the cloud with out:x, so the device keeps all of it;
+        // the retention tests set their own.
+        config.keep_acked = lula_client::retention::KeepAcked::All;
         Device {
             redis,
             keys: DeviceKeys::default(),

@@ -8,6 +8,36 @@ use lula_protocol::rpc;
 use lula_protocol::{ClientId, StreamId};
 use tokio_util::sync::CancellationToken;
 
+/// Waits until the device's request handler has taken its starting point
+/// (the end of `in:x` on its first run): requests after that are answered,
+/// earlier ones would not be.
+async fn wait_for_handler_start(device: &Device) {
+    lula_testkit::eventually(
+        "the request handler to take its starting point",
+        Duration::from_secs(60),
+        || async {
+            let cursor: Option<String> = redis::cmd("HGET")
+                .arg(device.keys.state())
+                .arg(lula_client::rpc::RPC_CURSOR_FIELD)
+                .query_async(&mut device.conn().await)
+                .await
+                .unwrap();
+            cursor.map(|_| ())
+        },
+    )
+    .await;
+}
+
+/// Entries of the device's `out:x` that answer a request.
+async fn answers_on_device(device: &Device) -> usize {
+    device
+        .out_entries()
+        .await
+        .iter()
+        .filter(|e| rpc::answers(e).is_some())
+        .count()
+}
+
 /// A cloud service that answers every request in `lula-hub:in:x` with
 /// `echo <method>` plus the request's arguments, until `stop`.
 fn cloud_responder(cloud: &Cloud, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -135,8 +165,7 @@ async fn the_device_answers_each_cloud_request_exactly_once_across_restarts() {
     };
     let stop = CancellationToken::new();
     let server = serve(stop.clone());
-    // Give the handler its starting point before the first request.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_handler_start(&device).await;
 
     let mut requests = Vec::new();
     let send = |n: u64| {
@@ -153,8 +182,11 @@ async fn the_device_answers_each_cloud_request_exactly_once_across_restarts() {
     for n in 0..3u64 {
         requests.push((send(n).await, n));
     }
-    // The handler restarts in the middle.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The handler restarts in the middle, once it has answered something.
+    lula_testkit::eventually("a first answer", Duration::from_secs(60), || async {
+        (answers_on_device(&device).await >= 1).then_some(())
+    })
+    .await;
     stop.cancel();
     server.await.unwrap();
     for n in 3..5u64 {
@@ -217,7 +249,7 @@ async fn a_cloud_service_calls_a_device_and_an_offline_one_times_out() {
             .unwrap();
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_handler_start(&device).await;
     let client: ClientId = "dev-1".parse().unwrap();
     let mut conn = lula_client::rpc::connect(cloud.redis_url()).await.unwrap();
     let answer = lula_hub::rpc::call(

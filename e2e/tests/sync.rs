@@ -179,10 +179,35 @@ async fn client_killed_and_restarted_resumes_without_loss_or_duplicates() {
     assert!(device.status().await.registered);
 }
 
+/// Sessions lula-auth holds for `client`: one per login.
+async fn sessions_of(cloud: &Cloud, client: &str) -> u64 {
+    let client: ClientId = client.parse().unwrap();
+    redis::cmd("ZCARD")
+        .arg(cloud.auth_keys.client_sessions(&client))
+        .query_async(&mut cloud.conn().await)
+        .await
+        .unwrap()
+}
+
+/// The connection of `client` the hub's fleet record names (`<hub>/<conn>`).
+async fn connection_of(cloud: &Cloud, client: &str) -> Option<String> {
+    let client: ClientId = client.parse().unwrap();
+    redis::cmd("HGET")
+        .arg(cloud.keys.device(&client))
+        .arg("owner")
+        .query_async(&mut cloud.conn().await)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_leads_to_a_fresh_login() {
+    // Hour-long tokens: the daemon logs in before connecting only when its
+    // token has less than 30 s left by its own clock, which never happens
+    // here. So the only way to a second login is the hub refusing the token.
+    let ttl = Duration::from_secs(3600);
     let mut cloud = Cloud::start_with(CloudOptions {
-        token_ttl: Duration::from_secs(2),
+        token_ttl: ttl,
         ..Default::default()
     })
     .await;
@@ -191,16 +216,25 @@ async fn an_expired_token_leads_to_a_fresh_login() {
     device.start();
     device.produce(0, 100).await;
     wait_upstream(&cloud, "dev-1", 100).await;
-    let first = device.status().await.session_expires_at.unwrap();
+    assert_eq!(sessions_of(&cloud, "dev-1").await, 1);
 
-    // Connections outlive tokens; a reconnect after expiry needs a new one.
+    // The hub comes back an hour and a minute later by its clock: the token
+    // the daemon reconnects with has expired there (401) though the daemon
+    // still thinks it good, and the daemon must log in again.
     cloud.kill_hub();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    cloud.set_hub_clock_offset(ttl.as_secs() as i64 + 60);
     cloud.start_hub();
+    eventually("the daemon to log in again", WAIT, || async {
+        (sessions_of(&cloud, "dev-1").await >= 2).then_some(())
+    })
+    .await;
+    // Every token lula-auth issues is expired by that clock too, so the
+    // daemon keeps logging in until the hub's clock is back.
+    cloud.set_hub_clock_offset(0);
     device.produce(100, 200).await;
     wait_upstream(&cloud, "dev-1", 200).await;
-    let second = device.status().await.session_expires_at.unwrap();
-    assert!(second > first, "no fresh login: {first} then {second}");
+    let status = device.status().await;
+    assert!(status.connected, "{status:?}");
     assert_exactly_once(&cloud, &device, "dev-1").await;
 }
 
@@ -265,12 +299,22 @@ async fn a_session_is_renewed_on_the_live_connection_without_reconnecting() {
         ..Default::default()
     })
     .await;
+    // The daemon renews 1 s before its 4 s token runs out by its clock; the
+    // hub's clock runs 6 s behind, so it ends a connection 10 s after its
+    // token was issued: 7 s for a renewal to get through on a busy machine
+    // rather than 1, and still no connection outlives the 12 s below
+    // without renewing in place.
+    cloud.set_hub_clock_offset(-6);
     let otp = cloud.provision("dev-1").await;
     let mut device = Device::new(&cloud, "dev-1", &otp);
     device.start();
     device.produce(0, 10).await;
     wait_upstream(&cloud, "dev-1", 10).await;
     let first = device.status().await.session_expires_at.unwrap();
+    let connection = eventually("the hub to record the connection", WAIT, || async {
+        connection_of(&cloud, "dev-1").await
+    })
+    .await;
     // Three token lifetimes; the hub closes a connection whose token expires,
     // so the connection survives only if the client renews it in place.
     for i in 0..6 {
@@ -286,6 +330,13 @@ async fn a_session_is_renewed_on_the_live_connection_without_reconnecting() {
     assert!(status.connected, "{status:?}");
     // Any disconnect would have been recorded as the last error.
     assert_eq!(status.last_error, None, "{status:?}");
+    // A reconnect clears that error, though; the hub's record names the
+    // connection, which must be the first one still.
+    assert_eq!(
+        connection_of(&cloud, "dev-1").await,
+        Some(connection),
+        "the device reconnected instead of renewing in place"
+    );
     assert_exactly_once(&cloud, &device, "dev-1").await;
 }
 

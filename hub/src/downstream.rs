@@ -31,13 +31,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backlog::count_after;
 use crate::metrics::HubMetrics;
 use axum::extract::ws::Message;
 use futures_util::StreamExt;
 use lula_protocol::limits::{
-    BACKLOG_COUNT_CAP, PUSH_BATCH_ENTRIES, PUSH_WINDOW_ENTRIES, XREAD_MAX_BLOCK, XREAD_MAX_COUNT,
+    PUSH_BATCH_ENTRIES, PUSH_WINDOW_ENTRIES, XREAD_MAX_BLOCK, XREAD_MAX_COUNT,
 };
-use lula_protocol::message::{ErrorReply, Frame, Push, PushStream, XreadRequest, kind, status};
+use lula_protocol::message::{
+    ErrorReply, HubFrame, Push, PushStream, XreadReply, XreadRequest, kind,
+};
 use lula_protocol::redis_value::entries_from_read;
 use lula_protocol::{Entry, StreamId};
 use lula_runtime::redis::{NodeAddr, RedisConn, RedisTarget, node_client};
@@ -206,7 +209,7 @@ pub struct Watched {
     /// Readers to wake when their out stream changes.
     pub wakers: Arc<Wakers>,
     /// lula-auth's revocations (`lula-auth:revoked`), when lula-auth shares
-    /// the hub's Redis (otherwise [`watch_revocations`] listens on lula-auth's
+    /// the hub's Redis (otherwise [`crate::revocation::watch`] listens on lula-auth's
     /// own).
     pub revocations: Option<crate::session::Revocations>,
     /// Connections to close when their session is revoked or a newer
@@ -303,168 +306,207 @@ pub async fn watch(
     poll: Duration,
     shutdown: CancellationToken,
 ) {
-    let Watched {
-        out_pattern,
-        broadcast_pattern,
-        wakers,
-        revocations,
-        live,
-        connections,
-    } = watched;
     // The broadcast stream lives on one master of a cluster, like any key;
     // subscribing to it on every master finds it wherever it is.
     let channel_patterns = [
-        format!("__keyspace@*__:{out_pattern}"),
-        format!("__keyspace@*__:{broadcast_pattern}"),
+        format!("__keyspace@*__:{}", watched.out_pattern),
+        format!("__keyspace@*__:{}", watched.broadcast_pattern),
     ];
+    let mut channels = vec![watched.connections.clone()];
+    channels.extend(watched.revocations.as_ref().map(|r| r.channel().to_owned()));
     loop {
         let discovered = tokio::select! {
             _ = shutdown.cancelled() => return,
             d = discover(&target, &mut redis) => d,
         };
-        let mut nodes = match discovered {
-            Ok(nodes) => nodes,
+        let subscribed = match discovered {
+            Ok(mut nodes) => {
+                let subscribing = subscribe(&mut nodes, &channel_patterns, &channels);
+                match shutdown.run_until_cancelled(subscribing).await {
+                    None => return,
+                    Some(subscribed) => subscribed.map(|s| (nodes, s)),
+                }
+            }
+            Err(e) => Err(format!("cannot find the servers to subscribe to: {e}")),
+        };
+        let (nodes, subscriptions) = match subscribed {
+            Ok(ok) => ok,
             Err(e) => {
-                tracing::warn!(error = %e, "downstream watch: cannot find the servers to subscribe to; polling meanwhile");
-                if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
+                tracing::warn!(error = %e, "downstream watch: pub/sub failed; polling meanwhile");
+                if poll_until(&watched.wakers, poll, RETRY_PAUSE, &shutdown).await {
                     return;
                 }
                 continue;
             }
         };
-        let masters: Vec<Option<NodeAddr>> = nodes.iter().map(|n| n.addr.clone()).collect();
-        let mut notifying = true;
-        for node in &mut nodes {
-            let on = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                on = node.control.ensure_keyspace_events() => on,
-            };
-            notifying &= on;
+        let listening = Listening {
+            target: &target,
+            redis: &mut redis,
+            watched: &watched,
+            poll,
+            nodes,
+            subscriptions,
+        };
+        if shutdown
+            .run_until_cancelled(listening.run())
+            .await
+            .is_none()
+        {
+            return;
         }
-        let mut sinks = Vec::with_capacity(nodes.len());
-        let mut streams = Vec::with_capacity(nodes.len());
-        let mut failed = None;
-        for (i, node) in nodes.iter().enumerate() {
-            let at = node
-                .addr
-                .as_ref()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            let connected = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                c = tokio::time::timeout(WATCH_TIMEOUT, node.client.get_async_pubsub()) => c,
-            };
-            let mut pubsub = match connected {
+        watched.wakers.wake_all();
+        if pause(&shutdown, RETRY_PAUSE.min(poll)).await {
+            return;
+        }
+    }
+}
+
+/// The pub/sub connections of every node, subscribed.
+struct Subscriptions {
+    /// Whether every node sends keyspace notifications.
+    notifying: bool,
+    /// To ping each connection.
+    sinks: Vec<redis::aio::PubSubSink>,
+    /// Every node's messages, each ending with `None`.
+    streams: Vec<futures_util::stream::BoxStream<'static, NodeMessage>>,
+}
+
+/// Enables keyspace notifications on every node and subscribes to the
+/// keyspace `patterns` on each, and to the plain `channels` on the first.
+async fn subscribe(
+    nodes: &mut [Node],
+    patterns: &[String],
+    channels: &[String],
+) -> Result<Subscriptions, String> {
+    let mut notifying = true;
+    for node in nodes.iter_mut() {
+        notifying &= node.control.ensure_keyspace_events().await;
+    }
+    let mut sinks = Vec::with_capacity(nodes.len());
+    let mut streams = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        let at = node
+            .addr
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut pubsub =
+            match tokio::time::timeout(WATCH_TIMEOUT, node.client.get_async_pubsub()).await {
                 Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    failed = Some(format!("cannot connect {at}: {e}"));
-                    break;
-                }
-                Err(_) => {
-                    failed = Some(format!("connect {at} timed out"));
-                    break;
-                }
+                Ok(Err(e)) => return Err(format!("cannot connect {at}: {e}")),
+                Err(_) => return Err(format!("connect {at} timed out")),
             };
-            let mut subscribed = pubsub.psubscribe(&channel_patterns).await;
-            if subscribed.is_ok() && i == 0 {
-                let mut channels = vec![connections.as_str()];
-                channels.extend(revocations.as_ref().map(|r| r.channel()));
-                subscribed = pubsub.subscribe(&channels).await;
-            }
-            if let Err(e) = subscribed {
-                failed = Some(format!("subscribe {at}: {e}"));
-                break;
-            }
-            let (sink, stream) = pubsub.split();
-            sinks.push(sink);
-            // A stream that ends says so, so one lost node restarts them all.
-            streams.push(
-                stream
-                    .map(Some)
-                    .chain(futures_util::stream::once(async { None }))
-                    .boxed(),
-            );
+        let mut subscribed = pubsub.psubscribe(patterns).await;
+        if subscribed.is_ok() && i == 0 {
+            subscribed = pubsub.subscribe(channels).await;
         }
-        if let Some(e) = failed {
-            tracing::warn!(error = %e, "downstream watch: pub/sub failed; polling meanwhile");
-            if poll_until(&wakers, poll, RETRY_PAUSE, &shutdown).await {
-                return;
-            }
-            continue;
-        }
+        subscribed.map_err(|e| format!("subscribe {at}: {e}"))?;
+        let (sink, stream) = pubsub.split();
+        sinks.push(sink);
+        // A stream that ends says so, so one lost node restarts them all.
+        streams.push(
+            stream
+                .map(Some)
+                .chain(futures_util::stream::once(async { None }))
+                .boxed(),
+        );
+    }
+    Ok(Subscriptions {
+        notifying,
+        sinks,
+        streams,
+    })
+}
+
+/// One subscribed period of [`watch`], until a connection is lost or the
+/// servers change.
+struct Listening<'a> {
+    target: &'a RedisTarget,
+    redis: &'a mut RedisConn,
+    watched: &'a Watched,
+    poll: Duration,
+    nodes: Vec<Node>,
+    subscriptions: Subscriptions,
+}
+
+impl Listening<'_> {
+    /// Handles messages (and sweeps) until it is time to subscribe again.
+    async fn run(mut self) {
+        let watched = self.watched;
+        let masters: Vec<Option<NodeAddr>> = self.nodes.iter().map(|n| n.addr.clone()).collect();
         // Anything that arrived before the subscriptions took effect.
-        wakers.wake_all();
-        let resync = resync_revocations(revocations.as_ref(), &live);
+        watched.wakers.wake_all();
+        let resync = crate::revocation::resync(watched.revocations.as_ref(), &watched.live);
         tokio::pin!(resync);
         let mut resynced = false;
+        let streams = std::mem::take(&mut self.subscriptions.streams);
         let mut messages = futures_util::stream::select_all(streams);
-        let mut sweep = tokio::time::interval(if notifying { SWEEP } else { poll });
+        let notifying = self.subscriptions.notifying;
+        let mut sweep = tokio::time::interval(if notifying { SWEEP } else { self.poll });
         sweep.tick().await;
         loop {
             let msg: Option<NodeMessage> = tokio::select! {
-                _ = shutdown.cancelled() => return,
                 () = &mut resync, if !resynced => {
                     resynced = true;
                     continue;
                 }
                 msg = messages.next() => msg,
                 _ = sweep.tick() => {
-                    wakers.wake_all();
-                    let pings = futures_util::future::join_all(
-                        sinks.iter_mut().map(|s| tokio::time::timeout(WATCH_TIMEOUT, s.ping::<redis::Value>())),
-                    ).await;
-                    if !pings.iter().all(|p| matches!(p, Ok(Ok(_)))) {
-                        tracing::warn!("downstream watch: pub/sub connection does not answer; reconnecting");
-                        break;
-                    }
-                    if target.cluster {
-                        let now = tokio::time::timeout(WATCH_TIMEOUT, redis.masters()).await;
-                        let now: Option<Vec<Option<NodeAddr>>> = match now {
-                            Ok(Ok(m)) => Some(m.into_iter().map(Some).collect()),
-                            _ => None,
-                        };
-                        if now.as_ref() != Some(&masters) {
-                            tracing::info!(?now, before = ?masters, "downstream watch: the cluster's masters changed; subscribing again");
-                            break;
-                        }
-                    }
-                    let mut still = true;
-                    for node in &mut nodes {
-                        still &= node.control.ensure_keyspace_events().await;
-                    }
-                    if notifying != still {
-                        // Switch between notified and polling sweeps.
-                        break;
+                    if !self.sweep(&masters).await {
+                        return;
                     }
                     continue;
                 }
             };
-            match msg.flatten() {
-                Some(msg) => {
-                    let channel = msg.get_channel_name();
-                    if Some(channel) == revocations.as_ref().map(|r| r.channel()) {
-                        if let Ok(message) = msg.get_payload::<String>() {
-                            let closed = live.revoked(&message);
-                            tracing::info!(%message, closed, "session revoked");
-                        }
-                    } else if channel == connections {
-                        if let Ok(message) = msg.get_payload::<String>() {
-                            live.connected(&message);
-                        }
-                    } else if let Some(key) = key_of_channel(channel) {
-                        wakers.wake(key);
-                    }
-                }
-                None => {
-                    tracing::warn!("downstream watch: pub/sub connection lost; reconnecting");
-                    break;
-                }
+            let Some(msg) = msg.flatten() else {
+                tracing::warn!("downstream watch: pub/sub connection lost; reconnecting");
+                return;
+            };
+            let announced = crate::revocation::announced(
+                &msg,
+                watched.revocations.as_ref(),
+                &watched.connections,
+                &watched.live,
+            );
+            if !announced && let Some(key) = key_of_channel(msg.get_channel_name()) {
+                watched.wakers.wake(key);
             }
         }
-        wakers.wake_all();
-        if pause(&shutdown, RETRY_PAUSE.min(poll)).await {
-            return;
+    }
+
+    /// Wakes every reader, and checks the connections still answer, the
+    /// cluster's masters are still `masters` and notifications are still as
+    /// they were; false when it is time to subscribe again.
+    async fn sweep(&mut self, masters: &[Option<NodeAddr>]) -> bool {
+        self.watched.wakers.wake_all();
+        let pings = futures_util::future::join_all(
+            self.subscriptions
+                .sinks
+                .iter_mut()
+                .map(|s| tokio::time::timeout(WATCH_TIMEOUT, s.ping::<redis::Value>())),
+        )
+        .await;
+        if !pings.iter().all(|p| matches!(p, Ok(Ok(_)))) {
+            tracing::warn!("downstream watch: pub/sub connection does not answer; reconnecting");
+            return false;
         }
+        if self.target.cluster {
+            let now = tokio::time::timeout(WATCH_TIMEOUT, self.redis.masters()).await;
+            let now: Option<Vec<Option<NodeAddr>>> = match now {
+                Ok(Ok(m)) => Some(m.into_iter().map(Some).collect()),
+                _ => None,
+            };
+            if now.as_deref() != Some(masters) {
+                tracing::info!(?now, before = ?masters, "downstream watch: the cluster's masters changed; subscribing again");
+                return false;
+            }
+        }
+        let mut still = true;
+        for node in &mut self.nodes {
+            still &= node.control.ensure_keyspace_events().await;
+        }
+        // Switch between notified and polling sweeps when that changed.
+        still == self.subscriptions.notifying
     }
 }
 
@@ -535,6 +577,88 @@ struct Batch {
     /// Entries after the read position were deleted up to this id (only the
     /// broadcast stream reports this).
     gap: Option<StreamId>,
+    /// Entries read and dropped as expired (see [`Expiry`]).
+    expired: u64,
+    /// The last id read, expired entries included.
+    last_read: Option<StreamId>,
+    /// Entries read, expired ones included: fewer than asked means caught up.
+    read: usize,
+}
+
+/// When a message for a device is too old to deliver: older than a hub-wide
+/// maximum age (by its stream id's time), or past its own `expiresAt` field
+/// (epoch milliseconds), both by the hub's clock. Expired entries are deleted
+/// from the device's out stream instead of pushed, counted, and the device
+/// is told how many (the push's `expired`). Broadcasts have their own
+/// retention and are not expired this way.
+#[derive(Clone, Debug)]
+pub struct Expiry {
+    /// `--downstream-max-age`; `None`: no maximum.
+    pub max_age: Option<Duration>,
+    /// The hub's clock.
+    pub clock: lula_runtime::Clock,
+}
+
+impl Expiry {
+    /// Whether `entry` has expired at `now_ms`.
+    pub fn expired(&self, entry: &Entry, now_ms: u64) -> bool {
+        let too_old = self
+            .max_age
+            .is_some_and(|age| entry.id.ms.saturating_add(age.as_millis() as u64) < now_ms);
+        too_old
+            || entry.fields.chunks_exact(2).any(|pair| {
+                pair[0] == lula_protocol::FIELD_EXPIRES_AT.as_bytes()
+                    && std::str::from_utf8(&pair[1])
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .is_some_and(|at| at <= now_ms)
+            })
+    }
+
+    /// Splits `entries` into those to deliver and the ids of the expired.
+    fn split(&self, entries: Vec<Entry>) -> (Vec<Entry>, Vec<StreamId>) {
+        let now_ms = self.clock.epoch_ms();
+        let mut expired = Vec::new();
+        let deliver = entries
+            .into_iter()
+            .filter(|e| {
+                let gone = self.expired(e, now_ms);
+                if gone {
+                    expired.push(e.id);
+                }
+                !gone
+            })
+            .collect();
+        (deliver, expired)
+    }
+}
+
+/// Reads a device's out stream after `after` and deletes what expired.
+async fn read_direct(
+    redis: &mut RedisConn,
+    key: &str,
+    after: StreamId,
+    count: usize,
+    expiry: &Expiry,
+) -> Result<Batch, String> {
+    let entries = xread(redis, key, after, count).await?;
+    let (read, last_read) = (entries.len(), entries.last().map(|e| e.id));
+    let (entries, expired) = expiry.split(entries);
+    if !expired.is_empty() {
+        let mut del = redis::cmd("XDEL");
+        del.arg(key);
+        for id in &expired {
+            del.arg(id.to_string());
+        }
+        let _: u64 = del.query_async(redis).await.map_err(|e| e.to_string())?;
+    }
+    Ok(Batch {
+        entries,
+        gap: None,
+        expired: expired.len() as u64,
+        last_read,
+        read,
+    })
 }
 
 /// Reads up to `count` entries of `key` after `after`: a plain `XREAD` for
@@ -542,20 +666,20 @@ struct Batch {
 /// whether entries after `after` were deleted first.
 async fn read_batch(
     redis: &mut RedisConn,
-    stream: PushStream,
-    key: &str,
+    source: &PushSource,
     after: StreamId,
     count: usize,
 ) -> Result<Batch, String> {
-    match stream {
-        PushStream::Direct => Ok(Batch {
-            entries: xread(redis, key, after, count).await?,
-            gap: None,
-        }),
+    let key = &source.key;
+    match source.stream {
+        PushStream::Direct => read_direct(redis, key, after, count, &source.expiry).await,
         PushStream::Broadcast => {
             let read = crate::broadcast::read(redis, key, after, count).await?;
             Ok(Batch {
                 gap: read.gap(after),
+                expired: 0,
+                last_read: read.entries.last().map(|e| e.id),
+                read: read.entries.len(),
                 entries: read.entries,
             })
         }
@@ -572,6 +696,8 @@ pub struct PushSource {
     pub waker: Waker,
     /// Push what follows this id.
     pub start: StreamId,
+    /// What counts as expired (direct messages only).
+    pub expiry: Expiry,
 }
 
 /// Pushes `source` to the device through `out` until `cancel` or `out`
@@ -579,87 +705,164 @@ pub struct PushSource {
 /// A connection runs one for its out stream and, when the device asked for
 /// broadcasts, one more for the broadcast stream, each with its own window.
 pub async fn push(
-    mut redis: RedisConn,
+    redis: RedisConn,
     source: PushSource,
     out: mpsc::Sender<Message>,
-    mut acks: watch_channel::Receiver<StreamId>,
+    acks: watch_channel::Receiver<StreamId>,
     max_frame_bytes: usize,
     metrics: Arc<HubMetrics>,
     cancel: CancellationToken,
 ) {
-    let PushSource {
-        stream,
-        key,
-        waker,
-        start,
-    } = source;
-    let mut last = start;
-    // (last id of a pushed frame, entries in it), oldest first.
-    let mut inflight: VecDeque<(StreamId, usize)> = VecDeque::new();
-    let mut unacked = Unacked {
-        n: 0,
-        gauge: metrics.unacked.clone(),
+    let mut pusher = Pusher {
+        unacked: Unacked {
+            n: 0,
+            gauge: metrics.unacked.clone(),
+        },
+        last: source.start,
+        source,
+        redis,
+        out,
+        acks,
+        max_frame_bytes,
+        metrics,
+        inflight: VecDeque::new(),
+        counted_at: None,
+        reported: None,
     };
-    let mut counted_at: Option<tokio::time::Instant> = None;
-    // The backlog the device last heard of.
-    let mut reported: Option<u64> = None;
     loop {
-        let acked = *acks.borrow_and_update();
-        while let Some(&(id, n)) = inflight.front() {
-            if id > acked {
-                break;
-            }
-            inflight.pop_front();
-            unacked.sub(n);
-        }
-        if unacked.n >= PUSH_WINDOW_ENTRIES {
+        pusher.settle_acks();
+        if pusher.unacked.n >= PUSH_WINDOW_ENTRIES {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                changed = acks.changed() => if changed.is_err() { return },
+                changed = pusher.acks.changed() => if changed.is_err() { return },
             }
             continue;
         }
-        let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - unacked.n);
-        let op = match stream {
-            PushStream::Direct => "xread",
-            PushStream::Broadcast => "broadcast_read",
-        };
-        let read = metrics
-            .timed(op, read_batch(&mut redis, stream, &key, last, count))
-            .await;
-        let Batch { entries, gap } = match read {
+        let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - pusher.unacked.n);
+        let batch = match pusher.read(count).await {
             Ok(batch) => batch,
             Err(e) => {
-                tracing::warn!(error = %e, stream = stream.as_str(), "push: read failed; retrying");
+                let stream = pusher.source.stream.as_str();
+                tracing::warn!(error = %e, stream, "push: read failed; retrying");
                 if pause(&cancel, RETRY_PAUSE).await {
                     return;
                 }
                 continue;
             }
         };
-        if let Some(gap) = gap {
+        let caught_up = batch.read < count;
+        if pusher.send(batch, caught_up).await.is_err() {
+            return;
+        }
+        if caught_up {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = pusher.source.waker.changed() => {}
+            }
+        }
+    }
+}
+
+/// The state of one [`push`].
+struct Pusher {
+    source: PushSource,
+    redis: RedisConn,
+    out: mpsc::Sender<Message>,
+    acks: watch_channel::Receiver<StreamId>,
+    max_frame_bytes: usize,
+    metrics: Arc<HubMetrics>,
+    /// The last id pushed.
+    last: StreamId,
+    /// (last id of a pushed frame, entries in it), oldest first.
+    inflight: VecDeque<(StreamId, usize)>,
+    unacked: Unacked,
+    /// When the backlog was last counted.
+    counted_at: Option<tokio::time::Instant>,
+    /// The backlog the device last heard of.
+    reported: Option<u64>,
+}
+
+/// The push has ended (the connection's queue closed, or a frame could not
+/// be encoded).
+struct Ended;
+
+impl Pusher {
+    /// Takes the frames the device acknowledged out of the window.
+    fn settle_acks(&mut self) {
+        let acked = *self.acks.borrow_and_update();
+        while let Some(&(id, n)) = self.inflight.front() {
+            if id > acked {
+                break;
+            }
+            self.inflight.pop_front();
+            self.unacked.sub(n);
+        }
+    }
+
+    /// Reads up to `count` entries after the last one pushed.
+    async fn read(&mut self, count: usize) -> Result<Batch, String> {
+        let stream = &self.source.stream;
+        let op = match stream {
+            PushStream::Direct => "xread",
+            PushStream::Broadcast => "broadcast_read",
+        };
+        let read = read_batch(&mut self.redis, &self.source, self.last, count);
+        let batch = self.metrics.timed(op, read).await?;
+        if batch.expired > 0 {
+            self.metrics.expired.inc_by(batch.expired);
+            tracing::warn!(
+                expired = batch.expired,
+                after = %self.last,
+                "messages for the device expired before delivery; deleted, and the device is told"
+            );
+        }
+        if let Some(gap) = batch.gap {
             tracing::warn!(
                 stream = stream.as_str(),
-                after = %last,
+                after = %self.last,
                 deleted_up_to = %gap,
                 "entries were deleted before they could be pushed; telling the device"
             );
         }
-        let caught_up = entries.len() < count;
-        let read_last = entries.last().map(|e| e.id).unwrap_or(last);
-        // What still waits after this read: none when it came short; counted
-        // (capped) at most once a second while a backlog drains.
-        let backlog = if caught_up {
-            Some(0)
-        } else if counted_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            counted_at = Some(tokio::time::Instant::now());
-            count_after(&mut redis, &key, read_last).await.ok()
-        } else {
-            None
-        };
-        let mut frames = frames_by_size(entries, max_frame_bytes / 2);
+        Ok(batch)
+    }
+
+    /// What still waits after `read_last`: none when the read came short;
+    /// counted (capped) at most once a second while a backlog drains.
+    async fn backlog(&mut self, caught_up: bool, read_last: StreamId) -> Option<u64> {
+        if caught_up {
+            return Some(0);
+        }
+        if self
+            .counted_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.counted_at = Some(tokio::time::Instant::now());
+        count_after(&mut self.redis, &self.source.key, read_last)
+            .await
+            .ok()
+    }
+
+    /// Pushes a batch in frames of at most half the frame limit; the first
+    /// carries the gap, the last the backlog.
+    async fn send(&mut self, batch: Batch, caught_up: bool) -> Result<(), Ended> {
+        let Batch {
+            entries,
+            gap,
+            expired,
+            last_read,
+            ..
+        } = batch;
+        let read_last = last_read.unwrap_or(self.last);
+        let backlog = self.backlog(caught_up, read_last).await;
+        let mut frames = frames_by_size(entries, self.max_frame_bytes / 2);
+        let expired = Some(expired).filter(|n| *n > 0);
         if frames.is_empty()
-            && (gap.is_some() || (backlog == Some(0) && reported.is_some_and(|r| r > 0)))
+            && (gap.is_some()
+                || expired.is_some()
+                || (backlog == Some(0) && self.reported.is_some_and(|r| r > 0)))
         {
             // Nothing to send, but the device must still learn of a gap, or
             // that the backlog drained exactly at a full read (it would keep
@@ -668,44 +871,49 @@ pub async fn push(
         }
         let last_frame = frames.len().saturating_sub(1);
         for (i, frame) in frames.into_iter().enumerate() {
-            let frame_gap = gap.filter(|_| i == 0);
-            let frame_last = frame.last().map(|e| e.id).or(frame_gap).unwrap_or(last);
-            let n = frame.len();
             let push = Push {
                 entries: frame,
                 backlog: backlog.filter(|_| i == last_frame),
-                stream,
-                gap: frame_gap,
+                stream: self.source.stream,
+                gap: gap.filter(|_| i == 0),
+                expired: expired.filter(|_| i == 0),
             };
-            if push.backlog.is_some() {
-                reported = push.backlog;
-            }
-            let text = match Frame::new(kind::PUSH, None, push).to_text() {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "push: cannot encode frame");
-                    return;
-                }
-            };
-            if out.send(Message::Text(text.into())).await.is_err() {
-                return;
-            }
-            // A gap-only frame moves past the deleted entries.
-            last = frame_last;
-            if n == 0 {
-                continue;
-            }
-            inflight.push_back((frame_last, n));
-            unacked.add(n);
-            metrics.entries_out.inc_by(n as u64);
-            HubMetrics::lag(&metrics.downstream_lag, frame_last.ms);
+            self.send_frame(push).await?;
         }
-        if caught_up {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = waker.changed() => {}
-            }
+        // Past what was read, expired entries included.
+        self.last = self.last.max(read_last);
+        Ok(())
+    }
+
+    /// Sends one push frame and counts its entries into the window.
+    async fn send_frame(&mut self, push: Push) -> Result<(), Ended> {
+        let frame_last = push
+            .entries
+            .last()
+            .map(|e| e.id)
+            .or(push.gap)
+            .unwrap_or(self.last);
+        let n = push.entries.len();
+        if push.backlog.is_some() {
+            self.reported = push.backlog;
         }
+        let text = HubFrame::Push(push).to_text(None).map_err(|e| {
+            tracing::error!(error = %e, "push: cannot encode frame");
+            Ended
+        })?;
+        self.out
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|_| Ended)?;
+        // A gap-only frame moves past the deleted entries.
+        self.last = frame_last;
+        if n > 0 {
+            self.inflight.push_back((frame_last, n));
+            self.unacked.add(n);
+            self.metrics.entries_out.inc_by(n as u64);
+            HubMetrics::lag(&self.metrics.downstream_lag, frame_last.ms);
+        }
+        Ok(())
     }
 }
 
@@ -732,28 +940,6 @@ impl Drop for Unacked {
     fn drop(&mut self) {
         self.gauge.dec_by(self.n as i64);
     }
-}
-
-/// KEYS[1] a stream; ARGV[1] an id, ARGV[2] a cap. Counts the entries after
-/// the id, up to the cap, inside Redis: only the number crosses the network.
-static COUNT_AFTER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])",
-    )
-});
-
-/// Entries of `key` after `after`, counted up to [`BACKLOG_COUNT_CAP`].
-pub async fn count_after(
-    redis: &mut RedisConn,
-    key: &str,
-    after: StreamId,
-) -> Result<u64, redis::RedisError> {
-    COUNT_AFTER
-        .key(key)
-        .arg(after.to_string())
-        .arg(BACKLOG_COUNT_CAP)
-        .invoke_async(redis)
-        .await
 }
 
 /// Sleeps unless cancelled first; true when cancelled.
@@ -814,22 +1000,12 @@ pub async fn legacy_reader(
         };
         let text = match result {
             Ok(entries) => {
-                let items: Vec<Value> = entries.into_iter().map(legacy_item).collect();
-                Frame::new(
-                    kind::XREAD,
-                    job.id.as_ref(),
-                    serde_json::json!({ "items": items }),
-                )
-                .to_text()
+                let items = entries.into_iter().map(legacy_item).collect();
+                HubFrame::Xread(XreadReply { items }).to_text(job.id.as_ref())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "xread failed");
-                Frame::new(
-                    kind::XREAD,
-                    job.id.as_ref(),
-                    ErrorReply::new(status::UNAVAILABLE, "redis unavailable, retry later"),
-                )
-                .to_text()
+                HubFrame::error(kind::XREAD, ErrorReply::unavailable()).to_text(job.id.as_ref())
             }
         };
         match text {
@@ -857,95 +1033,6 @@ fn legacy_item(entry: Entry) -> Value {
     }
     item.insert("id".into(), Value::String(entry.id.to_string()));
     Value::Object(item)
-}
-
-/// After a (re)subscribe to `revocations`: closes the live connections whose
-/// session was revoked while the hub was not subscribed (see
-/// [`crate::session::Revocations::resync`]), retrying until Redis answers.
-/// Runs beside the subscription, so announcements are handled meanwhile.
-async fn resync_revocations(
-    revocations: Option<&crate::session::Revocations>,
-    live: &crate::live::Live,
-) {
-    let Some(revocations) = revocations else {
-        return;
-    };
-    loop {
-        match revocations.resync(live).await {
-            Ok(closed) => {
-                if closed > 0 {
-                    tracing::info!(
-                        closed,
-                        "sessions revoked while not subscribed to revocations"
-                    );
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "revocation resync: cannot read the session records; retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-        }
-    }
-}
-
-/// Closes the connections of revoked sessions, as announced on lula-auth's
-/// own Redis (when it is not the hub's), until `shutdown`. Reconnects by
-/// itself, and checks every live connection's session after each subscribe.
-/// A cluster delivers `PUBLISH` on every node, so the node `client` points at
-/// is enough.
-pub async fn watch_revocations(
-    client: redis::Client,
-    revocations: crate::session::Revocations,
-    live: Arc<crate::live::Live>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = tokio::time::timeout(WATCH_TIMEOUT, client.get_async_pubsub()) => c,
-        };
-        let mut pubsub = match connected {
-            Ok(Ok(p)) => p,
-            _ => {
-                tracing::warn!("revocation watch: cannot connect to lula-auth's redis; retrying");
-                if pause(&shutdown, RETRY_PAUSE).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if let Err(e) = pubsub.subscribe(revocations.channel()).await {
-            tracing::warn!(error = %e, "revocation watch: subscribe failed; retrying");
-            if pause(&shutdown, RETRY_PAUSE).await {
-                return;
-            }
-            continue;
-        }
-        let mut messages = pubsub.into_on_message();
-        let resync = resync_revocations(Some(&revocations), &live);
-        tokio::pin!(resync);
-        let mut resynced = false;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                () = &mut resync, if !resynced => resynced = true,
-                msg = messages.next() => match msg {
-                    Some(msg) => {
-                        if let Ok(message) = msg.get_payload::<String>() {
-                            let closed = live.revoked(&message);
-                            tracing::info!(%message, closed, "session revoked");
-                        }
-                    }
-                    None => break,
-                },
-            }
-        }
-        tracing::warn!("revocation watch: connection lost; reconnecting");
-        if pause(&shutdown, RETRY_PAUSE).await {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

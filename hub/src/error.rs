@@ -36,9 +36,19 @@ pub enum HubError {
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// The hub cannot append (another ingest layout is recorded, or Redis failed).
+    /// The hub cannot append (another ingest layout is recorded, or Redis
+    /// failed): the ingest error, in words.
     #[error("ingest: {0}")]
-    Ingest(#[from] crate::ingest::IngestError),
+    Ingest(String),
+}
+
+impl From<crate::session::AuthError> for HubError {
+    fn from(e: crate::session::AuthError) -> Self {
+        match e {
+            crate::session::AuthError::Token(e) => HubError::Token(e),
+            crate::session::AuthError::Redis(e) => HubError::Redis(e),
+        }
+    }
 }
 
 impl IntoResponse for HubError {

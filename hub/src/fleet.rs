@@ -29,7 +29,7 @@ use lula_protocol::{ClientId, StreamId};
 use lula_runtime::redis::RedisConn;
 use serde::Serialize;
 
-use crate::downstream::count_after;
+use crate::backlog::count_after;
 
 /// A connection writes its device's hash at most this often while something
 /// changes (a frame heard, an ack, an error).

@@ -156,6 +156,7 @@ impl IngestError {
         match self {
             IngestError::Invalid(m) => ErrorReply::bad_request(m.clone()),
             IngestError::TooLarge(m) => ErrorReply::new(status::TOO_LARGE, m.clone()),
+            IngestError::Redis(e) if e.code() == Some("OOM") => ErrorReply::storage_full(),
             IngestError::Redis(_) => {
                 ErrorReply::new(status::UNAVAILABLE, "redis unavailable, retry later")
             }
@@ -214,28 +215,6 @@ pub async fn cursor<C: ConnectionLike>(
             .parse()
             .map_err(|e| IngestError::Reply(format!("saved cursor {s:?}: {e}"))),
     }
-}
-
-/// Appends `entries` of `client` exactly once. `prev`, when given, must not be
-/// ahead of the saved cursor (see [`Appended::Gap`]).
-pub async fn append<C: ConnectionLike>(
-    redis: &mut C,
-    layout: &IngestLayout,
-    client: &ClientId,
-    prev: Option<StreamId>,
-    entries: Vec<Entry>,
-) -> Result<Appended, IngestError> {
-    validate(&entries)?;
-    let section = Section {
-        client: client.clone(),
-        prev,
-        entries,
-    };
-    let partition = layout.partition_of(client);
-    let mut results = append_many(redis, layout, partition, vec![section]).await?;
-    results
-        .pop()
-        .ok_or_else(|| IngestError::Reply("no result".into()))
 }
 
 /// Appends several sections (validated batches, possibly of different
@@ -455,11 +434,13 @@ async fn ingest_loop(
         }
         let (sections, replies): (Vec<Section>, Vec<_>) =
             group.into_iter().map(|j| (j.section, j.reply)).unzip();
-        let mut last_ms = Vec::with_capacity(sections.len());
-        for s in &sections {
-            metrics.batch_entries.observe(s.entries.len() as f64);
-            last_ms.push(s.entries.last().map(|e| e.id.ms));
-        }
+        let last_ms: Vec<Option<u64>> = sections
+            .iter()
+            .map(|s| {
+                metrics.batch_entries.observe(s.entries.len() as f64);
+                s.entries.last().map(|e| e.id.ms)
+            })
+            .collect();
         let batches = sections.len();
         let started = std::time::Instant::now();
         let appended = match guard.check().await {
@@ -474,24 +455,7 @@ async fn ingest_loop(
         metrics.ingest_call(batches, started.elapsed(), appended.is_ok());
         match appended {
             Ok(results) => {
-                for (result, last_ms) in results.iter().zip(&last_ms) {
-                    match result {
-                        Appended::Applied {
-                            added, duplicates, ..
-                        } => {
-                            metrics.entries_in.inc_by(*added);
-                            metrics.duplicates.inc_by(*duplicates);
-                            if *added > 0
-                                && let Some(ms) = last_ms
-                            {
-                                HubMetrics::lag(&metrics.upstream_lag, *ms);
-                            }
-                        }
-                        Appended::Gap { .. } => {
-                            metrics.gaps.inc();
-                        }
-                    }
-                }
+                count_results(&metrics, &results, &last_ms);
                 for (result, reply) in results.into_iter().zip(replies) {
                     let _ = reply.send(Ok(result));
                 }
@@ -502,6 +466,29 @@ async fn ingest_loop(
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
+            }
+        }
+    }
+}
+
+/// Counts what one script call appended; `last_ms` is each batch's last
+/// device seq time, for the upstream lag.
+fn count_results(metrics: &HubMetrics, results: &[Appended], last_ms: &[Option<u64>]) {
+    for (result, last_ms) in results.iter().zip(last_ms) {
+        match result {
+            Appended::Applied {
+                added, duplicates, ..
+            } => {
+                metrics.entries_in.inc_by(*added);
+                metrics.duplicates.inc_by(*duplicates);
+                if *added > 0
+                    && let Some(ms) = last_ms
+                {
+                    HubMetrics::lag(&metrics.upstream_lag, *ms);
+                }
+            }
+            Appended::Gap { .. } => {
+                metrics.gaps.inc();
             }
         }
     }

@@ -21,36 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lula_protocol::ClientId;
-use lula_protocol::message::close;
+use lula_protocol::CloseReason;
 use tokio::sync::watch;
-
-/// Why a connection must close: a close code of `lula_protocol::message::close`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Kick {
-    /// The close code.
-    pub code: u16,
-    /// The close reason.
-    pub reason: &'static str,
-}
-
-impl Kick {
-    /// The session was revoked (logout, `lula-auth revoke`, re-provisioning).
-    pub const REVOKED: Kick = Kick {
-        code: close::SESSION_REVOKED,
-        reason: "session revoked",
-    };
-    /// A newer connection of the device took over.
-    pub const REPLACED: Kick = Kick {
-        code: close::REPLACED,
-        reason: "replaced by a newer connection",
-    };
-}
 
 struct Entry {
     id: u64,
     generation: u64,
     sid: Mutex<String>,
-    kick: watch::Sender<Option<Kick>>,
+    kick: watch::Sender<Option<CloseReason>>,
 }
 
 /// Live connections by device.
@@ -100,7 +78,7 @@ impl Live {
         client: &ClientId,
         sid: &str,
         generation: u64,
-    ) -> (Registration, watch::Receiver<Option<Kick>>) {
+    ) -> (Registration, watch::Receiver<Option<CloseReason>>) {
         let (kick, rx) = watch::channel(None);
         let entry = Arc::new(Entry {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -124,7 +102,7 @@ impl Live {
 
     /// Closes the connections of `client` (only those of session `sid`, when
     /// given) with `kick`; returns how many.
-    pub fn kick(&self, client: &str, sid: Option<&str>, kick: Kick) -> usize {
+    pub fn kick(&self, client: &str, sid: Option<&str>, reason: CloseReason) -> usize {
         let devices = lock(&self.devices);
         let Some(list) = devices.get(client) else {
             return 0;
@@ -132,7 +110,7 @@ impl Live {
         let mut n = 0;
         for e in list {
             if sid.is_none_or(|s| *lock(&e.sid) == s) {
-                e.kick.send_replace(Some(kick));
+                e.kick.send_replace(Some(reason));
                 n += 1;
             }
         }
@@ -144,7 +122,7 @@ impl Live {
     pub fn revoked(&self, message: &str) -> usize {
         let mut parts = message.split_whitespace();
         match parts.next() {
-            Some(client) => self.kick(client, parts.next(), Kick::REVOKED),
+            Some(client) => self.kick(client, parts.next(), CloseReason::SessionRevoked),
             None => 0,
         }
     }
@@ -161,7 +139,7 @@ impl Live {
             // Each connection is told once (the announcement also comes back
             // to the hub that made it).
             if e.kick.borrow().is_none() {
-                e.kick.send_replace(Some(Kick::REPLACED));
+                e.kick.send_replace(Some(CloseReason::Replaced));
                 n += 1;
             }
         }
@@ -209,11 +187,11 @@ mod tests {
         let (_c, c_rx) = live.register(&dev2, "s3", 1);
         assert_eq!(live.revoked("dev-1 s2"), 1);
         assert_eq!(*a_rx.borrow(), None);
-        assert_eq!(*b_rx.borrow(), Some(Kick::REVOKED));
+        assert_eq!(*b_rx.borrow(), Some(CloseReason::SessionRevoked));
         a.set_sid("s4");
         assert_eq!(live.revoked("dev-1 s1"), 0);
         assert_eq!(live.revoked("dev-1"), 2);
-        assert_eq!(*a_rx.borrow(), Some(Kick::REVOKED));
+        assert_eq!(*a_rx.borrow(), Some(CloseReason::SessionRevoked));
         assert_eq!(*c_rx.borrow(), None);
         assert_eq!(live.revoked(""), 0);
         // Connections already told to close are not checked again.
@@ -229,7 +207,7 @@ mod tests {
         let (_a, a_rx) = live.register(&dev1, "s", 3);
         let (_b, b_rx) = live.register(&dev1, "s", 5);
         assert_eq!(live.connected("dev-1 5"), 1);
-        assert_eq!(*a_rx.borrow(), Some(Kick::REPLACED));
+        assert_eq!(*a_rx.borrow(), Some(CloseReason::Replaced));
         assert_eq!(*b_rx.borrow(), None);
         // A late announcement of an older connection closes nothing newer.
         assert_eq!(live.connected("dev-1 4"), 0);

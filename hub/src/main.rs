@@ -36,6 +36,37 @@ enum Command {
     /// downstream backlog, last close and error. Reads Redis, so it shows
     /// every replica's devices.
     Fleet(FleetArgs),
+    /// Carry the Node lula-hub's upstream cursors (`lula:id:h`) and the
+    /// messages it held for devices (`lula:out:<client>:x`, ids kept) over to
+    /// ours, once, before devices connect (docs/MIGRATING.md). Only moves
+    /// cursors forward; the Node keys are only read.
+    ImportNode(ImportNodeArgs),
+    /// Trim the in streams (every partition) below what every consumer group
+    /// on each has acknowledged; a stream with no group is left as it is.
+    /// Safe to run at any time, e.g. from a CronJob.
+    TrimIngest(TrimIngestArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportNodeArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Key prefix of the Node lula-hub (its `redis.keyPrefix` without the
+    /// trailing colon).
+    #[arg(long, env = "LULA_NODE_PREFIX", default_value = "lula")]
+    node_prefix: String,
+    /// Show what would change without writing.
+    #[arg(long, env = "LULA_DRY_RUN")]
+    dry_run: bool,
+}
+
+#[derive(clap::Args)]
+struct TrimIngestArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Print JSON (`{"streams": [{"stream", "floor", "trimmed"}]}`).
+    #[arg(long, env = "LULA_JSON")]
+    json: bool,
 }
 
 /// Where the hub's data is: every subcommand that reads or writes it.
@@ -148,6 +179,21 @@ struct ServeArgs {
     drain_delay: Duration,
     #[command(flatten)]
     log: lula_runtime::LogArgs,
+    /// Keep a connection that never asked to renew (the Node lula-client,
+    /// which cannot) open this long past its token's expiry, at most 24h;
+    /// 0 closes it at expiry (4001). See SECURITY.md for the cost.
+    #[arg(long, env = "LULA_NON_RENEWING_GRACE", default_value = "0s", value_parser = humantime::parse_duration)]
+    non_renewing_grace: Duration,
+    /// Do not deliver messages for a device that are older than this (by
+    /// their stream id's time): delete them, count them, tell the device.
+    /// 0: no maximum (a message's own `expiresAt` still applies).
+    #[arg(long, env = "LULA_DOWNSTREAM_MAX_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    downstream_max_age: Duration,
+    /// Refuse to start when the Redis evicts keys or does not persist
+    /// (maxmemory-policy other than noeviction, appendonly off), or its
+    /// settings cannot be read, instead of warning.
+    #[arg(long, env = "LULA_REQUIRE_SAFE_REDIS")]
+    require_safe_redis: bool,
 }
 
 #[derive(clap::Args)]
@@ -178,6 +224,16 @@ struct CallArgs {
     /// How long to wait for the answer.
     #[arg(long, env = "LULA_CALL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// lula-auth's Redis, where provisioned devices are recorded, when it is
+    /// not --redis-url.
+    #[arg(long, env = "LULA_AUTH_REDIS_URL", hide_env_values = true)]
+    auth_redis_url: Option<String>,
+    /// Treat --auth-redis-url as a seed node of a Redis Cluster.
+    #[arg(long, env = "LULA_AUTH_REDIS_CLUSTER")]
+    auth_redis_cluster: bool,
+    /// Prefix of lula-auth's Redis keys.
+    #[arg(long, env = "LULA_AUTH_PREFIX", default_value = lula_protocol::keys::DEFAULT_AUTH_PREFIX)]
+    auth_prefix: String,
     /// Print the answer as JSON.
     #[arg(long, env = "LULA_JSON")]
     json: bool,
@@ -190,16 +246,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => args.store.load_secrets()?,
         Command::Call(args) => args.store.load_secrets()?,
         Command::Fleet(args) => args.store.load_secrets()?,
+        Command::ImportNode(args) => args.store.load_secrets()?,
+        Command::TrimIngest(args) => args.store.load_secrets()?,
     }
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Call(args) => call(args).await,
         Command::Fleet(args) => fleet(args).await,
+        Command::ImportNode(args) => import_node(args).await,
+        Command::TrimIngest(args) => trim_ingest(args).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     lula_runtime::init_tracing_as(args.log.log_format);
+    lula_hub::legacy_session::check_grace(args.non_renewing_grace)?;
     let auth_redis_url = secret_value(
         args.auth_redis_url,
         args.auth_redis_url_file.as_deref(),
@@ -222,6 +283,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         one_connection_per_device: !args.allow_concurrent_connections,
         hub_id: args.hub_id,
         admin_token: admin_token.map(Into::into),
+        non_renewing_grace: args.non_renewing_grace,
+        downstream_max_age: Some(args.downstream_max_age).filter(|d| !d.is_zero()),
         serve: lula_runtime::ServeOptions {
             tls: args.tls.server_config().context("--tls-cert / --tls-key")?,
             drain_delay: args.drain_delay,
@@ -230,6 +293,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..args.store.config()
     };
     tracing::info!(?config, "starting");
+    lula_runtime::redis_check::check_at_start(
+        &config.redis_target(),
+        "the hub Redis",
+        args.require_safe_redis,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
@@ -237,6 +307,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_hub::run(listener, config, shutdown).await
+}
+
+async fn trim_ingest(args: TrimIngestArgs) -> anyhow::Result<()> {
+    let config = args.store.config();
+    let mut redis = config
+        .redis_target()
+        .connect()
+        .await
+        .context("connect to redis")?;
+    let mut report = Vec::new();
+    for stream in config.ingest_layout().in_streams() {
+        let t = lula_runtime::retention::trim_consumed(&mut redis, &stream)
+            .await
+            .with_context(|| format!("trim {stream}"))?;
+        if !args.json {
+            match &t.floor {
+                Some(floor) => println!("{stream}: trimmed {} entries below {floor}", t.entries),
+                None => println!("{stream}: no consumer group, left as it is"),
+            }
+        }
+        report.push(serde_json::json!({"stream": stream, "floor": t.floor, "trimmed": t.entries}));
+    }
+    if args.json {
+        println!("{}", serde_json::json!({ "streams": report }));
+    }
+    Ok(())
 }
 
 async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
@@ -285,6 +381,18 @@ async fn call(args: CallArgs) -> anyhow::Result<()> {
     .connect()
     .await
     .context("connect to redis")?;
+    let auth_keys = lula_protocol::keys::AuthKeys::new(args.auth_prefix.clone());
+    match &args.auth_redis_url {
+        Some(url) => {
+            let mut auth =
+                lula_runtime::redis::RedisTarget::new(url.clone(), args.auth_redis_cluster)
+                    .connect()
+                    .await
+                    .context("connect to lula-auth's redis")?;
+            lula_hub::rpc::ensure_provisioned(&mut auth, &auth_keys, &args.client).await?
+        }
+        None => lula_hub::rpc::ensure_provisioned(&mut conn, &auth_keys, &args.client).await?,
+    }
     let answer = lula_hub::rpc::call(
         &mut conn,
         &keys.out_stream(&args.client),
@@ -296,5 +404,61 @@ async fn call(args: CallArgs) -> anyhow::Result<()> {
     )
     .await?;
     print!("{}", lula_protocol::rpc::render(&answer, args.json));
+    Ok(())
+}
+
+async fn import_node(args: ImportNodeArgs) -> anyhow::Result<()> {
+    let config = args.store.config();
+    let mut conn = config
+        .redis_target()
+        .connect()
+        .await
+        .context("connect to redis")?;
+    let report = lula_hub::import_node::import_cursors(
+        &mut conn,
+        &config.ingest_layout(),
+        &args.node_prefix,
+        args.dry_run,
+    )
+    .await
+    .context("import the Node hub's cursors")?;
+    let outs = lula_hub::import_node::import_out_streams(
+        &mut conn,
+        &lula_protocol::keys::HubKeys::new(config.prefix.clone()),
+        &args.node_prefix,
+        args.dry_run,
+    )
+    .await
+    .context("copy the Node hub's out streams")?;
+    let copy = if args.dry_run { "would copy" } else { "copied" };
+    for o in &outs {
+        println!(
+            "{}: {copy} {} message(s) from {}:out:{}:x ({} already here)",
+            o.client, o.copied, args.node_prefix, o.client, o.present
+        );
+    }
+    let verb = if args.dry_run { "would set" } else { "set" };
+    for r in &report {
+        let before = r.ours_before.as_deref().unwrap_or("none");
+        match r.action {
+            "set" => println!("{}: {verb} {} (ours was {before})", r.client, r.node),
+            "kept" => println!("{}: kept ours {before} (Node {})", r.client, r.node),
+            _ => println!(
+                "{}: skipped, not a client id and stream id: {:?}",
+                r.client, r.node
+            ),
+        }
+    }
+    let set = report.iter().filter(|r| r.action == "set").count();
+    println!(
+        "{} device cursor(s) in {}:id:h; {set} {verb}{}",
+        report.len(),
+        args.node_prefix,
+        if args.dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

@@ -47,6 +47,8 @@ pub struct HubMetrics {
     pub ingest_errors: Counter,
     /// Entries pushed to devices.
     pub entries_out: Counter,
+    /// Messages for devices deleted as expired instead of pushed.
+    pub expired: Counter,
     /// Entries pushed and not yet acknowledged, over all devices here: the
     /// downstream lag.
     pub unacked: Gauge,
@@ -94,6 +96,7 @@ impl Default for HubMetrics {
             ingest_seconds: latency(),
             ingest_errors: Counter::default(),
             entries_out: Counter::default(),
+            expired: Counter::default(),
             unacked: Gauge::default(),
             renewals: ByLabel::default(),
             upstream_lag: lag_histogram(),
@@ -101,6 +104,16 @@ impl Default for HubMetrics {
             redis_seconds: LatencyByOp::new_with_constructor(latency_histogram),
         };
         let mut r = Registry::with_prefix("lula_hub");
+        m.register_upstream(&mut r);
+        m.register_downstream(&mut r);
+        HubMetrics { registry: r, ..m }
+    }
+}
+
+impl HubMetrics {
+    /// Registers the connection and ingest metrics.
+    fn register_upstream(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "connections",
             "Live device connections",
@@ -150,10 +163,20 @@ impl Default for HubMetrics {
             "Ingest calls that failed",
             m.ingest_errors.clone(),
         );
+    }
+
+    /// Registers the push, session and Redis metrics.
+    fn register_downstream(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "entries_out",
             "Entries pushed to devices",
             m.entries_out.clone(),
+        );
+        r.register(
+            "expired_entries",
+            "Messages for devices deleted as expired (expiresAt, --downstream-max-age) instead of pushed",
+            m.expired.clone(),
         );
         r.register(
             "unacked_entries",
@@ -180,7 +203,6 @@ impl Default for HubMetrics {
             "Latency of Redis commands besides ingest, by operation",
             m.redis_seconds.clone(),
         );
-        HubMetrics { registry: r, ..m }
     }
 }
 
@@ -212,7 +234,7 @@ impl HubMetrics {
 
     /// Records the age of an entry whose id was taken at `id_ms` (epoch ms).
     pub fn lag(histogram: &Histogram, id_ms: u64) {
-        let now = crate::fleet::now_ms();
+        let now = lula_runtime::now_ms();
         histogram.observe(now.saturating_sub(id_ms) as f64 / 1000.0);
     }
 

@@ -6,11 +6,13 @@
 //! (with `lula_client::rpc::serve`, or any consumer of its `in:x` that answers
 //! by appending `req <id> ...` to its `out:x`) answers, and the answer comes up
 //! through the in stream the device's entries land in. An offline device
-//! yields [`CallError::Timeout`], never a hang; the request stays queued for
-//! it, and its late answer lands in the in stream like any entry.
+//! yields [`CallError::Timeout`], never a hang; the request carries
+//! `expiresAt` = its deadline, so the hub never delivers it after the caller
+//! stopped waiting.
 
 use std::time::Duration;
 
+use lula_protocol::keys::AuthKeys;
 use lula_protocol::redis_value::{entries_from_range, entries_from_read};
 use lula_protocol::rpc;
 use lula_protocol::{ClientId, Entry, FIELD_CLIENT, StreamId};
@@ -31,12 +33,43 @@ pub enum CallError {
         /// How long the call waited.
         timeout: Duration,
     },
+    /// lula-auth has no record of the device: it was never provisioned (or was
+    /// revoked), so a request would wait for it forever. Nothing was sent.
+    #[error(
+        "{client} is not provisioned in lula-auth (`lula-auth provision {client}`); nothing was sent"
+    )]
+    NotProvisioned {
+        /// The device.
+        client: ClientId,
+    },
     /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
     /// Redis answered something that is not a stream reply.
     #[error("unexpected reply: {0}")]
     Reply(String),
+}
+
+/// Fails with [`CallError::NotProvisioned`] unless lula-auth has a record of
+/// `client` (`auth_keys` on `conn`, lula-auth's Redis): a request for a device
+/// that does not exist would sit in its out stream until someone provisions
+/// that id, and then arrive stale.
+pub async fn ensure_provisioned<C: ConnectionLike>(
+    conn: &mut C,
+    auth_keys: &AuthKeys,
+    client: &ClientId,
+) -> Result<(), CallError> {
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(auth_keys.client(client))
+        .query_async(conn)
+        .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(CallError::NotProvisioned {
+            client: client.clone(),
+        })
+    }
 }
 
 /// Asks `client` to run `method` with `args`: appends the request to its out
@@ -72,6 +105,10 @@ pub async fn call<C: ConnectionLike>(
     for f in rpc::request_fields(method, args) {
         add.arg(f);
     }
+    // Never delivered after the caller stopped waiting: a device that comes
+    // back later does not run a stale request.
+    let expires_at = lula_runtime::now_ms() + timeout.as_millis() as u64;
+    add.arg(lula_protocol::FIELD_EXPIRES_AT).arg(expires_at);
     let id: String = add.query_async(conn).await?;
     let id: StreamId = id.parse().map_err(|e| CallError::Reply(format!("{e}")))?;
     loop {

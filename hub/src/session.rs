@@ -13,8 +13,20 @@ use lula_protocol::token::{self, Claims, TokenError};
 use lula_runtime::redis::RedisConn;
 use redis::AsyncCommands;
 
-use crate::error::HubError;
-use crate::live::{Kick, Live};
+use lula_protocol::CloseReason;
+
+use crate::live::Live;
+
+/// Why a token does not authenticate a device.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The token is invalid, expired, or its session was revoked.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Redis could not be reached or answered with an error.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
 
 /// How long a fetched verification key is trusted before it is looked up again
 /// by default ([`crate::Config::key_cache_ttl`]), so a key lula-auth stopped
@@ -30,22 +42,24 @@ pub struct Authenticator {
     keys: AuthKeys,
     key_ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, [u8; 32])>>,
+    /// What a token's `exp` is compared with.
+    clock: lula_runtime::Clock,
 }
 
 impl Authenticator {
-    /// An authenticator reading auth keys under `keys`, trusting a fetched
-    /// verification key for [`DEFAULT_KEY_CACHE_TTL`].
-    pub fn new(keys: AuthKeys) -> Self {
-        Self::with_key_cache_ttl(keys, DEFAULT_KEY_CACHE_TTL)
-    }
-
     /// An authenticator trusting a fetched verification key for `key_ttl`.
     pub fn with_key_cache_ttl(keys: AuthKeys, key_ttl: Duration) -> Self {
         Authenticator {
             keys,
             key_ttl,
             cache: Mutex::new(HashMap::new()),
+            clock: lula_runtime::Clock::system(),
         }
+    }
+
+    /// This authenticator, judging token expiry by `clock` ([`crate::Config::clock`]).
+    pub fn with_clock(self, clock: lula_runtime::Clock) -> Self {
+        Authenticator { clock, ..self }
     }
 
     /// Verifies `token` and checks its session still exists; returns its claims.
@@ -53,10 +67,10 @@ impl Authenticator {
         &self,
         redis: &mut RedisConn,
         token: &str,
-    ) -> Result<Claims, HubError> {
+    ) -> Result<Claims, AuthError> {
         let kid = token::kid_of(token)?;
         let key = self.key(redis, &kid).await?;
-        let claims = token::verify(token, &key)?;
+        let claims = token::verify_at(token, &key, self.clock.epoch_secs())?;
         if !self.session_alive(redis, &claims).await? {
             return Err(TokenError::Revoked.into());
         }
@@ -74,7 +88,7 @@ impl Authenticator {
         Ok(owner.as_deref() == Some(claims.sub.as_str()))
     }
 
-    async fn key(&self, redis: &mut RedisConn, kid: &str) -> Result<[u8; 32], HubError> {
+    async fn key(&self, redis: &mut RedisConn, kid: &str) -> Result<[u8; 32], AuthError> {
         if let Some((at, key)) = self.lock().get(kid)
             && at.elapsed() < self.key_ttl
         {
@@ -146,7 +160,7 @@ impl Revocations {
                 if owner.as_deref() != Some(client.as_str()) {
                     // Only connections still under `sid`: one that renewed
                     // meanwhile runs under a session of its own.
-                    closed += live.kick(client, Some(sid), Kick::REVOKED);
+                    closed += live.kick(client, Some(sid), CloseReason::SessionRevoked);
                 }
             }
         }

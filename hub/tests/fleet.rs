@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{entry, spawn_hub_with};
+use common::{entry, spawn_hub, spawn_hub_with};
 use lula_hub::Config;
 use lula_testkit::eventually;
 use serde_json::{Value, json};
@@ -226,19 +226,28 @@ async fn the_fleet_view_shows_where_each_device_is_how_far_it_got_and_what_went_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_connection_closing_late_does_not_mark_its_device_gone() {
-    let hub = spawn_hub_with(|c| Config {
-        admin_token: Some(ADMIN.to_owned().into()),
-        ..c
-    })
-    .await;
-    let (replica, _stop) = hub.spawn_replica().await;
+    let mut hub = spawn_hub().await;
+    let (replica, _stop) = hub
+        .spawn_replica_with(|c| Config {
+            admin_token: Some(ADMIN.to_owned().into()),
+            ..c
+        })
+        .await;
     let mut first = hub.connect("dev-1").await;
     let _second = hub.connect_to(replica, "dev-1").await;
     assert_eq!(first.closed().await, Some(4002));
-    // The first connection's close is written after the second's connect; the
-    // device must still show as connected, through the replica.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, fleet) = get_fleet(hub.addr, "?client=dev-1", Some(ADMIN)).await;
+    // The first connection's close is written after the second's connect.
+    // Once its hub has stopped, every write it had in flight is done (it
+    // waits for its tasks); the device must still show as connected, through
+    // the replica.
+    hub.shutdown.cancel();
+    let task = std::mem::replace(&mut hub.task, tokio::spawn(async { Ok(()) }));
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the first hub to stop")
+        .unwrap()
+        .unwrap();
+    let (_, fleet) = get_fleet(replica, "?client=dev-1", Some(ADMIN)).await;
     let d = device(&fleet, "dev-1").unwrap();
     assert_eq!(d["state"], "connected", "{d}");
     assert!(

@@ -1085,10 +1085,11 @@ async fn hostile_frames_get_their_documented_answer_and_change_nothing() {
     run_frame_rows(&hub, frame_rows()).await;
 }
 
-/// BUG (reported): serde's derived `Deserialize` also reads a struct from a
-/// JSON array, positionally, so a frame `["xadd", "1", {...}]` is taken as an
-/// xadd request and appended, where PROTOCOL.md says a frame that has no
-/// string `type` gets an `err` 400. The same goes for payloads and entries.
+/// serde's derived `Deserialize` also reads a struct from a JSON array,
+/// positionally, so without a guard a frame `["xadd", "1", {...}]` would be
+/// taken as an xadd request and appended, where PROTOCOL.md says a frame that
+/// has no string `type` gets an `err` 400. The same goes for payloads and
+/// entries.
 #[tokio::test]
 async fn json_arrays_are_not_frames_payloads_or_entries() {
     let hub = spawn_hub().await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -29,6 +29,17 @@ async fn json_logs_carry_the_connection_and_never_a_secret() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start lula-hub");
+    // Lines as the hub writes them, read on a thread of their own.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     eventually(
         "the hub to listen",
@@ -44,17 +55,26 @@ async fn json_logs_carry_the_connection_and_never_a_secret() {
     assert_eq!(reply["payload"]["status"], 400);
     ws.request("echo", json!({})).await;
     ws.ws.close(None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
+    // Until the connection's last line is written, then whatever follows.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("no \"disconnected\" line within 30s:\n{}", seen.join("\n"))
+        });
+        let last = serde_json::from_str::<Value>(&line)
+            .is_ok_and(|l| l["span"]["name"] == "conn" && l["message"] == "disconnected");
+        seen.push(line);
+        if last {
+            break;
+        }
+    }
     child.kill().unwrap();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
     let _ = child.wait();
+    reader.join().unwrap();
+    seen.extend(rx.try_iter());
+    let logs = seen.join("\n");
 
     let lines: Vec<Value> = logs
         .lines()

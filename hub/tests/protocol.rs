@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{entry, spawn_hub, spawn_hub_with};
 use futures_util::SinkExt;
 use lula_protocol::message::close;
+use lula_protocol::token::Claims;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -635,40 +636,81 @@ async fn readyz_follows_redis_and_healthz_stays_up() {
 
 #[tokio::test]
 async fn an_expired_session_closes_its_socket_with_4001() {
-    let hub = spawn_hub().await;
+    // The hub's clock stands still, so the token has 2 s left at the upgrade
+    // however long connecting takes; the socket closes when they run out.
+    let t0 = common::now();
+    let hub = spawn_hub_with(|c| lula_hub::Config {
+        clock: common::frozen_clock(t0),
+        ..c
+    })
+    .await;
     hub.session("s-short", "dev-1").await;
-    let token = common::sign_with(
-        hub.signing_key(),
-        &hub.kid(),
-        &hub.claims("dev-1", "s-short", 2),
-    );
+    let claims = Claims {
+        exp: t0 + 2,
+        ..hub.claims("dev-1", "s-short", 0)
+    };
+    let token = common::sign_with(hub.signing_key(), &hub.kid(), &claims);
     let mut ws = hub.connect_with_token(&token).await.unwrap();
     assert_eq!(ws.closed().await, Some(close::SESSION_EXPIRED));
 }
 
 #[tokio::test]
+async fn the_hub_judges_token_expiry_by_its_own_clock() {
+    // The hub's clock reads 100 s ago: a token that ran out 10 s ago by the
+    // wall clock is still good by the hub's, one that ran out before the
+    // hub's now is not.
+    let then = common::now() - 100;
+    let hub = spawn_hub_with(|c| lula_hub::Config {
+        clock: common::frozen_clock(then),
+        ..c
+    })
+    .await;
+    hub.session("s-1", "dev-1").await;
+    let token = |exp| {
+        let claims = Claims {
+            exp,
+            ..hub.claims("dev-1", "s-1", 0)
+        };
+        common::sign_with(hub.signing_key(), &hub.kid(), &claims)
+    };
+    let mut ws = hub.connect_with_token(&token(then + 90)).await.unwrap();
+    let r = ws.request("echo", json!({"ok": 1})).await;
+    assert_eq!(r["ok"], 1);
+    let refused = hub.connect_with_token(&token(then - 1)).await;
+    assert_eq!(common::status_of(refused), 401);
+}
+
+#[tokio::test]
 async fn renew_moves_a_live_connection_to_a_new_token() {
-    let hub = spawn_hub().await;
-    hub.session("s-short", "dev-1").await;
-    let short = common::sign_with(
-        hub.signing_key(),
-        &hub.kid(),
-        &hub.claims("dev-1", "s-short", 2),
-    );
-    let mut ws = hub.connect_with_token(&short).await.unwrap();
+    // The hub's clock stands still at t0: the connection's first token is
+    // good for an hour, the renewed one for 2 s by that clock, so the socket
+    // closing as expired proves the renewed token now sets its end (no
+    // request races a short token's window).
+    let t0 = common::now();
+    let hub = spawn_hub_with(|c| lula_hub::Config {
+        clock: common::frozen_clock(t0),
+        ..c
+    })
+    .await;
+    let mut ws = hub.connect("dev-1").await;
     // Another device's token is refused, and the connection goes on.
     let foreign = hub.token("dev-2").await;
     let r = ws.request("renew", json!({"token": foreign})).await;
     assert_eq!(r["status"], 401);
     let r = ws.request("renew", json!({"token": "garbage"})).await;
     assert_eq!(r["status"], 401);
-    // A fresh token of the same device extends it.
-    let fresh = hub.token("dev-1").await;
-    let r = ws.request("renew", json!({"token": fresh})).await;
-    assert!(r["exp"].as_u64().unwrap() > common::now() + 60, "{r}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let r = ws.request("echo", json!({"still": "here"})).await;
     assert_eq!(r["still"], "here");
+    // A fresh token of the same device replaces the hour-long one.
+    hub.session("s-renewed", "dev-1").await;
+    let claims = Claims {
+        exp: t0 + 2,
+        ..hub.claims("dev-1", "s-renewed", 0)
+    };
+    let renewed = common::sign_with(hub.signing_key(), &hub.kid(), &claims);
+    let r = ws.request("renew", json!({"token": renewed})).await;
+    assert_eq!(r["exp"].as_u64(), Some(t0 + 2), "{r}");
+    assert_eq!(ws.closed().await, Some(close::SESSION_EXPIRED));
 }
 
 #[tokio::test]

@@ -10,10 +10,20 @@
 //! - [`init_tracing`]: `RUST_LOG`-filtered logs on stderr.
 //! - [`tls`]: rustls configs: a service's certificate and key, a client's
 //!   trusted roots (system plus a private CA).
+//! - [`bearer`]: `Authorization: Bearer` as hub and auth read it, and
+//!   constant-time comparison of secrets.
+//! - [`writer`]: the WebSocket writer task both hub and client use, one
+//!   flush per burst of queued frames.
 //! - [`secret`]: secrets from files (`--<secret>-file`), refused when others
 //!   may read them.
 //! - [`redis`]: the cloud Redis, one server or a Redis Cluster, behind one
 //!   connection type.
+//! - [`redis_check`]: start-up checks of a Redis's eviction policy and
+//!   persistence against what exactly-once needs.
+//! - [`retention`]: trimming a stream below what every consumer group has
+//!   acknowledged.
+//! - [`Clock`]: the wall clock services take in their config, so tests can
+//!   drive token expiry and TOTP windows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +40,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod bearer;
+mod clock;
 pub mod redis;
+pub mod redis_check;
+pub mod retention;
 pub mod secret;
 pub mod tls;
+pub mod writer;
+
+pub use clock::Clock;
 
 /// Limits of the accept loop, and its TLS.
 #[derive(Clone)]

@@ -8,7 +8,12 @@
 //! - [`stream_id`]: Redis stream ids, parsed strictly and ordered numerically.
 //! - [`client_id`]: device identities and the characters they may contain.
 //! - [`entry`]: a stream entry on the wire (UTF-8 or base64 fields).
-//! - [`message`]: the WebSocket frames, reply payloads, statuses and close codes.
+//! - [`request`]: [`Request`], every frame a device sends, parsed into its
+//!   variant or into the error reply the hub sends back.
+//! - [`hub_frame`]: [`HubFrame`], every frame the hub sends (replies, pushes,
+//!   errors).
+//! - [`close`]: [`CloseReason`], every close code with its text and metric label.
+//! - [`message`]: the payloads of those frames, the envelope, statuses.
 //! - [`keys`]: every Redis key name, under configurable prefixes.
 //! - [`token`]: session token claims.
 //! - [`limits`]: sizes and timeouts both ends respect.
@@ -18,7 +23,9 @@
 //! - `redis_value` (feature `redis`): stream replies from redis-rs values.
 
 pub mod client_id;
+pub mod close;
 pub mod entry;
+pub mod hub_frame;
 pub mod keys;
 pub mod limits;
 pub mod lua;
@@ -26,13 +33,17 @@ pub mod message;
 pub mod redact;
 #[cfg(feature = "redis")]
 pub mod redis_value;
+pub mod request;
 pub mod rpc;
 pub mod stream_id;
 pub mod token;
 
 pub use client_id::ClientId;
+pub use close::CloseReason;
 pub use entry::Entry;
+pub use hub_frame::HubFrame;
 pub use redact::{Redacted, redact_url};
+pub use request::Request;
 pub use stream_id::StreamId;
 
 /// Field the hub writes first into each `lula-hub:in:x` entry: the device, taken
@@ -45,6 +56,10 @@ pub const FIELD_SEQ: &str = "seq";
 /// `lula-client:in:x`, in place of [`FIELD_SEQ`]: the entry's id in
 /// `lula-hub:broadcast:x`. Consumers tell broadcasts from direct messages by it.
 pub const FIELD_BROADCAST: &str = "broadcast";
+/// A message's own expiry, epoch milliseconds: the hub does not deliver a
+/// message to a device after it (it deletes it and tells the device how many
+/// expired). `lula-hub call` sets it to its deadline.
+pub const FIELD_EXPIRES_AT: &str = "expiresAt";
 
 /// Renames a source field that would shadow one lula writes (`client`, `seq`) by
 /// prefixing `_`, so a consumer reading an entry into a map can never see a

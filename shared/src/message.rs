@@ -5,6 +5,11 @@
 //! Requests carry an `id` (string or number) that the reply echoes together with
 //! the `type`; notifications ([`kind::ACK`], [`kind::PUSH`]) carry none and get no
 //! reply. A reply whose payload has a `status` is an error ([`ErrorReply`]).
+//!
+//! The reference for what may be sent is the pair of enums: [`Request`] (device
+//! to hub, parsed with [`Request::parse`]) and [`HubFrame`] (hub to device);
+//! [`CloseReason`] lists the close codes. This module holds their payloads and
+//! the envelope they travel in.
 
 use std::borrow::Cow;
 
@@ -12,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+pub use crate::close::CloseReason;
+pub use crate::hub_frame::{HubFrame, XreadReply};
+pub use crate::request::{Incoming, Rejected, Request};
 use crate::{Entry, StreamId};
 
 /// Message `type` names.
@@ -49,39 +57,36 @@ pub mod status {
     pub const CONFLICT: u16 = 409;
     /// Too many entries in a batch or fields in an entry.
     pub const TOO_LARGE: u16 = 413;
-    /// Slow down; `retryAfterMs` says for how long.
-    pub const TOO_MANY_REQUESTS: u16 = 429;
     /// The hub failed; the detail is in its log. Safe to retry.
     pub const INTERNAL: u16 = 500;
     /// The hub's Redis is unreachable. Safe to retry after a backoff.
     pub const UNAVAILABLE: u16 = 503;
+    /// The hub's Redis is full (`maxmemory` with `noeviction`): nothing was
+    /// written. Safe to retry after a backoff; the device keeps its entries.
+    pub const INSUFFICIENT_STORAGE: u16 = 507;
 }
 
-/// WebSocket close codes the hub uses.
+/// WebSocket close codes, the codes of [`CloseReason`] (which also has each
+/// one's reason text and metric label).
 pub mod close {
+    use super::CloseReason;
+
     /// Normal closure.
-    pub const NORMAL: u16 = 1000;
+    pub const NORMAL: u16 = CloseReason::Normal.code();
     /// The hub is shutting down; reconnect (possibly to another replica) at once.
-    pub const GOING_AWAY: u16 = 1001;
-    /// A message type the protocol does not allow (binary frames are answered with
-    /// an `err` reply instead, so this is not used for them today).
-    pub const UNSUPPORTED: u16 = 1003;
+    pub const GOING_AWAY: u16 = CloseReason::GoingAway.code();
     /// Policy violation.
-    pub const POLICY: u16 = 1008;
+    pub const POLICY: u16 = CloseReason::Policy.code();
     /// A message exceeded the frame size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The hub hit an internal error on this connection.
-    pub const INTERNAL: u16 = 1011;
+    pub const TOO_BIG: u16 = CloseReason::TooBig.code();
     /// The peer sent nothing, not even a pong, within the idle timeout.
-    pub const IDLE: u16 = 4000;
+    pub const IDLE: u16 = CloseReason::Idle.code();
     /// The session token expired and was not renewed: log in again, reconnect.
-    pub const SESSION_EXPIRED: u16 = 4001;
-    /// A newer connection of the same device took over (on this hub or another
-    /// replica): one live connection per device.
-    pub const REPLACED: u16 = 4002;
-    /// The session was revoked (logout, `lula-auth revoke`, re-provisioning):
-    /// log in again; a device that was revoked must be provisioned again first.
-    pub const SESSION_REVOKED: u16 = 4003;
+    pub const SESSION_EXPIRED: u16 = CloseReason::SessionExpired.code();
+    /// A newer connection of the same device took over.
+    pub const REPLACED: u16 = CloseReason::Replaced.code();
+    /// The session was revoked: log in again.
+    pub const SESSION_REVOKED: u16 = CloseReason::SessionRevoked.code();
 }
 
 /// A received frame with its payload left unparsed until its `type` is known.
@@ -184,9 +189,6 @@ pub struct ErrorReply {
     /// On 409: the device's saved cursor, where the client should resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<StreamId>,
-    /// On 429: how long to wait before retrying.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_after_ms: Option<u64>,
 }
 
 impl ErrorReply {
@@ -196,13 +198,33 @@ impl ErrorReply {
             status,
             message: message.into(),
             id: None,
-            retry_after_ms: None,
         }
     }
 
     /// A 400 Bad Request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(status::BAD_REQUEST, message)
+    }
+
+    /// A 409 Conflict naming the saved `cursor` to resume from.
+    pub fn conflict(message: impl Into<String>, cursor: StreamId) -> Self {
+        ErrorReply {
+            id: Some(cursor),
+            ..Self::new(status::CONFLICT, message)
+        }
+    }
+
+    /// A 503: the hub's Redis is unreachable.
+    pub fn unavailable() -> Self {
+        Self::new(status::UNAVAILABLE, "redis unavailable, retry later")
+    }
+
+    /// A 507: the hub's Redis is full; nothing was written.
+    pub fn storage_full() -> Self {
+        Self::new(
+            status::INSUFFICIENT_STORAGE,
+            "the hub's Redis is full (maxmemory): nothing was written, retry later",
+        )
     }
 }
 
@@ -227,9 +249,11 @@ pub struct XaddReply {
     pub id: StreamId,
 }
 
-/// Request [`kind::XADDS`]: a batch of consecutive entries of the device's out stream.
+/// Request [`kind::XADDS`]: a batch of consecutive entries of the device's out
+/// stream. `E` holds the entries: parsed (the default) or encoded JSON (a
+/// `&RawValue`, for a sender that has them encoded already).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct XaddsRequest {
+pub struct XaddsRequest<E = Vec<Entry>> {
     /// The client's view of the hub's cursor before this batch: the seq of the
     /// entry preceding `entries[0]` in the device stream, or the cursor the hub
     /// reported. If the hub's saved cursor is below `prev`, an earlier batch was
@@ -238,7 +262,7 @@ pub struct XaddsRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev: Option<StreamId>,
     /// Entries with strictly increasing ids.
-    pub entries: Vec<Entry>,
+    pub entries: E,
 }
 
 /// Reply to [`kind::XADDS`].
@@ -340,6 +364,12 @@ pub struct Push {
     /// moves its cursor to it and reports the gap. Absent: nothing missed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<StreamId>,
+    /// Messages after the device's cursor that expired (past their
+    /// `expiresAt`, or older than the hub's `--downstream-max-age`) and were
+    /// deleted instead of delivered, just before this push's entries. The
+    /// device counts them. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired: Option<u64>,
 }
 
 /// Request [`kind::RENEW`]: continue this connection under a new session token
@@ -439,6 +469,7 @@ mod tests {
             backlog: None,
             stream: PushStream::Direct,
             gap: None,
+            expired: None,
         };
         assert_eq!(
             serde_json::to_string(&direct).unwrap(),
@@ -481,6 +512,7 @@ mod tests {
             backlog: Some(0),
             stream: PushStream::Broadcast,
             gap: Some(StreamId::new(7, 0)),
+            expired: None,
         };
         let text = serde_json::to_string(&push).unwrap();
         assert_eq!(

@@ -111,23 +111,37 @@ mod verify {
     /// Verifies signature, algorithm, issuer, audience and expiry (no leeway) and
     /// returns the claims. Does not check the session still exists in Redis.
     pub fn verify(token: &str, public_key: &[u8; 32]) -> Result<Claims, TokenError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        verify_at(token, public_key, now)
+    }
+
+    /// [`verify`] with "now" given (epoch seconds), so a service whose clock
+    /// tests drive judges expiry by that clock. A token is valid up to and
+    /// including its `exp` second, as jsonwebtoken judges it.
+    pub fn verify_at(token: &str, public_key: &[u8; 32], now: u64) -> Result<Claims, TokenError> {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        // Checked below against `now` instead of jsonwebtoken's system clock.
+        validation.validate_exp = false;
         validation.leeway = 0;
         let key = DecodingKey::from_ed_der(public_key);
-        decode::<Claims>(token, &key, &validation)
+        let claims = decode::<Claims>(token, &key, &validation)
             .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
-            })
+            .map_err(|_| TokenError::Invalid)?;
+        if claims.exp < now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
     }
 }
 
 #[cfg(feature = "jwt")]
-pub use verify::{kid_of, verify};
+pub use verify::{kid_of, verify, verify_at};
 
 #[cfg(test)]
 mod tests {
@@ -190,6 +204,15 @@ mod verify_tests {
         let token = sign(&sk, &kid_for(&pk), &claims(now() + 60));
         assert_eq!(kid_of(&token).unwrap(), kid_for(&pk));
         assert_eq!(verify(&token, &pk).unwrap().sub.as_str(), "dev-1");
+    }
+
+    #[test]
+    fn expiry_is_judged_by_the_now_given() {
+        let (sk, pk) = key(1);
+        let token = sign(&sk, &kid_for(&pk), &claims(1_000));
+        assert_eq!(verify_at(&token, &pk, 1_000).unwrap().exp, 1_000);
+        assert_eq!(verify_at(&token, &pk, 1_001), Err(TokenError::Expired));
+        assert_eq!(verify(&token, &pk), Err(TokenError::Expired));
     }
 
     #[test]

@@ -404,16 +404,16 @@ proptest! {
         check_frame(&text)?;
     }
 
-    // BUG (reported): serde's derived `Deserialize` also reads a struct from a
-    // JSON array, positionally, so `["xadd","1",{"id":"5-0","fields":["k","v"]}]`
-    // is taken as an xadd request, against PROTOCOL.md ("a frame that is not
-    // JSON, or has no string `type`, gets `err` 400").
+    // serde's derived `Deserialize` also reads a struct from a JSON array,
+    // positionally, so without a guard `["xadd","1",{"id":"5-0","fields":["k","v"]}]`
+    // would be taken as an xadd request, against PROTOCOL.md ("a frame that is
+    // not JSON, or has no string `type`, gets `err` 400").
     #[test]
     fn only_json_objects_are_frames(text in non_object_json()) {
         prop_assert!(Envelope::parse(&text).is_err(), "accepted {}", text);
     }
 
-    // BUG (reported): as above, for payloads and the entries inside them.
+    // As above, for payloads and the entries inside them.
     #[test]
     fn only_json_objects_are_payloads_and_entries(payload in positional_payload()) {
         let text = format!(r#"{{"type":"xadd","id":"1","payload":{payload}}}"#);

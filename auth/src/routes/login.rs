@@ -74,7 +74,7 @@ async fn login_request(
     Body(req): Body<LoginRequest>,
 ) -> Result<Json<LoginResponse>, AuthError> {
     let client = client_id(&req.client)?;
-    check_secret(&req.secret)?;
+    check_secret(&req.secret, state.config.min_secret_len)?;
     let attempt = Attempt {
         action: Action::Login,
         client: Some(&client),

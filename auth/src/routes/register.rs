@@ -84,7 +84,7 @@ async fn register_request(
             otp::DIGITS
         )));
     }
-    check_secret(&req.secret)?;
+    check_secret(&req.secret, state.config.min_secret_len)?;
     let attempt = Attempt {
         action: Action::Register,
         client: Some(&client),

@@ -37,7 +37,7 @@ use anyhow::Context as _;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
-use super::{Ctx, EXACTLY_ONCE, Outcome, check_row, cpu_rows};
+use super::{Ctx, EXACTLY_ONCE, Outcome, check_row, cpu_rows, moved_entries};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
 use crate::devices::{Daemons, Device, DeviceServers, wait_connected};
@@ -128,8 +128,8 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
             key: d.keys.out_stream(),
         })
         .collect();
-    let check = verify::upstream(cloud.conn(), &fleet.in_key, outs)
-        .await
+    let verified = verify::upstream(cloud.conn(), &fleet.in_key, outs).await;
+    let check = moved_entries(verified, None)
         .map(|n| format!("{} entries of {} devices", thousands(n), devices.len()))
         .map_err(|e| format!("{e:#}"));
     rows.push(check_row(SCENARIO, EXACTLY_ONCE, &check));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use lula_protocol::StreamId;
 
-use super::{Ctx, EXACTLY_ONCE, Outcome, check_row, cpu_rows};
+use super::{Ctx, EXACTLY_ONCE, Outcome, check_row, cpu_rows, moved_entries};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
 use crate::devices::{Daemons, DeviceServers, wait_connected};
@@ -144,7 +144,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopped = daemons.stop().await;
     ctx.progress(SCENARIO, "verifying");
-    let check = verify::upstream(
+    let verified = verify::upstream(
         cloud.conn(),
         &in_key,
         vec![verify::DeviceOut {
@@ -153,9 +153,10 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
             key: device.keys.out_stream(),
         }],
     )
-    .await
-    .map(|n| format!("{} entries", thousands(n)))
-    .map_err(|e| format!("{e:#}"));
+    .await;
+    let check = moved_entries(verified, Some(sent))
+        .map(|n| format!("{} entries", thousands(n)))
+        .map_err(|e| format!("{e:#}"));
     rows.push(check_row(SCENARIO, EXACTLY_ONCE, &check));
     let mut notes: Vec<String> = cloud.hub_log_note(SCENARIO.name()).into_iter().collect();
     if let Err(e) = stopped {

@@ -122,5 +122,18 @@ pub fn check_row(scenario: Scenario, target: &str, check: &Result<String, String
     Row::info(scenario, "verified", value).target(target, check.is_ok())
 }
 
+/// What an exactly-once check found, failed when it found nothing: both sides
+/// empty match trivially, and a run that moved no entry proves nothing (a
+/// producer or pacing that broke would otherwise pass). `expected`, when
+/// known, is how many entries the run produced.
+pub fn moved_entries(verified: anyhow::Result<u64>, expected: Option<u64>) -> anyhow::Result<u64> {
+    let n = verified?;
+    anyhow::ensure!(n > 0, "no entries were moved: nothing to verify");
+    if let Some(expected) = expected {
+        anyhow::ensure!(n == expected, "{n} entries verified, {expected} produced");
+    }
+    Ok(n)
+}
+
 /// The check of every scenario that moves entries.
 pub const EXACTLY_ONCE: &str = "exactly once, in order";

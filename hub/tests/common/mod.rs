@@ -88,6 +88,13 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
+/// A hub clock standing still at `secs` (epoch seconds): a token's time left
+/// at the upgrade is then exactly what the test gave it, however long the
+/// test takes to connect on a busy machine.
+pub fn frozen_clock(secs: u64) -> lula_hub::Clock {
+    lula_hub::Clock::from_fn(move || UNIX_EPOCH + Duration::from_secs(secs))
+}
+
 pub fn sign_with(key: &SigningKey, kid: &str, claims: &Claims) -> String {
     let der = key.to_pkcs8_der().unwrap();
     let mut header = Header::new(Algorithm::EdDSA);

@@ -1,0 +1,177 @@
+//! `xadd`, `xadds` and `id`: batches go to the [`Ingestor`] as they arrive and
+//! are answered, in order, when their results come.
+
+use std::collections::VecDeque;
+
+use lula_protocol::limits::MAX_BATCH_ENTRIES;
+use lula_protocol::message::{
+    ErrorReply, HubFrame, IdReply, XaddReply, XaddsReply, XaddsRequest, kind,
+};
+use lula_protocol::{Entry, StreamId};
+use serde_json::Value;
+
+use super::{Closed, Connection};
+use crate::ingest::{self, Appended, IngestError, Ingestor};
+
+/// What a batch was sent as, with what its replies need to name.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Batch {
+    /// One entry with this seq.
+    Xadd { seq: StreamId },
+    /// A batch following `prev` (when the device named it).
+    Xadds { prev: Option<StreamId> },
+}
+
+impl Batch {
+    fn kind(self) -> &'static str {
+        match self {
+            Batch::Xadd { .. } => kind::XADD,
+            Batch::Xadds { .. } => kind::XADDS,
+        }
+    }
+
+    /// The reply to this batch's result.
+    fn reply(self, appended: Appended) -> HubFrame<'static> {
+        match (self, appended) {
+            (Batch::Xadd { .. }, Appended::Applied { last: Some(id), .. }) => {
+                HubFrame::Xadd(XaddReply { id })
+            }
+            (Batch::Xadd { seq }, Appended::Applied { cursor, .. } | Appended::Gap { cursor }) => {
+                let message = format!("seq {seq} is at or below the saved {cursor}");
+                HubFrame::error(kind::XADD, ErrorReply::conflict(message, cursor))
+            }
+            (
+                Batch::Xadds { .. },
+                Appended::Applied {
+                    cursor,
+                    added,
+                    duplicates,
+                    ..
+                },
+            ) => HubFrame::Xadds(XaddsReply {
+                id: cursor,
+                added,
+                duplicates,
+            }),
+            (Batch::Xadds { prev }, Appended::Gap { cursor }) => {
+                let prev = prev.unwrap_or_default();
+                let message = format!("gap: batch follows {prev} but the hub holds up to {cursor}");
+                HubFrame::error(kind::XADDS, ErrorReply::conflict(message, cursor))
+            }
+        }
+    }
+}
+
+/// A batch submitted to the ingestor, answered when its result comes.
+pub(super) struct PendingAppend {
+    batch: Batch,
+    /// Request id, echoed.
+    id: Option<Value>,
+    result: ingest::Pending,
+}
+
+/// The result of the oldest pending batch; never resolves when none is pending.
+pub(super) async fn next_done(
+    pending: &mut VecDeque<PendingAppend>,
+) -> Result<Appended, IngestError> {
+    match pending.front_mut() {
+        Some(p) => (&mut p.result)
+            .await
+            .unwrap_or_else(|_| Err(IngestError::Reply("ingest task stopped".into()))),
+        None => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    /// `xadd`: one entry.
+    pub(super) async fn xadd(&mut self, id: Option<&Value>, entry: Entry) -> Result<(), Closed> {
+        let batch = Batch::Xadd { seq: entry.id };
+        self.submit(batch, id, None, vec![entry]).await
+    }
+
+    /// `xadds`: a batch, refused when `prev` is ahead of the saved cursor.
+    pub(super) async fn xadds(
+        &mut self,
+        id: Option<&Value>,
+        request: XaddsRequest,
+    ) -> Result<(), Closed> {
+        let batch = Batch::Xadds { prev: request.prev };
+        self.submit(batch, id, request.prev, request.entries).await
+    }
+
+    /// `id`: the cursor, after the batches sent before this request.
+    pub(super) async fn id(&mut self, id: Option<&Value>) -> Result<(), Closed> {
+        self.drain().await?;
+        let layout = self.state.ingestor.layout();
+        let frame = match ingest::cursor(&mut self.redis, layout, &self.client).await {
+            Ok(cursor) => HubFrame::Id(IdReply {
+                id: cursor,
+                max_frame_bytes: Some(self.state.config.max_frame_bytes),
+                max_batch_entries: Some(MAX_BATCH_ENTRIES),
+            }),
+            Err(e) => HubFrame::error(kind::ID, self.failure(e)),
+        };
+        self.send(id, frame).await
+    }
+
+    /// Submits a batch to the ingestor; its reply is sent when its result comes.
+    async fn submit(
+        &mut self,
+        batch: Batch,
+        id: Option<&Value>,
+        prev: Option<StreamId>,
+        entries: Vec<Entry>,
+    ) -> Result<(), Closed> {
+        let ingestor: &Ingestor = &self.state.ingestor;
+        match ingestor.submit(&self.client, prev, entries).await {
+            Ok(result) => {
+                self.pending.push_back(PendingAppend {
+                    batch,
+                    id: id.cloned(),
+                    result,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let reply = self.failure(e);
+                self.reply(id, HubFrame::error(batch.kind(), reply)).await
+            }
+        }
+    }
+
+    /// Waits for and answers every pending batch, oldest first.
+    pub(super) async fn drain(&mut self) -> Result<(), Closed> {
+        while !self.pending.is_empty() {
+            let result = next_done(&mut self.pending).await;
+            if let Some(p) = self.pending.pop_front() {
+                self.answer(p, result).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the reply to a batch whose result came.
+    pub(super) async fn answer(
+        &mut self,
+        p: PendingAppend,
+        result: Result<Appended, IngestError>,
+    ) -> Result<(), Closed> {
+        let frame = match result {
+            Ok(appended) => p.batch.reply(appended),
+            Err(e) => HubFrame::error(p.batch.kind(), self.failure(e)),
+        };
+        self.send(p.id.as_ref(), frame).await
+    }
+
+    /// The error reply to a failed request, noted in the fleet view and logged.
+    fn failure(&mut self, e: IngestError) -> ErrorReply {
+        self.fleet.error(e.to_string());
+        match &e {
+            IngestError::Redis(_) | IngestError::Reply(_) => {
+                tracing::warn!(error = %e, "request failed")
+            }
+            _ => tracing::debug!(error = %e, "request refused"),
+        }
+        e.to_reply()
+    }
+}
