@@ -104,8 +104,9 @@ otp_secret=$(printf '%s' "$provisioned" | sed -n 's/.*"otpSecret" *: *"\([A-Z2-7
 [ -n "$otp_secret" ] || { echo "could not read otpSecret from the provision output" >&2; exit 1; }
 
 bold "Starting lula-client on the device"
-step "lula-client run --client-id demo-device --otp-secret <secret> ..."
-"$bin/lula-client" run --client-id demo-device --otp-secret "$otp_secret" \
+step "lula-client run --client-id demo-device --otp-secret-file <0600 file> ..."
+(umask 077 && printf '%s\n' "$otp_secret" >"$dir/otp-secret")
+"$bin/lula-client" run --client-id demo-device --otp-secret-file "$dir/otp-secret" \
   --auth-url "http://127.0.0.1:$auth_port" --hub-url "ws://127.0.0.1:$hub_port" \
   --redis-url "redis://127.0.0.1:$device_port" --state-dir "$dir/client-state" >"$dir/client.log" 2>&1 &
 client_pid=$!

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use lula_auth::Config;
 use lula_protocol::keys::AuthKeys;
 use lula_protocol::{ClientId, Redacted};
+use lula_runtime::secret::{Readers, read_secret_file, secret_value};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -65,6 +66,10 @@ struct Common {
         hide_env_values = true
     )]
     redis_url: String,
+    /// Read --redis-url from this file instead (a URL with a password is a
+    /// secret); others must not be able to read it.
+    #[arg(long, env = "REDIS_URL_FILE", conflicts_with = "redis_url")]
+    redis_url_file: Option<PathBuf>,
     /// Treat --redis-url as a seed node of a Redis Cluster.
     #[arg(long, env = "LULA_REDIS_CLUSTER")]
     redis_cluster: bool,
@@ -75,6 +80,11 @@ struct Common {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// Refuse to start when the Redis evicts keys or does not persist
+    /// (maxmemory-policy other than noeviction, appendonly off), or its
+    /// settings cannot be read, instead of warning.
+    #[arg(long, env = "LULA_REQUIRE_SAFE_REDIS")]
+    require_safe_redis: bool,
     /// After SIGTERM, keep serving this long with /readyz answering 503, so
     /// a load balancer that polls readiness stops sending requests here first.
     #[arg(long, env = "LULA_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -168,9 +178,32 @@ struct RevokeArgs {
     client: ClientId,
 }
 
+impl Common {
+    /// Replaces `redis_url` with the content of `--redis-url-file`, if given.
+    fn load_secrets(&mut self) -> anyhow::Result<()> {
+        if let Some(url) = secret_value(None, self.redis_url_file.as_deref(), CLOUD_READERS)
+            .context("--redis-url-file")?
+        {
+            self.redis_url = url;
+        }
+        Ok(())
+    }
+}
+
+/// Secret files may be group-readable: Kubernetes mounts them for the pod's
+/// `fsGroup` (lula_runtime::secret).
+const CLOUD_READERS: Readers = Readers::OwnerAndGroup;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::Serve(args) => args.common.load_secrets()?,
+        Command::Provision(args) => args.common.load_secrets()?,
+        Command::Revoke(args) => args.common.load_secrets()?,
+        Command::ImportNode(args) => args.common.load_secrets()?,
+    }
+    match cli.command {
         Command::Serve(args) => {
             lula_runtime::init_tracing_as(args.log.log_format);
             serve(*args).await
@@ -193,8 +226,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let signing_key_pem = match &args.signing_key_file {
         Some(path) => Some(Redacted::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("read --signing-key-file {}", path.display()))?,
+            read_secret_file(path, CLOUD_READERS).context("--signing-key-file")?,
         )),
         None => None,
     };
@@ -225,6 +257,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..Config::new(args.common.redis_url)
     };
     lula_runtime::log_start("lula-auth", env!("CARGO_PKG_VERSION"), &config);
+    let target =
+        lula_runtime::redis::RedisTarget::new(config.redis_url.clone(), config.redis_cluster);
+    lula_runtime::redis_check::check_at_start(
+        &target,
+        "lula-auth's Redis",
+        args.require_safe_redis,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
@@ -301,9 +342,18 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
             println!("revoked:      {} session(s)", p.revoked_sessions);
         }
         println!();
+        // The secret goes in a file only the daemon's user reads, never on
+        // a command line (`ps` shows those to every local user).
+        println!("On the device, keep the secret in a file only root can read:");
+        println!("  install -m 600 /dev/null /etc/lula-client/otp-secret");
+        println!("  echo {} > /etc/lula-client/otp-secret", p.otp_secret);
         println!(
-            "On the device: lula-client run --client-id {} --otp-secret {}",
-            p.client, p.otp_secret
+            "then set LULA_CLIENT_ID={} in /etc/lula-client/lula-client.env and start lula-client.service,",
+            p.client
+        );
+        println!(
+            "or run: lula-client run --client-id {} --otp-secret-file /etc/lula-client/otp-secret",
+            p.client
         );
     }
     Ok(())

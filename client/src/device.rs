@@ -65,8 +65,10 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
 /// ARGV[1] the cursor's field, ARGV[2] the marker field written first into
 /// each entry (`seq` or `broadcast`), ARGV[3] a gap: the id the hub says
 /// entries up to were deleted ('' when none), ARGV[4] the field counting
-/// gaps, ARGV[5] the field describing the last one, ARGV[6] now (epoch ms);
-/// then per entry: hub id, number of values, values.
+/// gaps, ARGV[5] the field describing the last one, ARGV[6] now (epoch ms),
+/// ARGV[7] how many messages expired on the hub before these (0: none),
+/// ARGV[8] the field counting them, ARGV[9] the field describing the last
+/// report; then per entry: hub id, number of values, values.
 /// Moves the cursor to the gap if it is ahead (counting the gap), appends
 /// the entries after the cursor with the marker = hub id first, moves the
 /// cursor, atomically. Returns {cursor, added, cursor before a counted gap
@@ -83,8 +85,13 @@ if gap ~= '' and id_gt(gap, cur) then
   cur = gap
   moved = true
 end
+local expired = tonumber(ARGV[7])
+if expired > 0 then
+  redis.call('HINCRBY', KEYS[2], ARGV[8], expired)
+  redis.call('HSET', KEYS[2], ARGV[9], expired .. ' expired before delivery (at ' .. ARGV[6] .. ' ms)')
+end
 local n = #ARGV
-local i = 7
+local i = 10
 local added = 0
 while i <= n do
   local id = ARGV[i]
@@ -111,6 +118,16 @@ static STORE: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{}{}", lula_protocol::lua::ID_GT, STORE_BODY)));
 
 pub use lula_runtime::now_ms;
+
+/// Whether `e` is the device Redis refusing a write because it is full
+/// (`maxmemory` with `noeviction`): the daemon carries on with what needs no
+/// memory (reading, acknowledging, trimming) and retries the writes later.
+pub fn is_full(e: &RedisError) -> bool {
+    e.code() == Some("OOM")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
+}
 
 /// Access to the device Redis for ordinary (non-blocking) commands.
 #[derive(Clone)]
@@ -215,7 +232,7 @@ impl Device {
         &mut self,
         entries: Vec<Entry>,
     ) -> Result<(StreamId, u64), RedisError> {
-        let stored = self.store(PushStream::Direct, entries, None).await?;
+        let stored = self.store(PushStream::Direct, &entries, None, 0).await?;
         Ok((stored.cursor, stored.added))
     }
 
@@ -228,8 +245,9 @@ impl Device {
     pub async fn store(
         &mut self,
         stream: PushStream,
-        entries: Vec<Entry>,
+        entries: &[Entry],
         gap: Option<StreamId>,
+        expired: u64,
     ) -> Result<Stored, RedisError> {
         let (field, marker, reserved): (&str, &str, &[&str]) = match stream {
             PushStream::Direct => (DOWNSTREAM_FIELD, FIELD_SEQ, &[FIELD_SEQ]),
@@ -247,14 +265,20 @@ impl Device {
             .arg(gap.map(|g| g.to_string()).unwrap_or_default())
             .arg(status_fields::BROADCAST_GAPS)
             .arg(status_fields::LAST_BROADCAST_GAP)
-            .arg(now_ms());
+            .arg(now_ms())
+            .arg(expired)
+            .arg(status_fields::EXPIRED)
+            .arg(status_fields::LAST_EXPIRED);
         for entry in entries {
             invocation.arg(entry.id.to_string()).arg(entry.fields.len());
-            for (i, mut value) in entry.fields.into_iter().enumerate() {
-                if i.is_multiple_of(2) {
-                    escape_reserved(&mut value, reserved);
+            for (i, value) in entry.fields.iter().enumerate() {
+                if i.is_multiple_of(2) && reserved.iter().any(|r| value == r.as_bytes()) {
+                    let mut name = value.clone();
+                    escape_reserved(&mut name, reserved);
+                    invocation.arg(name);
+                } else {
+                    invocation.arg(value.as_slice());
                 }
-                invocation.arg(value);
             }
         }
         let (cursor, added, missed): (String, u64, String) =
@@ -409,6 +433,32 @@ return {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] 
 
 static COUNTERS: LazyLock<Script> = LazyLock::new(|| Script::new(COUNTERS_BODY));
 
+/// KEYS[1] out stream, ARGV[1] the id to read after, ARGV[2] how many. The
+/// counters and the entries in one read-only script (Redis 7 flags), for a
+/// full device Redis: over `maxmemory` Redis refuses every command queued in
+/// a `MULTI`, and any script not declared read-only, but still runs this.
+/// Slower than the transaction (Lua builds every entry), so only then.
+static READ_WHEN_FULL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"#!lua flags=no-writes
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {{0, 0, '', '0-0'}, {}}
+end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local f = {}
+for i = 1, #info, 2 do
+  f[info[i]] = info[i + 1]
+end
+local first = ''
+if type(f['first-entry']) == 'table' then
+  first = f['first-entry'][1]
+end
+local counters = {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] or '0-0'}
+return {counters, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+"#,
+    )
+});
+
 /// Reads the out stream on a connection of its own: entries and counters in
 /// one script call, and, when there is nothing to read, a blocking `XREAD` that
 /// only waits for the next entry. The block never delays other commands, since
@@ -438,6 +488,42 @@ impl OutReader {
             }
         }
         self.read_after(after, count, Some(self.block)).await
+    }
+
+    /// [`READ_WHEN_FULL`], after the wait (a plain blocking `XREAD`, which a
+    /// full Redis still serves); the same `[counters, entries]` as the
+    /// transaction.
+    async fn read_when_full(
+        &mut self,
+        after: StreamId,
+        count: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Value>, RedisError> {
+        if let Some(wait) = wait {
+            let _: Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(wait.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.key)
+                .arg(after.to_string())
+                .query_async(&mut self.conn)
+                .await?;
+        }
+        // Loaded first: over maxmemory Redis refuses an EVALSHA of a script
+        // it does not know (OOM, not NOSCRIPT), so the usual fallback to
+        // EVAL would never happen.
+        READ_WHEN_FULL
+            .prepare_invoke()
+            .load_async(&mut self.conn)
+            .await?;
+        READ_WHEN_FULL
+            .key(&self.key)
+            .arg(after.to_string())
+            .arg(count)
+            .invoke_async(&mut self.conn)
+            .await
     }
 
     /// Entries after `after` and the stream's counters, read in one
@@ -493,6 +579,7 @@ impl OutReader {
                 COUNTERS.prepare_invoke().load_async(&mut self.conn).await?;
                 pipe.query_async(&mut self.conn).await?
             }
+            Err(e) if is_full(&e) => (self.read_when_full(after, count, wait).await?,),
             other => other?,
         };
         let mut exec = exec.into_iter();

@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Settings of the device Redis that can break the guarantees (eviction
     /// policy, persistence), as read at start.
     pub redis_unsafe_settings: Gauge,
+    /// Messages for this device that expired on the hub before delivery.
+    pub downstream_expired: Counter,
     /// Acknowledged entries the daemon removed from `out:x` (retention).
     pub out_trimmed: Counter,
     /// Entries removed from `in:x` after every consumer group acknowledged
@@ -72,6 +74,7 @@ impl Default for Metrics {
             downstream_backlog: Gauge::default(),
             gaps: Counter::default(),
             out_trimmed: Counter::default(),
+            downstream_expired: Counter::default(),
             redis_unsafe_settings: Gauge::default(),
             in_trimmed: Counter::default(),
             broadcast_entries: Counter::default(),
@@ -145,6 +148,11 @@ impl Metrics {
             "redis_unsafe_settings",
             "Settings of the device Redis that can break exactly-once (maxmemory-policy, appendonly), as read at start",
             self.redis_unsafe_settings.clone(),
+        );
+        r.register(
+            "downstream_expired_entries",
+            "Messages for this device that expired on the hub before delivery (expiresAt, --downstream-max-age)",
+            self.downstream_expired.clone(),
         );
         r.register(
             "out_trimmed_entries",
@@ -222,6 +230,7 @@ mod tests {
             "lula_client_downstream_backlog_entries",
             "lula_client_gaps_total",
             "lula_client_out_trimmed_entries_total",
+            "lula_client_downstream_expired_entries_total",
             "lula_client_redis_unsafe_settings",
             "lula_client_in_trimmed_entries_total",
             "lula_client_broadcast_entries_total",

@@ -43,6 +43,11 @@ pub mod status_fields {
     pub const BROADCAST_GAPS: &str = "broadcastGaps";
     /// The most recent such finding: the broadcast ids missed and when.
     pub const LAST_BROADCAST_GAP: &str = "lastBroadcastGap";
+    /// Messages for this device that expired on the hub before delivery
+    /// (counted by the store script from the hub's pushes).
+    pub const EXPIRED: &str = "expired";
+    /// The most recent such report: how many, and when.
+    pub const LAST_EXPIRED: &str = "lastExpired";
 }
 
 /// One write of status fields. The fields set here are written (with

@@ -69,6 +69,8 @@ const MAX_INCOMING: usize = 64 << 20;
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// How often the session refreshes its published status.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How soon pushed frames that did not fit in a full device Redis are tried again.
+const HELD_RETRY: Duration = Duration::from_millis(500);
 /// How soon after an acknowledgement the new upstream cursor is published for
 /// `lula-client status`: often enough to look live, rarely enough to cost the
 /// device Redis nothing at full speed.
@@ -104,6 +106,27 @@ pub enum SessionError {
     /// The hub sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+impl SessionError {
+    /// Whether the session ended because something refused to go on (an
+    /// error reply, a policy or size close, a device Redis error, an entry
+    /// that cannot be sent) rather than because the connection was lost:
+    /// reconnecting at once would only meet the same refusal.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            SessionError::Hub(_)
+            | SessionError::RateLimited(_)
+            | SessionError::Device(_)
+            | SessionError::Uplink(_)
+            | SessionError::Protocol(_) => true,
+            SessionError::Closed(Some(code)) => matches!(
+                CloseReason::from_code(*code),
+                Some(CloseReason::Policy | CloseReason::TooBig)
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl From<UplinkError> for SessionError {
@@ -288,6 +311,10 @@ struct Session<'a> {
     metrics: Arc<Metrics>,
     /// The downstream backlog last published to the status hash.
     downstream_backlog: Option<u64>,
+    /// Pushed frames not stored yet, oldest first (the device Redis was full).
+    held: VecDeque<Push>,
+    /// When to try storing them again.
+    held_retry_at: Option<Instant>,
 }
 
 /// What a connection needs to renew its session token without reconnecting.
@@ -320,6 +347,8 @@ enum Event {
     LoggedIn(Option<AuthSession>),
     /// Time to refresh the published status.
     Heartbeat,
+    /// Time to try storing the pushed frames that did not fit.
+    RetryHeld,
 }
 
 /// The loop's timers and the upstream reader, beside the session.
@@ -357,6 +386,8 @@ impl<'a> Session<'a> {
             cursor: StreamId::ZERO,
             cursor_ordinal: None,
             retire: true,
+            held: VecDeque::new(),
+            held_retry_at: None,
             renewal: Renewal::new(login.current),
             login,
             metrics: metrics.clone(),
@@ -384,8 +415,16 @@ impl Session<'_> {
         StatusUpdate::upstream(self.cursor, self.cursor_ordinal)
     }
 
+    /// Writes status fields. A full device Redis refuses them (`OOM`); status
+    /// is for people, so that is logged and the session goes on.
     async fn publish(&mut self, update: &StatusUpdate) -> Result<(), SessionError> {
-        Ok(self.device.publish(update).await?)
+        match self.device.publish(update).await {
+            Err(e) if crate::device::is_full(&e) => {
+                tracing::debug!("device Redis full: status not written");
+                Ok(())
+            }
+            r => Ok(r?),
+        }
     }
 
     fn request_id(&mut self) -> u64 {
@@ -587,6 +626,7 @@ impl Session<'_> {
                 Event::Idle => return Err(SessionError::Idle),
                 Event::RenewDue => self.start_renewal(),
                 Event::LoggedIn(new) => self.send_renew(new)?,
+                Event::RetryHeld => self.store_held().await?,
                 Event::Heartbeat => {
                     lp.published = self.cursor;
                     self.publish(&StatusUpdate::connected(self.cursor, self.cursor_ordinal))
@@ -614,6 +654,7 @@ impl Session<'_> {
             _ = sleep_until_some(renew_at) => Event::RenewDue,
             new = self.renewal.logged_in() => Event::LoggedIn(new),
             _ = lp.heartbeat.tick() => Event::Heartbeat,
+            _ = sleep_until_some(self.held_retry_at) => Event::RetryHeld,
         }
     }
 
@@ -793,10 +834,12 @@ impl Session<'_> {
     }
 
     /// Stores a pushed frame with its stream's cursor in one script, then
-    /// acknowledges it on that stream.
+    /// acknowledges it on that stream. While the device Redis is full, frames
+    /// wait (in order) and are stored when it has room again: the hub sends
+    /// no more than its window without acknowledgements, so the wait is
+    /// bounded, and upstream goes on meanwhile.
     async fn on_push(&mut self, push: Push) -> Result<(), SessionError> {
-        let stream = push.stream;
-        if stream == PushStream::Direct
+        if push.stream == PushStream::Direct
             && let Some(backlog) = push.backlog
             && self.downstream_backlog != Some(backlog)
         {
@@ -809,13 +852,63 @@ impl Session<'_> {
             };
             self.publish(&update).await?;
         }
+        self.held.push_back(push);
+        if self.held.len() == 1 {
+            self.store_held().await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the waiting frames, oldest first, until one does not fit: then
+    /// tries again in [`HELD_RETRY`].
+    async fn store_held(&mut self) -> Result<(), SessionError> {
+        self.held_retry_at = None;
+        while let Some(push) = self.held.pop_front() {
+            match self.store_push(&push).await {
+                Ok(ack) => {
+                    if let Some(ack) = ack {
+                        self.send(None, &ack)?;
+                    }
+                }
+                Err(SessionError::Device(e)) if crate::device::is_full(&e) => {
+                    self.held.push_front(push);
+                    tracing::warn!(
+                        frames = self.held.len(),
+                        "device Redis full (maxmemory): pushed messages wait until there is room"
+                    );
+                    self.held_retry_at = Some(Instant::now() + HELD_RETRY);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores one pushed frame; returns the acknowledgement to send, if any.
+    async fn store_push(
+        &mut self,
+        push: &Push,
+    ) -> Result<Option<Request<'static, Vec<Entry>>>, SessionError> {
+        let stream = push.stream;
         // Gaps are reported on the broadcast stream only (the hub reports
         // none on the out stream, whose retention is the cloud's business).
         let gap = push.gap.filter(|_| stream == PushStream::Broadcast);
-        if push.entries.is_empty() && gap.is_none() {
-            return Ok(());
+        let expired = push.expired.unwrap_or(0);
+        if push.entries.is_empty() && gap.is_none() && expired == 0 {
+            return Ok(None);
         }
-        let stored = self.device.store(stream, push.entries, gap).await?;
+        let stored = self
+            .device
+            .store(stream, &push.entries, gap, expired)
+            .await?;
+        if expired > 0 {
+            self.metrics.downstream_expired.inc_by(expired);
+            tracing::warn!(
+                expired,
+                "messages for this device expired on the hub before delivery (expiresAt or --downstream-max-age)"
+            );
+        }
         let counter = match stream {
             PushStream::Direct => &self.metrics.downstream_entries,
             PushStream::Broadcast => &self.metrics.broadcast_entries,
@@ -830,11 +923,10 @@ impl Session<'_> {
                 "missed broadcasts: the hub deleted them (retention) before this device received them"
             );
         }
-        let ack = Request::<'_, Vec<Entry>>::Ack(Ack {
+        Ok(Some(Request::Ack(Ack {
             id: stored.cursor,
             stream,
-        });
-        self.send(None, &ack)
+        })))
     }
 
     /// Publishes the final status, then queues the close frame. In that order:

@@ -53,6 +53,10 @@ pub struct StatusReport {
     pub broadcast_gaps: u64,
     /// The most recent such finding.
     pub last_broadcast_gap: Option<String>,
+    /// Messages for this device that expired on the hub before delivery.
+    pub expired: u64,
+    /// The most recent such report.
+    pub last_expired: Option<String>,
     /// The daemon's most recent error.
     pub last_error: Option<String>,
     /// Epoch ms when the session token expires (the state hash keeps
@@ -127,6 +131,10 @@ pub async fn status(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         last_broadcast_gap: get(status_fields::LAST_BROADCAST_GAP),
+        expired: get(status_fields::EXPIRED)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        last_expired: get(status_fields::LAST_EXPIRED),
         last_error: get(status_fields::LAST_ERROR),
         session_expires_at: get(status_fields::SESSION_EXPIRES_AT)
             .and_then(|v| v.parse::<u64>().ok())
@@ -254,6 +262,13 @@ impl StatusReport {
                 "missed broadcasts:  {n} time(s) (trimmed by the hub's retention first); last: {gap}"
             )?,
             _ => writeln!(f, "missed broadcasts:  none")?,
+        }
+        match (&self.last_expired, self.expired) {
+            (Some(last), n) if n > 0 => writeln!(
+                f,
+                "expired messages:   {n} (not delivered: past expiresAt or --downstream-max-age); last: {last}"
+            )?,
+            _ => writeln!(f, "expired messages:   none")?,
         }
         if let Some(w) = &self.warning {
             writeln!(f, "WARNING:            {w}")?;

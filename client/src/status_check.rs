@@ -125,6 +125,8 @@ mod tests {
             broadcast_cursor: StreamId::ZERO,
             broadcast_gaps: 0,
             last_broadcast_gap: None,
+            expired: 0,
+            last_expired: None,
             last_error: None,
             session_expires_at: None,
             gaps: 0,

@@ -245,6 +245,7 @@ pub struct Cloud {
     redis_cluster: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
     broadcast_retention: Option<(Duration, Duration)>,
+    downstream_max_age: Option<Duration>,
     auth_addr: SocketAddr,
     auth_admin_addr: SocketAddr,
     hub_addr: SocketAddr,
@@ -318,6 +319,7 @@ impl Cloud {
             redis_cluster,
             tls: options.tls,
             broadcast_retention: options.broadcast_retention,
+            downstream_max_age: None,
             auth_addr,
             auth_admin_addr,
             hub_addr,
@@ -341,6 +343,11 @@ impl Cloud {
             )
             .await;
         }
+    }
+
+    /// Sets the `--downstream-max-age` of hubs started from now on.
+    pub fn set_downstream_max_age(&mut self, max_age: Option<Duration>) {
+        self.downstream_max_age = max_age;
     }
 
     /// Sets the `--broadcast-retention` and trim interval of hubs started
@@ -397,6 +404,7 @@ impl Cloud {
             config.broadcast_retention = retention;
             config.broadcast_trim_interval = every;
         }
+        config.downstream_max_age = self.downstream_max_age;
         config
     }
 

@@ -203,7 +203,6 @@ async fn in_x_is_trimmed_only_below_what_every_consumer_group_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "WIP: an OOM refusal still turns into a reconnect loop"]
 async fn a_full_hub_redis_is_refused_clearly_and_nothing_is_lost_when_room_returns() {
     let cloud = Cloud::start().await;
     let otp = cloud.provision("dev-1").await;
@@ -265,4 +264,168 @@ async fn a_full_hub_redis_is_refused_clearly_and_nothing_is_lost_when_room_retur
         .unwrap();
     wait_in_len(&cloud, 21_000).await;
     assert_exactly_once("dev-1", &cloud.in_entries().await, 21_000);
+}
+
+/// Fills `out:x` until the device Redis refuses with OOM; returns the next
+/// producer number (entries `from..` that number were written).
+async fn produce_until_full(device: &Device, from: u64) -> u64 {
+    let mut conn = device.conn().await;
+    let payload = "p".repeat(200);
+    let mut n = from;
+    loop {
+        let r: redis::RedisResult<String> = redis::cmd("XADD")
+            .arg(device.keys.out_stream())
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .arg("payload")
+            .arg(&payload)
+            .query_async(&mut conn)
+            .await;
+        match r {
+            Ok(_) => n += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Some("OOM"), "{e}");
+                return n;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_device_redis_is_survived_and_synced_entries_make_room() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let redis = lula_testkit::RedisServer::start_with(lula_testkit::RedisOptions {
+        extra_args: ["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let mut device = Device::with_redis(&cloud, "dev-1", &otp, redis);
+    device.config.keep_acked = KeepAcked::Nothing;
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", lula_testkit::free_port())
+        .parse()
+        .unwrap();
+    device.config.metrics_listen = Some(metrics_addr);
+    // Full before the daemon ever ran: producers get OOM, and so would the
+    // daemon's status writes and the messages it stores.
+    let first = produce_until_full(&device, 0).await;
+    eprintln!("{first} entries filled the device Redis");
+    assert!(first > 1_000);
+    for i in 0..50 {
+        cloud.send_down("dev-1", &[("m", i.to_string())]).await;
+    }
+    device.start();
+    wait_in_len(&cloud, first).await;
+    // What was synced left, so producers can write again, and that syncs
+    // too; the messages that waited for room are stored, once each.
+    let more = eventually("room again on the device", WAIT, || async {
+        let n = produce_until_full(&device, first).await;
+        (n > first + 1_000).then_some(n)
+    })
+    .await;
+    wait_in_len(&cloud, more).await;
+    assert_exactly_once("dev-1", &cloud.in_entries().await, more);
+    let got = eventually("the 50 messages on the device", WAIT, || async {
+        let got = device.in_entries().await;
+        (got.len() >= 50).then_some(got)
+    })
+    .await;
+    let numbers: Vec<&[u8]> = got.iter().map(|e| field(e, "m").unwrap()).collect();
+    let expected: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(
+        numbers,
+        expected.iter().map(|s| s.as_bytes()).collect::<Vec<_>>()
+    );
+    // One session did it all: a full Redis ended none.
+    assert_eq!(sessions(metrics_addr).await, 1);
+}
+
+/// `lula_client_sessions_total` from the daemon's metrics endpoint.
+async fn sessions(addr: std::net::SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("lula_client_sessions_total "))
+        .unwrap_or_else(|| panic!("no session count in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_are_not_delivered_and_the_device_is_told() {
+    let mut cloud = Cloud::start().await;
+    // The hubs drop anything older than a minute by its id's time.
+    cloud.set_downstream_max_age(Some(Duration::from_secs(60)));
+    cloud.kill_hub();
+    cloud.start_hub();
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    let client: lula_protocol::ClientId = "dev-1".parse().unwrap();
+    let out = cloud.keys.out_stream(&client);
+    let now = lula_runtime::now_ms();
+    // While the device is offline: a message two minutes old, one past its
+    // own expiresAt, one that expires in an hour, a plain one, another
+    // expired one, and a last plain one.
+    let _: String = redis::cmd("XADD")
+        .arg(&out)
+        .arg(format!("{}-0", now - 120_000))
+        .arg("m")
+        .arg("ancient")
+        .query_async(&mut cloud.conn().await)
+        .await
+        .unwrap();
+    let stale = cloud
+        .send_down(
+            "dev-1",
+            &[("m", "stale".into()), ("expiresAt", (now - 1).to_string())],
+        )
+        .await;
+    cloud
+        .send_down(
+            "dev-1",
+            &[
+                ("m", "fresh".into()),
+                ("expiresAt", (now + 3_600_000).to_string()),
+            ],
+        )
+        .await;
+    cloud.send_down("dev-1", &[("m", "plain".into())]).await;
+    cloud
+        .send_down(
+            "dev-1",
+            &[("m", "stale2".into()), ("expiresAt", "1".into())],
+        )
+        .await;
+    cloud.send_down("dev-1", &[("m", "last".into())]).await;
+    device.start();
+    let got = eventually("the live messages on the device", WAIT, || async {
+        let got = device.in_entries().await;
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    let names: Vec<&[u8]> = got.iter().map(|e| field(e, "m").unwrap()).collect();
+    assert_eq!(names, [&b"fresh"[..], b"plain", b"last"]);
+    let status = eventually("the expired count in the status", WAIT, || async {
+        let s = device.status().await;
+        (s.expired == 3).then_some(s)
+    })
+    .await;
+    assert!(status.last_expired.is_some(), "{status:?}");
+    // Deleted on the hub, not just skipped.
+    let left = lula_e2e::read_all(&mut cloud.conn().await, &out).await;
+    assert!(
+        left.iter().all(|e| e.id != stale),
+        "the stale message is deleted"
+    );
+    assert_eq!(left.len(), 3, "{left:?}");
+    // Nothing more arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(device.in_entries().await.len(), 3);
 }

@@ -69,6 +69,11 @@ pub struct Config {
     /// it at expiry like any other. At most
     /// [`crate::legacy_session::MAX_NON_RENEWING_GRACE`].
     pub non_renewing_grace: Duration,
+    /// Messages for a device older than this (by their stream id's time) are
+    /// not delivered: deleted, counted, and the device told
+    /// (`--downstream-max-age`). `None`: no maximum; a message's own
+    /// `expiresAt` field still applies.
+    pub downstream_max_age: Option<Duration>,
     /// The wall clock tokens' `exp` is compared with, at the upgrade, on
     /// `renew` and for the moment a connection's session runs out. Not a
     /// flag; tests drive it so a token can expire "in 2 s" by the hub's
@@ -130,6 +135,7 @@ impl Config {
             admin_token: None,
             key_cache_ttl: crate::session::DEFAULT_KEY_CACHE_TTL,
             non_renewing_grace: Duration::ZERO,
+            downstream_max_age: None,
             clock: lula_runtime::Clock::system(),
         }
     }
@@ -164,6 +170,7 @@ impl fmt::Debug for Config {
             .field("admin_token", &self.admin_token)
             .field("key_cache_ttl", &self.key_cache_ttl)
             .field("non_renewing_grace", &self.non_renewing_grace)
+            .field("downstream_max_age", &self.downstream_max_age)
             .field("clock", &self.clock)
             .finish()
     }

@@ -585,6 +585,88 @@ struct Batch {
     /// Entries after the read position were deleted up to this id (only the
     /// broadcast stream reports this).
     gap: Option<StreamId>,
+    /// Entries read and dropped as expired (see [`Expiry`]).
+    expired: u64,
+    /// The last id read, expired entries included.
+    last_read: Option<StreamId>,
+    /// Entries read, expired ones included: fewer than asked means caught up.
+    read: usize,
+}
+
+/// When a message for a device is too old to deliver: older than a hub-wide
+/// maximum age (by its stream id's time), or past its own `expiresAt` field
+/// (epoch milliseconds), both by the hub's clock. Expired entries are deleted
+/// from the device's out stream instead of pushed, counted, and the device
+/// is told how many (the push's `expired`). Broadcasts have their own
+/// retention and are not expired this way.
+#[derive(Clone, Debug)]
+pub struct Expiry {
+    /// `--downstream-max-age`; `None`: no maximum.
+    pub max_age: Option<Duration>,
+    /// The hub's clock.
+    pub clock: lula_runtime::Clock,
+}
+
+impl Expiry {
+    /// Whether `entry` has expired at `now_ms`.
+    pub fn expired(&self, entry: &Entry, now_ms: u64) -> bool {
+        let too_old = self
+            .max_age
+            .is_some_and(|age| entry.id.ms.saturating_add(age.as_millis() as u64) < now_ms);
+        too_old
+            || entry.fields.chunks_exact(2).any(|pair| {
+                pair[0] == lula_protocol::FIELD_EXPIRES_AT.as_bytes()
+                    && std::str::from_utf8(&pair[1])
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .is_some_and(|at| at <= now_ms)
+            })
+    }
+
+    /// Splits `entries` into those to deliver and the ids of the expired.
+    fn split(&self, entries: Vec<Entry>) -> (Vec<Entry>, Vec<StreamId>) {
+        let now_ms = self.clock.epoch_ms();
+        let mut expired = Vec::new();
+        let deliver = entries
+            .into_iter()
+            .filter(|e| {
+                let gone = self.expired(e, now_ms);
+                if gone {
+                    expired.push(e.id);
+                }
+                !gone
+            })
+            .collect();
+        (deliver, expired)
+    }
+}
+
+/// Reads a device's out stream after `after` and deletes what expired.
+async fn read_direct(
+    redis: &mut RedisConn,
+    key: &str,
+    after: StreamId,
+    count: usize,
+    expiry: &Expiry,
+) -> Result<Batch, String> {
+    let entries = xread(redis, key, after, count).await?;
+    let (read, last_read) = (entries.len(), entries.last().map(|e| e.id));
+    let (entries, expired) = expiry.split(entries);
+    if !expired.is_empty() {
+        let mut del = redis::cmd("XDEL");
+        del.arg(key);
+        for id in &expired {
+            del.arg(id.to_string());
+        }
+        let _: u64 = del.query_async(redis).await.map_err(|e| e.to_string())?;
+    }
+    Ok(Batch {
+        entries,
+        gap: None,
+        expired: expired.len() as u64,
+        last_read,
+        read,
+    })
 }
 
 /// Reads up to `count` entries of `key` after `after`: a plain `XREAD` for
@@ -592,20 +674,20 @@ struct Batch {
 /// whether entries after `after` were deleted first.
 async fn read_batch(
     redis: &mut RedisConn,
-    stream: PushStream,
-    key: &str,
+    source: &PushSource,
     after: StreamId,
     count: usize,
 ) -> Result<Batch, String> {
-    match stream {
-        PushStream::Direct => Ok(Batch {
-            entries: xread(redis, key, after, count).await?,
-            gap: None,
-        }),
+    let key = &source.key;
+    match source.stream {
+        PushStream::Direct => read_direct(redis, key, after, count, &source.expiry).await,
         PushStream::Broadcast => {
             let read = crate::broadcast::read(redis, key, after, count).await?;
             Ok(Batch {
                 gap: read.gap(after),
+                expired: 0,
+                last_read: read.entries.last().map(|e| e.id),
+                read: read.entries.len(),
                 entries: read.entries,
             })
         }
@@ -622,6 +704,8 @@ pub struct PushSource {
     pub waker: Waker,
     /// Push what follows this id.
     pub start: StreamId,
+    /// What counts as expired (direct messages only).
+    pub expiry: Expiry,
 }
 
 /// Pushes `source` to the device through `out` until `cancel` or `out`
@@ -674,7 +758,7 @@ pub async fn push(
                 continue;
             }
         };
-        let caught_up = batch.entries.len() < count;
+        let caught_up = batch.read < count;
         if pusher.send(batch, caught_up).await.is_err() {
             return;
         }
@@ -725,13 +809,21 @@ impl Pusher {
 
     /// Reads up to `count` entries after the last one pushed.
     async fn read(&mut self, count: usize) -> Result<Batch, String> {
-        let PushSource { stream, key, .. } = &self.source;
+        let stream = &self.source.stream;
         let op = match stream {
             PushStream::Direct => "xread",
             PushStream::Broadcast => "broadcast_read",
         };
-        let read = read_batch(&mut self.redis, *stream, key, self.last, count);
+        let read = read_batch(&mut self.redis, &self.source, self.last, count);
         let batch = self.metrics.timed(op, read).await?;
+        if batch.expired > 0 {
+            self.metrics.expired.inc_by(batch.expired);
+            tracing::warn!(
+                expired = batch.expired,
+                after = %self.last,
+                "messages for the device expired before delivery; deleted, and the device is told"
+            );
+        }
         if let Some(gap) = batch.gap {
             tracing::warn!(
                 stream = stream.as_str(),
@@ -764,12 +856,21 @@ impl Pusher {
     /// Pushes a batch in frames of at most half the frame limit; the first
     /// carries the gap, the last the backlog.
     async fn send(&mut self, batch: Batch, caught_up: bool) -> Result<(), Ended> {
-        let Batch { entries, gap } = batch;
-        let read_last = entries.last().map(|e| e.id).unwrap_or(self.last);
+        let Batch {
+            entries,
+            gap,
+            expired,
+            last_read,
+            ..
+        } = batch;
+        let read_last = last_read.unwrap_or(self.last);
         let backlog = self.backlog(caught_up, read_last).await;
         let mut frames = frames_by_size(entries, self.max_frame_bytes / 2);
+        let expired = Some(expired).filter(|n| *n > 0);
         if frames.is_empty()
-            && (gap.is_some() || (backlog == Some(0) && self.reported.is_some_and(|r| r > 0)))
+            && (gap.is_some()
+                || expired.is_some()
+                || (backlog == Some(0) && self.reported.is_some_and(|r| r > 0)))
         {
             // Nothing to send, but the device must still learn of a gap, or
             // that the backlog drained exactly at a full read (it would keep
@@ -783,9 +884,12 @@ impl Pusher {
                 backlog: backlog.filter(|_| i == last_frame),
                 stream: self.source.stream,
                 gap: gap.filter(|_| i == 0),
+                expired: expired.filter(|_| i == 0),
             };
             self.send_frame(push).await?;
         }
+        // Past what was read, expired entries included.
+        self.last = self.last.max(read_last);
         Ok(())
     }
 

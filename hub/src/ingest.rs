@@ -156,6 +156,7 @@ impl IngestError {
         match self {
             IngestError::Invalid(m) => ErrorReply::bad_request(m.clone()),
             IngestError::TooLarge(m) => ErrorReply::new(status::TOO_LARGE, m.clone()),
+            IngestError::Redis(e) if e.code() == Some("OOM") => ErrorReply::storage_full(),
             IngestError::Redis(_) => {
                 ErrorReply::new(status::UNAVAILABLE, "redis unavailable, retry later")
             }

@@ -46,6 +46,8 @@ pub struct HubMetrics {
     pub ingest_errors: Counter,
     /// Entries pushed to devices.
     pub entries_out: Counter,
+    /// Messages for devices deleted as expired instead of pushed.
+    pub expired: Counter,
     /// Entries pushed and not yet acknowledged, over all devices here: the
     /// downstream lag.
     pub unacked: Gauge,
@@ -93,6 +95,7 @@ impl Default for HubMetrics {
             ingest_seconds: latency(),
             ingest_errors: Counter::default(),
             entries_out: Counter::default(),
+            expired: Counter::default(),
             unacked: Gauge::default(),
             renewals: ByLabel::default(),
             upstream_lag: lag_histogram(),
@@ -172,6 +175,11 @@ impl HubMetrics {
             "entries_out",
             "Entries pushed to devices",
             m.entries_out.clone(),
+        );
+        r.register(
+            "expired_entries",
+            "Messages for devices deleted as expired (expiresAt, --downstream-max-age) instead of pushed",
+            m.expired.clone(),
         );
         r.register(
             "unacked_entries",

@@ -6,8 +6,9 @@
 //! (with `lula_client::rpc::serve`, or any consumer of its `in:x` that answers
 //! by appending `req <id> ...` to its `out:x`) answers, and the answer comes up
 //! through the in stream the device's entries land in. An offline device
-//! yields [`CallError::Timeout`], never a hang; the request stays queued for
-//! it, and its late answer lands in the in stream like any entry.
+//! yields [`CallError::Timeout`], never a hang; the request carries
+//! `expiresAt` = its deadline, so the hub never delivers it after the caller
+//! stopped waiting.
 
 use std::time::Duration;
 
@@ -104,6 +105,10 @@ pub async fn call<C: ConnectionLike>(
     for f in rpc::request_fields(method, args) {
         add.arg(f);
     }
+    // Never delivered after the caller stopped waiting: a device that comes
+    // back later does not run a stale request.
+    let expires_at = lula_runtime::now_ms() + timeout.as_millis() as u64;
+    add.arg(lula_protocol::FIELD_EXPIRES_AT).arg(expires_at);
     let id: String = add.query_async(conn).await?;
     let id: StreamId = id.parse().map_err(|e| CallError::Reply(format!("{e}")))?;
     loop {

@@ -92,6 +92,18 @@ async fn lula_hub_call_prints_the_devices_answer_and_times_out_on_an_offline_one
         stderr.contains("dev-9 did not answer within 1s"),
         "{stderr}"
     );
+    // The request expired with the call: when dev-9 shows up it is told,
+    // and never given the stale request.
+    let mut late = hub.connect("dev-9").await;
+    late.request("subscribe", json!({"id": "0-0"})).await;
+    let push = loop {
+        let frame: Value = late.recv().await;
+        if frame["type"] == "push" {
+            break frame;
+        }
+    };
+    assert_eq!(push["payload"]["entries"], json!([]), "{push}");
+    assert_eq!(push["payload"]["expired"], 1, "{push}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

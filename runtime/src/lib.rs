@@ -17,6 +17,8 @@
 //!   constant-time comparison of secrets.
 //! - [`writer`]: the WebSocket writer task both hub and client use, one
 //!   flush per burst of queued frames.
+//! - [`secret`]: secrets from files (`--<secret>-file`), refused when others
+//!   may read them.
 //! - [`redis`]: the cloud Redis, one server or a Redis Cluster, behind one
 //!   connection type.
 //! - [`redis_check`]: start-up checks of a Redis's eviction policy and
@@ -48,6 +50,7 @@ pub mod process;
 pub mod redis;
 pub mod redis_check;
 pub mod retention;
+pub mod secret;
 pub mod tls;
 pub mod writer;
 

@@ -186,6 +186,7 @@ mod tests {
             backlog: Some(0),
             stream: Default::default(),
             gap: None,
+            expired: None,
         });
         assert_eq!(
             push.to_text(None).unwrap(),

@@ -56,6 +56,10 @@ pub const FIELD_SEQ: &str = "seq";
 /// `lula-client:in:x`, in place of [`FIELD_SEQ`]: the entry's id in
 /// `lula-hub:broadcast:x`. Consumers tell broadcasts from direct messages by it.
 pub const FIELD_BROADCAST: &str = "broadcast";
+/// A message's own expiry, epoch milliseconds: the hub does not deliver a
+/// message to a device after it (it deletes it and tells the device how many
+/// expired). `lula-hub call` sets it to its deadline.
+pub const FIELD_EXPIRES_AT: &str = "expiresAt";
 
 /// Renames a source field that would shadow one lula writes (`client`, `seq`) by
 /// prefixing `_`, so a consumer reading an entry into a map can never see a

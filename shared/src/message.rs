@@ -61,6 +61,9 @@ pub mod status {
     pub const INTERNAL: u16 = 500;
     /// The hub's Redis is unreachable. Safe to retry after a backoff.
     pub const UNAVAILABLE: u16 = 503;
+    /// The hub's Redis is full (`maxmemory` with `noeviction`): nothing was
+    /// written. Safe to retry after a backoff; the device keeps its entries.
+    pub const INSUFFICIENT_STORAGE: u16 = 507;
 }
 
 /// WebSocket close codes, the codes of [`CloseReason`] (which also has each
@@ -215,6 +218,14 @@ impl ErrorReply {
     pub fn unavailable() -> Self {
         Self::new(status::UNAVAILABLE, "redis unavailable, retry later")
     }
+
+    /// A 507: the hub's Redis is full; nothing was written.
+    pub fn storage_full() -> Self {
+        Self::new(
+            status::INSUFFICIENT_STORAGE,
+            "the hub's Redis is full (maxmemory): nothing was written, retry later",
+        )
+    }
 }
 
 /// Reply to [`kind::ID`]: the device's upstream cursor and the hub's limits.
@@ -353,6 +364,12 @@ pub struct Push {
     /// moves its cursor to it and reports the gap. Absent: nothing missed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<StreamId>,
+    /// Messages after the device's cursor that expired (past their
+    /// `expiresAt`, or older than the hub's `--downstream-max-age`) and were
+    /// deleted instead of delivered, just before this push's entries. The
+    /// device counts them. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired: Option<u64>,
 }
 
 /// Request [`kind::RENEW`]: continue this connection under a new session token
@@ -452,6 +469,7 @@ mod tests {
             backlog: None,
             stream: PushStream::Direct,
             gap: None,
+            expired: None,
         };
         assert_eq!(
             serde_json::to_string(&direct).unwrap(),
@@ -494,6 +512,7 @@ mod tests {
             backlog: Some(0),
             stream: PushStream::Broadcast,
             gap: Some(StreamId::new(7, 0)),
+            expired: None,
         };
         let text = serde_json::to_string(&push).unwrap();
         assert_eq!(

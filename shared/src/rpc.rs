@@ -80,6 +80,7 @@ pub fn payload(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
                 crate::FIELD_CLIENT,
                 crate::FIELD_SEQ,
                 crate::FIELD_BROADCAST,
+                crate::FIELD_EXPIRES_AT,
                 FIELD_RPC,
                 FIELD_REQ,
             ]

@@ -134,6 +134,10 @@ impl Connection {
                 key,
                 waker,
                 start: from,
+                expiry: downstream::Expiry {
+                    max_age: self.state.config.downstream_max_age,
+                    clock: self.state.config.clock.clone(),
+                },
             },
             self.out.clone(),
             acks_rx,
