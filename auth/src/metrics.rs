@@ -44,6 +44,7 @@ impl Default for AuthMetrics {
         };
         let mut root = lula_runtime::metrics::registry("lula_auth", env!("CARGO_PKG_VERSION"));
         let r = root.sub_registry_with_prefix("lula_auth");
+        r.register_collector(Box::new(lula_runtime::redis_check::UnsafeSettingsGauge));
         r.register(
             "registrations",
             "Registrations by outcome",

@@ -104,6 +104,7 @@ impl Default for HubMetrics {
         };
         let mut root = lula_runtime::metrics::registry("lula_hub", env!("CARGO_PKG_VERSION"));
         let r = root.sub_registry_with_prefix("lula_hub");
+        r.register_collector(Box::new(lula_runtime::redis_check::UnsafeSettingsGauge));
         m.register_upstream(r);
         m.register_downstream(r);
         HubMetrics {
