@@ -114,6 +114,8 @@ package() {
   chmod 755 "$stage" # the package's root is /
   install -D -m 755 "$out/lula-client" "$stage/usr/bin/lula-client"
   install -D -m 644 client/pkg/lula-client.service "$stage/usr/lib/systemd/system/lula-client.service"
+  install -D -m 644 client/pkg/lula-client-check.service "$stage/usr/lib/systemd/system/lula-client-check.service"
+  install -D -m 644 client/pkg/lula-client-check.timer "$stage/usr/lib/systemd/system/lula-client-check.timer"
   install -D -m 644 client/pkg/lula-client.env "$stage/etc/lula-client/lula-client.env"
   install -D -m 644 docs/DEVICE.md "$stage/usr/share/doc/lula-client/DEVICE.md"
   install -d -m 755 "$stage/DEBIAN"

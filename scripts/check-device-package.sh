@@ -33,6 +33,8 @@ $contents"
 }
 expect -rwxr-xr-x /usr/bin/lula-client
 expect -rw-r--r-- /usr/lib/systemd/system/lula-client.service
+expect -rw-r--r-- /usr/lib/systemd/system/lula-client-check.service
+expect -rw-r--r-- /usr/lib/systemd/system/lula-client-check.timer
 expect -rw-r--r-- /etc/lula-client/lula-client.env
 expect -rw-r--r-- /usr/share/doc/lula-client/DEVICE.md
 grep -Eq "^drwxr-xr-x root/root .* \./\$" <<<"$contents" || fail "the package's root is not 0755 (it would change /)"
@@ -75,4 +77,12 @@ grep -q '^REDIS_URL=redis://127.0.0.1:6379$' "$root/etc/lula-client/lula-client.
 # verify resolves ExecStart on this machine: point it at the unpacked binary.
 sed "s|/usr/bin/lula-client|$bin|" "$unit" >"$root/lula-client.service"
 systemd-analyze verify "$root/lula-client.service" || fail "systemd-analyze verify"
+# The health check: the timer runs `lula-client status --check`.
+check=$root/usr/lib/systemd/system/lula-client-check.service
+grep -q '^ExecStart=/usr/bin/lula-client status --check$' "$check" \
+  || fail "the health check does not run lula-client status --check"
+sed "s|/usr/bin/lula-client|$bin|" "$check" >"$root/lula-client-check.service"
+cp "$root/usr/lib/systemd/system/lula-client-check.timer" "$root/"
+systemd-analyze verify "$root/lula-client-check.service" "$root/lula-client-check.timer" \
+  || fail "systemd-analyze verify (health check)"
 echo "==> $deb: layout, control, binary ($machine, stripped, debuglink) and unit OK"
