@@ -80,14 +80,21 @@ echo "device Redis on $device_port, cloud Redis on $cloud_port"
 bold "Starting lula-auth and lula-hub (cloud side)"
 export RUST_LOG="${RUST_LOG:-info}"
 auth_port=$(free_port 13001)
-REDIS_URL="redis://127.0.0.1:$cloud_port" "$bin/lula-auth" serve --listen "127.0.0.1:$auth_port" >"$dir/auth.log" 2>&1 &
+auth_admin_port=$(free_port 19091)
+REDIS_URL="redis://127.0.0.1:$cloud_port" "$bin/lula-auth" serve --listen "127.0.0.1:$auth_port" \
+  --admin-listen "127.0.0.1:$auth_admin_port" >"$dir/auth.log" 2>&1 &
 pids+=($!)
 wait_port "$auth_port"
+wait_port "$auth_admin_port"
 hub_port=$(free_port 13002)
-REDIS_URL="redis://127.0.0.1:$cloud_port" "$bin/lula-hub" serve --listen "127.0.0.1:$hub_port" >"$dir/hub.log" 2>&1 &
+hub_admin_port=$(free_port 19090)
+REDIS_URL="redis://127.0.0.1:$cloud_port" "$bin/lula-hub" serve --listen "127.0.0.1:$hub_port" \
+  --admin-listen "127.0.0.1:$hub_admin_port" >"$dir/hub.log" 2>&1 &
 pids+=($!)
 wait_port "$hub_port"
+wait_port "$hub_admin_port"
 echo "lula-auth on http://127.0.0.1:$auth_port, lula-hub on ws://127.0.0.1:$hub_port"
+echo "admin (probes, /metrics): http://127.0.0.1:$auth_admin_port and http://127.0.0.1:$hub_admin_port"
 
 bold "Provisioning device 'demo-device' (an operator does this once per device)"
 step "lula-auth provision demo-device --json"
@@ -97,8 +104,9 @@ otp_secret=$(printf '%s' "$provisioned" | sed -n 's/.*"otpSecret" *: *"\([A-Z2-7
 [ -n "$otp_secret" ] || { echo "could not read otpSecret from the provision output" >&2; exit 1; }
 
 bold "Starting lula-client on the device"
-step "lula-client run --client-id demo-device --otp-secret <secret> ..."
-"$bin/lula-client" run --client-id demo-device --otp-secret "$otp_secret" \
+step "lula-client run --client-id demo-device --otp-secret-file <0600 file> ..."
+(umask 077 && printf '%s\n' "$otp_secret" >"$dir/otp-secret")
+"$bin/lula-client" run --client-id demo-device --otp-secret-file "$dir/otp-secret" \
   --auth-url "http://127.0.0.1:$auth_port" --hub-url "ws://127.0.0.1:$hub_port" \
   --redis-url "redis://127.0.0.1:$device_port" --state-dir "$dir/client-state" >"$dir/client.log" 2>&1 &
 client_pid=$!
@@ -151,7 +159,19 @@ dev XRANGE lula-client:in:x - +
 [ "$(dev XLEN lula-client:in:x)" -ge 2 ] || { echo "the broadcast did not arrive; see $dir/client.log" >&2; exit 1; }
 
 bold "lula-client status"
-"$bin/lula-client" status --redis-url "redis://127.0.0.1:$device_port" --state-dir "$dir/client-state"
+# The daemon publishes its cursors about once a second; wait for the write
+# that follows the hub's acknowledgement, so the status agrees with what the
+# cloud received above (its "figures as of" line says how old they are).
+status=("$bin/lula-client" status --redis-url "redis://127.0.0.1:$device_port" --state-dir "$dir/client-state")
+caught_up() { [[ "$("${status[@]}" --json)" == *'"upstreamBacklog": 0,'* ]]; }
+for _ in $(seq 1 100); do
+  caught_up && break
+  sleep 0.1
+done
+"${status[@]}"
+caught_up || { echo "the status still shows an upstream backlog; see $dir/client.log" >&2; exit 1; }
+step "lula-client status --check     (the health check: exit 0 when connected and draining)"
+"${status[@]}" --check
 
 if $once; then
   bold "Demo done"

@@ -156,6 +156,10 @@ for path in files:
     objects += len(docs)
     for d in docs:
         where = f"{name}: {d.get('kind')}/{d.get('metadata', {}).get('name')}"
+        if d.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+            # Prometheus Operator kinds: no schema in kubernetes-validate;
+            # checked below against the pods and deploy/prometheus/alerts.yml.
+            continue
         try:
             kubernetes_validate.validate(d, version, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -208,6 +212,27 @@ for path in files:
                         [pp.get("port") for pp in services.get(svc["name"], {}).get("spec", {}).get("ports", [])]
                 if port not in ports:
                     err(f"{name}: Ingress/{ing['metadata']['name']}", f"backend {svc['name']}:{port} is no Service port here")
+    pods = [w["spec"]["template"] for w in workloads]
+    for pm in by_kind.get("PodMonitor", []):
+        where = f"{name}: PodMonitor/{pm['metadata']['name']}"
+        if pm["apiVersion"] != "monitoring.coreos.com/v1":
+            err(where, f"apiVersion {pm['apiVersion']} is not monitoring.coreos.com/v1")
+        selected = [p for p in pods if matches(pm["spec"]["selector"].get("matchLabels"), p["metadata"].get("labels", {}))]
+        if not selected:
+            err(where, "selects no pods")
+        for ep in pm["spec"].get("podMetricsEndpoints", []):
+            for p in selected:
+                ports = [cp.get("name") for c in p["spec"]["containers"] for cp in c.get("ports", [])]
+                if ep.get("port") not in ports:
+                    err(where, f"port {ep.get('port')!r} is not a container port of the pods it selects")
+    for pr in by_kind.get("PrometheusRule", []):
+        where = f"{name}: PrometheusRule/{pr['metadata']['name']}"
+        with open("deploy/prometheus/alerts.yml") as f:
+            plain = yaml.safe_load(f)["groups"]
+        if pr["spec"].get("groups") != plain:
+            err(where, "spec.groups differ from deploy/prometheus/alerts.yml (regenerate it)")
+        if pr["apiVersion"] != "monitoring.coreos.com/v1":
+            err(where, f"apiVersion {pr['apiVersion']} is not monitoring.coreos.com/v1")
     for st in by_kind.get("StatefulSet", []):
         for c in st["spec"]["template"]["spec"]["containers"]:
             if not c["image"].startswith("redis"):

@@ -19,6 +19,7 @@
 //! # Layout
 //! - [`config`]: [`Config`] and the [`Clock`](config::Clock) tests drive.
 //! - [`routes`]: one module per endpoint.
+//! - [`admin`]: the admin listener: probes and metrics.
 //! - [`provision`]: the operator's step and the client record.
 //! - [`import_node`]: the one-off import of the Node lula-auth's records.
 //! - [`sessions`]: session records, revocation, token verification.
@@ -30,6 +31,7 @@
 //! - [`body`]: JSON or form-urlencoded bodies.
 //! - [`error`]: [`AuthError`], the one error type, and its HTTP answers.
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -50,7 +52,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::post;
 use lula_protocol::keys::AuthKeys;
 use lula_runtime::redis::{RedisConn, RedisTarget};
 use tokio::net::TcpListener;
@@ -137,34 +139,43 @@ impl AppState {
     }
 }
 
-/// lula-auth's routes.
+/// What devices need: `POST /register`, `/login`, `/logout`, `/renew`. The
+/// probes and metrics are on the admin listener ([`admin::app`]).
 pub fn app(state: Arc<AppState>) -> Router {
+    device_routes(state, None)
+}
+
+/// The device routes, plus `admin` merged in (the layout without an admin
+/// listener).
+fn device_routes(state: Arc<AppState>, admin: Option<Router>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/register", post(routes::register::register))
         .route("/login", post(routes::login::login))
         .route("/logout", post(routes::logout::logout))
         .route("/renew", post(routes::renew::renew))
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
-        .route(
-            "/metrics",
-            get(
-                |axum::extract::State(state): axum::extract::State<Arc<AppState>>| async move {
-                    lula_runtime::metrics_response(state.metrics.render())
-                },
-            ),
-        )
+        .with_state(state)
+        .merge(admin.unwrap_or_default())
         .fallback(|| async { AuthError::NotFound })
         .method_not_allowed_fallback(|| async { AuthError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown` is cancelled, keeping the verification
-/// key published meanwhile.
+/// [`run_with_admin`] without an admin listener: the probes and metrics are
+/// served on the device port (the layout before `--admin-listen`, deprecated).
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_admin(listener, None, config, shutdown).await
+}
+
+/// Serves devices on `listener` and the admin routes on `admin` until
+/// `shutdown` is cancelled, keeping the verification key published meanwhile.
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -180,9 +191,22 @@ pub async fn run(
         signal.cancelled().await;
         draining.cancel();
     });
-    let served = lula_runtime::serve(listener, app(state), stop, serve_options)
+    let (router, admin) = match admin {
+        Some(admin) => (
+            app(state.clone()),
+            Some(tokio::spawn(admin::serve(admin, state, stop.clone()))),
+        ),
+        None => (
+            device_routes(state.clone(), Some(admin::routes(state))),
+            None,
+        ),
+    };
+    let served = lula_runtime::serve(listener, router, stop, serve_options)
         .await
         .context("serve");
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     shutdown.cancel();
     let _ = publisher.await;
     served

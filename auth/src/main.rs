@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use lula_auth::Config;
 use lula_protocol::keys::AuthKeys;
 use lula_protocol::{ClientId, Redacted};
+use lula_runtime::secret::{Readers, read_secret_file, secret_value};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -24,8 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve /register, /login, /logout and /healthz.
-    Serve(ServeArgs),
+    /// Serve devices: POST /register, /login, /renew and /logout on --listen;
+    /// GET /healthz, /readyz and /metrics on --admin-listen (on --listen
+    /// without it, deprecated).
+    Serve(Box<ServeArgs>),
     /// Let a device register: generate its OTP secret and registration deadline.
     Provision(ProvisionArgs),
     /// Cut a device off: end its sessions (every hub closes its sockets at
@@ -63,6 +66,10 @@ struct Common {
         hide_env_values = true
     )]
     redis_url: String,
+    /// Read --redis-url from this file instead (a URL with a password is a
+    /// secret); others must not be able to read it.
+    #[arg(long, env = "REDIS_URL_FILE", conflicts_with = "redis_url")]
+    redis_url_file: Option<PathBuf>,
     /// Treat --redis-url as a seed node of a Redis Cluster.
     #[arg(long, env = "LULA_REDIS_CLUSTER")]
     redis_cluster: bool,
@@ -86,9 +93,14 @@ struct ServeArgs {
     log: lula_runtime::LogArgs,
     #[command(flatten)]
     common: Common,
-    /// Address to listen on.
+    /// Address devices reach: POST /register, /login, /renew, /logout.
     #[arg(long, env = "LULA_AUTH_LISTEN", default_value = "0.0.0.0:3001")]
     listen: SocketAddr,
+    /// Address of the admin listener: GET /healthz, /readyz, /metrics, off
+    /// the device port. Unset: they are served on --listen as before
+    /// (deprecated; that layout goes in the next release).
+    #[arg(long, env = "LULA_AUTH_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// bcrypt cost of stored device secrets (4 to 31).
     #[arg(long, env = "LULA_BCRYPT_COST", default_value_t = lula_auth::config::DEFAULT_BCRYPT_COST)]
     bcrypt_cost: u32,
@@ -166,12 +178,35 @@ struct RevokeArgs {
     client: ClientId,
 }
 
+impl Common {
+    /// Replaces `redis_url` with the content of `--redis-url-file`, if given.
+    fn load_secrets(&mut self) -> anyhow::Result<()> {
+        if let Some(url) = secret_value(None, self.redis_url_file.as_deref(), CLOUD_READERS)
+            .context("--redis-url-file")?
+        {
+            self.redis_url = url;
+        }
+        Ok(())
+    }
+}
+
+/// Secret files may be group-readable: Kubernetes mounts them for the pod's
+/// `fsGroup` (lula_runtime::secret).
+const CLOUD_READERS: Readers = Readers::OwnerAndGroup;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::Serve(args) => args.common.load_secrets()?,
+        Command::Provision(args) => args.common.load_secrets()?,
+        Command::Revoke(args) => args.common.load_secrets()?,
+        Command::ImportNode(args) => args.common.load_secrets()?,
+    }
+    match cli.command {
         Command::Serve(args) => {
             lula_runtime::init_tracing_as(args.log.log_format);
-            serve(args).await
+            serve(*args).await
         }
         Command::Provision(args) => {
             lula_runtime::init_tracing();
@@ -191,8 +226,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let signing_key_pem = match &args.signing_key_file {
         Some(path) => Some(Redacted::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("read --signing-key-file {}", path.display()))?,
+            read_secret_file(path, CLOUD_READERS).context("--signing-key-file")?,
         )),
         None => None,
     };
@@ -222,7 +256,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..Config::new(args.common.redis_url)
     };
-    tracing::info!(?config, "starting");
+    lula_runtime::log_start("lula-auth", env!("CARGO_PKG_VERSION"), &config);
     let target =
         lula_runtime::redis::RedisTarget::new(config.redis_url.clone(), config.redis_cluster);
     lula_runtime::redis_check::check_at_start(
@@ -235,10 +269,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    tracing::info!(addr = %listener.local_addr()?, "listening for devices");
+    let admin = match args.admin_listen {
+        Some(addr) => {
+            let admin = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind --admin-listen {addr}"))?;
+            tracing::info!(addr = %admin.local_addr()?, "admin listener: /healthz /readyz /metrics");
+            Some(admin)
+        }
+        None => {
+            tracing::warn!(
+                "no --admin-listen: /healthz, /readyz and /metrics are on the device port (deprecated)"
+            );
+            None
+        }
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
-    lula_auth::run(listener, config, shutdown).await
+    lula_auth::run_with_admin(listener, admin, config, shutdown).await
 }
 
 async fn connect(common: &Common) -> anyhow::Result<lula_runtime::redis::RedisConn> {
@@ -293,9 +342,18 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
             println!("revoked:      {} session(s)", p.revoked_sessions);
         }
         println!();
+        // The secret goes in a file only the daemon's user reads, never on
+        // a command line (`ps` shows those to every local user).
+        println!("On the device, keep the secret in a file only root can read:");
+        println!("  install -m 600 /dev/null /etc/lula-client/otp-secret");
+        println!("  echo {} > /etc/lula-client/otp-secret", p.otp_secret);
         println!(
-            "On the device: lula-client run --client-id {} --otp-secret {}",
-            p.client, p.otp_secret
+            "then set LULA_CLIENT_ID={} in /etc/lula-client/lula-client.env and start lula-client.service,",
+            p.client
+        );
+        println!(
+            "or run: lula-client run --client-id {} --otp-secret-file /etc/lula-client/otp-secret",
+            p.client
         );
     }
     Ok(())

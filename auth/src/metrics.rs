@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -43,7 +42,9 @@ impl Default for AuthMetrics {
             rate_limited: ByLabel::default(),
             bcrypt_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
         };
-        let mut r = Registry::with_prefix("lula_auth");
+        let mut root = lula_runtime::metrics::registry("lula_auth", env!("CARGO_PKG_VERSION"));
+        let r = root.sub_registry_with_prefix("lula_auth");
+        r.register_collector(Box::new(lula_runtime::redis_check::UnsafeSettingsGauge));
         r.register(
             "registrations",
             "Registrations by outcome",
@@ -66,7 +67,10 @@ impl Default for AuthMetrics {
             "Time of one bcrypt hash or verify",
             m.bcrypt_seconds.clone(),
         );
-        AuthMetrics { registry: r, ..m }
+        AuthMetrics {
+            registry: root,
+            ..m
+        }
     }
 }
 
@@ -85,10 +89,8 @@ impl AuthMetrics {
         self.bcrypt_seconds.observe(took.as_secs_f64());
     }
 
-    /// The text exposition.
+    /// The OpenMetrics text exposition (see [`lula_runtime::metrics::response`]).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+        lula_runtime::metrics::render(&self.registry)
     }
 }

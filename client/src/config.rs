@@ -16,8 +16,12 @@ use crate::retention::{DEFAULT_KEEP_ACKED, KeepAcked};
 pub struct Config {
     /// This device's identity, as provisioned in lula-auth.
     pub client_id: ClientId,
-    /// The provisioned base32 TOTP secret, used to prove the registration.
-    pub otp_secret: Redacted<String>,
+    /// The provisioned base32 TOTP secret, used to prove the registration;
+    /// `None` once registered (the identity in `state_dir` replaces it).
+    pub otp_secret: Option<Redacted<String>>,
+    /// A file holding the OTP secret, read (and held to mode 0600/0400) only
+    /// while the device is unregistered: after registration it may be gone.
+    pub otp_secret_file: Option<PathBuf>,
     /// lula-auth base URL, e.g. `http://localhost:3001`.
     pub auth_url: String,
     /// lula-hub WebSocket URL, e.g. `ws://localhost:3002`.
@@ -66,7 +70,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for everything but identity and where things are.
+    /// Defaults for everything but identity and where things are. A device
+    /// that registered already may pass [`Config::otp_secret`] as `None`.
     pub fn new(
         client_id: ClientId,
         otp_secret: impl Into<String>,
@@ -74,7 +79,8 @@ impl Config {
     ) -> Self {
         Config {
             client_id,
-            otp_secret: Redacted::new(otp_secret.into()),
+            otp_secret: Some(Redacted::new(otp_secret.into())),
+            otp_secret_file: None,
             auth_url: "http://localhost:3001".into(),
             hub_url: "ws://localhost:3002".into(),
             ca_file: None,
@@ -104,6 +110,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("client_id", &self.client_id)
             .field("otp_secret", &self.otp_secret)
+            .field("otp_secret_file", &self.otp_secret_file)
             .field("auth_url", &redact_url(&self.auth_url))
             .field("hub_url", &redact_url(&self.hub_url))
             .field("ca_file", &self.ca_file)

@@ -10,8 +10,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use lula_protocol::Redacted;
 use lula_protocol::keys::DeviceKeys;
 use lula_protocol::message::close;
+use lula_runtime::secret::{Readers, read_secret_file};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
@@ -23,6 +25,9 @@ use crate::metrics::Metrics;
 use crate::published::StatusUpdate;
 use crate::session::{self, SessionError};
 use std::sync::Arc;
+
+/// Why an unregistered device cannot start without the provisioned secret.
+const NEEDS_OTP_SECRET: &str = "this device is not registered yet: give the OTP secret `lula-auth provision` printed with --otp-secret-file <file> (or LULA_OTP_SECRET_FILE); once registered it is no longer needed";
 
 /// A token this close to expiry is renewed before connecting with it.
 const RENEW_MARGIN: Duration = Duration::from_secs(30);
@@ -75,26 +80,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_with_metrics(config, metrics, shutdown).await
 }
 
-/// [`run`], counting into `metrics` (which the caller may read or serve).
-pub async fn run_with_metrics(
-    config: Config,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    // Takes over a Node lula-client's state when ours does not exist yet.
-    let mut identity = crate::takeover::load_identity(&config, &shutdown).await?;
-    let mut device = Device::new(&config.redis_url, DeviceKeys::new(config.prefix.clone()))
+/// The device Redis, with its settings checked (refusing to go on when they
+/// are unsafe and `--require-safe-redis` says so) and `in:x` trimmed in the
+/// background when `--trim-in-consumed` asks for it.
+async fn open_device(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Device> {
+    let device = Device::new(&config.redis_url, DeviceKeys::new(config.prefix.clone()))
         .context("parse --redis-url")?
         .with_keep_acked(config.keep_acked);
+    let check = check_device_redis(
+        device.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        config.require_safe_redis,
+    );
     if config.require_safe_redis {
-        check_device_redis(device.clone(), metrics.clone(), shutdown.clone(), true).await?;
+        check.await?;
     } else {
-        tokio::spawn(check_device_redis(
-            device.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-            false,
-        ));
+        tokio::spawn(check);
     }
     if let Some(every) = config.trim_in_consumed {
         tokio::spawn(crate::retention::trim_in_loop(
@@ -104,6 +110,22 @@ pub async fn run_with_metrics(
             shutdown.clone(),
         ));
     }
+    Ok(device)
+}
+
+/// [`run`], counting into `metrics` (which the caller may read or serve).
+pub async fn run_with_metrics(
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // Takes over a Node lula-client's state when ours does not exist yet.
+    let mut identity = crate::takeover::load_identity(&config, &shutdown).await?;
+    if !identity.registered {
+        // Fail at start, not at the first attempt, on a missing secret.
+        otp_secret(&config)?;
+    }
+    let mut device = open_device(&config, &metrics, &shutdown).await?;
     let auth = AuthClient::with_ca_file(&config.auth_url, config.ca_file.as_deref())
         .context("build lula-auth client")?;
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
@@ -282,10 +304,12 @@ async fn register(
     backoff: &mut Backoff,
     device: &mut Device,
 ) -> anyhow::Result<Option<Duration>> {
+    // Read here, not at start: a registered device never needs the file.
+    let otp_secret = otp_secret(config)?;
     let result = auth
         .register(
             &config.client_id,
-            config.otp_secret.expose(),
+            otp_secret.expose(),
             identity.secret.expose(),
         )
         .await;
@@ -297,7 +321,9 @@ async fn register(
             .login(&config.client_id, identity.secret.expose())
             .await
             .is_ok(),
-        Err(AuthCallError::OtpSecret) => anyhow::bail!("--otp-secret is not valid base32"),
+        Err(AuthCallError::OtpSecret) => {
+            anyhow::bail!("the OTP secret (--otp-secret-file) is not valid base32")
+        }
         Err(e @ AuthCallError::Status { status: 429, .. }) => {
             note_error(device, &format!("registration: {e}")).await;
             let AuthCallError::Status { retry_after, .. } = e else {
@@ -325,6 +351,19 @@ async fn register(
     identity.set_registered(true).context("save identity")?;
     tracing::info!("registered");
     Ok(None)
+}
+
+/// The provisioned OTP secret: `--otp-secret`, or the content of
+/// `--otp-secret-file` (which must be private to the daemon's user).
+fn otp_secret(config: &Config) -> anyhow::Result<Redacted<String>> {
+    if let Some(secret) = &config.otp_secret {
+        return Ok(secret.clone());
+    }
+    let Some(path) = &config.otp_secret_file else {
+        anyhow::bail!(NEEDS_OTP_SECRET);
+    };
+    let secret = read_secret_file(path, Readers::Owner).context("--otp-secret-file")?;
+    Ok(Redacted::new(secret))
 }
 
 async fn note_error(device: &mut Device, error: &str) {

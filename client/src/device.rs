@@ -13,6 +13,8 @@ use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_reserved
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
 
+use crate::published::StatusUpdate;
+pub use crate::published::status_fields;
 use crate::retention::{KeepAcked, OutRetention};
 
 /// Field of the state hash holding the last hub id stored in `in:x`.
@@ -32,8 +34,32 @@ pub struct Stored {
     pub missed_after: Option<StreamId>,
 }
 
-use crate::published::StatusUpdate;
-pub use crate::published::status_fields;
+/// KEYS[1] the state hash; ARGV[1] now (epoch ms), then field/value pairs.
+/// Sets them and `updatedAt`; `connected` 0 sets `disconnectedSince` unless
+/// it is set (1 deletes it); an `upstream` that differs from the stored one
+/// sets `upstreamProgressAt`. One script, so the times agree with the fields.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local now = ARGV[1]
+        for i = 2, #ARGV, 2 do
+          local f, v = ARGV[i], ARGV[i + 1]
+          if f == 'connected' then
+            if v == '1' then
+              redis.call('HDEL', KEYS[1], 'disconnectedSince')
+            else
+              redis.call('HSETNX', KEYS[1], 'disconnectedSince', now)
+            end
+          elseif f == 'upstream' and redis.call('HGET', KEYS[1], 'upstream') ~= v then
+            redis.call('HSET', KEYS[1], 'upstreamProgressAt', now)
+          end
+          redis.call('HSET', KEYS[1], f, v)
+        end
+        redis.call('HSET', KEYS[1], 'updatedAt', now)
+        return 1
+        ",
+    )
+});
 
 /// KEYS[1] in stream, KEYS[2] state hash.
 /// ARGV[1] the cursor's field, ARGV[2] the marker field written first into
@@ -268,11 +294,17 @@ impl Device {
         })
     }
 
-    /// Writes the fields `update` sets (and `updatedAt`) to the state hash.
+    /// Writes the fields `update` sets (and `updatedAt`) to the state hash,
+    /// with the times `lula-client status --check` judges by: since when the
+    /// daemon is disconnected, and when the upstream cursor last moved.
     pub async fn publish(&mut self, update: &StatusUpdate) -> Result<(), RedisError> {
-        let mut items = update.fields();
-        items.push((status_fields::UPDATED_AT, now_ms().to_string()));
-        self.redis.hset_multiple(self.keys.state(), &items).await
+        let mut script = PUBLISH.key(self.keys.state());
+        script.arg(now_ms());
+        for (field, value) in update.fields() {
+            script.arg(field).arg(value);
+        }
+        let _: i64 = script.invoke_async(&mut self.redis).await?;
+        Ok(())
     }
 
     /// The highest id `out:x` ever generated (`0-0` when it does not exist).

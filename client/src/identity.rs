@@ -75,6 +75,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
     }
 }
 
+/// Creates `dir` (and missing parents) as 0700: what the daemon keeps there
+/// is nobody else's business. An existing directory keeps its mode.
+fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(io(dir))
+}
+
 impl Identity {
     /// Loads the identity of `client_id` from `state_dir`, creating the directory
     /// and a fresh secret on first start.
@@ -88,6 +101,7 @@ impl Identity {
             }),
             Some(id) => Ok(id),
             None => {
+                create_private_dir(state_dir)?;
                 let secret = B64URL.encode(rand::random::<[u8; 32]>());
                 Self::create(state_dir, client_id, Redacted::new(secret), false)
             }

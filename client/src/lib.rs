@@ -31,6 +31,7 @@
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`rpc`]: request/response with the cloud over the synced streams.
 //! - [`status`]: `lula-client status`.
+//! - [`status_check`]: `lula-client status --check`, health as an exit code.
 
 pub mod auth;
 pub mod backoff;
@@ -46,6 +47,7 @@ pub mod retention;
 pub mod rpc;
 pub mod session;
 pub mod status;
+pub mod status_check;
 pub mod takeover;
 pub mod uplink;
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use lula_client::Config;
-use lula_protocol::ClientId;
+use lula_protocol::{ClientId, Redacted};
+use lula_runtime::secret::{Readers, secret_value};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -58,6 +59,10 @@ struct Common {
         hide_env_values = true
     )]
     redis_url: String,
+    /// Read --redis-url from this file instead (a URL with a password is a
+    /// secret); it must be readable by its owner only.
+    #[arg(long, env = "REDIS_URL_FILE", conflicts_with = "redis_url")]
+    redis_url_file: Option<PathBuf>,
     /// Where the daemon keeps its identity (secret, registration state).
     #[arg(long, env = "LULA_STATE_DIR", default_value = "/var/lib/lula-client")]
     state_dir: PathBuf,
@@ -74,11 +79,15 @@ struct RunArgs {
     /// device a Node lula-client ran on: its `client` is taken over.
     #[arg(long, env = "LULA_CLIENT_ID")]
     client_id: Option<ClientId>,
-    /// The provisioned base32 TOTP secret (only needed until registered).
-    /// Optional on a device a Node lula-client ran on: its `otpSecret` is
-    /// taken over.
+    /// The provisioned base32 TOTP secret, inline (visible in `ps`: prefer
+    /// --otp-secret-file). Only needed until registered. Optional on a device
+    /// a Node lula-client ran on: its `otpSecret` is taken over.
     #[arg(long, env = "LULA_OTP_SECRET", hide_env_values = true)]
     otp_secret: Option<String>,
+    /// A file holding the provisioned base32 TOTP secret, readable by its
+    /// owner only (chmod 600). Only read until registered; may be gone after.
+    #[arg(long, env = "LULA_OTP_SECRET_FILE", conflicts_with = "otp_secret")]
+    otp_secret_file: Option<PathBuf>,
     /// File holding the secret a Node lula-client registered this device
     /// with, kept when its state is taken over (docs/MIGRATING.md). The
     /// Node client's own LULA_SECRET environment variable is read too.
@@ -145,11 +154,40 @@ struct StatusArgs {
     /// time left) until the backlog is empty or Ctrl-C.
     #[arg(long, env = "LULA_WATCH")]
     watch: bool,
+    /// Exit non-zero when unhealthy, for health checks: 2 stopped, 3
+    /// disconnected longer than --max-disconnected, 4 upstream backlog not
+    /// draining for --max-stall (1: status unreadable). Prints one line.
+    #[arg(long, env = "LULA_CHECK", conflicts_with = "watch")]
+    check: bool,
+    /// With --check: longest tolerated disconnection.
+    #[arg(long, env = "LULA_MAX_DISCONNECTED", default_value = "2m", value_parser = humantime::parse_duration)]
+    max_disconnected: Duration,
+    /// With --check: longest tolerated stall of a waiting upstream backlog.
+    #[arg(long, env = "LULA_MAX_STALL", default_value = "5m", value_parser = humantime::parse_duration)]
+    max_stall: Duration,
+}
+
+impl Common {
+    /// Replaces `redis_url` with the content of `--redis-url-file`, if given.
+    fn load_secrets(&mut self) -> anyhow::Result<()> {
+        if let Some(url) = secret_value(None, self.redis_url_file.as_deref(), Readers::Owner)
+            .context("--redis-url-file")?
+        {
+            self.redis_url = url;
+        }
+        Ok(())
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::Run(args) => args.common.load_secrets()?,
+        Command::Request(args) => args.common.load_secrets()?,
+        Command::Status(args) => args.common.load_secrets()?,
+    }
+    match cli.command {
         Command::Run(args) => run(*args).await,
         Command::Request(args) => request(args).await,
         Command::Status(args) => {
@@ -160,6 +198,18 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             .context("read status")?;
+            if args.check {
+                let verdict = lula_client::status_check::check(
+                    &report,
+                    lula_client::status_check::Limits {
+                        max_disconnected: args.max_disconnected,
+                        max_stall: args.max_stall,
+                    },
+                    lula_runtime::now_ms(),
+                );
+                println!("{}", verdict.describe());
+                std::process::exit(verdict.exit_code());
+            }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -232,9 +282,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         keep_acked: args.keep_acked,
         trim_in_consumed: args.trim_in_consumed,
         require_safe_redis: args.require_safe_redis,
-        ..Config::new(client_id, otp_secret, args.common.state_dir)
+        otp_secret: otp_secret.map(Redacted::new),
+        otp_secret_file: args.otp_secret_file,
+        ..Config::new(client_id, "", args.common.state_dir)
     };
-    tracing::info!(?config, "starting");
+    lula_runtime::log_start("lula-client", env!("CARGO_PKG_VERSION"), &config);
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
     lula_client::run(config, shutdown).await
@@ -243,9 +295,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// `--client-id` and `--otp-secret`, or what a Node lula-client left in the
 /// device Redis for those not given (lula_client::takeover). The OTP secret
 /// may be missing only for a device that registered already.
-async fn identity_args(args: &RunArgs) -> anyhow::Result<(ClientId, String)> {
-    if let (Some(id), Some(otp)) = (&args.client_id, &args.otp_secret) {
-        return Ok((id.clone(), otp.clone()));
+async fn identity_args(args: &RunArgs) -> anyhow::Result<(ClientId, Option<String>)> {
+    if let Some(id) = &args.client_id
+        && (args.otp_secret.is_some() || args.otp_secret_file.is_some())
+    {
+        return Ok((id.clone(), args.otp_secret.clone()));
     }
     let keys = lula_protocol::keys::DeviceKeys::new(args.common.prefix.clone());
     let node = lula_client::takeover::node_defaults(&args.common.redis_url, &keys)
@@ -261,23 +315,9 @@ async fn identity_args(args: &RunArgs) -> anyhow::Result<(ClientId, String)> {
             anyhow::bail!("--client-id is required (no Node lula-client state to take it from)")
         }
     };
-    let otp_secret = match args.otp_secret.clone().or(node.otp_secret) {
-        Some(otp) => otp,
-        None => {
-            let ours = lula_client::identity::Identity::load(
-                &args
-                    .common
-                    .state_dir
-                    .join(lula_client::identity::IDENTITY_FILE),
-            )
-            .context("load identity from --state-dir")?;
-            if !(node.registered || ours.is_some_and(|i| i.registered)) {
-                anyhow::bail!("--otp-secret is required until the device has registered");
-            }
-            // Registered: never used.
-            String::new()
-        }
-    };
+    // None: --otp-secret-file, or not needed (registered); the daemon says
+    // which flag to give when it is needed and missing.
+    let otp_secret = args.otp_secret.clone().or(node.otp_secret);
     Ok((client_id, otp_secret))
 }
 

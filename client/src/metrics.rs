@@ -10,7 +10,6 @@ use std::sync::atomic::AtomicU64;
 
 use axum::Router;
 use axum::routing::get;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -65,7 +64,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("lula_client");
+        let mut root = lula_runtime::metrics::registry("lula_client", env!("CARGO_PKG_VERSION"));
+        let registry = root.sub_registry_with_prefix("lula_client");
         let m = Metrics {
             connected: Gauge::default(),
             sessions: Counter::default(),
@@ -87,108 +87,108 @@ impl Default for Metrics {
             link: crate::link::LinkMetrics::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "connected",
-            "1 while a hub session is up",
-            m.connected.clone(),
-        );
-        registry.register("sessions", "Hub sessions established", m.sessions.clone());
-        registry.register(
-            "upstream_entries",
-            "Entries of out:x the hub acknowledged, duplicates included",
-            m.upstream_entries.clone(),
-        );
-        registry.register(
-            "upstream_duplicates",
-            "Acknowledged entries the hub already had",
-            m.upstream_duplicates.clone(),
-        );
-        registry.register(
-            "upstream_batch_entries",
-            "Entries per upstream batch",
-            m.upstream_batch_entries.clone(),
-        );
-        registry.register(
-            "upstream_lag_entries",
-            "Entries in out:x the hub has not acknowledged yet (when known)",
-            m.upstream_lag.clone(),
-        );
-        registry.register(
-            "downstream_entries",
-            "Hub messages stored in in:x",
-            m.downstream_entries.clone(),
-        );
-        registry.register(
-            "downstream_backlog_entries",
-            "Entries waiting for this device on the hub, as the hub last reported",
-            m.downstream_backlog.clone(),
-        );
-        registry.register(
-            "gaps",
-            "Times entries were found deleted from out:x before they were synced",
-            m.gaps.clone(),
-        );
-        m.register_storage(&mut registry);
-        registry.register(
-            "broadcast_entries",
-            "Broadcasts stored in in:x",
-            m.broadcast_entries.clone(),
-        );
-        registry.register(
-            "broadcast_gaps",
-            "Times broadcasts were deleted (past the hub's retention) before this device received them",
-            m.broadcast_gaps.clone(),
-        );
-        m.register_link(&mut registry);
-        Metrics { registry, ..m }
+        m.register_upstream(registry);
+        m.register_downstream(registry);
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 }
 
 impl Metrics {
-    /// The connection's own metrics: renewals and the link's bytes.
-    fn register_link(&self, registry: &mut Registry) {
-        registry.register(
+    /// Registers the session and upstream metrics.
+    fn register_upstream(&self, r: &mut Registry) {
+        r.register(
+            "connected",
+            "1 while a hub session is up",
+            self.connected.clone(),
+        );
+        r.register(
+            "sessions",
+            "Hub sessions established",
+            self.sessions.clone(),
+        );
+        r.register(
+            "upstream_entries",
+            "Entries of out:x the hub acknowledged, duplicates included",
+            self.upstream_entries.clone(),
+        );
+        r.register(
+            "upstream_duplicates",
+            "Acknowledged entries the hub already had",
+            self.upstream_duplicates.clone(),
+        );
+        r.register(
+            "upstream_batch_entries",
+            "Entries per upstream batch",
+            self.upstream_batch_entries.clone(),
+        );
+        r.register(
+            "upstream_lag_entries",
+            "Entries in out:x the hub has not acknowledged yet (when known)",
+            self.upstream_lag.clone(),
+        );
+    }
+
+    /// Registers the downstream, retention, broadcast and renewal metrics.
+    fn register_downstream(&self, r: &mut Registry) {
+        self.link.register(r);
+        r.register(
+            "downstream_entries",
+            "Hub messages stored in in:x",
+            self.downstream_entries.clone(),
+        );
+        r.register(
+            "downstream_backlog_entries",
+            "Entries waiting for this device on the hub, as the hub last reported",
+            self.downstream_backlog.clone(),
+        );
+        r.register(
+            "gaps",
+            "Times entries were found deleted from out:x before they were synced",
+            self.gaps.clone(),
+        );
+        r.register(
+            "redis_unsafe_settings",
+            "Settings of the device Redis that can break exactly-once (maxmemory-policy, appendonly), as read at start",
+            self.redis_unsafe_settings.clone(),
+        );
+        r.register(
+            "downstream_expired_entries",
+            "Messages for this device that expired on the hub before delivery (expiresAt, --downstream-max-age)",
+            self.downstream_expired.clone(),
+        );
+        r.register(
+            "out_trimmed_entries",
+            "Acknowledged entries removed from out:x by the daemon (--keep-acked)",
+            self.out_trimmed.clone(),
+        );
+        r.register(
+            "in_trimmed_entries",
+            "Entries removed from in:x after every consumer group acknowledged them (--trim-in-consumed)",
+            self.in_trimmed.clone(),
+        );
+        r.register(
+            "broadcast_entries",
+            "Broadcasts stored in in:x",
+            self.broadcast_entries.clone(),
+        );
+        r.register(
+            "broadcast_gaps",
+            "Times broadcasts were deleted (past the hub's retention) before this device received them",
+            self.broadcast_gaps.clone(),
+        );
+        r.register(
             "renewals",
             "Session tokens renewed on a live connection",
             self.renewals.clone(),
-        );
-        self.link.register(registry);
-    }
-}
-
-impl Metrics {
-    /// Registers what the device Redis holds and lets go: its unsafe
-    /// settings, trims of out:x and in:x, expired messages.
-    fn register_storage(&self, registry: &mut Registry) {
-        let m = self;
-        registry.register(
-            "redis_unsafe_settings",
-            "Settings of the device Redis that can break exactly-once (maxmemory-policy, appendonly), as read at start",
-            m.redis_unsafe_settings.clone(),
-        );
-        registry.register(
-            "downstream_expired_entries",
-            "Messages for this device that expired on the hub before delivery (expiresAt, --downstream-max-age)",
-            m.downstream_expired.clone(),
-        );
-        registry.register(
-            "out_trimmed_entries",
-            "Acknowledged entries removed from out:x by the daemon (--keep-acked)",
-            m.out_trimmed.clone(),
-        );
-        registry.register(
-            "in_trimmed_entries",
-            "Entries removed from in:x after every consumer group acknowledged them (--trim-in-consumed)",
-            m.in_trimmed.clone(),
         );
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        lula_runtime::metrics::render(&self.registry)
     }
 }
 
@@ -204,9 +204,9 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
     let router = Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let metrics = metrics.clone();
-            async move { lula_runtime::metrics_response(metrics.render()) }
+            async move { lula_runtime::metrics::response(metrics.render(), &headers) }
         }),
     );
     lula_runtime::serve(listener, router, shutdown, Default::default()).await?;

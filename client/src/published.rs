@@ -12,6 +12,10 @@ pub mod status_fields {
     pub const CONNECTED: &str = "connected";
     /// Epoch ms of the daemon's last status write (a heartbeat while it runs).
     pub const UPDATED_AT: &str = "updatedAt";
+    /// Epoch ms since when the daemon is not connected (absent while it is).
+    pub const DISCONNECTED_SINCE: &str = "disconnectedSince";
+    /// Epoch ms when the published upstream cursor last moved.
+    pub const UPSTREAM_PROGRESS_AT: &str = "upstreamProgressAt";
     /// The hub's upstream cursor as last acknowledged: the last device seq the hub holds.
     pub const UPSTREAM: &str = "upstream";
     /// The most recent error, cleared when a session comes up.

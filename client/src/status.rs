@@ -14,8 +14,7 @@ use crate::device::{BROADCAST_FIELD, DOWNSTREAM_FIELD, count_after, now_ms};
 use crate::identity::{IDENTITY_FILE, Identity};
 use crate::published::status_fields;
 
-/// A daemon whose last status write is older than this is not running.
-const STALE_AFTER: Duration = Duration::from_secs(15);
+use crate::status_check::STALE_AFTER;
 
 /// The device's sync state.
 #[derive(Debug, Clone, Serialize)]
@@ -27,8 +26,16 @@ pub struct StatusReport {
     pub registered: bool,
     /// A daemon is running and connected to the hub.
     pub connected: bool,
-    /// Epoch ms of the daemon's last status write.
+    /// Epoch ms of the daemon's last status write: the figures the daemon
+    /// published (cursors, connected, downstream backlog) are as of then.
     pub updated_at: Option<u64>,
+    /// Epoch ms since when the daemon is not connected to a hub.
+    pub disconnected_since: Option<u64>,
+    /// Epoch ms when the upstream cursor last moved.
+    pub upstream_progress_at: Option<u64>,
+    /// Epoch ms of the oldest entry waiting in `out:x` (its id's time), when
+    /// there is a backlog.
+    pub upstream_oldest_at: Option<u64>,
     /// The last device seq the hub acknowledged.
     pub upstream_cursor: Option<StreamId>,
     /// Entries in `out:x` after the upstream cursor (all of them if the hub
@@ -52,7 +59,8 @@ pub struct StatusReport {
     pub last_expired: Option<String>,
     /// The daemon's most recent error.
     pub last_error: Option<String>,
-    /// Epoch seconds when the session token expires.
+    /// Epoch ms when the session token expires (the state hash keeps
+    /// seconds, as the Node client does; every time in the report is ms).
     pub session_expires_at: Option<u64>,
     /// Times entries were found deleted from `out:x` before they were synced.
     pub gaps: u64,
@@ -96,7 +104,21 @@ pub async fn status(
         upstream_cursor.unwrap_or(StreamId::ZERO),
     )
     .await?;
+    let oldest: Vec<(String, redis::Value)> = if upstream_backlog > 0 {
+        let after = upstream_cursor.unwrap_or(StreamId::ZERO);
+        conn.xrange_count(keys.out_stream(), format!("({after}"), "+", 1)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let ms = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
     Ok(StatusReport {
+        disconnected_since: ms(status_fields::DISCONNECTED_SINCE),
+        upstream_progress_at: ms(status_fields::UPSTREAM_PROGRESS_AT),
+        upstream_oldest_at: oldest
+            .first()
+            .and_then(|(id, _)| id.parse::<StreamId>().ok())
+            .map(|id| id.ms),
         client_id: identity.as_ref().map(|i| i.client_id.to_string()),
         registered: identity.as_ref().is_some_and(|i| i.registered),
         connected: fresh && get(status_fields::CONNECTED).as_deref() == Some("1"),
@@ -119,7 +141,9 @@ pub async fn status(
             .unwrap_or(0),
         last_expired: get(status_fields::LAST_EXPIRED),
         last_error: get(status_fields::LAST_ERROR),
-        session_expires_at: get(status_fields::SESSION_EXPIRES_AT).and_then(|v| v.parse().ok()),
+        session_expires_at: get(status_fields::SESSION_EXPIRES_AT)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|secs| secs.saturating_mul(1000)),
         gaps: get(status_fields::GAPS)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
@@ -192,6 +216,18 @@ impl StatusReport {
             (false, None) => "no (daemon never ran against this Redis)".to_owned(),
         };
         writeln!(f, "connected:          {connected}")?;
+        // The cursors and backlogs below are as of the daemon's last write
+        // (at most a second old while it runs); the upstream backlog is
+        // counted now, against that cursor.
+        if let Some(t) = self.updated_at {
+            writeln!(
+                f,
+                "figures as of:      {} ago (the daemon's last status write)",
+                humantime::format_duration(Duration::from_millis(
+                    now_ms().saturating_sub(t) / 100 * 100
+                ))
+            )?;
+        }
         match self.upstream_cursor {
             Some(c) => writeln!(f, "upstream cursor:    {c} (last seq the hub acknowledged)")?,
             None => writeln!(
@@ -254,7 +290,9 @@ impl StatusReport {
             writeln!(
                 f,
                 "session expires:    {}",
-                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(exp)
+                )
             )?;
         }
         Ok(())

@@ -193,11 +193,12 @@ async fn take_over(
             "a downstream cursor of ours already exists; ours wins, the Node cursor is ignored"
         );
     }
-    if node
-        .otp_secret
-        .as_deref()
-        .is_some_and(|s| s != config.otp_secret.expose().as_str())
-        && !node.registered
+    if node.otp_secret.as_deref().is_some_and(|s| {
+        config
+            .otp_secret
+            .as_ref()
+            .is_some_and(|ours| s != ours.expose().as_str())
+    }) && !node.registered
     {
         tracing::warn!(
             "the Node state's otpSecret differs from --otp-secret; registering with --otp-secret"

@@ -5,6 +5,12 @@
 //! binary, so the harness builds it once per test process with the `cargo`
 //! that runs the tests (a no-op when it is fresh) and takes its path from
 //! cargo's own build messages.
+//!
+//! Two variables run another build instead, e.g. a cross-built device binary
+//! under qemu-user (scripts/test.sh does, see scripts/build-device.sh):
+//! - `LULA_CLIENT_BIN`: the binary to run (nothing is built then);
+//! - `LULA_CLIENT_RUNNER`: a command line put in front of it, split on
+//!   whitespace, e.g. `qemu-aarch64-static -L /usr/aarch64-linux-gnu`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -14,11 +20,14 @@ use std::time::{Duration, Instant};
 
 use crate::Device;
 
-/// The path of a freshly built `lula-client`.
+/// The path of a freshly built `lula-client`, or `LULA_CLIENT_BIN`.
 pub fn client_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("LULA_CLIENT_BIN") {
+                return PathBuf::from(bin);
+            }
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
             cmd.args(["build", "-p", "lula-client", "--bin", "lula-client"])
@@ -41,20 +50,37 @@ pub fn client_binary() -> PathBuf {
         .clone()
 }
 
+/// A command that runs [`client_binary`], through `LULA_CLIENT_RUNNER` if set.
+pub fn client_command() -> Command {
+    let runner = std::env::var("LULA_CLIENT_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(words).arg(client_binary());
+            cmd
+        }
+        None => Command::new(client_binary()),
+    }
+}
+
 /// A `lula-client` process; killed when dropped.
 pub struct ClientProcess {
     child: Child,
     log: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// Holds the OTP secret file while the process may read it.
+    _secrets: Option<tempfile::TempDir>,
 }
 
 impl ClientProcess {
     /// `lula-client run` with `device`'s configuration (identity, URLs, state
     /// dir, batch size, register retry, backoff cap), its log on stderr at
-    /// `rust_log`, and `extra` arguments after.
+    /// `rust_log`, and `extra` arguments after. The OTP secret (if the config
+    /// has one) goes in a 0600 file, as operators pass it.
     pub fn run(device: &Device, rust_log: &str, extra: &[&str]) -> ClientProcess {
         let c = &device.config;
-        let mut cmd = Command::new(client_binary());
+        let mut cmd = client_command();
         cmd.arg("run")
             .args(["--client-id", c.client_id.as_str()])
             .args(["--auth-url", &c.auth_url, "--hub-url", &c.hub_url])
@@ -69,15 +95,23 @@ impl ClientProcess {
             .arg("--max-backoff")
             .arg(humantime_ms(c.max_backoff))
             .args(extra)
-            // Secrets the way operators pass them: from the environment.
-            .env("LULA_OTP_SECRET", c.otp_secret.expose())
+            .env_remove("LULA_OTP_SECRET")
             .env("RUST_LOG", rust_log)
             .env_remove("REDIS_URL")
             .stdin(Stdio::null());
         if let Some(ca) = &c.ca_file {
             cmd.arg("--ca-file").arg(ca);
         }
-        Self::spawn(cmd)
+        let secrets = c.otp_secret.as_ref().map(|otp| {
+            let dir = tempfile::tempdir().expect("secrets dir");
+            let path = dir.path().join("otp-secret");
+            write_private(&path, otp.expose());
+            cmd.arg("--otp-secret-file").arg(&path);
+            dir
+        });
+        let mut process = Self::spawn(cmd);
+        process._secrets = secrets;
+        process
     }
 
     /// Starts `cmd`, collecting its stdout and stderr.
@@ -110,6 +144,7 @@ impl ClientProcess {
             child,
             log,
             readers,
+            _secrets: None,
         }
     }
 
@@ -161,6 +196,19 @@ impl Drop for ClientProcess {
     }
 }
 
+/// Writes `text` to a new file only its owner may read (0600).
+pub fn write_private(path: &std::path::Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create secret file");
+    writeln!(f, "{text}").expect("write secret file");
+}
+
 /// A duration as whole milliseconds for a humantime flag (`1500ms`).
 fn humantime_ms(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
@@ -169,7 +217,7 @@ fn humantime_ms(d: Duration) -> String {
 /// `lula-client status` (text) for `device`, from the binary, with the
 /// device Redis at `redis_url`.
 pub fn status_text(device: &Device, redis_url: &str) -> String {
-    let out = Command::new(client_binary())
+    let out = client_command()
         .arg("status")
         .args(["--redis-url", redis_url])
         .arg("--state-dir")

@@ -165,6 +165,8 @@ pub struct CloudOptions {
     /// The hubs' `--broadcast-retention` and how often they trim to it
     /// (their defaults when `None`).
     pub broadcast_retention: Option<(Duration, Duration)>,
+    /// The hubs' admin token (opens `/fleet` on the admin listener).
+    pub admin_token: Option<String>,
 }
 
 impl Default for CloudOptions {
@@ -180,6 +182,7 @@ impl Default for CloudOptions {
             cluster_masters: None,
             ingest_partitions: 1,
             broadcast_retention: None,
+            admin_token: None,
         }
     }
 }
@@ -244,7 +247,10 @@ pub struct Cloud {
     broadcast_retention: Option<(Duration, Duration)>,
     downstream_max_age: Option<Duration>,
     auth_addr: SocketAddr,
+    auth_admin_addr: SocketAddr,
     hub_addr: SocketAddr,
+    hub_admin_addr: SocketAddr,
+    admin_token: Option<String>,
     /// Seconds the hubs' clock is ahead of the system clock (negative:
     /// behind); read at every look, so it can change while hubs run.
     hub_clock_offset: Arc<AtomicI64>,
@@ -290,13 +296,19 @@ impl Cloud {
         if let Some(limits) = options.auth_limits {
             auth_config.limits = limits;
         }
+        let auth_admin = bind("127.0.0.1:0".parse().expect("addr"));
+        let auth_admin_addr = auth_admin.local_addr().expect("addr");
         let auth = Isolated::spawn("lula-auth", move |shutdown| async move {
             let listener = tokio::net::TcpListener::from_std(auth_listener)?;
-            lula_auth::run(listener, auth_config, shutdown).await
+            let admin = tokio::net::TcpListener::from_std(auth_admin)?;
+            lula_auth::run_with_admin(listener, Some(admin), auth_config, shutdown).await
         });
-        let hub_addr = bind("127.0.0.1:0".parse().expect("addr"))
-            .local_addr()
-            .expect("addr");
+        let free = || {
+            bind("127.0.0.1:0".parse().expect("addr"))
+                .local_addr()
+                .expect("addr")
+        };
+        let (hub_addr, hub_admin_addr) = (free(), free());
         let keys = HubKeys::default();
         let mut cloud = Cloud {
             layout: IngestLayout::new(&keys, options.ingest_partitions, redis_cluster),
@@ -309,7 +321,10 @@ impl Cloud {
             broadcast_retention: options.broadcast_retention,
             downstream_max_age: None,
             auth_addr,
+            auth_admin_addr,
             hub_addr,
+            hub_admin_addr,
+            admin_token: options.admin_token,
             hub_clock_offset: Arc::default(),
             _auth: auth,
             hub: None,
@@ -345,10 +360,12 @@ impl Cloud {
     pub fn start_hub(&mut self) {
         assert!(self.hub.is_none(), "hub already running");
         let listener = bind(self.hub_addr);
+        let admin = bind(self.hub_admin_addr);
         let config = self.hub_config();
         self.hub = Some(Isolated::spawn("lula-hub", move |shutdown| async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            lula_hub::run(listener, config, shutdown).await
+            let admin = tokio::net::TcpListener::from_std(admin)?;
+            lula_hub::run_with_admin(listener, Some(admin), config, shutdown).await
         }));
     }
 
@@ -382,6 +399,7 @@ impl Cloud {
         config.serve.tls = self.tls.clone();
         config.redis_cluster = self.redis_cluster;
         config.ingest_partitions = self.layout.partitions();
+        config.admin_token = self.admin_token.clone().map(Into::into);
         if let Some((retention, every)) = self.broadcast_retention {
             config.broadcast_retention = retention;
             config.broadcast_trim_interval = every;
@@ -401,6 +419,16 @@ impl Cloud {
     pub fn auth_url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.auth_addr)
+    }
+
+    /// The hub's admin listener (`/metrics`, `/fleet`, probes), plain HTTP.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.hub_admin_addr)
+    }
+
+    /// lula-auth's admin listener (`/metrics`, probes), plain HTTP.
+    pub fn auth_admin_url(&self) -> String {
+        format!("http://{}", self.auth_admin_addr)
     }
 
     /// lula-hub's WebSocket URL.

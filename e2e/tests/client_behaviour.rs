@@ -127,7 +127,7 @@ async fn a_device_started_before_provisioning_registers_once_an_operator_provisi
         "never logged in: {status:?}"
     );
     assert_upstream_exactly_once(&cloud, &device, "dev-late").await;
-    let auth = get_text(&format!("{}/metrics", cloud.auth_url())).await;
+    let auth = get_text(&format!("{}/metrics", cloud.auth_admin_url())).await;
     assert_eq!(
         metric(&auth, r#"lula_auth_registrations_total{outcome="ok"}"#),
         1.0,
@@ -164,11 +164,7 @@ async fn a_hub_401_for_a_vanished_session_record_leads_to_a_fresh_login() {
     device.produce(100, 200).await;
     wait_upstream(&cloud, "dev-1", 200).await;
 
-    let hub = get_text(&format!(
-        "{}/metrics",
-        cloud.hub_url().replacen("ws://", "http://", 1)
-    ))
-    .await;
+    let hub = get_text(&format!("{}/metrics", cloud.admin_url())).await;
     assert!(
         metric(&hub, r#"lula_hub_refused_total{reason="unauthorized"}"#) >= 1.0,
         "the restarted hub never refused the old token:\n{hub}"
@@ -299,11 +295,8 @@ async fn with_the_hub_redis_down_the_client_backs_off_and_then_loses_nothing() {
     device.produce(0, 1_000).await;
     wait_upstream(&cloud, "dev-1", 1_000).await;
 
-    let hub_metrics = format!(
-        "{}/metrics",
-        cloud.hub_url().replacen("ws://", "http://", 1)
-    );
-    let auth_metrics = format!("{}/metrics", cloud.auth_url());
+    let hub_metrics = format!("{}/metrics", cloud.admin_url());
+    let auth_metrics = format!("{}/metrics", cloud.auth_admin_url());
     // Every way back in: a hub upgrade (refused while Redis is down) or a
     // login at lula-auth.
     let attempts = || async {

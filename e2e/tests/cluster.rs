@@ -104,9 +104,13 @@ async fn two_hundred_devices_through_a_rolling_restart_on_a_redis_cluster_lose_a
             .collect();
         let url = server.url();
         producers.push(tokio::spawn(async move {
+            // A generous response timeout (redis-rs's default is 500 ms): a
+            // producer must not fail because the shared machine is busy.
+            let config = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(60)));
             let mut conn = redis::Client::open(url)
                 .unwrap()
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .unwrap();
             for n in 0..ENTRIES {

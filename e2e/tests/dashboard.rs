@@ -552,7 +552,7 @@ async fn every_metric_the_dashboard_names_is_exported_by_a_running_system() {
     let upgrade = http.get(&hub_http).send().await.unwrap();
     assert!(upgrade.status().is_client_error(), "{}", upgrade.status());
 
-    let hub = format!("{hub_http}/metrics");
+    let hub = format!("{}/metrics", cloud.admin_url());
     let client = format!("http://127.0.0.1:{port}/metrics");
     let client_text = eventually("the device's counts and a renewal", WAIT, || {
         let client = client.clone();
@@ -579,7 +579,9 @@ async fn every_metric_the_dashboard_names_is_exported_by_a_running_system() {
         }
     })
     .await;
-    let auth_text = scrape(&format!("{auth}/metrics")).await.unwrap();
+    let auth_text = scrape(&format!("{}/metrics", cloud.auth_admin_url()))
+        .await
+        .unwrap();
     for family in [
         "registrations",
         "logins",
@@ -612,5 +614,36 @@ async fn every_metric_the_dashboard_names_is_exported_by_a_running_system() {
             .map(|(name, expr)| format!("  {name}  in  {expr}"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// The alert rules (deploy/prometheus/alerts.yml, also the PrometheusRule)
+/// name only metrics the services export, besides Prometheus's own `up`.
+#[test]
+fn every_metric_the_alert_rules_name_is_exported() {
+    let rules = include_str!("../../deploy/prometheus/alerts.yml");
+    let exprs: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr:"))
+        .map(str::trim)
+        .collect();
+    assert!(exprs.len() >= 10, "too few rules found: {exprs:?}");
+    let mut exported = exported_by_the_crates();
+    // Labelled families appear once counted; count one in each.
+    let hub = lula_hub::metrics::HubMetrics::default();
+    for family in [&hub.refused, &hub.renewals, &hub.closed] {
+        family.get_or_create(&[("reason", "x")]).inc();
+    }
+    let auth = lula_auth::metrics::AuthMetrics::default();
+    for family in [&auth.renewals, &auth.rate_limited, &auth.logouts] {
+        family.get_or_create(&[("outcome", "x")]).inc();
+    }
+    exported.add(&hub.render());
+    exported.add(&auth.render());
+    exported.add("# TYPE up gauge\n");
+    let missing = exported.missing(exprs.iter().copied());
+    assert!(
+        missing.is_empty(),
+        "the alert rules name metrics nobody exports:\n{missing:?}"
     );
 }

@@ -62,7 +62,7 @@ async fn hub_and_auth_export_what_they_did_as_prometheus_metrics() {
     device.start();
     device.produce(0, 50).await;
     cloud.send_down("dev-1", &[("n", "1".into())]).await;
-    let hub = cloud.hub_url().replacen("ws://", "http://", 1) + "/metrics";
+    let hub = cloud.admin_url() + "/metrics";
     let text = eventually("the hub's counts", WAIT, || {
         let hub = hub.clone();
         async move {
@@ -83,7 +83,7 @@ async fn hub_and_auth_export_what_they_did_as_prometheus_metrics() {
     assert!(metric(&text, r#"lula_hub_redis_seconds_count{op="authenticate"}"#).unwrap() >= 1.0);
     assert!(metric(&text, r#"lula_hub_redis_seconds_count{op="xread"}"#).unwrap() >= 1.0);
 
-    let auth = format!("{}/metrics", cloud.auth_url());
+    let auth = format!("{}/metrics", cloud.auth_admin_url());
     let text = reqwest::get(&auth).await.unwrap().text().await.unwrap();
     assert_eq!(
         metric(&text, r#"lula_auth_registrations_total{outcome="ok"}"#),

@@ -51,6 +51,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Pause after a Redis failure before a reader tries again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between pub/sub reconnects ([`next_retry`]).
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 /// How often [`watch`] wakes every reader even when notifications work, and
 /// checks that they are still enabled and its pub/sub connection still answers.
 pub const SWEEP: Duration = Duration::from_secs(30);
@@ -312,6 +314,7 @@ pub async fn watch(
         format!("__keyspace@*__:{}", watched.out_pattern),
         format!("__keyspace@*__:{}", watched.broadcast_pattern),
     ];
+    let mut retry = RETRY_PAUSE;
     let mut channels = vec![watched.connections.clone()];
     channels.extend(watched.revocations.as_ref().map(|r| r.channel().to_owned()));
     loop {
@@ -330,12 +333,16 @@ pub async fn watch(
             Err(e) => Err(format!("cannot find the servers to subscribe to: {e}")),
         };
         let (nodes, subscriptions) = match subscribed {
-            Ok(ok) => ok,
+            Ok(ok) => {
+                retry = RETRY_PAUSE;
+                ok
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "downstream watch: pub/sub failed; polling meanwhile");
-                if poll_until(&watched.wakers, poll, RETRY_PAUSE, &shutdown).await {
+                tracing::warn!(error = %e, retry_in = ?retry, "downstream watch: pub/sub failed; polling meanwhile");
+                if poll_until(&watched.wakers, poll, retry, &shutdown).await {
                     return;
                 }
+                retry = next_retry(retry);
                 continue;
             }
         };
@@ -385,11 +392,12 @@ async fn subscribe(
     let mut sinks = Vec::with_capacity(nodes.len());
     let mut streams = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
-        let at = node
-            .addr
-            .as_ref()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        // A cluster node by its announced address, one server by its URL's
+        // host and port (never the URL: it may hold a password).
+        let at = node.addr.as_ref().map_or_else(
+            || node.client.get_connection_info().addr().to_string(),
+            |a| a.to_string(),
+        );
         let mut pubsub =
             match tokio::time::timeout(WATCH_TIMEOUT, node.client.get_async_pubsub()).await {
                 Ok(Ok(p)) => p,
@@ -942,6 +950,13 @@ impl Drop for Unacked {
     }
 }
 
+/// The pause after another failed pub/sub (re)connect: doubled each time,
+/// capped, so a hub whose Redis is down for long neither spins nor floods its
+/// log (readers keep polling meanwhile, so nothing waits on it).
+fn next_retry(previous: Duration) -> Duration {
+    (previous * 2).min(MAX_RETRY_PAUSE)
+}
+
 /// Sleeps unless cancelled first; true when cancelled.
 async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
@@ -1038,6 +1053,17 @@ fn legacy_item(entry: Entry) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pubsub_retries_double_up_to_the_cap() {
+        let mut d = RETRY_PAUSE;
+        let mut seen = vec![];
+        for _ in 0..8 {
+            seen.push(d.as_secs());
+            d = next_retry(d);
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 
     #[test]
     fn frames_split_by_size_and_keep_order() {

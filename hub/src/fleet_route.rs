@@ -6,10 +6,9 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use lula_protocol::ClientId;
-use lula_runtime::bearer::{bearer_token, secrets_equal};
 use serde::Deserialize;
 
-use crate::{AppState, HubError, fleet};
+use crate::{AppState, HubError, fleet, fleet_page};
 
 #[derive(Deserialize, Default)]
 struct FleetQuery {
@@ -18,7 +17,8 @@ struct FleetQuery {
 }
 
 /// `GET /fleet[?client=<id>][&limit=N]` with `Authorization: Bearer <admin
-/// token>`: the fleet view as JSON (`{"devices": [...]}`, see
+/// token>` (or the token as the Basic password, for the fleet page,
+/// [`fleet_page::authorize`]): the fleet view as JSON (`{"devices": [...]}`, see
 /// [`fleet::DeviceView`]). 404 unless the hub has an admin token, so a hub
 /// without one exposes nothing.
 pub(crate) async fn fleet_view(
@@ -26,13 +26,7 @@ pub(crate) async fn fleet_view(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, HubError> {
-    let Some(admin) = &state.config.admin_token else {
-        return Err(HubError::NotFound);
-    };
-    let given = bearer_token(&headers).unwrap_or_default();
-    if !secrets_equal(given.as_bytes(), admin.expose().as_bytes()) {
-        return Err(HubError::NotAdmin);
-    }
+    fleet_page::authorize(&state, &headers)?;
     let q: FleetQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|e| HubError::BadRequest(format!("bad query: {e}")))?;
     let client = q

@@ -4,13 +4,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use crate::{AppState, HubError};
 
 /// The Prometheus text exposition of [`crate::metrics::HubMetrics`].
-pub(crate) async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    lula_runtime::metrics_response(state.metrics.render())
+/// OpenMetrics or the classic text format, by the scraper's `Accept`.
+pub(crate) async fn metrics_text(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Response {
+    lula_runtime::metrics::response(state.metrics.render(), &headers)
 }
 
 /// Liveness: the process serves requests.

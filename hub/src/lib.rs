@@ -20,9 +20,12 @@
 //!   every request and connection shares.
 //! - `upgrade`: `GET /`, the token check and the WebSocket upgrade;
 //!   `take_over`: the device's connection generation (one live connection per
-//!   device); `health`: `/healthz`, `/readyz`, `/metrics`; `fleet_route`:
-//!   `GET /fleet`. [`error`]: [`HubError`], their HTTP refusals (the only
-//!   HTTP error type; nothing below the routes returns it).
+//!   device). [`error`]: [`HubError`], the HTTP refusals (the only HTTP error
+//!   type; nothing below the routes returns it).
+//! - [`admin`]: the admin listener (`--admin-listen`) and its routes:
+//!   `health`: `/healthz`, `/readyz`, `/metrics`; `fleet_route`:
+//!   `GET /fleet`; [`fleet_page`]: `GET /fleet/`, an HTML view of it, and
+//!   the admin token check both share.
 //! - `connection`: one device's socket, a `select!` over named events. Each
 //!   request kind has a method, by family: `connection::batches` (`xadd`,
 //!   `xadds`, `id`), `connection::pushes` (`subscribe`, `ack`, `xread`),
@@ -44,12 +47,14 @@
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`rpc`]: asking one device and waiting for its answer (`lula-hub call`).
 //!
-//! Modules depend downward only (no cycles): routes and `connection` use the
-//! rest; `revocation` and `downstream` use `live` and `session`; `fleet` and
+//! Modules depend downward only (no cycles): `admin` uses the admin routes,
+//! `fleet_route` uses `fleet_page`; routes and `connection` use the rest;
+//! `revocation` and `downstream` use `live` and `session`; `fleet` and
 //! `downstream` share `backlog`.
 //!
 //! The wire protocol is documented in `shared/PROTOCOL.md`.
 
+pub mod admin;
 pub mod backlog;
 pub mod broadcast;
 pub mod config;
@@ -57,6 +62,7 @@ mod connection;
 pub mod downstream;
 pub mod error;
 pub mod fleet;
+pub mod fleet_page;
 mod fleet_route;
 mod health;
 pub mod import_node;
@@ -86,25 +92,32 @@ pub use error::HubError;
 pub use lula_runtime::Clock;
 pub use state::AppState;
 
-/// The hub's routes: `GET /` (WebSocket upgrade), `GET /healthz` (liveness)
-/// and `GET /readyz` (Redis reachable).
+/// What devices need: `GET /` (the WebSocket upgrade). The rest is on the
+/// admin listener ([`admin::app`]).
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(upgrade::upgrade))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics_text))
-        .route("/fleet", get(fleet_route::fleet_view))
         .fallback(|| async { HubError::NotFound })
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown` is cancelled, then (after
-/// `--drain-delay` with `/readyz` answering 503) closes every device
-/// connection with 1001 (after the request it is handling) and returns once
-/// all are closed.
+/// [`run_with_admin`] without an admin listener: the admin routes are served
+/// on the device port (the layout before `--admin-listen`, deprecated).
 pub async fn run(
     listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_admin(listener, None, config, shutdown).await
+}
+
+/// Serves devices on `listener` and the admin routes on `admin` until
+/// `shutdown` is cancelled, then (after `--drain-delay` with `/readyz`
+/// answering 503) closes every device connection with 1001 (after the
+/// request it is handling) and returns once all are closed.
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -159,7 +172,14 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    lula_runtime::serve(listener, app(state), shutdown, serve_options)
+    let devices = match admin {
+        Some(admin) => {
+            tracker.spawn(admin::serve(admin, state.clone(), shutdown.clone()));
+            app(state)
+        }
+        None => app(state.clone()).merge(admin::routes(state)),
+    };
+    lula_runtime::serve(listener, devices, shutdown, serve_options)
         .await
         .context("serve")?;
     tracker.close();

@@ -1,12 +1,18 @@
 //! `lula-hub`: the cloud side of lula. See the crate docs of `lula_hub`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lula_hub::Config;
+use lula_runtime::secret::{Readers, secret_value};
 use tokio_util::sync::CancellationToken;
+
+/// Secret files may be group-readable: Kubernetes mounts them for the pod's
+/// `fsGroup` (lula_runtime::secret).
+const CLOUD_READERS: Readers = Readers::OwnerAndGroup;
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +80,10 @@ struct Store {
         hide_env_values = true
     )]
     redis_url: String,
+    /// Read --redis-url from this file instead (a URL with a password is a
+    /// secret); others must not be able to read it.
+    #[arg(long, env = "REDIS_URL_FILE", conflicts_with = "redis_url")]
+    redis_url_file: Option<PathBuf>,
     /// Treat --redis-url as a seed node of a Redis Cluster.
     #[arg(long, env = "LULA_REDIS_CLUSTER")]
     redis_cluster: bool,
@@ -91,6 +101,16 @@ struct Store {
 }
 
 impl Store {
+    /// Replaces `redis_url` with the content of `--redis-url-file`, if given.
+    fn load_secrets(&mut self) -> anyhow::Result<()> {
+        if let Some(url) = secret_value(None, self.redis_url_file.as_deref(), CLOUD_READERS)
+            .context("--redis-url-file")?
+        {
+            self.redis_url = url;
+        }
+        Ok(())
+    }
+
     fn config(&self) -> Config {
         Config {
             redis_cluster: self.redis_cluster,
@@ -109,10 +129,22 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LULA_HUB_LISTEN", default_value = "0.0.0.0:3002")]
     listen: SocketAddr,
+    /// Address of the admin listener: /healthz, /readyz, /metrics, /fleet
+    /// and the fleet page, off the device port. Unset: they are served on
+    /// --listen as before (deprecated; that layout goes in the next release).
+    #[arg(long, env = "LULA_HUB_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// lula-auth's Redis (sessions, verification keys, revocations), when it
     /// is not the hub's own --redis-url.
     #[arg(long, env = "LULA_AUTH_REDIS_URL", hide_env_values = true)]
     auth_redis_url: Option<String>,
+    /// Read --auth-redis-url from this file instead.
+    #[arg(
+        long,
+        env = "LULA_AUTH_REDIS_URL_FILE",
+        conflicts_with = "auth_redis_url"
+    )]
+    auth_redis_url_file: Option<PathBuf>,
     /// Treat --auth-redis-url as a seed node of a Redis Cluster.
     #[arg(long, env = "LULA_AUTH_REDIS_CLUSTER")]
     auth_redis_cluster: bool,
@@ -145,6 +177,9 @@ struct ServeArgs {
     /// Bearer token that opens `GET /fleet` (unset: /fleet answers 404).
     #[arg(long, env = "LULA_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Read --admin-token from this file instead (inline it shows in `ps`).
+    #[arg(long, env = "LULA_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     tls: lula_runtime::tls::ServeTlsArgs,
     /// After SIGTERM, keep serving this long with /readyz answering 503, so
@@ -215,7 +250,15 @@ struct CallArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::Serve(args) => args.store.load_secrets()?,
+        Command::Call(args) => args.store.load_secrets()?,
+        Command::Fleet(args) => args.store.load_secrets()?,
+        Command::ImportNode(args) => args.store.load_secrets()?,
+        Command::TrimIngest(args) => args.store.load_secrets()?,
+    }
+    match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Call(args) => call(args).await,
         Command::Fleet(args) => fleet(args).await,
@@ -227,8 +270,20 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     lula_runtime::init_tracing_as(args.log.log_format);
     lula_hub::legacy_session::check_grace(args.non_renewing_grace)?;
+    let auth_redis_url = secret_value(
+        args.auth_redis_url,
+        args.auth_redis_url_file.as_deref(),
+        CLOUD_READERS,
+    )
+    .context("--auth-redis-url-file")?;
+    let admin_token = secret_value(
+        args.admin_token,
+        args.admin_token_file.as_deref(),
+        CLOUD_READERS,
+    )
+    .context("--admin-token-file")?;
     let config = Config {
-        auth_redis_url: args.auth_redis_url,
+        auth_redis_url,
         auth_redis_cluster: args.auth_redis_cluster,
         auth_prefix: args.auth_prefix,
         max_frame_bytes: args.max_frame_bytes,
@@ -239,7 +294,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         broadcast_retention: args.broadcast_retention,
         one_connection_per_device: !args.allow_concurrent_connections,
         hub_id: args.hub_id,
-        admin_token: args.admin_token.map(Into::into),
+        admin_token: admin_token.map(Into::into),
         non_renewing_grace: args.non_renewing_grace,
         downstream_max_age: Some(args.downstream_max_age).filter(|d| !d.is_zero()),
         serve: lula_runtime::ServeOptions {
@@ -249,7 +304,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..args.store.config()
     };
-    tracing::info!(?config, "starting");
+    lula_runtime::log_start("lula-hub", env!("CARGO_PKG_VERSION"), &config);
     lula_runtime::redis_check::check_at_start(
         &config.redis_target(),
         "the hub Redis",
@@ -260,10 +315,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    tracing::info!(addr = %listener.local_addr()?, "listening for devices");
+    let admin = match args.admin_listen {
+        Some(addr) => {
+            let admin = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind --admin-listen {addr}"))?;
+            tracing::info!(addr = %admin.local_addr()?, "admin listener: /healthz /readyz /metrics /fleet");
+            Some(admin)
+        }
+        None => {
+            tracing::warn!(
+                "no --admin-listen: /healthz, /readyz, /metrics and /fleet are on the device port (deprecated)"
+            );
+            None
+        }
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
-    lula_hub::run(listener, config, shutdown).await
+    lula_hub::run_with_admin(listener, admin, config, shutdown).await
 }
 
 async fn trim_ingest(args: TrimIngestArgs) -> anyhow::Result<()> {

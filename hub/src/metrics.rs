@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -107,11 +106,16 @@ impl Default for HubMetrics {
             redis_seconds: LatencyByOp::new_with_constructor(latency_histogram),
             link: crate::link::LinkMetrics::default(),
         };
-        let mut r = Registry::with_prefix("lula_hub");
-        m.register_upstream(&mut r);
-        m.register_downstream(&mut r);
-        m.link.register(&mut r);
-        HubMetrics { registry: r, ..m }
+        let mut root = lula_runtime::metrics::registry("lula_hub", env!("CARGO_PKG_VERSION"));
+        let r = root.sub_registry_with_prefix("lula_hub");
+        r.register_collector(Box::new(lula_runtime::redis_check::UnsafeSettingsGauge));
+        m.register_upstream(r);
+        m.register_downstream(r);
+        m.link.register(r);
+        HubMetrics {
+            registry: root,
+            ..m
+        }
     }
 }
 
@@ -243,11 +247,9 @@ impl HubMetrics {
         histogram.observe(now.saturating_sub(id_ms) as f64 / 1000.0);
     }
 
-    /// The text exposition.
+    /// The OpenMetrics text exposition (see [`lula_runtime::metrics::response`]).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+        lula_runtime::metrics::render(&self.registry)
     }
 }
 

@@ -108,7 +108,7 @@ async fn the_fleet_view_shows_where_each_device_is_how_far_it_got_and_what_went_
 
     // Written in the background, the cursor within fleet::WRITE_EVERY.
     let fleet = eventually("the fleet view to show all three", WAIT, || async {
-        let (status, fleet) = get_fleet(hub.addr, "", Some(ADMIN)).await;
+        let (status, fleet) = get_fleet(hub.admin, "", Some(ADMIN)).await;
         assert_eq!(status, 200, "{fleet}");
         let d1 = device(&fleet, "dev-1")?;
         let d3 = device(&fleet, "dev-3")?;
@@ -146,7 +146,7 @@ async fn the_fleet_view_shows_where_each_device_is_how_far_it_got_and_what_went_
     // dev-3's connection ended all the way (its writer too): only dev-1 is
     // counted on hub-a.
     eventually("dev-3's connection to end", WAIT, || async {
-        let text = reqwest::get(format!("http://{}/metrics", hub.addr))
+        let text = reqwest::get(format!("http://{}/metrics", hub.admin))
             .await
             .ok()?
             .text()
@@ -159,14 +159,14 @@ async fn the_fleet_view_shows_where_each_device_is_how_far_it_got_and_what_went_
     .await;
 
     // One device; refusals with JSON bodies.
-    let (status, one) = get_fleet(hub.addr, "?client=dev-2", Some(ADMIN)).await;
+    let (status, one) = get_fleet(hub.admin, "?client=dev-2", Some(ADMIN)).await;
     assert_eq!(status, 200);
     assert_eq!(one["devices"].as_array().unwrap().len(), 1);
-    let (status, body) = get_fleet(hub.addr, "", None).await;
+    let (status, body) = get_fleet(hub.admin, "", None).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
-    let (status, _) = get_fleet(hub.addr, "", Some("admin-s3creT")).await;
+    let (status, _) = get_fleet(hub.admin, "", Some("admin-s3creT")).await;
     assert_eq!(status, 401);
-    let (status, body) = get_fleet(hub.addr, "?client=no%20such", Some(ADMIN)).await;
+    let (status, body) = get_fleet(hub.admin, "?client=no%20such", Some(ADMIN)).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")));
     let (status, body) = get_fleet(replica, "", Some(ADMIN)).await;
     assert_eq!(
@@ -213,14 +213,14 @@ async fn the_fleet_view_shows_where_each_device_is_how_far_it_got_and_what_went_
         .query_async(&mut conn)
         .await
         .unwrap();
-    let (_, fleet) = get_fleet(hub.addr, "", Some(ADMIN)).await;
+    let (_, fleet) = get_fleet(hub.admin, "", Some(ADMIN)).await;
     assert_eq!(device(&fleet, "dev-7").unwrap()["state"], "lost");
     // Most recently seen first: the long-gone device is last.
     assert_eq!(
         fleet["devices"].as_array().unwrap().last().unwrap()["client"],
         "dev-7"
     );
-    let (_, fleet) = get_fleet(hub.addr, "?limit=2", Some(ADMIN)).await;
+    let (_, fleet) = get_fleet(hub.admin, "?limit=2", Some(ADMIN)).await;
     assert_eq!(fleet["devices"].as_array().unwrap().len(), 2);
 }
 
@@ -271,7 +271,7 @@ async fn told_to_stop_a_hub_reports_not_ready_while_it_drains_then_stops() {
     })
     .await;
     let readyz = || async {
-        let res = reqwest::get(format!("http://{}/readyz", hub.addr))
+        let res = reqwest::get(format!("http://{}/readyz", hub.admin))
             .await
             .unwrap();
         let status = res.status().as_u16();
@@ -286,7 +286,7 @@ async fn told_to_stop_a_hub_reports_not_ready_while_it_drains_then_stops() {
     hub.shutdown.cancel();
     let (status, body) = readyz().await;
     assert_eq!((status, body["code"].as_str()), (503, Some("draining")));
-    let health = reqwest::get(format!("http://{}/healthz", hub.addr))
+    let health = reqwest::get(format!("http://{}/healthz", hub.admin))
         .await
         .unwrap();
     assert_eq!(health.status().as_u16(), 200, "alive while draining");

@@ -18,7 +18,7 @@ async fn healthz_answers_and_unknown_routes_are_json_404() {
     let hub = spawn_hub().await;
     let http = reqwest::Client::new();
     let ok = http
-        .get(format!("http://{}/healthz", hub.addr))
+        .get(format!("http://{}/healthz", hub.admin))
         .send()
         .await
         .unwrap();
@@ -612,7 +612,7 @@ async fn readyz_follows_redis_and_healthz_stays_up() {
     .await;
     let http = reqwest::Client::new();
     let get = |path: &'static str| {
-        let (http, addr) = (http.clone(), hub.addr);
+        let (http, addr) = (http.clone(), hub.admin);
         async move {
             http.get(format!("http://{addr}{path}"))
                 .send()

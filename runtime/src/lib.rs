@@ -10,10 +10,15 @@
 //! - [`init_tracing`]: `RUST_LOG`-filtered logs on stderr.
 //! - [`tls`]: rustls configs: a service's certificate and key, a client's
 //!   trusted roots (system plus a private CA).
+//! - [`metrics`]: what every `GET /metrics` shares: `*_build_info`, the
+//!   `process_*` series ([`process`]), OpenMetrics or the classic text format
+//!   by the scraper's `Accept`.
 //! - [`bearer`]: `Authorization: Bearer` as hub and auth read it, and
 //!   constant-time comparison of secrets.
 //! - [`writer`]: the WebSocket writer task both hub and client use, one
 //!   flush per burst of queued frames.
+//! - [`secret`]: secrets from files (`--<secret>-file`), refused when others
+//!   may read them.
 //! - [`redis`]: the cloud Redis, one server or a Redis Cluster, behind one
 //!   connection type.
 //! - [`redis_check`]: start-up checks of a Redis's eviction policy and
@@ -40,9 +45,12 @@ use tokio_util::task::TaskTracker;
 
 pub mod bearer;
 mod clock;
+pub mod metrics;
+pub mod process;
 pub mod redis;
 pub mod redis_check;
 pub mod retention;
+pub mod secret;
 pub mod tls;
 pub mod writer;
 
@@ -102,19 +110,6 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// A Prometheus text exposition as the answer to `GET /metrics`.
-pub fn metrics_response(exposition: String) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        exposition,
-    )
-        .into_response()
 }
 
 /// The stop of a service in two steps. `draining` is the caller's shutdown
@@ -300,21 +295,54 @@ pub fn init_tracing() {
 }
 
 /// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
+/// Colours only when stderr is a terminal (and `NO_COLOR` is unset): escape
+/// codes in a file, a journal or a pod log are noise to every reader. Never
+/// logs the WebSocket library's handshake requests ([`without_secrets`]).
 pub fn init_tracing_as(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let secrets = tracing_subscriber::filter::filter_fn(without_secrets);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.finish().with(secrets).init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .finish()
+            .with(secrets)
             .init(),
     }
+}
+
+/// False for events that would carry a credential whatever `RUST_LOG` says:
+/// tungstenite logs the whole client handshake request, `Authorization:
+/// Bearer <token>` included, at trace level (`tungstenite::handshake::client`,
+/// "Request: ..."). Its debug lines and every other trace line stay.
+pub fn without_secrets(meta: &tracing::Metadata<'_>) -> bool {
+    !(*meta.level() == tracing::Level::TRACE
+        && meta.target().starts_with("tungstenite::handshake::client"))
+}
+
+/// The start-up line every service writes first: its name, version, commit
+/// and the configuration it runs with (`config`'s `Debug`, which redacts
+/// secrets and URL passwords).
+pub fn log_start(name: &str, version: &str, config: &dyn std::fmt::Debug) {
+    tracing::info!(
+        name,
+        version,
+        commit = metrics::COMMIT,
+        config = ?config,
+        "starting"
+    );
 }
 
 #[cfg(test)]

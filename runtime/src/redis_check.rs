@@ -31,6 +31,28 @@ pub fn unsafe_settings() -> i64 {
     UNSAFE_SETTINGS.load(Ordering::Relaxed)
 }
 
+/// Exports [`unsafe_settings`] as `<service>_redis_unsafe_settings` when
+/// registered in a service's sub-registry (hub and auth; lula-client counts
+/// its device Redis's in a gauge of its own).
+#[derive(Debug)]
+pub struct UnsafeSettingsGauge;
+
+impl prometheus_client::collector::Collector for UnsafeSettingsGauge {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(unsafe_settings());
+        gauge.encode(encoder.encode_descriptor(
+            "redis_unsafe_settings",
+            "Settings of this service's Redis that can break exactly-once (maxmemory-policy, appendonly), as read at start",
+            None,
+            gauge.metric_type(),
+        )?)
+    }
+}
+
 /// One setting that can break a guarantee, and what it can cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -323,6 +345,20 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn the_gauge_exports_what_the_start_up_check_found() {
+        let server = RedisServer::start();
+        let target = RedisTarget::new(server.url(), false);
+        check_at_start(&target, "the test Redis", false)
+            .await
+            .unwrap();
+        let mut root = prometheus_client::registry::Registry::default();
+        root.sub_registry_with_prefix("lula_test")
+            .register_collector(Box::new(UnsafeSettingsGauge));
+        let text = crate::metrics::render(&root);
+        assert!(text.contains("lula_test_redis_unsafe_settings 1"), "{text}");
     }
 
     #[tokio::test]

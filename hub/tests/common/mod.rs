@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestHub {
     pub addr: std::net::SocketAddr,
+    /// The admin listener: probes, /metrics, /fleet.
+    pub admin: std::net::SocketAddr,
     pub redis: RedisServer,
     pub conn: redis::aio::MultiplexedConnection,
     pub keys: HubKeys,
@@ -47,8 +49,15 @@ pub async fn spawn_hub_on(redis: RedisServer, configure: impl FnOnce(Config) -> 
     let auth_keys = AuthKeys::new(config.auth_prefix.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(lula_hub::run(listener, config, shutdown.clone()));
+    let task = tokio::spawn(lula_hub::run_with_admin(
+        listener,
+        Some(admin_listener),
+        config,
+        shutdown.clone(),
+    ));
     let client = redis::Client::open(redis.url()).unwrap();
     // Longer than redis-rs's default 500 ms reply timeout: CI machines are busy.
     let conn_config =
@@ -67,6 +76,7 @@ pub async fn spawn_hub_on(redis: RedisServer, configure: impl FnOnce(Config) -> 
         .unwrap();
     TestHub {
         addr,
+        admin,
         redis,
         conn,
         keys,
