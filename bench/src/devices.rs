@@ -131,8 +131,8 @@ impl Daemons {
     /// Starts the daemon of `device` against `cloud`, with default batching
     /// and quick retries.
     pub fn start(&mut self, device: &Device, servers: &DeviceServers, cloud: &Cloud) {
-        let defaults = lula_protocol::compress::DEFAULT_WINDOW_BITS;
-        self.start_via(device, servers, cloud, cloud.hub.url(), Some(defaults));
+        // The client's default: JSON text frames (compression is opt-in).
+        self.start_via(device, servers, cloud, cloud.hub.url(), None);
     }
 
     /// Like [`Daemons::start`], reaching the hub at `hub_url` (a proxy),

@@ -90,7 +90,7 @@ impl Config {
             batch_entries: DEFAULT_BATCH_ENTRIES,
             inflight_batches: DEFAULT_INFLIGHT_BATCHES,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-            compression_window_bits: Some(lula_protocol::compress::DEFAULT_WINDOW_BITS),
+            compression_window_bits: None,
             register_retry: Duration::from_secs(60),
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),

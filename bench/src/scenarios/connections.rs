@@ -237,9 +237,10 @@ async fn mint_tokens(cloud: &Cloud, count: usize) -> anyhow::Result<Vec<String>>
         .await
 }
 
-/// Connects like lula-client: bearer token, asking for compressed frames,
-/// `id`, `subscribe`, both replies (compressed both ways when the hub agrees,
-/// so the hub holds each connection's compression history as it would).
+/// Connects like lula-client with its defaults: bearer token, no
+/// compression offer (compression is opt-in; what a compressing connection
+/// costs is measured and recorded separately), `id`, `subscribe`, both
+/// replies.
 async fn connect_one(url: &str, token: &str) -> anyhow::Result<Ws> {
     tokio::time::timeout(CONNECT_TIMEOUT, async {
         let mut request = url.into_client_request()?;
@@ -247,10 +248,6 @@ async fn connect_one(url: &str, token: &str) -> anyhow::Result<Ws> {
             "authorization",
             HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
-        let offer = Params::new(compress::DEFAULT_WINDOW_BITS).context("window")?;
-        request
-            .headers_mut()
-            .insert(compress::HEADER, HeaderValue::from_str(&offer.to_string())?);
         // Small buffers: ten thousand of these live in this process.
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
