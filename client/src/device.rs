@@ -415,23 +415,26 @@ pub struct OutRead {
 /// max-deleted-entry-id ('0-0' before Redis 7); all zero when the stream does
 /// not exist. Run in one transaction with the `XRANGE` that reads the entries
 /// (see [`OutReader::read_after`]).
-const COUNTERS_BODY: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {0, 0, '', '0-0'}
+const COUNTERS_FN: &str = r#"
+local function stream_counters(key)
+  if redis.call('EXISTS', key) == 0 then
+    return {0, 0, '', '0-0'}
+  end
+  local info = redis.call('XINFO', 'STREAM', key)
+  local f = {}
+  for i = 1, #info, 2 do
+    f[info[i]] = info[i + 1]
+  end
+  local first = ''
+  if type(f['first-entry']) == 'table' then
+    first = f['first-entry'][1]
+  end
+  return {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] or '0-0'}
 end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local f = {}
-for i = 1, #info, 2 do
-  f[info[i]] = info[i + 1]
-end
-local first = ''
-if type(f['first-entry']) == 'table' then
-  first = f['first-entry'][1]
-end
-return {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] or '0-0'}
 "#;
 
-static COUNTERS: LazyLock<Script> = LazyLock::new(|| Script::new(COUNTERS_BODY));
+static COUNTERS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{COUNTERS_FN}return stream_counters(KEYS[1])")));
 
 /// KEYS[1] out stream, ARGV[1] the id to read after, ARGV[2] how many. The
 /// counters and the entries in one read-only script (Redis 7 flags), for a
@@ -439,24 +442,11 @@ static COUNTERS: LazyLock<Script> = LazyLock::new(|| Script::new(COUNTERS_BODY))
 /// a `MULTI`, and any script not declared read-only, but still runs this.
 /// Slower than the transaction (Lua builds every entry), so only then.
 static READ_WHEN_FULL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua flags=no-writes
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {{0, 0, '', '0-0'}, {}}
-end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local f = {}
-for i = 1, #info, 2 do
-  f[info[i]] = info[i + 1]
-end
-local first = ''
-if type(f['first-entry']) == 'table' then
-  first = f['first-entry'][1]
-end
-local counters = {f['entries-added'] or -1, f['length'], first, f['max-deleted-entry-id'] or '0-0'}
-return {counters, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
-"#,
-    )
+    Script::new(&format!(
+        "#!lua flags=no-writes\n{COUNTERS_FN}\
+         return {{stream_counters(KEYS[1]), \
+         redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}}"
+    ))
 });
 
 /// Reads the out stream on a connection of its own: entries and counters in
