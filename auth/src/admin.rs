@@ -12,8 +12,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::{AppState, AuthError, routes};
 
@@ -37,17 +35,4 @@ pub fn routes(state: Arc<AppState>) -> Router {
 /// `GET /metrics`: OpenMetrics or the classic text format, by `Accept`.
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     lula_runtime::metrics::response(state.metrics.render(), &headers)
-}
-
-/// Serves [`app`] on `listener` until `shutdown`, plain HTTP.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let options = lula_runtime::ServeOptions {
-        max_http_connections: 64,
-        ..Default::default()
-    };
-    lula_runtime::serve(listener, app(state), shutdown, options).await
 }

@@ -24,6 +24,7 @@
 use std::sync::LazyLock;
 
 use lula_protocol::ClientId;
+use lula_protocol::keys::escape_glob;
 use lula_protocol::keys::{AuthKeys, fields};
 use redis::Script;
 use redis::aio::ConnectionLike;
@@ -45,9 +46,6 @@ return 'imported'
 "#;
 
 static IMPORT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(IMPORT));
-
-/// Keys looked at per `SCAN` step.
-const SCAN_COUNT: usize = 500;
 
 /// What happened (or, in a dry run, would happen) to one Node record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,8 +70,8 @@ pub async fn import_node<N: ConnectionLike, C: ConnectionLike>(
     node_prefix: &str,
     dry_run: bool,
 ) -> Result<Vec<Imported>, AuthError> {
-    let mut node_keys = node_client_keys(node, node_prefix).await?;
-    node_keys.sort();
+    let pattern = format!("{}:client:*:h", escape_glob(node_prefix));
+    let node_keys = lula_runtime::redis::scan_keys(node, &pattern).await?;
     let mut report = Vec::with_capacity(node_keys.len());
     for key in node_keys {
         let record = NodeRecord::read(node, node_prefix, &key).await?;
@@ -114,31 +112,6 @@ impl NodeRecord {
             deadline,
             secret,
         })
-    }
-}
-
-async fn node_client_keys<C: ConnectionLike>(
-    conn: &mut C,
-    node_prefix: &str,
-) -> Result<Vec<String>, AuthError> {
-    let pattern = format!("{}:client:*:h", escape_glob(node_prefix));
-    let mut cursor: u64 = 0;
-    let mut found = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(conn)
-            .await?;
-        found.extend(batch);
-        if next == 0 {
-            found.dedup();
-            return Ok(found);
-        }
-        cursor = next;
     }
 }
 
@@ -193,16 +166,4 @@ async fn import_one<C: ConnectionLike>(
         outcome,
         reason: None,
     })
-}
-
-/// Escapes the characters Redis glob patterns treat specially.
-fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -194,7 +194,11 @@ pub async fn run_with_admin(
     let (router, admin) = match admin {
         Some(admin) => (
             app(state.clone()),
-            Some(tokio::spawn(admin::serve(admin, state, stop.clone()))),
+            Some(tokio::spawn(lula_runtime::serve_admin(
+                admin,
+                admin::app(state),
+                stop.clone(),
+            ))),
         ),
         None => (
             device_routes(state.clone(), Some(admin::routes(state))),

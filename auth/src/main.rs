@@ -266,28 +266,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("bind {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening for devices");
-    let admin = match args.admin_listen {
-        Some(addr) => {
-            let admin = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("bind --admin-listen {addr}"))?;
-            tracing::info!(addr = %admin.local_addr()?, "admin listener: /healthz /readyz /metrics");
-            Some(admin)
-        }
-        None => {
-            tracing::warn!(
-                "no --admin-listen: /healthz, /readyz and /metrics are on the device port (deprecated)"
-            );
-            None
-        }
-    };
+    let listeners =
+        lula_runtime::listeners::bind(args.listen, args.admin_listen, "/healthz /readyz /metrics")
+            .await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
-    lula_auth::run_with_admin(listener, admin, config, shutdown).await
+    lula_auth::run_with_admin(listeners.devices, listeners.admin, config, shutdown).await
 }
 
 async fn connect(common: &Common) -> anyhow::Result<lula_runtime::redis::RedisConn> {

@@ -12,8 +12,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::{AppState, HubError};
 
@@ -32,18 +30,4 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/fleet", get(crate::fleet_route::fleet_view))
         .route("/fleet/", get(crate::fleet_page::page))
         .with_state(state)
-}
-
-/// Serves [`app`] on `listener` until `shutdown`: plain HTTP, on a port only
-/// the cluster reaches (the Service's `admin` port, the NetworkPolicy).
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let options = lula_runtime::ServeOptions {
-        max_http_connections: 64,
-        ..Default::default()
-    };
-    lula_runtime::serve(listener, app(state), shutdown, options).await
 }

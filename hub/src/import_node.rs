@@ -24,7 +24,7 @@
 
 use std::sync::LazyLock;
 
-use lula_protocol::keys::{HubKeys, IngestLayout};
+use lula_protocol::keys::{HubKeys, IngestLayout, escape_glob};
 use lula_protocol::redis_value::entries_from_range;
 use lula_protocol::{ClientId, StreamId};
 use redis::Script;
@@ -123,8 +123,8 @@ pub async fn import_out_streams<C: ConnectionLike>(
     node_prefix: &str,
     dry_run: bool,
 ) -> redis::RedisResult<Vec<OutImport>> {
-    let mut node_keys = scan(conn, &format!("{node_prefix}:out:*:x")).await?;
-    node_keys.sort();
+    let pattern = format!("{}:out:*:x", escape_glob(node_prefix));
+    let node_keys = lula_runtime::redis::scan_keys(conn, &pattern).await?;
     let mut report = Vec::new();
     for key in node_keys {
         let raw = key
@@ -153,12 +153,12 @@ pub async fn import_out_streams<C: ConnectionLike>(
             copied: 0,
             present: 0,
         };
-        let mut from = "-".to_owned();
+        let (mut from, mut to) = ("-".to_owned(), "+");
         loop {
             let page: redis::Value = redis::cmd("XRANGE")
                 .arg(&key)
                 .arg(&from)
-                .arg("+")
+                .arg(to)
                 .arg("COUNT")
                 .arg(PAGE)
                 .query_async(conn)
@@ -183,32 +183,11 @@ pub async fn import_out_streams<C: ConnectionLike>(
                 done.copied += 1;
             }
             match entries.last() {
-                Some(l) if n == PAGE => from = format!("({}", l.id),
+                Some(l) if n == PAGE => (from, to) = l.id.range_after(),
                 _ => break,
             }
         }
         report.push(done);
     }
     Ok(report)
-}
-
-async fn scan<C: ConnectionLike>(conn: &mut C, pattern: &str) -> redis::RedisResult<Vec<String>> {
-    let mut cursor: u64 = 0;
-    let mut found = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(conn)
-            .await?;
-        found.extend(batch);
-        if next == 0 {
-            found.dedup();
-            return Ok(found);
-        }
-        cursor = next;
-    }
 }

@@ -33,6 +33,7 @@ enum Command {
     /// and wait for its answer.
     Call(CallArgs),
     /// List devices: connected replica, last seen, upstream cursor,
+    /// upstream backlog (as the device last reported it; `-`: never),
     /// downstream backlog, last close and error. Reads Redis, so it shows
     /// every replica's devices.
     Fleet(FleetArgs),
@@ -312,28 +313,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("bind {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening for devices");
-    let admin = match args.admin_listen {
-        Some(addr) => {
-            let admin = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("bind --admin-listen {addr}"))?;
-            tracing::info!(addr = %admin.local_addr()?, "admin listener: /healthz /readyz /metrics /fleet");
-            Some(admin)
-        }
-        None => {
-            tracing::warn!(
-                "no --admin-listen: /healthz, /readyz, /metrics and /fleet are on the device port (deprecated)"
-            );
-            None
-        }
-    };
+    let listeners = lula_runtime::listeners::bind(
+        args.listen,
+        args.admin_listen,
+        "/healthz /readyz /metrics /fleet",
+    )
+    .await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(lula_runtime::shutdown_on_signal(shutdown.clone()));
-    lula_hub::run_with_admin(listener, admin, config, shutdown).await
+    lula_hub::run_with_admin(listeners.devices, listeners.admin, config, shutdown).await
 }
 
 async fn trim_ingest(args: TrimIngestArgs) -> anyhow::Result<()> {

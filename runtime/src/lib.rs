@@ -45,6 +45,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod bearer;
 mod clock;
+pub mod listeners;
 pub mod metrics;
 pub mod process;
 pub mod redis;
@@ -129,6 +130,21 @@ pub fn stop_after(draining: &CancellationToken, delay: Duration) -> Cancellation
         stopping.cancel();
     });
     stop
+}
+
+/// Serves an admin `router` (probes, metrics, the fleet) on `listener` until
+/// `shutdown`: plain HTTP, and few connections, since only operators and
+/// Prometheus reach a port the cluster keeps private.
+pub async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let options = ServeOptions {
+        max_http_connections: 64,
+        ..Default::default()
+    };
+    serve(listener, router, shutdown, options).await
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets every
