@@ -79,10 +79,39 @@ pub fn window_setting(bits: u8) -> Option<u8> {
 /// Other values are reserved for other codecs and refused.
 pub const FORMAT_DEFLATE: u8 = 0x01;
 
-/// Compression level. Level 1 in zlib-rs is `deflate_quick` (fixed Huffman
-/// codes only), which loses most of the gain on small frames; 3 finds the
-/// repeats and costs a few µs per entry. Measured in `bench` (`compression`).
-const LEVEL: u32 = 3;
+/// Compression level of small frames (replies, acks, a few entries). Level 1
+/// in zlib-rs is `deflate_quick` (fixed Huffman codes only), which loses most
+/// of the gain on small frames; 3 (`deflate_medium`) finds the repeats, and on
+/// a small frame the per-frame setup costs more than the searching does.
+const SMALL_FRAME_LEVEL: u32 = 3;
+
+/// Compression level of large frames (batches and pushes of many entries),
+/// where the deflate work per byte is what bounds a fast link. Level 1
+/// (`deflate_quick`: one hash probe, fixed Huffman codes) still finds the
+/// repeated field names and JSON around every entry, which is most of the
+/// gain on batches (1,000 telemetry entries: 0.23 of the JSON, against 0.14
+/// at level 3; log lines 0.54 against 0.38), for about 60 % of level 3's CPU
+/// (0.5 against 0.8 µs per telemetry entry, 3.1 against 4.8 per log line).
+/// With level 2 the upstream rate of log lines on loopback was about a third
+/// of the JSON run's; with level 1, 0.54 to 1.75 of it, depending on how busy
+/// the machine was (BENCHMARKS.md, issue 16).
+const LARGE_FRAME_LEVEL: u32 = 1;
+
+/// Frames from this size on are "large" (see [`LARGE_FRAME_LEVEL`]) and are
+/// checked for whether compressing them pays ([`worth_compressing`]).
+pub const LARGE_FRAME_BYTES: usize = 8 * 1024;
+
+/// Bytes [`worth_compressing`] looks at, spread over the frame.
+const SAMPLE_BYTES: usize = 4096;
+
+/// Order-0 entropy, in bits per byte, above which a large frame is sent as
+/// the text frame it is. Base64 of random bytes (what binary payloads travel
+/// as, in `fields64`) measures about 6.0 with the JSON around it: there level
+/// 3 saves a third, mostly through its Huffman codes, which the fast level 1
+/// lacks (0.85 of the text), at the full cost per byte. JSON text measures 4
+/// to 5 (telemetry 4.4, log lines 4.9), and deflate takes it to a half or
+/// much less through its repeats.
+const MAX_ENTROPY_BITS: f64 = 5.75;
 
 /// What a sync flush appends and RFC 7692 senders strip: an empty stored block.
 const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
@@ -213,6 +242,9 @@ pub struct Stats {
     pub plain_bytes: u64,
     /// Bytes of the compressed frames' payloads (WebSocket headers not included).
     pub wire_bytes: u64,
+    /// Frames sent as text because compressing them would not pay
+    /// ([`Encoder::compress`]); not in the counts above.
+    pub skipped: u64,
 }
 
 impl Stats {
@@ -285,19 +317,53 @@ thread_local! {
     static INFLATER: Cell<Option<(u8, Decompress)>> = const { Cell::new(None) };
 }
 
-/// Runs `f` with this thread's compressor, reset, for `bits`. The compressor
-/// is taken out of its slot while in use, so a panic in `f` only loses it.
-fn with_deflater<R>(bits: u8, f: impl FnOnce(&mut Compress) -> R) -> R {
+/// Runs `f` with this thread's compressor, reset, for `bits` at `level`. The
+/// compressor is taken out of its slot while in use, so a panic in `f` only
+/// loses it.
+fn with_deflater<R>(bits: u8, level: u32, f: impl FnOnce(&mut Compress) -> R) -> R {
     let mut c = match DEFLATER.take() {
         Some((b, mut c)) if b == bits => {
             c.reset();
+            // Right after a reset there is nothing to flush, so this cannot
+            // fail; if it ever did, the frame is still valid at the old level.
+            let set = c.set_level(Compression::new(level));
+            debug_assert!(set.is_ok(), "deflate set_level: {set:?}");
             c
         }
-        _ => Compress::new_with_window_bits(Compression::new(LEVEL), false, bits),
+        _ => Compress::new_with_window_bits(Compression::new(level), false, bits),
     };
     let r = f(&mut c);
     DEFLATER.set(Some((bits, c)));
     r
+}
+
+/// Whether deflating `plain` is worth its CPU: always for small frames (cheap,
+/// and where the shared history gains the most); for a large one, unless a
+/// sample of its bytes looks like random data (base64 of binary payloads),
+/// which deflate shrinks by a third at most, at the full cost per byte.
+/// Counting a byte histogram over [`SAMPLE_BYTES`] costs a few µs, against
+/// the milliseconds of deflating a large frame.
+pub fn worth_compressing(plain: &[u8]) -> bool {
+    if plain.len() < LARGE_FRAME_BYTES {
+        return true;
+    }
+    let step = plain.len() / SAMPLE_BYTES;
+    let mut counts = [0u32; 256];
+    let mut sampled = 0u32;
+    for &b in plain.iter().step_by(step.max(1)) {
+        counts[usize::from(b)] += 1;
+        sampled += 1;
+    }
+    let n = f64::from(sampled);
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    bits <= MAX_ENTROPY_BITS
 }
 
 /// Runs `f` with this thread's decompressor, reset. It always has the
@@ -339,19 +405,58 @@ impl Encoder {
         }
     }
 
+    /// The frame to send for `plain`: a compressed binary frame
+    /// ([`Encoder::encode`]), or `None` when compressing it does not pay
+    /// ([`worth_compressing`]) and the caller sends the text frame as it is.
+    /// Text frames are allowed at any time and do not enter the history.
+    ///
+    /// A frame that deflated to more bytes than its text (the fast level's
+    /// fixed codes spend 9 bits on a byte above 143 it finds no repeat for)
+    /// is dropped before it enters the history, and `None` returned too: a
+    /// compressed frame never costs more than the text frame would.
+    pub fn compress(&mut self, plain: &[u8]) -> Option<Vec<u8>> {
+        if worth_compressing(plain) {
+            let frame = self.deflated(plain);
+            if frame.len() < plain.len() {
+                self.commit(plain, frame.len());
+                return Some(frame);
+            }
+        }
+        self.stats.skipped += 1;
+        None
+    }
+
     /// One binary frame carrying `plain`: [`FORMAT_DEFLATE`], the plain length
     /// as LEB128, then the raw deflate data, sync-flushed, tail stripped.
     pub fn encode(&mut self, plain: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(plain.len() + plain.len() / 64 + 32);
+        let frame = self.deflated(plain);
+        self.commit(plain, frame.len());
+        frame
+    }
+
+    /// The frame for `plain`, not yet in the history (nor counted).
+    fn deflated(&self, plain: &[u8]) -> Vec<u8> {
+        let level = if plain.len() < LARGE_FRAME_BYTES {
+            SMALL_FRAME_LEVEL
+        } else {
+            LARGE_FRAME_LEVEL
+        };
+        // Room for what a large frame of JSON usually deflates to; `deflate`
+        // grows it when that is not enough.
+        let mut out = Vec::with_capacity(plain.len() / 2 + 64);
         out.push(FORMAT_DEFLATE);
         write_varint(&mut out, plain.len() as u64);
         let dictionary = &self.history.bytes;
-        with_deflater(self.params.window_bits, |c| {
+        with_deflater(self.params.window_bits, level, |c| {
             deflate(c, dictionary, plain, &mut out)
         });
-        self.history.push(plain);
-        self.stats.count(plain.len(), out.len());
         out
+    }
+
+    /// `plain` was sent compressed as `wire` bytes: it joins the history.
+    fn commit(&mut self, plain: &[u8], wire: usize) {
+        self.history.push(plain);
+        self.stats.count(plain.len(), wire);
     }
 
     /// What this direction has sent so far.
