@@ -307,6 +307,33 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+/// Every key matching `pattern` (a `SCAN MATCH` glob: escape literal parts
+/// with `lula_protocol::keys::escape_glob`), sorted, each once: `SCAN` may
+/// return a key more than once, and not necessarily in consecutive pages.
+/// For admin commands (imports), not hot paths: it walks the whole keyspace.
+pub async fn scan_keys<C: ConnectionLike>(conn: &mut C, pattern: &str) -> RedisResult<Vec<String>> {
+    const PAGE: usize = 500;
+    let mut cursor: u64 = 0;
+    let mut found = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await?;
+        found.extend(batch);
+        if next == 0 {
+            found.sort();
+            found.dedup();
+            return Ok(found);
+        }
+        cursor = next;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

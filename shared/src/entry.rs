@@ -18,12 +18,20 @@ use crate::limits::MAX_ENTRY_VALUES;
 /// `{"id": "<ms>-<seq>", "fields": ["k1", "v1", ...]}` when every key and value is
 /// UTF-8, and `{"id": ..., "fields64": [<base64>, ...]}` otherwise, so binary
 /// payloads (protobuf, compressed blobs) cross the JSON protocol unchanged.
+///
+/// A **set-aside marker** is `{"id": ..., "setAside": "<reason>"}`, with no
+/// fields: the entry with this id exists but is past a limit, so it was moved
+/// to a dead-letter stream instead of carried; the receiver moves its cursor
+/// past it and counts it. Only peers that said they understand markers get
+/// them (`setAside` in `subscribe` and in the `id` reply).
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Entry {
     /// The entry's id in its source stream.
     pub id: StreamId,
-    /// Keys and values, alternating.
+    /// Keys and values, alternating (empty on a set-aside marker).
     pub fields: Vec<Vec<u8>>,
+    /// On a set-aside marker: why the entry was set aside.
+    pub set_aside: Option<String>,
 }
 
 impl Entry {
@@ -38,7 +46,64 @@ impl Entry {
                 ]
             })
             .collect();
-        Entry { id, fields }
+        Entry {
+            id,
+            fields,
+            set_aside: None,
+        }
+    }
+
+    /// An entry of `id` with these alternating keys and values.
+    pub fn new(id: StreamId, fields: Vec<Vec<u8>>) -> Self {
+        Entry {
+            id,
+            fields,
+            set_aside: None,
+        }
+    }
+
+    /// A set-aside marker for entry `id` (see [`Entry`]).
+    pub fn marker(id: StreamId, reason: impl Into<String>) -> Self {
+        Entry {
+            id,
+            fields: Vec::new(),
+            set_aside: Some(reason.into()),
+        }
+    }
+
+    /// Why a carrier with these limits cannot carry this entry, if it
+    /// cannot: more keys plus values than `max_values`, or an encoding
+    /// longer than `max_bytes`. Markers always fit.
+    pub fn past_limits(&self, max_values: usize, max_bytes: usize) -> Option<String> {
+        if self.set_aside.is_some() {
+            return None;
+        }
+        if self.fields.len() > max_values {
+            return Some(format!(
+                "entry has {} fields, more than the limit of {}",
+                self.fields.len() / 2,
+                max_values / 2
+            ));
+        }
+        // Cheap bounds first, so the common entry is not encoded twice: the
+        // encoding is at least the payload, and at most six bytes per byte
+        // (a JSON `\u00XX` escape; base64 takes 4/3) plus quotes and commas.
+        let payload = self.payload_len();
+        if payload > max_bytes {
+            return Some(format!(
+                "entry holds {payload} bytes, more than the frame budget of {max_bytes}"
+            ));
+        }
+        let most = payload
+            .saturating_mul(6)
+            .saturating_add(self.fields.len() * 3 + 64);
+        if most <= max_bytes {
+            return None;
+        }
+        let encoded = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        (encoded > max_bytes).then(|| {
+            format!("entry encodes to {encoded} bytes, more than the frame budget of {max_bytes}")
+        })
     }
 
     /// Field/value pairs.
@@ -64,6 +129,7 @@ impl fmt::Debug for Entry {
         f.debug_struct("Entry")
             .field("id", &self.id)
             .field("fields", &fields)
+            .field("set_aside", &self.set_aside)
             .finish()
     }
 }
@@ -72,7 +138,9 @@ impl Serialize for Entry {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("Entry", 2)?;
         s.serialize_field("id", &self.id)?;
-        if self.fields.iter().all(|f| std::str::from_utf8(f).is_ok()) {
+        if let Some(reason) = &self.set_aside {
+            s.serialize_field("setAside", reason)?;
+        } else if self.fields.iter().all(|f| std::str::from_utf8(f).is_ok()) {
             s.serialize_field("fields", &Utf8Fields(&self.fields))?;
         } else {
             s.serialize_field("fields64", &B64Fields(&self.fields))?;
@@ -104,6 +172,8 @@ struct WireEntry {
     fields: Option<Vec<String>>,
     #[serde(default)]
     fields64: Option<Vec<String>>,
+    #[serde(default, rename = "setAside")]
+    set_aside: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Entry {
@@ -124,6 +194,14 @@ impl<'de> Deserialize<'de> for Entry {
             }
         }
         let wire = deserializer.deserialize_map(ObjectOnly)?;
+        if let Some(reason) = wire.set_aside {
+            if wire.fields.is_some() || wire.fields64.is_some() {
+                return Err(D::Error::custom(
+                    "a set-aside marker carries no `fields` or `fields64`",
+                ));
+            }
+            return Ok(Entry::marker(wire.id, reason));
+        }
         let fields: Vec<Vec<u8>> = match (wire.fields, wire.fields64) {
             (Some(f), None) => f.into_iter().map(String::into_bytes).collect(),
             (None, Some(f)) => f
@@ -143,15 +221,13 @@ impl<'de> Deserialize<'de> for Entry {
         }
         if fields.len() > MAX_ENTRY_VALUES {
             return Err(D::Error::custom(format_args!(
-                "entry has {} fields, more than the limit of {}",
+                "entry {} has {} fields, more than the limit of {}",
+                wire.id,
                 fields.len() / 2,
                 MAX_ENTRY_VALUES / 2
             )));
         }
-        Ok(Entry {
-            id: wire.id,
-            fields,
-        })
+        Ok(Entry::new(wire.id, fields))
     }
 }
 
@@ -175,13 +251,61 @@ mod tests {
 
     #[test]
     fn binary_entries_round_trip_as_base64() {
-        let e = Entry {
-            id: StreamId::new(5, 0),
-            fields: vec![b"k".to_vec(), vec![0xff, 0x00, 0xfe]],
-        };
+        let e = Entry::new(
+            StreamId::new(5, 0),
+            vec![b"k".to_vec(), vec![0xff, 0x00, 0xfe]],
+        );
         let json = serde_json::to_string(&e).unwrap();
         assert!(json.contains("fields64"), "{json}");
         assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn markers_carry_an_id_and_a_reason_and_no_fields() {
+        let m = Entry::marker(StreamId::new(7, 1), "too big");
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"id":"7-1","setAside":"too big"}"#);
+        assert_eq!(serde_json::from_str::<Entry>(&json).unwrap(), m);
+        let both = r#"{"id":"7-1","setAside":"x","fields":["k","v"]}"#;
+        assert!(serde_json::from_str::<Entry>(both).is_err());
+    }
+
+    #[test]
+    fn limits_name_what_is_past_them() {
+        let wide = Entry::new(
+            StreamId::new(1, 0),
+            (0..MAX_ENTRY_VALUES + 2)
+                .map(|i| i.to_string().into_bytes())
+                .collect(),
+        );
+        let why = wide.past_limits(MAX_ENTRY_VALUES, usize::MAX).unwrap();
+        assert!(why.contains("1025 fields"), "{why}");
+        let big = Entry::from_pairs(StreamId::new(1, 0), &[("k", "x".repeat(100))]);
+        assert!(
+            big.past_limits(MAX_ENTRY_VALUES, 50)
+                .unwrap()
+                .contains("bytes")
+        );
+        // 100 bytes of value encode to a little more: the exact check counts.
+        assert!(
+            big.past_limits(MAX_ENTRY_VALUES, 110)
+                .unwrap()
+                .contains("encodes")
+        );
+        assert_eq!(big.past_limits(MAX_ENTRY_VALUES, 1000), None);
+        assert_eq!(Entry::marker(StreamId::ZERO, "r").past_limits(0, 0), None);
+        // The shortcut's bound holds for the worst escapes and for base64.
+        let id = StreamId::new(u64::MAX, u64::MAX);
+        for value in [vec![1u8; 100], vec![b'"'; 100], vec![0xff; 100], Vec::new()] {
+            let e = Entry::new(id, vec![value.clone(), value]);
+            let encoded = serde_json::to_vec(&e).unwrap().len();
+            assert!(encoded <= e.payload_len() * 6 + e.fields.len() * 3 + 64);
+            assert_eq!(e.past_limits(MAX_ENTRY_VALUES, encoded), None, "{e:?}");
+            assert!(
+                e.past_limits(MAX_ENTRY_VALUES, encoded - 1).is_some(),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

@@ -116,6 +116,27 @@ impl HubKeys {
     pub fn ingest_layout(&self) -> String {
         format!("{}:ingest-layout", self.prefix)
     }
+
+    /// `lula-hub:dead:x`: the cloud's dead letters. A direct message or a
+    /// broadcast a device cannot take (past a limit) is recorded here once,
+    /// as `client <c>|broadcast <b> stream <out|broadcast> id <id> reason
+    /// <text> <original fields...>`, and the device is told it was set aside.
+    pub fn dead_stream(&self) -> String {
+        format!("{}:dead:x", self.prefix)
+    }
+
+    /// `lula-hub:dead-seen:{lula-hub:dead:x}:<what>`: the guard that records a
+    /// set-aside entry in [`HubKeys::dead_stream`] once (`what` names its
+    /// stream and id). The hash tag keeps it in the dead stream's cluster
+    /// slot, so one script can check it and append.
+    pub fn dead_seen(&self, what: &str) -> String {
+        format!(
+            "{}:dead-seen:{{{}}}:{}",
+            self.prefix,
+            self.dead_stream(),
+            what
+        )
+    }
 }
 
 /// Where the hub appends devices' entries: `partitions` in streams, each with
@@ -254,8 +275,9 @@ fn crc16_xmodem(bytes: &[u8]) -> u16 {
     crc
 }
 
-/// Escapes the characters Redis glob patterns treat specially.
-fn escape_glob(s: &str) -> String {
+/// Escapes the characters Redis glob patterns treat specially, so a prefix
+/// or client id can be part of a `SCAN MATCH` or `PSUBSCRIBE` pattern.
+pub fn escape_glob(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -386,6 +408,14 @@ impl DeviceKeys {
     pub fn state(&self) -> String {
         format!("{}:state:h", self.prefix)
     }
+
+    /// `lula-client:dead:x`: the device's dead letters. An out-stream entry
+    /// that cannot be sent (past a limit, or refused by the hub) is written
+    /// here under its original id, as `reason <text> <original fields...>`,
+    /// and the hub is told it was set aside.
+    pub fn dead_stream(&self) -> String {
+        format!("{}:dead:x", self.prefix)
+    }
 }
 
 impl Default for DeviceKeys {
@@ -433,6 +463,18 @@ mod tests {
             layout.description(),
             "partitions=1 cursors=lula-hub:cursor:h"
         );
+    }
+
+    #[test]
+    fn a_dead_letter_guard_shares_the_dead_streams_slot() {
+        let keys = HubKeys::default();
+        let guard = keys.dead_seen("broadcast:5-0");
+        assert_eq!(guard, "lula-hub:dead-seen:{lula-hub:dead:x}:broadcast:5-0");
+        assert_eq!(
+            key_slot(guard.as_bytes()),
+            key_slot(keys.dead_stream().as_bytes())
+        );
+        assert_eq!(DeviceKeys::default().dead_stream(), "lula-client:dead:x");
     }
 
     #[test]

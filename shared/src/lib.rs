@@ -10,6 +10,8 @@
 //!   per-connection history) and their handshake header.
 //! - [`client_id`]: device identities and the characters they may contain.
 //! - [`entry`]: a stream entry on the wire (UTF-8 or base64 fields).
+//! - [`field_names`]: the reserved field names and the one reversible rule
+//!   that renames them, up, down and in broadcasts.
 //! - [`request`]: [`Request`], every frame a device sends, parsed into its
 //!   variant or into the error reply the hub sends back.
 //! - [`hub_frame`]: [`HubFrame`], every frame the hub sends (replies, pushes,
@@ -19,16 +21,19 @@
 //! - [`keys`]: every Redis key name, under configurable prefixes.
 //! - [`token`]: session token claims.
 //! - [`limits`]: sizes and timeouts both ends respect.
+//! - [`budget`]: byte budgets beside entry budgets (read counts, windows).
 //! - [`lua`]: Lua shared by the Redis scripts of hub and client.
 //! - [`redact`]: keeping secrets out of logs.
 //! - [`rpc`]: request/response conventions over the streams.
 //! - `redis_value` (feature `redis`): stream replies from redis-rs values.
 
+pub mod budget;
 pub mod client_id;
 pub mod close;
 #[cfg(feature = "compress")]
 pub mod compress;
 pub mod entry;
+pub mod field_names;
 pub mod hub_frame;
 pub mod keys;
 pub mod limits;
@@ -45,6 +50,7 @@ pub mod token;
 pub use client_id::ClientId;
 pub use close::CloseReason;
 pub use entry::Entry;
+pub use field_names::{escape_field, escape_fields, unescape_field, unescape_fields};
 pub use hub_frame::HubFrame;
 pub use redact::{Redacted, redact_url};
 pub use request::Request;
@@ -64,28 +70,3 @@ pub const FIELD_BROADCAST: &str = "broadcast";
 /// message to a device after it (it deletes it and tells the device how many
 /// expired). `lula-hub call` sets it to its deadline.
 pub const FIELD_EXPIRES_AT: &str = "expiresAt";
-
-/// Renames a source field that would shadow one lula writes (`client`, `seq`) by
-/// prefixing `_`, so a consumer reading an entry into a map can never see a
-/// device-chosen `client`. Returns whether it renamed.
-pub fn escape_reserved(key: &mut Vec<u8>, reserved: &[&str]) -> bool {
-    let hit = reserved.iter().any(|r| key.as_slice() == r.as_bytes());
-    if hit {
-        key.insert(0, b'_');
-    }
-    hit
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reserved_names_get_an_underscore() {
-        let mut k = b"client".to_vec();
-        assert!(escape_reserved(&mut k, &[FIELD_CLIENT, FIELD_SEQ]));
-        assert_eq!(k, b"_client");
-        let mut k = b"clients".to_vec();
-        assert!(!escape_reserved(&mut k, &[FIELD_CLIENT, FIELD_SEQ]));
-    }
-}

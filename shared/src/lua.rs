@@ -24,3 +24,14 @@ local function id_gt(a, b)
   return digits_gt(string.sub(a, ia + 1), string.sub(b, ib + 1))
 end
 "#;
+
+/// Defines `range_after(id)`: the `XRANGE` bounds for the entries after stream
+/// id `id`, as [`crate::StreamId::range_after`]: `'(' .. id, '+'` or, after the
+/// largest id (where Redis refuses `(<max>`), `'+', '-'` (an empty range).
+/// Call it as `local from, to = range_after(id)`.
+pub const RANGE_AFTER: &str = r#"
+local function range_after(id)
+  if id == '18446744073709551615-18446744073709551615' then return '+', '-' end
+  return '(' .. id, '+'
+end
+"#;

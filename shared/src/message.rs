@@ -57,6 +57,10 @@ pub mod status {
     pub const CONFLICT: u16 = 409;
     /// Too many entries in a batch or fields in an entry.
     pub const TOO_LARGE: u16 = 413;
+    /// Too many requests of one kind in flight on the connection (blocking
+    /// `xread`s past [`crate::limits::MAX_BLOCKING_XREADS`]): refused, nothing
+    /// else is affected; send it again once one is answered.
+    pub const TOO_MANY_REQUESTS: u16 = 429;
     /// The hub failed; the detail is in its log. Safe to retry.
     pub const INTERNAL: u16 = 500;
     /// The hub's Redis is unreachable. Safe to retry after a backoff.
@@ -189,6 +193,10 @@ pub struct ErrorReply {
     /// On 409: the device's saved cursor, where the client should resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<StreamId>,
+    /// When the refusal is about one entry (400/413 past a limit): its id,
+    /// so the client can set that entry aside and carry on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<StreamId>,
 }
 
 impl ErrorReply {
@@ -198,6 +206,7 @@ impl ErrorReply {
             status,
             message: message.into(),
             id: None,
+            entry: None,
         }
     }
 
@@ -211,6 +220,14 @@ impl ErrorReply {
         ErrorReply {
             id: Some(cursor),
             ..Self::new(status::CONFLICT, message)
+        }
+    }
+
+    /// This refusal, naming the entry it is about.
+    pub fn about_entry(self, entry: StreamId) -> Self {
+        ErrorReply {
+            entry: Some(entry),
+            ..self
         }
     }
 
@@ -240,6 +257,13 @@ pub struct IdReply {
     /// Most entries per `xadds` batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_entries: Option<usize>,
+    /// Most keys plus values in one entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entry_values: Option<usize>,
+    /// `true` when the hub takes set-aside markers in `xadds` (see
+    /// [`crate::Entry`]); a client sends markers only then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub set_aside: bool,
 }
 
 /// Reply to [`kind::XADD`]: the id the hub gave the entry in its in stream.
@@ -263,6 +287,15 @@ pub struct XaddsRequest<E = Vec<Entry>> {
     pub prev: Option<StreamId>,
     /// Entries with strictly increasing ids.
     pub entries: E,
+    /// The sender's upstream backlog: how many entries of its out stream
+    /// follow the last of `entries`, as it knew when it cut the batch (a
+    /// producer may have added more since). The last batch of a drain says
+    /// `0`. For the hub's fleet view only: it changes nothing about how the
+    /// batch is applied. Absent when the sender does not know (the Node
+    /// lula-client, older clients, or a position whose count was lost to an
+    /// `XDEL`); hubs that predate it ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u64>,
 }
 
 /// Reply to [`kind::XADDS`].
@@ -274,6 +307,14 @@ pub struct XaddsReply {
     pub added: u64,
     /// Entries skipped because the hub already had them.
     pub duplicates: u64,
+    /// Set-aside markers the cursor moved past (see [`crate::Entry`]);
+    /// `added + duplicates + setAside` is the batch length.
+    #[serde(default, rename = "setAside", skip_serializing_if = "is_zero")]
+    pub set_aside: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Request [`kind::XREAD`] (lula-compatible polling of the device's out stream).
@@ -302,6 +343,12 @@ pub struct SubscribeRequest {
     /// broadcasts (clients older than broadcasts, the Node lula-client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast_after: Option<StreamId>,
+    /// `true`: the device understands set-aside markers, so the hub sets
+    /// aside an entry the device cannot take (past a limit) and pushes a
+    /// marker in its place. Absent (older clients, the Node lula-client):
+    /// every entry is pushed as it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub set_aside: bool,
 }
 
 /// Reply to [`kind::SUBSCRIBE`].
@@ -445,6 +492,8 @@ mod tests {
                 id: StreamId::ZERO,
                 max_frame_bytes: None,
                 max_batch_entries: None,
+                max_entry_values: None,
+                set_aside: false,
             },
         )
         .to_text()
@@ -483,6 +532,7 @@ mod tests {
         let sub = SubscribeRequest {
             id: StreamId::ZERO,
             broadcast_after: None,
+            set_aside: false,
         };
         assert_eq!(serde_json::to_string(&sub).unwrap(), r#"{"id":"0-0"}"#);
     }
@@ -492,6 +542,7 @@ mod tests {
         let sub = SubscribeRequest {
             id: StreamId::new(1, 0),
             broadcast_after: Some(StreamId::ZERO),
+            set_aside: false,
         };
         let text = serde_json::to_string(&sub).unwrap();
         assert_eq!(text, r#"{"id":"1-0","broadcastAfter":"0-0"}"#);

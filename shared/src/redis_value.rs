@@ -50,7 +50,7 @@ fn entry(v: Value) -> Result<Entry, StreamReplyError> {
         Some(Value::Nil) | None => Vec::new(),
         Some(other) => return Err(err(format!("entry fields: {other:?}"))),
     };
-    Ok(Entry { id, fields })
+    Ok(Entry::new(id, fields))
 }
 
 /// Entries of an `XRANGE` reply (an array of `[id, [k, v, ...]]`).

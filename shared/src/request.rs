@@ -11,6 +11,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::Entry;
+use crate::limits::MAX_ENTRY_VALUES;
 use crate::message::{
     Ack, Envelope, ErrorReply, Frame, RenewRequest, SubscribeRequest, XaddsRequest, XreadRequest,
     kind,
@@ -33,8 +34,10 @@ pub enum Request<'a, B = Vec<Entry>> {
     /// `{"type":"xadd","id":I,"payload":{"id":"<seq>","fields":[...]}}`: one
     /// entry (lula-compatible).
     Xadd(Entry),
-    /// `{"type":"xadds","id":I,"payload":{"prev"?:"<seq>","entries":[...]}}`:
-    /// a batch of consecutive entries.
+    /// `{"type":"xadds","id":I,"payload":{"prev"?:"<seq>","entries":[...],"backlog"?:n}}`:
+    /// a batch of consecutive entries; `backlog`, when the sender knows it,
+    /// is how many entries of its out stream follow this batch (shown in the
+    /// fleet view, ignored by older hubs).
     Xadds(XaddsRequest<B>),
     /// `{"type":"xread","id":I,"payload":{"id":"<hub id>","blockTimeout"?:ms,"count"?:n}}`:
     /// polls the device's out stream (lula-compatible).
@@ -78,6 +81,9 @@ const QUOTE_CHARS: usize = 64;
 impl<'a> Request<'a> {
     /// Parses a text frame into the request it carries, or into the error
     /// reply to send when it is not a valid request.
+    // A rejection is the cold path and is sent at once; boxing it would
+    // cost every caller an allocation to save a few bytes of stack.
+    #[allow(clippy::result_large_err)]
     pub fn parse(text: &'a str) -> Result<Incoming<'a>, Rejected<'a>> {
         let env = Envelope::parse(text).map_err(|e| Rejected {
             kind: Cow::Borrowed(kind::ERR),
@@ -107,8 +113,14 @@ impl<'a> Request<'a> {
         Ok(match kind {
             kind::ECHO => Request::Echo(env.payload),
             kind::ID => Request::Id,
-            kind::XADD => Request::Xadd(env.payload().map_err(bad)?),
-            kind::XADDS => Request::Xadds(env.payload().map_err(bad)?),
+            kind::XADD => Request::Xadd(env.payload().map_err(|e| {
+                let wide = env.payload.and_then(|p| wide_entry(p, false));
+                with_entry(bad(e), wide)
+            })?),
+            kind::XADDS => Request::Xadds(env.payload().map_err(|e| {
+                let wide = env.payload.and_then(|p| wide_entry(p, true));
+                with_entry(bad(e), wide)
+            })?),
             kind::XREAD => Request::Xread(env.payload().map_err(bad)?),
             kind::SUBSCRIBE => Request::Subscribe(env.payload().map_err(bad)?),
             kind::ACK => Request::Ack(env.payload().map_err(bad)?),
@@ -121,6 +133,50 @@ impl<'a> Request<'a> {
             }
         })
     }
+}
+
+/// Names `entry` in a refusal (see [`ErrorReply::entry`]).
+fn with_entry(reply: ErrorReply, entry: Option<crate::StreamId>) -> ErrorReply {
+    match entry {
+        Some(id) => reply.about_entry(id),
+        None => reply,
+    }
+}
+
+/// The first entry of a refused `xadd`/`xadds` payload with more keys plus
+/// values than [`MAX_ENTRY_VALUES`], read loosely (only ids and counts), so
+/// the refusal can name it and the client set it aside.
+fn wide_entry(payload: &RawValue, batch: bool) -> Option<crate::StreamId> {
+    use serde::Deserialize;
+    use serde::de::IgnoredAny;
+    #[derive(Deserialize)]
+    struct Loose {
+        id: crate::StreamId,
+        #[serde(default)]
+        fields: Option<Vec<IgnoredAny>>,
+        #[serde(default)]
+        fields64: Option<Vec<IgnoredAny>>,
+    }
+    #[derive(Deserialize)]
+    struct Batch {
+        entries: Vec<Loose>,
+    }
+    let entries = if batch {
+        serde_json::from_str::<Batch>(payload.get()).ok()?.entries
+    } else {
+        vec![serde_json::from_str::<Loose>(payload.get()).ok()?]
+    };
+    entries
+        .into_iter()
+        .find(|e| {
+            let n = e
+                .fields
+                .as_ref()
+                .or(e.fields64.as_ref())
+                .map_or(0, Vec::len);
+            n > MAX_ENTRY_VALUES
+        })
+        .map(|e| e.id)
 }
 
 impl<B: Serialize> Request<'_, B> {
@@ -195,9 +251,35 @@ mod tests {
             ("xadds", Some(serde_json::json!("a")))
         );
         assert!(r.reply.message.starts_with("bad xadds payload: "));
+        // A backlog is a count: anything else refuses the batch, never a guess.
+        let r = Request::parse(r#"{"type":"xadds","id":2,"payload":{"entries":[],"backlog":-1}}"#)
+            .unwrap_err();
+        assert_eq!(r.reply.status, 400);
+        assert!(r.reply.message.starts_with("bad xadds payload: "));
         let r = Request::parse(r#"{"type":"nope","id":1}"#).unwrap_err();
         assert_eq!(r.kind.as_ref(), "nope");
         assert_eq!(r.reply.message, r#"unknown message type "nope""#);
+    }
+
+    #[test]
+    fn a_refused_wide_entry_is_named() {
+        let many: Vec<String> = (0..MAX_ENTRY_VALUES + 2).map(|i| i.to_string()).collect();
+        let frame = serde_json::json!({"type": "xadds", "id": 1, "payload": {"entries": [
+            {"id": "1-0", "fields": ["k", "v"]},
+            {"id": "2-0", "fields": many},
+        ]}})
+        .to_string();
+        let r = Request::parse(&frame).unwrap_err();
+        assert_eq!(r.reply.entry, Some(StreamId::new(2, 0)));
+        assert!(
+            r.reply.message.contains("entry 2-0 has 1025 fields"),
+            "{}",
+            r.reply.message
+        );
+        let frame =
+            serde_json::json!({"type": "xadds", "id": 1, "payload": {"entries": 5}}).to_string();
+        let r = Request::parse(&frame).unwrap_err();
+        assert_eq!(r.reply.entry, None);
     }
 
     #[test]
@@ -206,11 +288,29 @@ mod tests {
         let batch: Request<'_, &RawValue> = Request::Xadds(XaddsRequest {
             prev: Some(StreamId::ZERO),
             entries: raw,
+            backlog: None,
         });
         assert_eq!(
             batch.to_text(Some(&Value::from(3))).unwrap(),
             r#"{"type":"xadds","id":3,"payload":{"prev":"0-0","entries":[{"id":"1-0","fields":["k","v"]}]}}"#
         );
+        let reported: Request<'_, &RawValue> = Request::Xadds(XaddsRequest {
+            prev: Some(StreamId::ZERO),
+            entries: raw,
+            backlog: Some(41),
+        });
+        let text = reported.to_text(Some(&Value::from(4))).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"xadds","id":4,"payload":{"prev":"0-0","entries":[{"id":"1-0","fields":["k","v"]}],"backlog":41}}"#
+        );
+        assert!(matches!(
+            Request::parse(&text).unwrap().request,
+            Request::Xadds(XaddsRequest {
+                backlog: Some(41),
+                ..
+            })
+        ));
         assert_eq!(
             Request::<'_, Vec<Entry>>::Id
                 .to_text(Some(&Value::from(1)))

@@ -71,7 +71,9 @@ pub fn method(entry: &Entry) -> Option<&str> {
 }
 
 /// Fields other than lula's own (`client`, `seq`, `broadcast`, `rpc`,
-/// `req`), in order: a request's arguments or a response's payload.
+/// `req`, `expiresAt`), in order, with their names as the sender wrote them
+/// ([`crate::unescape_field`]: a stored `_seq` is the sender's `seq`): a
+/// request's arguments or a response's payload.
 pub fn payload(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
     entry
         .pairs()
@@ -87,7 +89,7 @@ pub fn payload(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
             .iter()
             .any(|r| *k == r.as_bytes())
         })
-        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .map(|(k, v)| (crate::unescape_field(k).to_vec(), v.to_vec()))
         .collect()
 }
 
@@ -125,10 +127,7 @@ mod tests {
     #[test]
     fn requests_and_responses_are_told_apart_by_their_first_field() {
         let args = vec![(b"delay".to_vec(), b"5".to_vec())];
-        let req = Entry {
-            id: StreamId::new(7, 0),
-            fields: request_fields("reboot", &args),
-        };
+        let req = Entry::new(StreamId::new(7, 0), request_fields("reboot", &args));
         assert_eq!(method(&req), Some("reboot"));
         assert_eq!(answers(&req), None);
         assert_eq!(payload(&req), args);
@@ -139,10 +138,7 @@ mod tests {
             StreamId::new(7, 0),
             &[(b"ok".to_vec(), b"1".to_vec())],
         ));
-        let resp = Entry {
-            id: StreamId::new(10, 0),
-            fields,
-        };
+        let resp = Entry::new(StreamId::new(10, 0), fields);
         assert_eq!(answers(&resp), Some(StreamId::new(7, 0)));
         assert_eq!(method(&resp), None);
         assert_eq!(payload(&resp), vec![(b"ok".to_vec(), b"1".to_vec())]);
@@ -166,5 +162,29 @@ mod tests {
         );
         assert_eq!(parse_arg("k=v=w"), Ok((b"k".to_vec(), b"v=w".to_vec())));
         assert!(parse_arg("novalue").is_err());
+    }
+
+    #[test]
+    fn payload_names_are_the_senders_own() {
+        // A request whose arguments were named `seq` and `_client`, as the
+        // hub stores it: lula's `client` and `seq` first, the arguments escaped.
+        let stored = Entry::from_pairs(
+            StreamId::new(5, 0),
+            &[
+                ("client", "dev-1"),
+                ("seq", "3-0"),
+                ("rpc", "set"),
+                ("_seq", "7"),
+                ("__client", "x"),
+            ],
+        );
+        assert_eq!(method(&stored), Some("set"));
+        assert_eq!(
+            payload(&stored),
+            vec![
+                (b"seq".to_vec(), b"7".to_vec()),
+                (b"_client".to_vec(), b"x".to_vec())
+            ]
+        );
     }
 }

@@ -22,6 +22,25 @@ impl StreamId {
     /// `0-0`: before every entry; the cursor of a stream nothing was read from yet.
     pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
 
+    /// The largest id there is. A stream may hold it (`XADD` takes it), and
+    /// then takes no entry after it; a cursor may reach it.
+    pub const MAX: StreamId = StreamId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+
+    /// `XRANGE` bounds for the entries after this id: `(<id>` to `+`. After
+    /// [`StreamId::MAX`] nothing can follow, and Redis refuses `(<max>` ("invalid
+    /// start ID"), so that gives `+` to `-`, a range Redis answers as empty.
+    /// (`XREAD` after the largest id is fine as it is: it returns nothing.)
+    pub fn range_after(self) -> (String, &'static str) {
+        if self == Self::MAX {
+            ("+".to_owned(), "-")
+        } else {
+            (format!("({self}"), "+")
+        }
+    }
+
     /// Builds an id from its two parts.
     pub const fn new(ms: u64, seq: u64) -> Self {
         StreamId { ms, seq }
@@ -99,6 +118,18 @@ impl<'de> Deserialize<'de> for StreamId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_range_after_the_largest_id_is_empty_not_an_error() {
+        assert_eq!(StreamId::new(5, 1).range_after(), ("(5-1".to_owned(), "+"));
+        assert_eq!(StreamId::MAX.range_after(), ("+".to_owned(), "-"));
+        assert_eq!(
+            StreamId::MAX.to_string(),
+            "18446744073709551615-18446744073709551615"
+        );
+        // The Lua twin compares against the same text.
+        assert!(crate::lua::RANGE_AFTER.contains(&StreamId::MAX.to_string()));
+    }
+
     use super::*;
 
     #[test]

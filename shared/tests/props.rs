@@ -377,9 +377,11 @@ fn any_entry() -> impl Strategy<Value = Entry> {
         any::<u64>(),
         vec((field_bytes(), field_bytes()), 0..12),
     )
-        .prop_map(|(ms, seq, pairs)| Entry {
-            id: StreamId::new(ms, seq),
-            fields: pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        .prop_map(|(ms, seq, pairs)| {
+            Entry::new(
+                StreamId::new(ms, seq),
+                pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            )
         })
 }
 
@@ -438,7 +440,7 @@ proptest! {
         let text = Frame::new(kind::XADD, Some(&id), &entry).to_text().unwrap();
         let env = Envelope::parse(&text).unwrap();
         prop_assert_eq!(env.payload::<Entry>().unwrap(), entry.clone());
-        let batch = XaddsRequest { prev: Some(StreamId::ZERO), entries: vec![entry.clone(), entry] };
+        let batch = XaddsRequest { prev: Some(StreamId::ZERO), entries: vec![entry.clone(), entry], backlog: Some(3) };
         let text = Frame::new(kind::XADDS, Some(&id), &batch).to_text().unwrap();
         let env = Envelope::parse(&text).unwrap();
         prop_assert_eq!(env.payload::<XaddsRequest>().unwrap(), batch);
@@ -462,7 +464,7 @@ proptest! {
         } else {
             fields.push(b"unpaired".to_vec());
         }
-        let json = serde_json::to_string(&Entry { id: entry.id, fields }).unwrap();
+        let json = serde_json::to_string(&Entry::new(entry.id, fields)).unwrap();
         prop_assert!(serde_json::from_str::<Entry>(&json).is_err());
     }
 }
