@@ -8,9 +8,11 @@ use lula_runtime::redis::RedisConn;
 /// KEYS[1] a stream; ARGV[1] an id, ARGV[2] a cap. Counts the entries after
 /// the id, up to the cap, inside Redis: only the number crosses the network.
 static COUNT_AFTER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])",
-    )
+    redis::Script::new(&format!(
+        "{}local from, to = range_after(ARGV[1])\n\
+         return #redis.call('XRANGE', KEYS[1], from, to, 'COUNT', ARGV[2])",
+        lula_protocol::lua::RANGE_AFTER
+    ))
 });
 
 /// Entries of `key` after `after`, counted up to [`BACKLOG_COUNT_CAP`].

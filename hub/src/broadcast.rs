@@ -37,7 +37,8 @@ for i = 1, #info, 2 do
     deleted = info[i + 1]
   end
 end
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+local from, to = range_after(ARGV[1])
+local entries = redis.call('XRANGE', KEYS[1], from, to, 'COUNT', ARGV[2])
 return {deleted, entries}
 "#;
 
@@ -63,7 +64,8 @@ end
 return removed
 "#;
 
-static READ: LazyLock<Script> = LazyLock::new(|| Script::new(READ_BODY));
+static READ: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{}{}", lula_protocol::lua::RANGE_AFTER, READ_BODY)));
 static TRIM: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{}{}", lula_protocol::lua::ID_GT, TRIM_BODY)));
 

@@ -13,39 +13,44 @@
 //!   Where notifications cannot be enabled (a managed Redis refusing
 //!   `CONFIG SET`) it wakes every reader each `downstream_poll` instead.
 //! - [`push`]: after `subscribe`, reads what follows the device's cursor and
-//!   pushes it, keeping at most [`PUSH_WINDOW_ENTRIES`] unacknowledged; one
+//!   pushes it, keeping at most [`PUSH_WINDOW_ENTRIES`] and about
+//!   [`PUSH_WINDOW_BYTES`] unacknowledged (reads sized to fit, see
+//!   [`ReadCount`]); one
 //!   such task for the device's out stream and, when the device asked for
 //!   broadcasts, one reading the shared broadcast stream after the device's
 //!   broadcast cursor (see [`crate::broadcast`]). The
 //!   device stores each push and its cursor atomically before acking, so a
 //!   push lost with the connection is simply sent again after the device
 //!   resubscribes from its own cursor.
-//! - [`legacy_reader`]: the lula `xread` request, answered one at a time,
-//!   its `blockTimeout` served by waiting for a wake rather than a blocking read.
+//! - [`legacy_reader`] (`legacy_xread`): the lula `xread` request, its
+//!   `blockTimeout` served by waiting for a wake rather than a blocking read;
+//!   blocking reads of one connection wait side by side, up to a limit.
 //!
 //! An idle device therefore costs one small task and a map entry, and a message
 //! reaches it within a notification's round trip.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod legacy_xread;
+pub use legacy_xread::{XreadJob, legacy_reader};
 
 use crate::backlog::count_after;
 use crate::metrics::HubMetrics;
 use axum::extract::ws::Message;
 use futures_util::StreamExt;
+use lula_protocol::budget::{ReadCount, Window};
 use lula_protocol::limits::{
-    PUSH_BATCH_ENTRIES, PUSH_WINDOW_ENTRIES, XREAD_MAX_BLOCK, XREAD_MAX_COUNT,
+    MAX_ENTRY_VALUES, MAX_PUSH_FRAME_BYTES, PUSH_BATCH_ENTRIES, PUSH_ENVELOPE_BYTES,
+    PUSH_WINDOW_BYTES, PUSH_WINDOW_ENTRIES,
 };
-use lula_protocol::message::{
-    ErrorReply, HubFrame, Push, PushStream, XreadReply, XreadRequest, kind,
-};
+use lula_protocol::message::{HubFrame, Push, PushStream};
 use lula_protocol::redis_value::entries_from_read;
 use lula_protocol::{Entry, StreamId};
 use lula_runtime::redis::{NodeAddr, RedisConn, RedisTarget, node_client};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch as watch_channel};
 use tokio_util::sync::CancellationToken;
 
@@ -706,6 +711,19 @@ pub struct PushSource {
     pub start: StreamId,
     /// What counts as expired (direct messages only).
     pub expiry: Expiry,
+    /// Set when the device understands set-aside markers: entries it cannot
+    /// take are recorded as dead letters and replaced by markers.
+    pub set_aside: Option<SetAsideTo>,
+}
+
+/// Where and for whom a [`push`] sets entries aside (see [`crate::dead`]).
+pub struct SetAsideTo {
+    /// The hub's key names.
+    pub keys: lula_protocol::keys::HubKeys,
+    /// The device.
+    pub client: lula_protocol::ClientId,
+    /// How long a dead letter's guard key lives.
+    pub guard_ttl: Duration,
 }
 
 /// Pushes `source` to the device through `out` until `cancel` or `out`
@@ -723,7 +741,7 @@ pub async fn push(
 ) {
     let mut pusher = Pusher {
         unacked: Unacked {
-            n: 0,
+            counted: 0,
             gauge: metrics.unacked.clone(),
         },
         last: source.start,
@@ -733,20 +751,30 @@ pub async fn push(
         acks,
         max_frame_bytes,
         metrics,
-        inflight: VecDeque::new(),
+        window: Window::new(PUSH_WINDOW_ENTRIES, PUSH_WINDOW_BYTES),
+        reads: ReadCount::new(PUSH_BATCH_ENTRIES),
         counted_at: None,
         reported: None,
     };
     loop {
         pusher.settle_acks();
-        if pusher.unacked.n >= PUSH_WINDOW_ENTRIES {
+        if !pusher.window.has_room() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 changed = pusher.acks.changed() => if changed.is_err() { return },
             }
             continue;
         }
-        let count = PUSH_BATCH_ENTRIES.min(PUSH_WINDOW_ENTRIES - pusher.unacked.n);
+        let window = &pusher.window;
+        let count = pusher
+            .reads
+            .count(window.room_bytes())
+            .min(window.room_entries());
+        let expected = pusher.reads.expected(count, pusher.max_frame_bytes);
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = crate::push_budget::acquire(expected) => p,
+        };
         let batch = match pusher.read(count).await {
             Ok(batch) => batch,
             Err(e) => {
@@ -759,7 +787,9 @@ pub async fn push(
             }
         };
         let caught_up = batch.read < count;
-        if pusher.send(batch, caught_up).await.is_err() {
+        let sizes = batch.entries.iter().map(Entry::payload_len);
+        pusher.reads.observe(count, sizes);
+        if pusher.send(batch, caught_up, permit).await.is_err() {
             return;
         }
         if caught_up {
@@ -781,8 +811,10 @@ struct Pusher {
     metrics: Arc<HubMetrics>,
     /// The last id pushed.
     last: StreamId,
-    /// (last id of a pushed frame, entries in it), oldest first.
-    inflight: VecDeque<(StreamId, usize)>,
+    /// Pushed frames not yet acknowledged, in entries and bytes.
+    window: Window,
+    /// How many entries the next read asks for.
+    reads: ReadCount,
     unacked: Unacked,
     /// When the backlog was last counted.
     counted_at: Option<tokio::time::Instant>,
@@ -794,28 +826,33 @@ struct Pusher {
 /// be encoded).
 struct Ended;
 
+/// A push frame ready to queue.
+struct Encoded {
+    text: String,
+    /// The id the frame moves the push past.
+    last: StreamId,
+    /// Its entries.
+    n: usize,
+}
+
 impl Pusher {
     /// Takes the frames the device acknowledged out of the window.
     fn settle_acks(&mut self) {
         let acked = *self.acks.borrow_and_update();
-        while let Some(&(id, n)) = self.inflight.front() {
-            if id > acked {
-                break;
-            }
-            self.inflight.pop_front();
-            self.unacked.sub(n);
-        }
+        self.window.settle(acked);
+        self.unacked.follow(self.window.entries());
     }
 
     /// Reads up to `count` entries after the last one pushed.
     async fn read(&mut self, count: usize) -> Result<Batch, String> {
-        let stream = &self.source.stream;
+        let stream = self.source.stream;
         let op = match stream {
             PushStream::Direct => "xread",
             PushStream::Broadcast => "broadcast_read",
         };
         let read = read_batch(&mut self.redis, &self.source, self.last, count);
-        let batch = self.metrics.timed(op, read).await?;
+        let mut batch = self.metrics.timed(op, read).await?;
+        self.set_aside(&mut batch.entries).await?;
         if batch.expired > 0 {
             self.metrics.expired.inc_by(batch.expired);
             tracing::warn!(
@@ -833,6 +870,71 @@ impl Pusher {
             );
         }
         Ok(batch)
+    }
+
+    /// Replaces the entries the device cannot take (more values than
+    /// [`MAX_ENTRY_VALUES`], or a push frame past [`MAX_PUSH_FRAME_BYTES`])
+    /// by set-aside markers, each recorded once in the dead-letter stream
+    /// first; a failed record fails the read, which is tried again.
+    async fn set_aside(&mut self, entries: &mut [Entry]) -> Result<(), String> {
+        let Some(to) = &self.source.set_aside else {
+            return Ok(());
+        };
+        let budget = MAX_PUSH_FRAME_BYTES - PUSH_ENVELOPE_BYTES;
+        let stream = self.source.stream;
+        for entry in entries.iter_mut() {
+            let Some(reason) = entry.past_limits(MAX_ENTRY_VALUES, budget) else {
+                continue;
+            };
+            let keys = &to.keys;
+            let record = crate::dead::record(
+                &mut self.redis,
+                keys,
+                stream,
+                &to.client,
+                entry,
+                &reason,
+                to.guard_ttl,
+            );
+            let recorded = self
+                .metrics
+                .timed("dead_letter", record)
+                .await
+                .map_err(|e| format!("recording set-aside entry {}: {e}", entry.id))?;
+            tracing::warn!(
+                stream = stream.as_str(),
+                id = %entry.id,
+                %reason,
+                recorded,
+                "the device cannot take this entry: set aside (lula-hub:dead:x) and the device told"
+            );
+            let direction = match stream {
+                PushStream::Direct => "down",
+                PushStream::Broadcast => "broadcast",
+            };
+            if recorded {
+                HubMetrics::count(&self.metrics.set_aside, "direction", direction);
+            }
+            // A direct message is counted once, when recorded; a broadcast
+            // (recorded once for the fleet) for each device it is set aside for.
+            if recorded || stream == PushStream::Broadcast {
+                let write = crate::fleet::set_aside(
+                    self.redis.clone(),
+                    &keys.device(&to.client),
+                    direction,
+                    1,
+                    entry.id,
+                    &reason,
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = write.await {
+                        tracing::debug!(error = %e, "fleet: cannot record a set-aside entry");
+                    }
+                });
+            }
+            *entry = Entry::marker(entry.id, reason);
+        }
+        Ok(())
     }
 
     /// What still waits after `read_last`: none when the read came short;
@@ -854,8 +956,15 @@ impl Pusher {
     }
 
     /// Pushes a batch in frames of at most half the frame limit; the first
-    /// carries the gap, the last the backlog.
-    async fn send(&mut self, batch: Batch, caught_up: bool) -> Result<(), Ended> {
+    /// carries the gap, the last the backlog. Every frame is encoded before
+    /// the first is queued and `permit` (see [`crate::push_budget`]) is given
+    /// back in between, so a slow socket never holds it.
+    async fn send(
+        &mut self,
+        batch: Batch,
+        caught_up: bool,
+        permit: crate::push_budget::Permit,
+    ) -> Result<(), Ended> {
         let Batch {
             entries,
             gap,
@@ -878,6 +987,7 @@ impl Pusher {
             frames.push(Vec::new());
         }
         let last_frame = frames.len().saturating_sub(1);
+        let mut encoded = Vec::with_capacity(frames.len());
         for (i, frame) in frames.into_iter().enumerate() {
             let push = Push {
                 entries: frame,
@@ -886,15 +996,19 @@ impl Pusher {
                 gap: gap.filter(|_| i == 0),
                 expired: expired.filter(|_| i == 0),
             };
-            self.send_frame(push).await?;
+            encoded.push(self.encode_frame(push)?);
+        }
+        drop(permit);
+        for frame in encoded {
+            self.send_frame(frame).await?;
         }
         // Past what was read, expired entries included.
         self.last = self.last.max(read_last);
         Ok(())
     }
 
-    /// Sends one push frame and counts its entries into the window.
-    async fn send_frame(&mut self, push: Push) -> Result<(), Ended> {
+    /// Encodes one push frame.
+    fn encode_frame(&mut self, push: Push) -> Result<Encoded, Ended> {
         let frame_last = push
             .entries
             .last()
@@ -909,6 +1023,21 @@ impl Pusher {
             tracing::error!(error = %e, "push: cannot encode frame");
             Ended
         })?;
+        Ok(Encoded {
+            text,
+            last: frame_last,
+            n,
+        })
+    }
+
+    /// Sends one encoded push frame and counts its entries into the window.
+    async fn send_frame(&mut self, frame: Encoded) -> Result<(), Ended> {
+        let Encoded {
+            text,
+            last: frame_last,
+            n,
+        } = frame;
+        let bytes = text.len();
         self.out
             .send(Message::Text(text.into()))
             .await
@@ -916,8 +1045,8 @@ impl Pusher {
         // A gap-only frame moves past the deleted entries.
         self.last = frame_last;
         if n > 0 {
-            self.inflight.push_back((frame_last, n));
-            self.unacked.add(n);
+            self.window.add(frame_last, n, bytes);
+            self.unacked.follow(self.window.entries());
             self.metrics.entries_out.inc_by(n as u64);
             HubMetrics::lag(&self.metrics.downstream_lag, frame_last.ms);
         }
@@ -925,28 +1054,26 @@ impl Pusher {
     }
 }
 
-/// This connection's share of the hub-wide unacknowledged-entries gauge,
-/// given back when the push ends however it ends.
+/// This connection's share of the hub-wide unacknowledged-entries gauge: it
+/// follows the window's entry count, and is given back when the push ends
+/// however it ends.
 struct Unacked {
-    n: usize,
+    /// What this push has added to the gauge.
+    counted: usize,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Unacked {
-    fn add(&mut self, n: usize) {
-        self.n += n;
-        self.gauge.inc_by(n as i64);
-    }
-
-    fn sub(&mut self, n: usize) {
-        self.n -= n;
-        self.gauge.dec_by(n as i64);
+    /// Moves the gauge by the change to `now` unacknowledged entries.
+    fn follow(&mut self, now: usize) {
+        self.gauge.inc_by(now as i64 - self.counted as i64);
+        self.counted = now;
     }
 }
 
 impl Drop for Unacked {
     fn drop(&mut self) {
-        self.gauge.dec_by(self.n as i64);
+        self.gauge.dec_by(self.counted as i64);
     }
 }
 
@@ -963,91 +1090,6 @@ async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
         _ = cancel.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
     }
-}
-
-/// A lula `xread` request waiting for its turn.
-pub struct XreadJob {
-    /// Request id, echoed.
-    pub id: Option<Value>,
-    /// The request.
-    pub request: XreadRequest,
-}
-
-/// Answers lula `xread` requests of one connection, in order.
-pub async fn legacy_reader(
-    mut redis: RedisConn,
-    key: String,
-    waker: Waker,
-    mut jobs: mpsc::Receiver<XreadJob>,
-    out: mpsc::Sender<Message>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let job = tokio::select! {
-            _ = cancel.cancelled() => return,
-            job = jobs.recv() => match job { Some(j) => j, None => return },
-        };
-        let block = job
-            .request
-            .block_timeout
-            .filter(|&ms| ms > 0)
-            .map(|ms| Duration::from_millis(ms).min(XREAD_MAX_BLOCK));
-        let count = job
-            .request
-            .count
-            .unwrap_or(XREAD_MAX_COUNT)
-            .clamp(1, XREAD_MAX_COUNT);
-        let deadline = block.map(|b| tokio::time::Instant::now() + b);
-        let result = loop {
-            match xread(&mut redis, &key, job.request.id, count).await {
-                Ok(entries) if entries.is_empty() => {
-                    let Some(deadline) = deadline else {
-                        break Ok(entries);
-                    };
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep_until(deadline) => break Ok(entries),
-                        _ = waker.changed() => {}
-                    }
-                }
-                other => break other,
-            }
-        };
-        let text = match result {
-            Ok(entries) => {
-                let items = entries.into_iter().map(legacy_item).collect();
-                HubFrame::Xread(XreadReply { items }).to_text(job.id.as_ref())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "xread failed");
-                HubFrame::error(kind::XREAD, ErrorReply::unavailable()).to_text(job.id.as_ref())
-            }
-        };
-        match text {
-            Ok(t) => {
-                if out.send(Message::Text(t.into())).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "xread: cannot encode reply"),
-        }
-    }
-}
-
-/// A lula `xread` item: the entry's fields as an object plus `id`, the hub id
-/// (which wins over a field also named `id`, as in lula). Non-UTF-8 bytes are
-/// replaced (U+FFFD): lula's format has no binary representation; `subscribe`
-/// carries bytes intact.
-fn legacy_item(entry: Entry) -> Value {
-    let mut item = Map::new();
-    for (k, v) in entry.pairs() {
-        item.insert(
-            String::from_utf8_lossy(k).into_owned(),
-            Value::String(String::from_utf8_lossy(v).into_owned()),
-        );
-    }
-    item.insert("id".into(), Value::String(entry.id.to_string()));
-    Value::Object(item)
 }
 
 #[cfg(test)]
@@ -1067,25 +1109,13 @@ mod tests {
 
     #[test]
     fn frames_split_by_size_and_keep_order() {
-        let e = |ms, size| Entry {
-            id: StreamId::new(ms, 0),
-            fields: vec![b"k".to_vec(), vec![b'x'; size]],
-        };
+        let e = |ms, size| Entry::new(StreamId::new(ms, 0), vec![b"k".to_vec(), vec![b'x'; size]]);
         let frames = frames_by_size(vec![e(1, 100), e(2, 100), e(3, 1000), e(4, 10)], 400);
         let ids: Vec<Vec<u64>> = frames
             .iter()
             .map(|f| f.iter().map(|e| e.id.ms).collect())
             .collect();
         assert_eq!(ids, vec![vec![1, 2], vec![3], vec![4]]);
-    }
-
-    #[test]
-    fn legacy_items_are_objects_with_the_hub_id() {
-        let item = legacy_item(Entry::from_pairs(
-            StreamId::new(9, 1),
-            &[("topic", "t"), ("id", "x")],
-        ));
-        assert_eq!(item, serde_json::json!({"topic": "t", "id": "9-1"}));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::{Arc, LazyLock};
 use lula_protocol::keys::{HubKeys, IngestLayout};
 use lula_protocol::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_VALUES};
 use lula_protocol::message::{ErrorReply, status};
-use lula_protocol::{ClientId, Entry, FIELD_CLIENT, FIELD_SEQ, StreamId, escape_reserved};
+use lula_protocol::{ClientId, Entry, StreamId, escape_field};
 use lula_runtime::redis::RedisConn;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, Script, Value};
@@ -38,13 +38,19 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 
 /// KEYS[1] cursor hash, KEYS[2] in stream.
 /// ARGV: per section: client, prev ('' = no gap check), number of entries, then
-/// per entry: seq, number of values, values (k1, v1, ...).
-/// Returns per section {'ok', cursor, added, duplicates, last hub id or ''} or
-/// {'gap', cursor}. Sections run in order, so two batches of one device in one
+/// per entry: seq, number of values, values (k1, v1, ...); a set-aside marker
+/// is seq, -1, reason (it is past the cursor like any entry, appends nothing).
+/// Returns per section {'ok', cursor, added, duplicates, last hub id or '',
+/// markers, last marker's seq or '', its reason or ''} or {'gap', cursor}.
+/// Sections run in order, so two batches of one device in one
 /// call see each other's cursor. One `XADD` argument table is reused for every
 /// entry (`unpack` is bounded by the entry's length), so the script allocates
 /// per section, not per entry.
 const INGEST_BODY: &str = r#"
+local function width(nv)
+  if nv < 0 then return 3 end
+  return 2 + nv
+end
 local n = #ARGV
 local i = 1
 local out = {}
@@ -55,35 +61,40 @@ while i <= n do
   local cur = redis.call('HGET', KEYS[1], client) or '0-0'
   if prev ~= '' and id_gt(prev, cur) then
     for _ = 1, count do
-      i = i + 2 + tonumber(ARGV[i + 1])
+      i = i + width(tonumber(ARGV[i + 1]))
     end
     out[#out + 1] = {'gap', cur}
   else
     local k, dups = 0, 0
     while k < count and not id_gt(ARGV[i], cur) do
-      i = i + 2 + tonumber(ARGV[i + 1])
+      i = i + width(tonumber(ARGV[i + 1]))
       dups = dups + 1
       k = k + 1
     end
-    local added, last = 0, ''
+    local added, last, aside, aside_id, aside_why = 0, '', 0, '', ''
     args[5] = client
     while k < count do
       local seq = ARGV[i]
       local nv = tonumber(ARGV[i + 1])
-      args[7] = seq
-      for j = 1, nv do
-        args[7 + j] = ARGV[i + 1 + j]
+      if nv < 0 then
+        aside = aside + 1
+        aside_id, aside_why = seq, ARGV[i + 2]
+      else
+        args[7] = seq
+        for j = 1, nv do
+          args[7 + j] = ARGV[i + 1 + j]
+        end
+        last = redis.call(unpack(args, 1, 7 + nv))
+        added = added + 1
       end
-      last = redis.call(unpack(args, 1, 7 + nv))
       cur = seq
-      added = added + 1
-      i = i + 2 + nv
+      i = i + width(nv)
       k = k + 1
     end
-    if added > 0 then
+    if added + aside > 0 then
       redis.call('HSET', KEYS[1], client, cur)
     end
-    out[#out + 1] = {'ok', cur, added, dups, last}
+    out[#out + 1] = {'ok', cur, added, dups, last, aside, aside_id, aside_why}
   end
 end
 return out
@@ -116,12 +127,26 @@ pub enum Appended {
         duplicates: u64,
         /// Hub in-stream id of the last appended entry, if any was appended.
         last: Option<StreamId>,
+        /// Set-aside markers the cursor moved past, and the last one's seq
+        /// and reason (see [`Entry`]).
+        set_aside: Option<SetAside>,
     },
     /// `prev` is ahead of the saved cursor: an earlier batch is missing, nothing was written.
     Gap {
         /// The saved cursor, where the client must resume.
         cursor: StreamId,
     },
+}
+
+/// The set-aside markers of one batch that moved the cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// How many.
+    pub count: u64,
+    /// The last one's device seq.
+    pub last: StreamId,
+    /// Its reason.
+    pub reason: String,
 }
 
 /// Why a batch was not applied.
@@ -168,6 +193,9 @@ impl IngestError {
     }
 }
 
+/// Longest reason a set-aside marker may carry.
+pub const MAX_REASON_BYTES: usize = 1024;
+
 /// Checks the rules a batch must meet before it may reach the script.
 pub fn validate(entries: &[Entry]) -> Result<(), IngestError> {
     if entries.len() > MAX_BATCH_ENTRIES {
@@ -192,6 +220,25 @@ pub fn validate(entries: &[Entry]) -> Result<(), IngestError> {
     {
         return Err(IngestError::TooLarge(format!(
             "entry {} has too many or unpaired fields",
+            e.id
+        )));
+    }
+    if let Some(e) = entries
+        .iter()
+        .find(|e| e.set_aside.is_none() && e.fields.is_empty())
+    {
+        return Err(IngestError::Invalid(format!(
+            "entry {} has no fields",
+            e.id
+        )));
+    }
+    if let Some(e) = entries.iter().find(|e| {
+        e.set_aside
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_REASON_BYTES)
+    }) {
+        return Err(IngestError::Invalid(format!(
+            "set-aside marker {} has a reason longer than {MAX_REASON_BYTES} bytes",
             e.id
         )));
     }
@@ -242,12 +289,20 @@ pub async fn append_many<C: ConnectionLike>(
         };
         invocation.arg(section.entries.len());
         for entry in section.entries {
+            if let Some(reason) = entry.set_aside {
+                invocation.arg(entry.id.to_string()).arg(-1).arg(reason);
+                continue;
+            }
             invocation.arg(entry.id.to_string()).arg(entry.fields.len());
-            for (i, mut value) in entry.fields.into_iter().enumerate() {
+            // Names that would shadow `client` / `seq` (or `broadcast`) are
+            // escaped here, before the script, by the one rule of
+            // `lula_protocol::field_names`: the script stores what it is given.
+            for (i, value) in entry.fields.iter().enumerate() {
                 if i.is_multiple_of(2) {
-                    escape_reserved(&mut value, &[FIELD_CLIENT, FIELD_SEQ]);
+                    invocation.arg(escape_field(value).as_ref());
+                } else {
+                    invocation.arg(value.as_slice());
                 }
-                invocation.arg(value);
             }
         }
     }
@@ -477,8 +532,17 @@ fn count_results(metrics: &HubMetrics, results: &[Appended], last_ms: &[Option<u
     for (result, last_ms) in results.iter().zip(last_ms) {
         match result {
             Appended::Applied {
-                added, duplicates, ..
+                added,
+                duplicates,
+                set_aside,
+                ..
             } => {
+                if let Some(aside) = set_aside {
+                    metrics
+                        .set_aside
+                        .get_or_create(&[("direction", "up")])
+                        .inc_by(aside.count);
+                }
                 metrics.entries_in.inc_by(*added);
                 metrics.duplicates.inc_by(*duplicates);
                 if *added > 0
@@ -536,11 +600,21 @@ fn parse_reply(reply: Value) -> Result<Appended, IngestError> {
                 Some(id) => Some(id.parse().map_err(|_| bad("hub id"))?),
                 None => None,
             };
+            let count = items.get(5).and_then(int).unwrap_or(0);
+            let set_aside = match items.get(6).and_then(text).filter(|s| !s.is_empty()) {
+                Some(id) if count > 0 => Some(SetAside {
+                    count,
+                    last: id.parse().map_err(|_| bad("marker seq"))?,
+                    reason: items.get(7).and_then(text).unwrap_or_default(),
+                }),
+                _ => None,
+            };
             Ok(Appended::Applied {
                 cursor,
                 added,
                 duplicates,
                 last,
+                set_aside,
             })
         }
         other => Err(bad(other)),

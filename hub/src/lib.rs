@@ -39,9 +39,12 @@
 //!   per-direction halves of a connection, with its link byte counts.
 //! - [`downstream`]: server push and lula `xread`, woken by keyspace
 //!   notifications (from every master of a cluster) instead of a blocking
-//!   read per device; [`backlog`]: counting what waits after a cursor.
+//!   read per device; [`backlog`]: counting what waits after a cursor;
+//!   `push_budget`: the hub-wide bytes of pushes read and encoded at once.
 //! - [`broadcast`]: the fleet's broadcast stream: reads with gap detection,
 //!   trimming to the retention.
+//! - [`dead`]: the cloud's dead letters: direct messages and broadcasts a
+//!   device cannot take, recorded once in `lula-hub:dead:x`.
 //! - [`fleet`]: what each hub records of its devices, and the fleet view
 //!   read back from it (`lula-hub fleet`, `GET /fleet`).
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
@@ -59,6 +62,7 @@ pub mod backlog;
 pub mod broadcast;
 pub mod config;
 mod connection;
+pub mod dead;
 pub mod downstream;
 pub mod error;
 pub mod fleet;
@@ -71,6 +75,7 @@ pub mod legacy_session;
 pub mod link;
 pub mod live;
 pub mod metrics;
+mod push_budget;
 pub mod revocation;
 pub mod rpc;
 pub mod session;
@@ -174,7 +179,11 @@ pub async fn run_with_admin(
     }
     let devices = match admin {
         Some(admin) => {
-            tracker.spawn(admin::serve(admin, state.clone(), shutdown.clone()));
+            tracker.spawn(lula_runtime::serve_admin(
+                admin,
+                admin::app(state.clone()),
+                shutdown.clone(),
+            ));
             app(state)
         }
         None => app(state.clone()).merge(admin::routes(state)),

@@ -129,11 +129,16 @@ impl Outbound {
     /// compressed binary frame when compression was agreed.
     pub fn prepare(&mut self, msg: Message) -> Message {
         match (msg, &mut self.encoder) {
-            (Message::Text(text), Some(encoder)) => {
-                let frame = encoder.encode(text.as_bytes());
-                self.metrics.sent(text.len(), frame.len());
-                Message::Binary(frame.into())
-            }
+            (Message::Text(text), Some(encoder)) => match encoder.compress(text.as_bytes()) {
+                Some(frame) => {
+                    self.metrics.sent(text.len(), frame.len());
+                    Message::Binary(frame.into())
+                }
+                None => {
+                    self.metrics.sent(text.len(), text.len());
+                    Message::Text(text)
+                }
+            },
             (msg, _) => {
                 let (plain, payload) = sizes(&msg);
                 self.metrics.sent(plain, payload);

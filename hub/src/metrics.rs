@@ -48,6 +48,10 @@ pub struct HubMetrics {
     pub entries_out: Counter,
     /// Messages for devices deleted as expired instead of pushed.
     pub expired: Counter,
+    /// Entries set aside (past a limit) instead of carried, by direction:
+    /// `up` (markers from devices), `down` (direct messages recorded in
+    /// `lula-hub:dead:x`), `broadcast`.
+    pub set_aside: ByLabel,
     /// Entries pushed and not yet acknowledged, over all devices here: the
     /// downstream lag.
     pub unacked: Gauge,
@@ -99,6 +103,7 @@ impl Default for HubMetrics {
             ingest_errors: Counter::default(),
             entries_out: Counter::default(),
             expired: Counter::default(),
+            set_aside: ByLabel::default(),
             unacked: Gauge::default(),
             renewals: ByLabel::default(),
             upstream_lag: lag_histogram(),
@@ -186,6 +191,11 @@ impl HubMetrics {
             "expired_entries",
             "Messages for devices deleted as expired (expiresAt, --downstream-max-age) instead of pushed",
             m.expired.clone(),
+        );
+        r.register(
+            "set_aside_entries",
+            "Entries set aside past a limit instead of carried, by direction (up, down, broadcast)",
+            m.set_aside.clone(),
         );
         r.register(
             "unacked_entries",

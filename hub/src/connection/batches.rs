@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use lula_protocol::limits::MAX_BATCH_ENTRIES;
+use lula_protocol::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_VALUES};
 use lula_protocol::message::{
     ErrorReply, HubFrame, IdReply, XaddReply, XaddsReply, XaddsRequest, kind,
 };
@@ -18,8 +18,13 @@ use crate::ingest::{self, Appended, IngestError, Ingestor};
 pub(super) enum Batch {
     /// One entry with this seq.
     Xadd { seq: StreamId },
-    /// A batch following `prev` (when the device named it).
-    Xadds { prev: Option<StreamId> },
+    /// A batch following `prev` (when the device named it), of `count`
+    /// entries, after which the device said `backlog` entries wait.
+    Xadds {
+        prev: Option<StreamId>,
+        count: u64,
+        backlog: Option<u64>,
+    },
 }
 
 impl Batch {
@@ -46,14 +51,16 @@ impl Batch {
                     cursor,
                     added,
                     duplicates,
+                    set_aside,
                     ..
                 },
             ) => HubFrame::Xadds(XaddsReply {
                 id: cursor,
                 added,
                 duplicates,
+                set_aside: set_aside.map_or(0, |a| a.count),
             }),
-            (Batch::Xadds { prev }, Appended::Gap { cursor }) => {
+            (Batch::Xadds { prev, .. }, Appended::Gap { cursor }) => {
                 let prev = prev.unwrap_or_default();
                 let message = format!("gap: batch follows {prev} but the hub holds up to {cursor}");
                 HubFrame::error(kind::XADDS, ErrorReply::conflict(message, cursor))
@@ -86,6 +93,11 @@ impl Connection {
     /// `xadd`: one entry.
     pub(super) async fn xadd(&mut self, id: Option<&Value>, entry: Entry) -> Result<(), Closed> {
         let batch = Batch::Xadd { seq: entry.id };
+        if entry.set_aside.is_some() {
+            let reply = ErrorReply::bad_request("set-aside markers go in xadds batches")
+                .about_entry(entry.id);
+            return self.reply(id, HubFrame::error(kind::XADD, reply)).await;
+        }
         self.submit(batch, id, None, vec![entry]).await
     }
 
@@ -95,7 +107,11 @@ impl Connection {
         id: Option<&Value>,
         request: XaddsRequest,
     ) -> Result<(), Closed> {
-        let batch = Batch::Xadds { prev: request.prev };
+        let batch = Batch::Xadds {
+            prev: request.prev,
+            count: request.entries.len() as u64,
+            backlog: request.backlog,
+        };
         self.submit(batch, id, request.prev, request.entries).await
     }
 
@@ -108,6 +124,8 @@ impl Connection {
                 id: cursor,
                 max_frame_bytes: Some(self.state.config.max_frame_bytes),
                 max_batch_entries: Some(MAX_BATCH_ENTRIES),
+                max_entry_values: Some(MAX_ENTRY_VALUES),
+                set_aside: true,
             }),
             Err(e) => HubFrame::error(kind::ID, self.failure(e)),
         };
@@ -133,6 +151,7 @@ impl Connection {
                 Ok(())
             }
             Err(e) => {
+                self.note_backlog(batch, false);
                 let reply = self.failure(e);
                 self.reply(id, HubFrame::error(batch.kind(), reply)).await
             }
@@ -156,11 +175,41 @@ impl Connection {
         p: PendingAppend,
         result: Result<Appended, IngestError>,
     ) -> Result<(), Closed> {
+        let applied = matches!(result, Ok(Appended::Applied { .. }));
+        self.note_backlog(p.batch, applied);
         let frame = match result {
-            Ok(appended) => p.batch.reply(appended),
+            Ok(appended) => {
+                if let Appended::Applied {
+                    set_aside: Some(aside),
+                    ..
+                } = &appended
+                {
+                    tracing::warn!(
+                        entries = aside.count,
+                        last = %aside.last,
+                        reason = %aside.reason,
+                        "the device set entries aside (past a limit; in its lula-client:dead:x)"
+                    );
+                    self.fleet.set_aside(aside.count, aside.last, &aside.reason);
+                }
+                p.batch.reply(appended)
+            }
             Err(e) => HubFrame::error(p.batch.kind(), self.failure(e)),
         };
         self.send(p.id.as_ref(), frame).await
+    }
+
+    /// Tells the fleet recorder the upstream backlog the device reported
+    /// with `batch`, if it did, and whether the batch was applied.
+    fn note_backlog(&mut self, batch: Batch, applied: bool) {
+        if let Batch::Xadds {
+            count,
+            backlog: Some(backlog),
+            ..
+        } = batch
+        {
+            self.fleet.upstream_backlog(backlog, count, applied);
+        }
     }
 
     /// The error reply to a failed request, noted in the fleet view and logged.

@@ -95,6 +95,8 @@ struct Connection {
     push: Option<(CancellationToken, watch::Sender<StreamId>)>,
     /// The push of the broadcast stream, when the device asked for it.
     broadcast: Option<(CancellationToken, watch::Sender<StreamId>)>,
+    /// The device's `subscribe` said it understands set-aside markers.
+    set_aside: bool,
     xread: Option<mpsc::Sender<XreadJob>>,
     /// Batches submitted and not answered yet, oldest first.
     pending: VecDeque<PendingAppend>,
@@ -214,6 +216,7 @@ impl Connection {
             cancel: state.shutdown.child_token(),
             push: None,
             broadcast: None,
+            set_aside: false,
             xread: None,
             pending: VecDeque::new(),
             session: crate::legacy_session::SessionClock::new(
@@ -235,6 +238,7 @@ impl Connection {
         signals: &mut Signals,
         stream: &mut SplitStream<WebSocket>,
     ) -> Event {
+        let backlog_due = self.fleet.backlog_due();
         loop {
             return tokio::select! {
                 biased;
@@ -245,6 +249,7 @@ impl Connection {
                 },
                 _ = tokio::time::sleep_until(self.session.deadline()) => Event::Expired,
                 _ = signals.fleet_tick.tick() => Event::FleetTick,
+                _ = sleep_until_some(backlog_due) => Event::FleetTick,
                 _ = signals.ping.tick() => Event::Ping,
                 done = next_done(&mut self.pending) => Event::BatchDone(done),
                 msg = stream.next(), if self.pending.len() < MAX_PIPELINED => Event::Frame(msg),
@@ -424,5 +429,13 @@ fn read_error_close(e: axum::Error) -> Option<CloseReason> {
             tracing::debug!(error = %other, "read failed");
             None
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -28,6 +28,7 @@ impl Connection {
         };
         // Reply first: pushes must not overtake the reply that starts them.
         self.reply(id, HubFrame::Subscribe(reply)).await?;
+        self.set_aside = request.set_aside;
         self.start_pushes(request.id, request.broadcast_after);
         Ok(())
     }
@@ -49,8 +50,8 @@ impl Connection {
         }
     }
 
-    /// `xread`: queued for this connection's polling reader, which answers in
-    /// order.
+    /// `xread`: queued for this connection's polling reader, which answers
+    /// non-blocking ones in order and lets blocking ones wait side by side.
     pub(super) async fn xread(
         &mut self,
         id: Option<&Value>,
@@ -107,6 +108,18 @@ impl Connection {
         }
     }
 
+    /// How long the dead-letter guard of an entry of `stream` lives: at least
+    /// as long as broadcasts are kept (no expiry when they are kept forever),
+    /// a week for direct messages.
+    fn guard_ttl(&self, stream: PushStream) -> std::time::Duration {
+        let retention = self.state.config.broadcast_retention;
+        match stream {
+            PushStream::Broadcast if retention.is_zero() => std::time::Duration::ZERO,
+            PushStream::Broadcast => retention.max(crate::dead::DEFAULT_GUARD_TTL),
+            PushStream::Direct => crate::dead::DEFAULT_GUARD_TTL,
+        }
+    }
+
     /// Starts pushing `key` after `from`, stopping the push it replaces.
     fn start_push(
         &mut self,
@@ -138,6 +151,11 @@ impl Connection {
                     max_age: self.state.config.downstream_max_age,
                     clock: self.state.config.clock.clone(),
                 },
+                set_aside: self.set_aside.then(|| downstream::SetAsideTo {
+                    keys: self.state.keys.clone(),
+                    client: self.client.clone(),
+                    guard_ttl: self.guard_ttl(stream),
+                }),
             },
             self.out.clone(),
             acks_rx,
