@@ -7,9 +7,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use lula_protocol::keys::DeviceKeys;
+use lula_protocol::lua::RANGE_AFTER;
 use lula_protocol::message::PushStream;
 use lula_protocol::redis_value::entries_from_range;
-use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_reserved};
+use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_field};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
 
@@ -32,6 +33,8 @@ pub struct Stored {
     /// When the push reported a gap ahead of the cursor: the cursor before
     /// it (the device missed entries after this id up to the gap).
     pub missed_after: Option<StreamId>,
+    /// Set-aside markers that were new (counted in the state hash).
+    pub set_aside: u64,
 }
 
 /// KEYS[1] the state hash; ARGV[1] now (epoch ms), then field/value pairs.
@@ -68,11 +71,14 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
 /// gaps, ARGV[5] the field describing the last one, ARGV[6] now (epoch ms),
 /// ARGV[7] how many messages expired on the hub before these (0: none),
 /// ARGV[8] the field counting them, ARGV[9] the field describing the last
-/// report; then per entry: hub id, number of values, values.
+/// report, ARGV[10] the field counting set-aside entries, ARGV[11] the field
+/// describing the last, ARGV[12] the stream's name; then per entry: hub id,
+/// number of values, values, or for a set-aside marker: hub id, -1, reason.
 /// Moves the cursor to the gap if it is ahead (counting the gap), appends
 /// the entries after the cursor with the marker = hub id first, moves the
-/// cursor, atomically. Returns {cursor, added, cursor before a counted gap
-/// or ''}.
+/// cursor past markers after it (counting them, appending nothing),
+/// atomically. Returns {cursor, added, cursor before a counted gap or '',
+/// markers counted}.
 const STORE_BODY: &str = r#"
 local field, marker, gap = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', KEYS[2], field) or '0-0'
@@ -91,12 +97,21 @@ if expired > 0 then
   redis.call('HSET', KEYS[2], ARGV[9], expired .. ' expired before delivery (at ' .. ARGV[6] .. ' ms)')
 end
 local n = #ARGV
-local i = 10
-local added = 0
+local i = 13
+local added, aside = 0, 0
 while i <= n do
   local id = ARGV[i]
   local nv = tonumber(ARGV[i + 1])
-  if id_gt(id, cur) then
+  if nv < 0 then
+    if id_gt(id, cur) then
+      redis.call('HINCRBY', KEYS[2], ARGV[10], 1)
+      redis.call('HSET', KEYS[2], ARGV[11], ARGV[12] .. ' ' .. id .. ': ' .. ARGV[i + 2] .. ' (at ' .. ARGV[6] .. ' ms)')
+      cur = id
+      aside = aside + 1
+      moved = true
+    end
+    nv = 1
+  elseif id_gt(id, cur) then
     local args = {'XADD', KEYS[1], '*', marker, id}
     for j = 1, nv do
       args[5 + j] = ARGV[i + 1 + j]
@@ -111,8 +126,33 @@ end
 if moved then
   redis.call('HSET', KEYS[2], field, cur)
 end
-return {cur, added, missed}
+return {cur, added, missed, aside}
 "#;
+
+/// Most values [`Device::set_aside_up`] passes through a script's `unpack`
+/// (which stops at about 8,000).
+const MAX_SCRIPT_VALUES: usize = 7_900;
+
+/// KEYS[1] the dead stream, KEYS[2] the state hash; ARGV[1] the entry's id,
+/// ARGV[2] the field counting set-aside entries, ARGV[3] the field holding
+/// the last, ARGV[4] its text, then the record's fields (`reason <text>
+/// <original fields...>`). Appends the record under the entry's own id and
+/// counts it, atomically; an id already there (a retry after a crash)
+/// appends and counts nothing. Returns 1 when it counted, else 0.
+static SET_ASIDE_UP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local added = redis.pcall('XADD', KEYS[1], ARGV[1], unpack(ARGV, 5))
+        if type(added) == 'table' and added.err then
+          if string.find(added.err, 'equal or smaller', 1, true) then return 0 end
+          return redis.error_reply(added.err)
+        end
+        redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+        redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+        return 1
+        ",
+    )
+});
 
 static STORE: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{}{}", lula_protocol::lua::ID_GT, STORE_BODY)));
@@ -249,13 +289,9 @@ impl Device {
         gap: Option<StreamId>,
         expired: u64,
     ) -> Result<Stored, RedisError> {
-        let (field, marker, reserved): (&str, &str, &[&str]) = match stream {
-            PushStream::Direct => (DOWNSTREAM_FIELD, FIELD_SEQ, &[FIELD_SEQ]),
-            PushStream::Broadcast => (
-                BROADCAST_FIELD,
-                FIELD_BROADCAST,
-                &[FIELD_SEQ, FIELD_BROADCAST],
-            ),
+        let (field, marker) = match stream {
+            PushStream::Direct => (DOWNSTREAM_FIELD, FIELD_SEQ),
+            PushStream::Broadcast => (BROADCAST_FIELD, FIELD_BROADCAST),
         };
         let mut invocation = STORE.key(self.keys.in_stream());
         invocation
@@ -268,30 +304,95 @@ impl Device {
             .arg(now_ms())
             .arg(expired)
             .arg(status_fields::EXPIRED)
-            .arg(status_fields::LAST_EXPIRED);
+            .arg(status_fields::LAST_EXPIRED)
+            .arg(status_fields::SET_ASIDE_DOWN)
+            .arg(status_fields::LAST_SET_ASIDE_DOWN)
+            .arg(stream.as_str());
         for entry in entries {
+            if let Some(reason) = &entry.set_aside {
+                invocation.arg(entry.id.to_string()).arg(-1).arg(reason);
+                continue;
+            }
             invocation.arg(entry.id.to_string()).arg(entry.fields.len());
+            // Reserved names are escaped by the one rule of
+            // `lula_protocol::field_names`, the same for direct messages and
+            // broadcasts; the script stores what it is given.
             for (i, value) in entry.fields.iter().enumerate() {
-                if i.is_multiple_of(2) && reserved.iter().any(|r| value == r.as_bytes()) {
-                    let mut name = value.clone();
-                    escape_reserved(&mut name, reserved);
-                    invocation.arg(name);
+                if i.is_multiple_of(2) {
+                    invocation.arg(escape_field(value).as_ref());
                 } else {
                     invocation.arg(value.as_slice());
                 }
             }
         }
-        let (cursor, added, missed): (String, u64, String) =
+        let (cursor, added, missed, set_aside): (String, u64, String, u64) =
             invocation.invoke_async(&mut self.redis).await?;
         Ok(Stored {
             cursor: parse_id(Some(cursor))?,
             added,
+            set_aside,
             missed_after: if missed.is_empty() {
                 None
             } else {
                 Some(parse_id(Some(missed))?)
             },
         })
+    }
+
+    /// Sets an out-stream entry aside: writes it to `lula-client:dead:x`
+    /// under its original id as `reason <reason> <original fields...>`, and
+    /// counts it in the state hash. The `XADD` carries the entry's own id, so
+    /// it is idempotent: after a crash before the hub heard of it, the retry
+    /// is refused as "equal or smaller" and counts as done (`false`: recorded
+    /// before, not counted again). Write and count are one script while the
+    /// entry fits a script's `unpack` (about 8,000 values); a wider entry is
+    /// written with a plain `XADD` and counted after it, so a crash between
+    /// the two misses its count (never its record).
+    pub async fn set_aside_up(&mut self, entry: &Entry, reason: &str) -> Result<bool, RedisError> {
+        let now = now_ms();
+        let last = format!("{}: {reason} (at {now} ms)", entry.id);
+        if entry.fields.len() + 2 <= MAX_SCRIPT_VALUES {
+            let mut invocation = SET_ASIDE_UP.key(self.keys.dead_stream());
+            invocation
+                .key(self.keys.state())
+                .arg(entry.id.to_string())
+                .arg(status_fields::SET_ASIDE_UP)
+                .arg(status_fields::LAST_SET_ASIDE_UP)
+                .arg(&last)
+                .arg("reason")
+                .arg(reason);
+            for v in &entry.fields {
+                invocation.arg(v.as_slice());
+            }
+            let counted: i64 = invocation.invoke_async(&mut self.redis).await?;
+            return Ok(counted == 1);
+        }
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(self.keys.dead_stream())
+            .arg(entry.id.to_string())
+            .arg("reason")
+            .arg(reason);
+        for v in &entry.fields {
+            xadd.arg(v.as_slice());
+        }
+        match xadd.query_async::<String>(&mut self.redis).await {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("equal or smaller") => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("HINCRBY")
+            .arg(self.keys.state())
+            .arg(status_fields::SET_ASIDE_UP)
+            .arg(1)
+            .ignore()
+            .cmd("HSET")
+            .arg(self.keys.state())
+            .arg(status_fields::LAST_SET_ASIDE_UP)
+            .arg(last)
+            .ignore();
+        pipe.query_async::<()>(&mut self.redis).await?;
+        Ok(true)
     }
 
     /// Writes the fields `update` sets (and `updatedAt`) to the state hash,
@@ -443,11 +544,26 @@ static COUNTERS: LazyLock<Script> =
 /// Slower than the transaction (Lua builds every entry), so only then.
 static READ_WHEN_FULL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "#!lua flags=no-writes\n{COUNTERS_FN}\
+        "#!lua flags=no-writes\n{COUNTERS_FN}{RANGE_AFTER}\
+         local from, to = range_after(ARGV[1])\n\
          return {{stream_counters(KEYS[1]), \
-         redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}}"
+         redis.call('XRANGE', KEYS[1], from, to, 'COUNT', ARGV[2])}}"
     ))
 });
+
+/// A blocking `XREAD` of one entry after `after`, for at most `wait`: it only
+/// waits (what it returns is read again with the stream's counters).
+fn wait_for_entry(key: &str, after: StreamId, wait: Duration) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(1)
+        .arg("BLOCK")
+        .arg(wait.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(after.to_string());
+    cmd
+}
 
 /// Reads the out stream on a connection of its own: entries and counters in
 /// one script call, and, when there is nothing to read, a blocking `XREAD` that
@@ -490,14 +606,7 @@ impl OutReader {
         wait: Option<Duration>,
     ) -> Result<Vec<Value>, RedisError> {
         if let Some(wait) = wait {
-            let _: Value = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1)
-                .arg("BLOCK")
-                .arg(wait.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&self.key)
-                .arg(after.to_string())
+            let _: Value = wait_for_entry(&self.key, after, wait)
                 .query_async(&mut self.conn)
                 .await?;
         }
@@ -536,16 +645,10 @@ impl OutReader {
     ) -> Result<OutRead, RedisError> {
         let mut pipe = redis::pipe();
         if let Some(wait) = wait {
-            pipe.cmd("XREAD")
-                .arg("COUNT")
-                .arg(1)
-                .arg("BLOCK")
-                .arg(wait.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&self.key)
-                .arg(after.to_string())
+            pipe.add_command(wait_for_entry(&self.key, after, wait))
                 .ignore();
         }
+        let (from, to) = after.range_after();
         pipe.cmd("MULTI")
             .ignore()
             .cmd("EVALSHA")
@@ -555,8 +658,8 @@ impl OutReader {
             .ignore()
             .cmd("XRANGE")
             .arg(&self.key)
-            .arg(format!("({after}"))
-            .arg("+")
+            .arg(from)
+            .arg(to)
             .arg("COUNT")
             .arg(count)
             .ignore()
@@ -646,10 +749,11 @@ pub async fn count_after<C: redis::aio::ConnectionLike>(
     let mut total = 0u64;
     let mut from = after;
     loop {
+        let (start, end) = from.range_after();
         let reply: Value = redis::cmd("XRANGE")
             .arg(key)
-            .arg(format!("({from}"))
-            .arg("+")
+            .arg(start)
+            .arg(end)
             .arg("COUNT")
             .arg(PAGE)
             .query_async(conn)

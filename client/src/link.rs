@@ -133,11 +133,16 @@ impl Outbound {
     /// compressed binary frame when compression was agreed.
     pub fn prepare(&mut self, msg: Message) -> Message {
         match (msg, &mut self.encoder) {
-            (Message::Text(text), Some(encoder)) => {
-                let frame = encoder.encode(text.as_bytes());
-                self.metrics.sent(text.len(), frame.len());
-                Message::Binary(frame.into())
-            }
+            (Message::Text(text), Some(encoder)) => match encoder.compress(text.as_bytes()) {
+                Some(frame) => {
+                    self.metrics.sent(text.len(), frame.len());
+                    Message::Binary(frame.into())
+                }
+                None => {
+                    self.metrics.sent(text.len(), text.len());
+                    Message::Text(text)
+                }
+            },
             (msg, _) => {
                 let (plain, payload) = sizes(&msg);
                 self.metrics.sent(plain, payload);
@@ -298,7 +303,9 @@ mod tests {
         let params = Params::new(compress::DEFAULT_WINDOW_BITS);
         let metrics = LinkMetrics::default();
         let mut sink = compressing(Vec::new(), Outbound::new(params, metrics.clone()));
-        let text = r#"{"type":"xadds","id":7,"payload":{"prev":"0-0","entries":[]}}"#;
+        // Repeats, so it shrinks even without a history (a frame that would
+        // not shrink goes as text).
+        let text = r#"{"type":"xadds","id":7,"payload":{"prev":"0-0","entries":[{"id":"1-1","fields":["temp","21.5","humidity","40"]},{"id":"1-2","fields":["temp","21.5","humidity","40"]}]}}"#;
         sink.send(Message::Text(text.into())).await.unwrap();
         let sent = std::mem::take(&mut sink.sink);
         let Message::Binary(frame) = &sent[0] else {

@@ -115,7 +115,7 @@ struct RunArgs {
     /// Compressed frames on the link to the hub: the window asked for (9 to 15
     /// bits; 10 = 1 KiB per direction), or `off` (the default for now) for
     /// JSON text frames. Worth it on slow or metered links; on a fast link
-    /// the deflate CPU costs more throughput than it saves (BENCHMARKS.md).
+    /// the deflate CPU can cost throughput (BENCHMARKS.md, issue 16).
     #[arg(long, env = "LULA_COMPRESSION_WINDOW_BITS", default_value = "off", value_parser = lula_protocol::compress::parse_window_setting)]
     compression_window_bits: u8,
     /// Pause between refused registration attempts.

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 use axum::Router;
 use axum::routing::get;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -54,6 +55,10 @@ pub struct Metrics {
     pub broadcast_gaps: Counter,
     /// Session tokens renewed on a live connection.
     pub renewals: Counter,
+    /// Entries set aside past a limit instead of carried, by direction:
+    /// `up` (into `lula-client:dead:x`), `down` and `broadcast` (the hub's
+    /// markers; the entries are in `lula-hub:dead:x`).
+    pub set_aside: Family<[(&'static str, &'static str); 1], Counter>,
     /// `entries-added` of `out:x` at the reader's last read (not exported;
     /// with the cursor's ordinal it gives the lag).
     pub out_added: AtomicU64,
@@ -83,6 +88,7 @@ impl Default for Metrics {
             broadcast_entries: Counter::default(),
             broadcast_gaps: Counter::default(),
             renewals: Counter::default(),
+            set_aside: Family::default(),
             out_added: AtomicU64::new(0),
             link: crate::link::LinkMetrics::default(),
             registry: Registry::default(),
@@ -184,6 +190,11 @@ impl Metrics {
             "Session tokens renewed on a live connection",
             self.renewals.clone(),
         );
+        r.register(
+            "set_aside_entries",
+            "Entries set aside past a limit instead of carried, by direction (up: lula-client:dead:x; down, broadcast: lula-hub:dead:x)",
+            self.set_aside.clone(),
+        );
     }
 
     /// The Prometheus text exposition of every metric.
@@ -223,6 +234,7 @@ mod tests {
         m.upstream_entries.inc_by(5);
         m.connected.set(1);
         m.upstream_batch_entries.observe(3.0);
+        m.set_aside.get_or_create(&[("direction", "up")]).inc();
         let text = m.render();
         for name in [
             "lula_client_connected 1",
@@ -241,6 +253,7 @@ mod tests {
             "lula_client_broadcast_entries_total",
             "lula_client_broadcast_gaps_total",
             "lula_client_renewals_total",
+            r#"lula_client_set_aside_entries_total{direction="up"} 1"#,
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }

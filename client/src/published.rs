@@ -58,6 +58,16 @@ pub mod status_fields {
     pub const LINK_RECEIVED: &str = "linkReceivedBytes";
     /// See [`LINK_SENT`].
     pub const LINK_RECEIVED_PLAIN: &str = "linkReceivedPlainBytes";
+    /// Out-stream entries set aside (past a limit) into `lula-client:dead:x`
+    /// instead of sent; counted once each, when written there.
+    pub const SET_ASIDE_UP: &str = "setAsideUp";
+    /// The most recent one: its id, the reason, and when.
+    pub const LAST_SET_ASIDE_UP: &str = "lastSetAsideUp";
+    /// Direct messages and broadcasts the hub set aside for this device
+    /// (in `lula-hub:dead:x`); counted by the store script with the cursor.
+    pub const SET_ASIDE_DOWN: &str = "setAsideDown";
+    /// The most recent one: its stream, id, the reason, and when.
+    pub const LAST_SET_ASIDE_DOWN: &str = "lastSetAsideDown";
     /// What the hub agreed to at the last connect (`deflate; window-bits=10`),
     /// or `off`.
     pub const COMPRESSION: &str = "compression";
@@ -105,6 +115,14 @@ impl StatusUpdate {
         StatusUpdate {
             last_error: Some(error.into()),
             ..Self::disconnected()
+        }
+    }
+
+    /// An error on a session that goes on (one direction paused or stuck).
+    pub fn error(error: impl Into<String>) -> Self {
+        StatusUpdate {
+            last_error: Some(error.into()),
+            ..Self::default()
         }
     }
 

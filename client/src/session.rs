@@ -3,7 +3,8 @@
 //! After the upgrade the client asks the hub for its upstream cursor (`id`),
 //! subscribes to its downstream from the cursor stored on the device, then runs
 //! one loop that
-//! - sends upstream batches, at most `inflight_batches` unacknowledged, each
+//! - sends upstream batches, at most `inflight_batches` and about
+//!   `UPSTREAM_INFLIGHT_BYTES` unacknowledged (one always), each
 //!   naming as `prev` the last entry of the batch before it, so if one batch
 //!   fails the hub refuses the ones after it instead of leaving a hole;
 //! - advances the upstream cursor only on the hub's reply (a duplicate counts as
@@ -27,9 +28,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use lula_protocol::StreamId;
-use lula_protocol::limits::PUSH_WINDOW_ENTRIES;
+use lula_protocol::limits::{MAX_ENTRY_VALUES, PUSH_WINDOW_ENTRIES, UPSTREAM_INFLIGHT_BYTES};
 use lula_protocol::message::{
-    Ack, ErrorReply, HubFrame, Push, PushStream, RenewRequest, Request, SubscribeRequest,
+    Ack, ErrorReply, HubFrame, IdReply, Push, PushStream, RenewRequest, Request, SubscribeRequest,
     XaddsReply, XaddsRequest, kind,
 };
 use lula_protocol::{CloseReason, Entry};
@@ -291,9 +292,12 @@ async fn connect(config: &Config, token: &str) -> Result<(Ws, Option<Params>), S
 }
 
 /// What the handshake learned.
+#[derive(Debug, Clone)]
 struct Limits {
     max_entries: usize,
     max_bytes: usize,
+    /// When the hub takes set-aside markers: the most values per entry.
+    set_aside: Option<usize>,
 }
 
 /// A batch sent and not acknowledged yet.
@@ -304,6 +308,8 @@ struct InFlight {
     last: StreamId,
     /// That seq's ordinal in `out:x`, when known.
     last_ordinal: Option<u64>,
+    /// Its encoded entries' size, counted against [`UPSTREAM_INFLIGHT_BYTES`].
+    bytes: usize,
 }
 
 struct Session<'a> {
@@ -334,6 +340,38 @@ struct Session<'a> {
     held: VecDeque<Push>,
     /// When to try storing them again.
     held_retry_at: Option<Instant>,
+    /// The upstream reader, while upstream runs.
+    reader: Option<Reader>,
+    /// Upstream paused after a refusal, on this connection.
+    up: UpstreamPause,
+}
+
+/// The upstream reader of this connection: its batches, and what stops it
+/// (also when dropped).
+struct Reader {
+    batches: mpsc::Receiver<Result<Batch, UplinkError>>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// After the hub refused a batch, upstream waits (with a backoff that only a
+/// batch the hub accepts resets), asks for the cursor again (`id`) and
+/// resumes from it, while the connection and its downstream go on.
+struct UpstreamPause {
+    /// What the reader may batch, and the entries the hub refused by id.
+    budget: uplink::Budget,
+    backoff: crate::backoff::Backoff,
+    /// When to ask for the cursor again.
+    retry_at: Option<Instant>,
+    /// The request id of that `id`, until its reply.
+    resume_id: Option<u64>,
+    /// Batches sent before the refusal: their replies are ignored.
+    abandoned: std::collections::HashSet<u64>,
 }
 
 /// What a connection needs to renew its session token without reconnecting.
@@ -368,13 +406,12 @@ enum Event {
     Heartbeat,
     /// Time to try storing the pushed frames that did not fit.
     RetryHeld,
+    /// Time to ask for the upstream cursor again after a refusal.
+    ResumeUpstream,
 }
 
 /// The loop's timers and the upstream reader, beside the session.
 struct Loop {
-    batches: mpsc::Receiver<Result<Batch, UplinkError>>,
-    /// Stops the upstream reader.
-    reader_cancel: CancellationToken,
     heartbeat: tokio::time::Interval,
     last_heard: Instant,
     /// The upstream cursor last published.
@@ -407,6 +444,14 @@ impl<'a> Session<'a> {
             retire: true,
             held: VecDeque::new(),
             held_retry_at: None,
+            reader: None,
+            up: UpstreamPause {
+                budget: uplink::Budget::default(),
+                backoff: crate::backoff::Backoff::new(config.min_backoff, config.max_backoff),
+                retry_at: None,
+                resume_id: None,
+                abandoned: Default::default(),
+            },
             renewal: Renewal::new(login.current),
             login,
             metrics: metrics.clone(),
@@ -532,9 +577,13 @@ impl Session<'_> {
             .max(1);
         self.check_cursor().await?;
         self.subscribe().await?;
+        let set_aside = reply
+            .set_aside
+            .then(|| reply.max_entry_values.unwrap_or(MAX_ENTRY_VALUES));
         Ok(Limits {
             max_entries,
             max_bytes: max_bytes.saturating_sub(uplink::ENVELOPE_RESERVE).max(1),
+            set_aside,
         })
     }
 
@@ -575,6 +624,7 @@ impl Session<'_> {
         let subscribe = Request::<'_, Vec<Entry>>::Subscribe(SubscribeRequest {
             id: downstream,
             broadcast_after: Some(broadcast),
+            set_aside: true,
         });
         self.send(Some(id), &subscribe)?;
         tracing::info!(upstream = %self.cursor, %downstream, %broadcast, "connected to hub");
@@ -588,23 +638,14 @@ impl Session<'_> {
             ..StatusUpdate::connected(self.cursor, self.cursor_ordinal)
         };
         self.publish(&up).await?;
-        let reader_cancel = CancellationToken::new();
-        let reader = self.device.out_reader(uplink::READ_BLOCK).await?;
-        let (tx, batches) = mpsc::channel(1);
-        tokio::spawn(uplink::read_batches(
-            reader,
-            self.device.clone(),
-            self.metrics.clone(),
-            self.cursor,
-            self.cursor_ordinal,
-            limits.max_entries,
-            limits.max_bytes,
-            tx,
-            reader_cancel.clone(),
-        ));
+        self.up.budget = uplink::Budget {
+            max_entries: limits.max_entries,
+            max_bytes: limits.max_bytes,
+            set_aside: limits.set_aside,
+            refused: Default::default(),
+        };
+        self.start_reader().await?;
         Ok(Loop {
-            batches,
-            reader_cancel,
             heartbeat: tokio::time::interval(HEARTBEAT),
             last_heard: Instant::now(),
             published: self.cursor,
@@ -621,7 +662,6 @@ impl Session<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let mut lp = self.start(limits).await?;
-        let _stop_reader = lp.reader_cancel.clone().drop_guard();
         loop {
             if lp.drain_deadline.is_some() && self.inflight.is_empty() {
                 self.close().await;
@@ -633,7 +673,8 @@ impl Session<'_> {
                         inflight = self.inflight.len(),
                         "shutting down: finishing batches in flight"
                     );
-                    lp.reader_cancel.cancel();
+                    self.reader = None;
+                    self.up.retry_at = None;
                     lp.drain_deadline = Some(Instant::now() + self.config.drain_timeout);
                 }
                 Event::DrainTimedOut => {
@@ -650,11 +691,12 @@ impl Session<'_> {
                     lp.published = self.cursor;
                     self.publish(&self.upstream_status()).await?;
                 }
-                Event::Batch(batch) => self.on_batch(batch)?,
+                Event::Batch(batch) => self.on_batch(batch).await?,
                 Event::Idle => return Err(SessionError::Idle),
                 Event::RenewDue => self.start_renewal(),
                 Event::LoggedIn(new) => self.send_renew(new)?,
                 Event::RetryHeld => self.store_held().await?,
+                Event::ResumeUpstream => self.resume_upstream()?,
                 Event::Heartbeat => {
                     lp.published = self.cursor;
                     self.publish(&StatusUpdate::connected(self.cursor, self.cursor_ordinal))
@@ -670,6 +712,9 @@ impl Session<'_> {
         let idle_at = lp.last_heard + self.config.idle_timeout;
         let draining = lp.drain_deadline.is_some();
         let window = self.config.inflight_batches.max(1);
+        // One batch always goes, however large; then both limits apply.
+        let inflight_bytes: usize = self.inflight.iter().map(|b| b.bytes).sum();
+        let room = self.inflight.len() < window && inflight_bytes < UPSTREAM_INFLIGHT_BYTES;
         let renew_at = self.renewal.due_at().filter(|_| !draining);
         tokio::select! {
             biased;
@@ -677,12 +722,13 @@ impl Session<'_> {
             _ = sleep_until_some(lp.drain_deadline) => Event::DrainTimedOut,
             msg = self.stream.next() => Event::Frame(msg),
             _ = sleep_until_some(lp.publish_at) => Event::PublishUpstream,
-            batch = lp.batches.recv(), if !draining && self.inflight.len() < window => Event::Batch(batch),
+            batch = next_batch(&mut self.reader), if !draining && room => Event::Batch(batch),
             _ = tokio::time::sleep_until(idle_at) => Event::Idle,
             _ = sleep_until_some(renew_at) => Event::RenewDue,
             new = self.renewal.logged_in() => Event::LoggedIn(new),
             _ = lp.heartbeat.tick() => Event::Heartbeat,
             _ = sleep_until_some(self.held_retry_at) => Event::RetryHeld,
+            _ = sleep_until_some(self.up.retry_at) => Event::ResumeUpstream,
         }
     }
 
@@ -701,9 +747,19 @@ impl Session<'_> {
     }
 
     /// Sends the next upstream batch, naming the batch before it as `prev`.
-    fn on_batch(&mut self, batch: Option<Result<Batch, UplinkError>>) -> Result<(), SessionError> {
+    async fn on_batch(
+        &mut self,
+        batch: Option<Result<Batch, UplinkError>>,
+    ) -> Result<(), SessionError> {
         let batch = match batch {
             Some(Ok(batch)) => batch,
+            Some(Err(e @ UplinkError::Oversized { .. })) => {
+                // The hub takes no markers: upstream stops here (skipping
+                // the entry would lose it); downstream goes on.
+                tracing::error!(error = %e, "upstream sync is stuck; downstream goes on");
+                self.reader = None;
+                return self.publish(&StatusUpdate::error(e.to_string())).await;
+            }
             Some(Err(e)) => return Err(e.into()),
             None => return Err(SessionError::Protocol("upstream reader stopped".into())),
         };
@@ -711,6 +767,7 @@ impl Session<'_> {
         let request = Request::Xadds(XaddsRequest {
             prev: Some(self.prev),
             entries: &*batch.entries,
+            backlog: batch.backlog,
         });
         self.send(Some(id), &request)?;
         self.metrics
@@ -720,9 +777,93 @@ impl Session<'_> {
             id,
             last: batch.last,
             last_ordinal: batch.last_ordinal,
+            bytes: batch.entries.get().len(),
         });
         self.prev = batch.last;
         Ok(())
+    }
+
+    /// Starts (or restarts) the upstream reader from the acknowledged cursor.
+    async fn start_reader(&mut self) -> Result<(), SessionError> {
+        let reader = self.device.out_reader(uplink::READ_BLOCK).await?;
+        let cancel = CancellationToken::new();
+        let (tx, batches) = mpsc::channel(1);
+        tokio::spawn(uplink::read_batches(
+            reader,
+            self.device.clone(),
+            self.metrics.clone(),
+            (self.cursor, self.cursor_ordinal),
+            self.up.budget.clone(),
+            tx,
+            cancel.clone(),
+        ));
+        self.reader = Some(Reader { batches, cancel });
+        Ok(())
+    }
+
+    /// Whether `id` names a batch sent before upstream paused (its reply no
+    /// longer matters: upstream resumes from the cursor `id` reports).
+    fn is_abandoned(&mut self, id: Option<&Value>) -> bool {
+        id.and_then(Value::as_u64)
+            .is_some_and(|id| self.up.abandoned.remove(&id))
+    }
+
+    /// Whether `id` names the `id` request that resumes upstream.
+    fn is_resume(&self, id: Option<&Value>) -> bool {
+        self.up.resume_id.is_some() && id.and_then(Value::as_u64) == self.up.resume_id
+    }
+
+    /// The hub refused a batch (or the `id` that resumes upstream): upstream
+    /// pauses on this connection, with a backoff, and resumes from the
+    /// cursor; downstream goes on. A refusal naming an entry the hub will
+    /// not take sets that entry aside when it is read again (hubs that take
+    /// markers only).
+    async fn on_upstream_refused(&mut self, reply: ErrorReply) -> Result<(), SessionError> {
+        let delay = self.up.backoff.next_delay();
+        tracing::warn!(
+            status = reply.status,
+            message = %reply.message,
+            entry = ?reply.entry,
+            retry_in = ?delay,
+            "the hub refused upstream entries; upstream pauses, downstream goes on"
+        );
+        if let Some(entry) = reply.entry
+            && self.up.budget.set_aside.is_some()
+        {
+            let why: String = reply.message.chars().take(400).collect();
+            self.up.budget.refused.insert(entry, why);
+        }
+        self.reader = None;
+        self.up.resume_id = None;
+        self.up
+            .abandoned
+            .extend(self.inflight.drain(..).map(|b| b.id));
+        self.prev = self.cursor;
+        self.up.retry_at = Some(Instant::now() + delay);
+        let error = SessionError::Hub(reply).to_string();
+        self.publish(&StatusUpdate::error(error)).await
+    }
+
+    /// Asks the hub for the upstream cursor, to resume from it.
+    fn resume_upstream(&mut self) -> Result<(), SessionError> {
+        self.up.retry_at = None;
+        let id = self.request_id();
+        self.send(Some(id), &Request::<'_, Vec<Entry>>::Id)?;
+        self.up.resume_id = Some(id);
+        Ok(())
+    }
+
+    /// The cursor to resume upstream from: the reader starts again after it.
+    async fn on_resumed(&mut self, reply: IdReply) -> Result<(), SessionError> {
+        self.up.resume_id = None;
+        // The hub answers in order: every batch sent before this `id` has
+        // had its reply.
+        self.up.abandoned.clear();
+        self.cursor = reply.id;
+        self.prev = reply.id;
+        self.cursor_ordinal = self.device.saved_ordinal(reply.id).await?;
+        tracing::info!(upstream = %self.cursor, "upstream resumes");
+        self.start_reader().await
     }
 
     /// Starts logging in again for a renewal.
@@ -765,7 +906,14 @@ impl Session<'_> {
             HubFrame::parse(text.as_str()).map_err(|e| SessionError::Protocol(e.to_string()))?;
         match frame {
             HubFrame::Push(push) => self.on_push(push).await,
+            HubFrame::Xadds(_) | HubFrame::Error { .. } if self.is_abandoned(id.as_ref()) => Ok(()),
             HubFrame::Xadds(reply) => self.on_acknowledged(id, reply).await,
+            HubFrame::Id(reply) if self.is_resume(id.as_ref()) => self.on_resumed(reply).await,
+            HubFrame::Error { kind, reply }
+                if kind == kind::XADDS || self.is_resume(id.as_ref()) =>
+            {
+                self.on_upstream_refused(reply).await
+            }
             HubFrame::Subscribe(reply) => {
                 if reply.broadcast_after.is_none() {
                     tracing::warn!(
@@ -828,9 +976,10 @@ impl Session<'_> {
             )));
         }
         self.cursor = reply.id;
+        self.up.backoff.reset();
+        let carried = reply.added + reply.duplicates + reply.set_aside;
         if self.retire {
-            self.retire_acknowledged(batch.last, reply.added + reply.duplicates)
-                .await;
+            self.retire_acknowledged(batch.last, carried).await;
         }
         // Ahead of our batch only if another daemon sent more: then we
         // do not know where in out:x the cursor is.
@@ -942,6 +1091,9 @@ impl Session<'_> {
             PushStream::Broadcast => &self.metrics.broadcast_entries,
         };
         counter.inc_by(stored.added);
+        if stored.set_aside > 0 {
+            self.note_set_aside(push, stored.set_aside);
+        }
         if let (Some(after), Some(gap)) = (stored.missed_after, gap) {
             self.metrics.broadcast_gaps.inc();
             tracing::warn!(
@@ -955,6 +1107,29 @@ impl Session<'_> {
             id: stored.cursor,
             stream,
         })))
+    }
+
+    /// Counts and logs the set-aside markers the store found new: the last
+    /// `new` markers of `push` (the ones after the cursor).
+    fn note_set_aside(&self, push: &Push, new: u64) {
+        let direction = match push.stream {
+            PushStream::Direct => "down",
+            PushStream::Broadcast => "broadcast",
+        };
+        self.metrics
+            .set_aside
+            .get_or_create(&[("direction", direction)])
+            .inc_by(new);
+        let markers = push.entries.iter().filter(|e| e.set_aside.is_some());
+        let skip = markers.clone().count().saturating_sub(new as usize);
+        for m in markers.skip(skip) {
+            tracing::warn!(
+                stream = push.stream.as_str(),
+                id = %m.id,
+                reason = m.set_aside.as_deref().unwrap_or_default(),
+                "the hub set aside a message this device cannot take (in lula-hub:dead:x)"
+            );
+        }
     }
 
     /// Publishes the final status, then queues the close frame. In that order:
@@ -973,6 +1148,14 @@ impl Session<'_> {
             reason: reason.text().into(),
         };
         let _ = self.out.try_send(Message::Close(Some(frame)));
+    }
+}
+
+/// The reader's next batch; never resolves while upstream is paused.
+async fn next_batch(reader: &mut Option<Reader>) -> Option<Result<Batch, UplinkError>> {
+    match reader {
+        Some(r) => r.batches.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -57,6 +57,15 @@ pub struct StatusReport {
     pub expired: u64,
     /// The most recent such report.
     pub last_expired: Option<String>,
+    /// Out-stream entries set aside past a limit (in `lula-client:dead:x`).
+    pub set_aside_up: u64,
+    /// The most recent one: id, reason, when.
+    pub last_set_aside_up: Option<String>,
+    /// Messages and broadcasts the hub set aside for this device (in
+    /// `lula-hub:dead:x`).
+    pub set_aside_down: u64,
+    /// The most recent one: stream, id, reason, when.
+    pub last_set_aside_down: Option<String>,
     /// The daemon's most recent error.
     pub last_error: Option<String>,
     /// Epoch ms when the session token expires (the state hash keeps
@@ -83,42 +92,22 @@ pub async fn status(
 ) -> anyhow::Result<StatusReport> {
     let identity = Identity::load(&state_dir.join(IDENTITY_FILE))?;
     let keys = DeviceKeys::new(prefix);
-    let client = redis::Client::open(redis_url)?;
-    // Counting a large backlog pages through it; allow more than redis-rs's
-    // default 500 ms per reply on a small, busy device.
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(30)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+    let mut conn = connect(redis_url).await?;
     let fields: std::collections::HashMap<String, String> = conn.hgetall(keys.state()).await?;
     let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
     let updated_at = get(status_fields::UPDATED_AT).and_then(|v| v.parse::<u64>().ok());
     let fresh =
         updated_at.is_some_and(|t| now_ms().saturating_sub(t) < STALE_AFTER.as_millis() as u64);
     let upstream_cursor = get(status_fields::UPSTREAM).and_then(|v| v.parse().ok());
-    let upstream_backlog = count_after(
-        &mut conn,
-        &keys.out_stream(),
-        upstream_cursor.unwrap_or(StreamId::ZERO),
-    )
-    .await?;
-    let oldest: Vec<(String, redis::Value)> = if upstream_backlog > 0 {
-        let after = upstream_cursor.unwrap_or(StreamId::ZERO);
-        conn.xrange_count(keys.out_stream(), format!("({after}"), "+", 1)
-            .await?
-    } else {
-        Vec::new()
-    };
+    let after = upstream_cursor.unwrap_or(StreamId::ZERO);
+    let (upstream_backlog, upstream_oldest_at) =
+        upstream_backlog(&mut conn, &keys.out_stream(), after).await?;
     let ms = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
+    let n = |k: &str| ms(k).unwrap_or(0);
     Ok(StatusReport {
         disconnected_since: ms(status_fields::DISCONNECTED_SINCE),
         upstream_progress_at: ms(status_fields::UPSTREAM_PROGRESS_AT),
-        upstream_oldest_at: oldest
-            .first()
-            .and_then(|(id, _)| id.parse::<StreamId>().ok())
-            .map(|id| id.ms),
+        upstream_oldest_at,
         client_id: identity.as_ref().map(|i| i.client_id.to_string()),
         registered: identity.as_ref().is_some_and(|i| i.registered),
         connected: fresh && get(status_fields::CONNECTED).as_deref() == Some("1"),
@@ -132,26 +121,56 @@ pub async fn status(
         broadcast_cursor: get(BROADCAST_FIELD)
             .and_then(|v| v.parse().ok())
             .unwrap_or(StreamId::ZERO),
-        broadcast_gaps: get(status_fields::BROADCAST_GAPS)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        broadcast_gaps: n(status_fields::BROADCAST_GAPS),
         last_broadcast_gap: get(status_fields::LAST_BROADCAST_GAP),
-        expired: get(status_fields::EXPIRED)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        expired: n(status_fields::EXPIRED),
         last_expired: get(status_fields::LAST_EXPIRED),
+        set_aside_up: n(status_fields::SET_ASIDE_UP),
+        last_set_aside_up: get(status_fields::LAST_SET_ASIDE_UP),
+        set_aside_down: n(status_fields::SET_ASIDE_DOWN),
+        last_set_aside_down: get(status_fields::LAST_SET_ASIDE_DOWN),
         last_error: get(status_fields::LAST_ERROR),
         session_expires_at: get(status_fields::SESSION_EXPIRES_AT)
             .and_then(|v| v.parse::<u64>().ok())
             .map(|secs| secs.saturating_mul(1000)),
-        gaps: get(status_fields::GAPS)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        gaps: n(status_fields::GAPS),
         last_gap: get(status_fields::LAST_GAP),
         warning: get(status_fields::WARNING),
         compression: get(status_fields::COMPRESSION),
         link: link_counts(&get),
     })
+}
+
+/// A connection to the device Redis for `status`. Counting a large backlog
+/// pages through it, so a reply may take more than redis-rs's default 500 ms
+/// on a small, busy device.
+async fn connect(redis_url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    Ok(redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
+/// Entries of `out:x` after the hub's acknowledged cursor `after`, and the
+/// time (ms) of the oldest of them, when there is one.
+async fn upstream_backlog(
+    conn: &mut redis::aio::MultiplexedConnection,
+    out_stream: &str,
+    after: StreamId,
+) -> anyhow::Result<(u64, Option<u64>)> {
+    let backlog = count_after(conn, out_stream, after).await?;
+    if backlog == 0 {
+        return Ok((0, None));
+    }
+    let (from, to) = after.range_after();
+    let oldest: Vec<(String, redis::Value)> = conn.xrange_count(out_stream, from, to, 1).await?;
+    let oldest_at = oldest
+        .first()
+        .and_then(|(id, _)| id.parse::<StreamId>().ok())
+        .map(|id| id.ms);
+    Ok((backlog, oldest_at))
 }
 
 /// The four link counts, when the daemon published them.
@@ -317,6 +336,20 @@ impl StatusReport {
                 "expired messages:   {n} (not delivered: past expiresAt or --downstream-max-age); last: {last}"
             )?,
             _ => writeln!(f, "expired messages:   none")?,
+        }
+        match (&self.last_set_aside_up, self.set_aside_up) {
+            (Some(last), n) if n > 0 => writeln!(
+                f,
+                "set aside up:       {n} (past a limit; in lula-client:dead:x); last: {last}"
+            )?,
+            _ => writeln!(f, "set aside up:       none")?,
+        }
+        match (&self.last_set_aside_down, self.set_aside_down) {
+            (Some(last), n) if n > 0 => writeln!(
+                f,
+                "set aside down:     {n} (past a limit; in the hub's lula-hub:dead:x); last: {last}"
+            )?,
+            _ => writeln!(f, "set aside down:     none")?,
         }
         if let Some(w) = &self.warning {
             writeln!(f, "WARNING:            {w}")?;

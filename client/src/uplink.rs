@@ -14,9 +14,11 @@
 //! stream's counters, read atomically with the entries; a gap is logged and
 //! published for `lula-client status`, and sync carries on with what is left.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use lula_protocol::budget::ReadCount;
+use lula_protocol::limits::UPSTREAM_READ_AHEAD_BYTES;
 use lula_protocol::{Entry, StreamId};
 use redis::RedisError;
 use tokio::sync::mpsc;
@@ -36,6 +38,21 @@ pub const READ_BLOCK: Duration = Duration::from_secs(1);
 /// (`{"type":"xadds","id":N,"payload":{"prev":"<id>","entries":...}}`).
 pub const ENVELOPE_RESERVE: usize = 256;
 
+/// What a reader may put in a batch, and what it sets aside.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// Most entries per batch.
+    pub max_entries: usize,
+    /// Most bytes of encoded entries per batch.
+    pub max_bytes: usize,
+    /// When the hub takes set-aside markers: the most keys plus values it
+    /// takes per entry.
+    pub set_aside: Option<usize>,
+    /// Entries the hub refused by id on this connection, with its reason:
+    /// set aside when read again (with `set_aside` only).
+    pub refused: HashMap<StreamId, String>,
+}
+
 /// Consecutive out-stream entries, encoded and ready to send.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -47,6 +64,10 @@ pub struct Batch {
     pub count: usize,
     /// The last entry's ordinal in the stream, when known (see [`Tracker`]).
     pub last_ordinal: Option<u64>,
+    /// Entries of the stream after the last one, as of the read that found
+    /// them (`entries-added` minus `last_ordinal`), when both are known: what
+    /// the batch reports to the hub as the upstream backlog.
+    pub backlog: Option<u64>,
     /// The entries as a JSON array, encoded once here and sent as they are.
     pub entries: Box<RawValue>,
 }
@@ -133,6 +154,7 @@ pub fn take_batch(
         last,
         count,
         last_ordinal: None,
+        backlog: None,
         entries,
     }))
 }
@@ -265,51 +287,54 @@ impl Tracker {
 /// Reads `out:x` after `start` (whose ordinal may be known) and sends batches
 /// into `tx` until `cancel` or the receiver goes away. A failure is sent as the
 /// last item. Gaps are logged and published through `device`.
-#[allow(clippy::too_many_arguments)]
+///
+/// With `budget.set_aside` (the hub takes set-aside markers), an entry past
+/// a limit, or one the hub refused before, is set aside
+/// ([`Device::set_aside_up`]) and sent as a marker in its place; without it,
+/// the reader stops at such an entry ([`UplinkError::Oversized`]).
+///
+/// It reads again only when everything read was sent, and each read asks for
+/// about [`UPSTREAM_READ_AHEAD_BYTES`] ([`ReadCount`]), so what it holds is
+/// bounded in bytes, not only in entries.
 pub async fn read_batches(
     mut reader: OutReader,
     mut device: Device,
     metrics: Arc<Metrics>,
-    start: StreamId,
-    start_ordinal: Option<u64>,
-    max_entries: usize,
-    max_bytes: usize,
+    (start, start_ordinal): (StreamId, Option<u64>),
+    budget: Budget,
     tx: mpsc::Sender<Result<Batch, UplinkError>>,
     cancel: CancellationToken,
 ) {
-    let mut tracker = Tracker::new(start, start_ordinal);
-    let mut pending: VecDeque<Entry> = VecDeque::new();
-    // Ordinal of `pending.front()`, when known.
-    let mut next_ordinal: Option<u64> = None;
+    let mut read = ReadAhead {
+        tracker: Tracker::new(start, start_ordinal),
+        reads: ReadCount::new(budget.max_entries),
+        pending: VecDeque::new(),
+        next_ordinal: None,
+        added: None,
+    };
     loop {
-        if pending.is_empty() {
-            let read = tokio::select! {
+        if read.pending.is_empty() {
+            // Only the read itself is cut short by `cancel`: what follows it
+            // (gap reports, setting entries aside) runs to its end.
+            let count = read.reads.count(UPSTREAM_READ_AHEAD_BYTES);
+            let got = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = reader.read(tracker.pos, max_entries) => r,
+                r = reader.read(read.tracker.pos, count) => r,
             };
-            match read {
-                Ok(read) => {
-                    if let Some(gap) = tracker.observe(&read, max_entries) {
-                        metrics.gaps.inc();
-                        report_gap(&mut device, &gap).await;
-                    }
-                    if let Some(added) = read.added {
-                        metrics
-                            .out_added
-                            .store(added, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    let n = read.entries.len() as u64;
-                    next_ordinal = tracker.ordinal.map(|o| o + 1 - n);
-                    pending.extend(read.entries);
+            let accepted = match got {
+                Ok(got) => {
+                    read.accept(count, got, &mut device, &metrics, &budget)
+                        .await
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = accepted {
+                let _ = tx.send(Err(e)).await;
+                return;
             }
             continue;
         }
-        let mut batch = match take_batch(&mut pending, max_entries, max_bytes) {
+        let batch = match read.take(&budget) {
             Ok(Some(b)) => b,
             Ok(None) => continue,
             Err(e) => {
@@ -317,13 +342,113 @@ pub async fn read_batches(
                 return;
             }
         };
-        batch.last_ordinal = next_ordinal.map(|o| o + batch.count as u64 - 1);
-        next_ordinal = next_ordinal.map(|o| o + batch.count as u64);
         tokio::select! {
             _ = cancel.cancelled() => return,
             sent = tx.send(Ok(batch)) => if sent.is_err() { return },
         }
     }
+}
+
+/// What [`read_batches`] holds between reads of `out:x`: entries read and not
+/// yet batched, and where they are in the stream.
+struct ReadAhead {
+    tracker: Tracker,
+    reads: ReadCount,
+    pending: VecDeque<Entry>,
+    /// Ordinal of `pending.front()`, when known.
+    next_ordinal: Option<u64>,
+    /// The stream's `entries-added` at the read that filled `pending`.
+    added: Option<u64>,
+}
+
+impl ReadAhead {
+    /// Takes in a read of `count` entries: notes gaps and the stream's
+    /// counters, and sets aside what the hub cannot take when it takes
+    /// markers.
+    async fn accept(
+        &mut self,
+        count: usize,
+        read: OutRead,
+        device: &mut Device,
+        metrics: &Metrics,
+        budget: &Budget,
+    ) -> Result<(), UplinkError> {
+        self.reads
+            .observe(count, read.entries.iter().map(Entry::payload_len));
+        if let Some(gap) = self.tracker.observe(&read, count) {
+            metrics.gaps.inc();
+            report_gap(device, &gap).await;
+        }
+        if let Some(added) = read.added {
+            metrics
+                .out_added
+                .store(added, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.added = read.added;
+        let n = read.entries.len() as u64;
+        self.next_ordinal = self.tracker.ordinal.map(|o| o + 1 - n);
+        let mut entries = read.entries;
+        if let Some(max_values) = budget.set_aside {
+            // The batch's brackets take two bytes of the budget.
+            let limits = (max_values, budget.max_bytes.saturating_sub(2));
+            set_aside_past_limits(device, metrics, &mut entries, limits, &budget.refused).await?;
+        }
+        self.pending.extend(entries);
+        Ok(())
+    }
+
+    /// The next batch of what was read, with its ordinal and the backlog
+    /// behind it when known.
+    fn take(&mut self, budget: &Budget) -> Result<Option<Batch>, UplinkError> {
+        let Some(mut batch) = take_batch(&mut self.pending, budget.max_entries, budget.max_bytes)?
+        else {
+            return Ok(None);
+        };
+        batch.last_ordinal = self.next_ordinal.map(|o| o + batch.count as u64 - 1);
+        batch.backlog = self
+            .added
+            .zip(batch.last_ordinal)
+            .map(|(added, last)| added.saturating_sub(last));
+        self.next_ordinal = self.next_ordinal.map(|o| o + batch.count as u64);
+        Ok(Some(batch))
+    }
+}
+
+/// Sets aside the entries past `max_values` or `max_bytes` (see
+/// [`Device::set_aside_up`]), replacing each with a set-aside marker to send
+/// in its place.
+async fn set_aside_past_limits(
+    device: &mut Device,
+    metrics: &Metrics,
+    entries: &mut [Entry],
+    (max_values, max_bytes): (usize, usize),
+    refused: &HashMap<StreamId, String>,
+) -> Result<(), RedisError> {
+    for entry in entries.iter_mut() {
+        let reason = refused
+            .get(&entry.id)
+            .map(|why| format!("refused by the hub: {why}"))
+            .or_else(|| entry.past_limits(max_values, max_bytes));
+        let Some(reason) = reason else {
+            continue;
+        };
+        // A reason the hub takes (it refuses markers with longer ones).
+        let reason: String = reason.chars().take(500).collect();
+        let counted = device.set_aside_up(entry, &reason).await?;
+        if counted {
+            metrics
+                .set_aside
+                .get_or_create(&[("direction", "up")])
+                .inc();
+        }
+        tracing::warn!(
+            id = %entry.id,
+            %reason,
+            "out:x entry cannot be sent: set aside into lula-client:dead:x; sync goes on"
+        );
+        *entry = Entry::marker(entry.id, reason);
+    }
+    Ok(())
 }
 
 /// Logs a gap and publishes it for `lula-client status`.
