@@ -224,6 +224,126 @@ async fn the_fleet_view_shows_where_each_device_is_how_far_it_got_and_what_went_
     assert_eq!(fleet["devices"].as_array().unwrap().len(), 2);
 }
 
+/// `client`'s upstream backlog and its time, once the view shows `want`.
+async fn wait_upstream_backlog(admin: std::net::SocketAddr, client: &str, want: Value) -> Value {
+    let what = format!("{client}'s upstream backlog to show {want}");
+    eventually(&what, WAIT, || {
+        let want = want.clone();
+        async move {
+            let (_, fleet) = get_fleet(admin, &format!("?client={client}"), Some(ADMIN)).await;
+            let d = device(&fleet, client)?.clone();
+            (d["upstreamBacklog"] == want).then_some(d)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_view_shows_the_upstream_backlog_devices_report_and_unknown_for_the_rest() {
+    let hub = spawn_hub_with(|c| Config {
+        admin_token: Some(ADMIN.to_owned().into()),
+        ..c
+    })
+    .await;
+    let before = lula_hub::fleet::now_ms();
+    let mut dev = hub.connect("dev-1").await;
+    // Applied: the device's own figure.
+    let r = dev
+        .request(
+            "xadds",
+            json!({"prev": "0-0", "entries": [entry("1-0", &["k", "a"]), entry("2-0", &["k", "b"])], "backlog": 5}),
+        )
+        .await;
+    assert_eq!(r["id"], "2-0");
+    let d = wait_upstream_backlog(hub.admin, "dev-1", json!(5)).await;
+    assert!(d["upstreamBacklogAt"].as_u64().unwrap() >= before, "{d}");
+    // Refused (a gap: nothing of it written): its own entries wait too.
+    let r = dev
+        .request(
+            "xadds",
+            json!({"prev": "8-0", "entries": [entry("9-0", &["k", "x"]), entry("10-0", &["k", "y"])], "backlog": 7}),
+        )
+        .await;
+    assert_eq!(r["status"], 409, "{r}");
+    wait_upstream_backlog(hub.admin, "dev-1", json!(9)).await;
+    // A batch without the field (an older client) leaves the last figure.
+    dev.request(
+        "xadds",
+        json!({"prev": "2-0", "entries": [entry("3-0", &["k", "c"])]}),
+    )
+    .await;
+    // The last batch of a drain says 0.
+    let r = dev
+        .request(
+            "xadds",
+            json!({"prev": "3-0", "entries": [entry("4-0", &["k", "d"])], "backlog": 0}),
+        )
+        .await;
+    assert_eq!(r["id"], "4-0");
+    wait_upstream_backlog(hub.admin, "dev-1", json!(0)).await;
+    // A figure reported just before the device leaves is not lost: written
+    // at once, when due, or with the close if that comes first.
+    dev.request(
+        "xadds",
+        json!({"prev": "4-0", "entries": [entry("5-0", &["k", "e"])], "backlog": 12}),
+    )
+    .await;
+    dev.ws.close(None).await.unwrap();
+    let d = wait_upstream_backlog(hub.admin, "dev-1", json!(12)).await;
+    // Not a guess of the hub's: a count is a count.
+    let r = hub
+        .connect("dev-3")
+        .await
+        .request(
+            "xadds",
+            json!({"entries": [entry("1-0", &["k", "a"])], "backlog": "lots"}),
+        )
+        .await;
+    assert_eq!(r["status"], 400, "{r}");
+    eventually("dev-1's close to be written", WAIT, || async {
+        let (_, fleet) = get_fleet(hub.admin, "?client=dev-1", Some(ADMIN)).await;
+        (device(&fleet, "dev-1")?["state"] == "disconnected").then_some(())
+    })
+    .await;
+    assert!(d["upstreamBacklogAt"].as_u64().unwrap() >= before, "{d}");
+
+    // A device that never reports it (the Node lula-client sends `xadd`):
+    // unknown, not zero.
+    let mut node = hub.connect("dev-2").await;
+    let r = node.request("xadd", entry("1-0", &["k", "a"])).await;
+    assert!(r["id"].is_string(), "{r}");
+    let fleet = eventually("dev-2 in the fleet view", WAIT, || async {
+        let (_, fleet) = get_fleet(hub.admin, "", Some(ADMIN)).await;
+        device(&fleet, "dev-2")?;
+        Some(fleet)
+    })
+    .await;
+    let d2 = device(&fleet, "dev-2").unwrap();
+    assert_eq!(d2["upstreamBacklog"], Value::Null, "{d2}");
+    assert_eq!(d2["upstreamBacklogAt"], Value::Null, "{d2}");
+
+    // The command shows the same: the figure, and `-` for unknown.
+    let url = hub.redis.url();
+    let out = lula_hub(&["fleet", "--redis-url", &url, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(device(&cli, "dev-1").unwrap()["upstreamBacklog"], 12);
+    assert_eq!(
+        device(&cli, "dev-2").unwrap()["upstreamBacklog"],
+        Value::Null
+    );
+    let out = lula_hub(&["fleet", "--redis-url", &url]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    let header = table.lines().next().unwrap();
+    let column = header.find("UP BACKLOG").expect("an UP BACKLOG column");
+    let cell = |client: &str| {
+        let row = table.lines().find(|l| l.starts_with(client)).unwrap();
+        row[column..].split_whitespace().next().unwrap().to_owned()
+    };
+    assert_eq!(cell("dev-1 "), "12", "{table}");
+    assert_eq!(cell("dev-2 "), "-", "{table}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_connection_closing_late_does_not_mark_its_device_gone() {
     let mut hub = spawn_hub().await;

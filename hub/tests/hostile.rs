@@ -988,6 +988,41 @@ fn frame_rows() -> Vec<Row> {
                 },
             ),
         ),
+        // Set-aside markers (issue 13) are for xadds batches only, and carry
+        // a short reason and no fields; an entry needs fields.
+        row(
+            "a set-aside marker in xadd",
+            request("xadd", "m", json!({"id": "1-0", "setAside": "too big"})),
+            status("xadd", "m", 400),
+        ),
+        row(
+            "a set-aside marker with fields",
+            request(
+                "xadds",
+                "m",
+                json!({"entries": [{"id": "1-0", "setAside": "x", "fields": ["k", "v"]}]}),
+            ),
+            status("xadds", "m", 400),
+        ),
+        row(
+            "a set-aside marker whose reason is not a string",
+            request("xadds", "m", json!({"entries": [{"id": "1-0", "setAside": 5}]})),
+            status("xadds", "m", 400),
+        ),
+        row(
+            "a set-aside marker with a reason over 1 KiB",
+            request(
+                "xadds",
+                "m",
+                json!({"entries": [{"id": "1-0", "setAside": "r".repeat(1025)}]}),
+            ),
+            status("xadds", "m", 400),
+        ),
+        row(
+            "an entry with no fields",
+            request("xadds", "m", json!({"entries": [{"id": "1-0", "fields": []}]})),
+            status("xadds", "m", 400),
+        ),
     ]);
     rows
 }

@@ -60,6 +60,7 @@ async fn sections_of_several_devices_in_one_call_are_each_checked_on_their_own()
         added,
         duplicates,
         last: None,
+        set_aside: None,
     };
     let strip = |r: &Appended| match r {
         Appended::Applied {
@@ -72,6 +73,7 @@ async fn sections_of_several_devices_in_one_call_are_each_checked_on_their_own()
             added: *added,
             duplicates: *duplicates,
             last: None,
+            set_aside: None,
         },
         gap => gap.clone(),
     };
@@ -235,4 +237,86 @@ async fn hub_replicas_racing_for_one_device_store_every_seq_once() {
     let seqs: Vec<String> = stored.iter().map(|(_, f)| f[3].clone()).collect();
     let want: Vec<String> = (1..=N).map(|i| format!("{i}-0")).collect();
     assert!(seqs == want, "{} stored for {N} sent", seqs.len());
+}
+
+#[tokio::test]
+async fn a_set_aside_marker_moves_the_cursor_once_and_appends_nothing() {
+    let redis = RedisServer::start();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = HubKeys::default();
+    let layout = IngestLayout::single(&keys);
+    let mut batch = entries("a", 1..4);
+    batch[1] = Entry::marker(StreamId::new(2, 0), "entry has 1025 fields");
+    let section = Section {
+        client: "a".parse().unwrap(),
+        prev: None,
+        entries: batch,
+    };
+    let first = ingest::append_many(&mut conn, &layout, 0, vec![section.clone()])
+        .await
+        .unwrap();
+    let Appended::Applied {
+        cursor,
+        added,
+        duplicates,
+        set_aside: Some(aside),
+        ..
+    } = &first[0]
+    else {
+        panic!("{first:?}");
+    };
+    assert_eq!((*cursor, *added, *duplicates), (StreamId::new(3, 0), 2, 0));
+    assert_eq!((aside.count, aside.last), (1, StreamId::new(2, 0)));
+    assert_eq!(aside.reason, "entry has 1025 fields");
+    // Sent again (a retry after a lost reply): all duplicates, marker included.
+    let again = ingest::append_many(&mut conn, &layout, 0, vec![section])
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &again[0],
+            Appended::Applied {
+                added: 0,
+                duplicates: 3,
+                set_aside: None,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    let seqs: Vec<String> = in_seqs(&mut conn, &keys.in_stream()).await;
+    assert_eq!(seqs, ["1-0", "3-0"]);
+    // A marker alone, at the end of a batch, moves the cursor too.
+    let alone = Section {
+        client: "a".parse().unwrap(),
+        prev: Some(StreamId::new(3, 0)),
+        entries: vec![Entry::marker(StreamId::new(4, 0), "too big")],
+    };
+    let r = ingest::append_many(&mut conn, &layout, 0, vec![alone])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r[0], Appended::Applied { cursor, added: 0, .. } if *cursor == StreamId::new(4, 0)),
+        "{r:?}"
+    );
+}
+
+/// The `seq` of every entry of `key`.
+async fn in_seqs(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    lula_protocol::redis_value::entries_from_range(v)
+        .unwrap()
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.fields[3]).into_owned())
+        .collect()
 }

@@ -863,3 +863,66 @@ async fn broadcasts_go_only_to_devices_that_ask_with_a_window_and_acks_of_their_
         .unwrap();
     assert_eq!(exists, 0);
 }
+
+/// Pushes of one `subscribe` until `n` entries came, flattened.
+async fn pushed_entries(ws: &mut common::Ws, n: usize) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let push = ws.recv().await;
+        assert_eq!(push["type"], "push", "{push}");
+        got.extend(
+            push["payload"]["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned(),
+        );
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_wide_message_is_set_aside_only_for_devices_that_take_markers() {
+    let hub = spawn_hub().await;
+    let client: lula_protocol::ClientId = "dev-1".parse().unwrap();
+    let mut c = hub.redis().await;
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(hub.keys.out_stream(&client)).arg("*");
+    for i in 0..lula_protocol::limits::MAX_ENTRY_VALUES / 2 + 1 {
+        xadd.arg("k").arg(i);
+    }
+    let wide: String = xadd.query_async(&mut c).await.unwrap();
+    // A client that did not say it takes markers (the Node lula-client, an
+    // older lula-client) gets the entry as it is, as before.
+    let mut ws = hub.connect("dev-1").await;
+    ws.request("subscribe", json!({"id": "0-0"})).await;
+    let got = pushed_entries(&mut ws, 1).await;
+    assert_eq!(got[0]["id"], json!(wide));
+    assert_eq!(got[0]["fields"].as_array().unwrap().len(), 2_050);
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(hub.keys.dead_stream())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    // One that did gets a marker, and the entry is in the dead letters.
+    let r = ws
+        .request("subscribe", json!({"id": "0-0", "setAside": true}))
+        .await;
+    assert_eq!(r["id"], "0-0");
+    let got = pushed_entries(&mut ws, 1).await;
+    assert_eq!(
+        got[0],
+        json!({"id": wide, "setAside": "entry has 1025 fields, more than the limit of 1024"})
+    );
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(hub.keys.dead_stream())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(dead, 1);
+    // And the id reply says the hub takes markers upstream.
+    let id = ws.request("id", json!({})).await;
+    assert_eq!(id["setAside"], json!(true));
+    assert_eq!(id["maxEntryValues"], json!(2048));
+}
