@@ -306,10 +306,7 @@ mod tests {
         assert_eq!(up[3].len(), 64);
         let down = fields(Direction::Down, &c, 3, 64);
         assert_eq!(down[0], b"cmd");
-        let entry = Entry {
-            id: lula_protocol::StreamId::new(1, 0),
-            fields: down,
-        };
+        let entry = Entry::new(lula_protocol::StreamId::new(1, 0), down);
         assert_eq!(number_of(&entry), Some(3));
     }
 }

@@ -814,7 +814,8 @@ pub fn field<'a>(entry: &'a Entry, name: &str) -> Option<&'a [u8]> {
 }
 
 /// Checks that `hub_in` holds exactly the device entries `sent` of `client`, once
-/// each, in order, with `client` and `seq` first and the original fields after.
+/// each, in order, with `client` and `seq` first and the original fields after
+/// (reserved names escaped, `lula_protocol::field_names`).
 /// Returns a description of the first difference.
 pub fn check_upstream(client: &str, sent: &[Entry], hub_in: &[Entry]) -> Result<(), String> {
     let mine: Vec<&Entry> = hub_in
@@ -838,7 +839,7 @@ pub fn check_upstream(client: &str, sent: &[Entry], hub_in: &[Entry]) -> Result<
             b"seq".to_vec(),
             want.id.to_string().into_bytes(),
         ];
-        expected.extend(want.fields.iter().cloned());
+        expected.extend(lula_protocol::escape_fields(&want.fields));
         if got.fields != expected {
             return Err(format!(
                 "{client}: entry {i} differs: got {got:?}, want seq {} with {want:?}",
@@ -852,7 +853,7 @@ pub fn check_upstream(client: &str, sent: &[Entry], hub_in: &[Entry]) -> Result<
 /// Checks that the broadcasts among the device's `in:x` entries (those whose
 /// first field is `broadcast`) are exactly `sent` (entries of
 /// `lula-hub:broadcast:x`), once each, in order, with `broadcast` = their id
-/// first and the original fields after.
+/// first and the original fields after (reserved names escaped).
 pub fn check_broadcasts(sent: &[Entry], device_in: &[Entry]) -> Result<(), String> {
     let got: Vec<&Entry> = device_in
         .iter()
@@ -872,14 +873,7 @@ pub fn check_broadcasts(sent: &[Entry], device_in: &[Entry]) -> Result<(), Strin
     }
     for (i, (got, want)) in got.iter().zip(sent).enumerate() {
         let mut expected = vec![b"broadcast".to_vec(), want.id.to_string().into_bytes()];
-        // Field names lula writes itself arrive with a `_` in front.
-        expected.extend(want.fields.iter().enumerate().map(|(i, f)| {
-            if i % 2 == 0 && (f == b"seq" || f == b"broadcast") {
-                [b"_".as_slice(), f].concat()
-            } else {
-                f.clone()
-            }
-        }));
+        expected.extend(lula_protocol::escape_fields(&want.fields));
         if got.fields != expected {
             return Err(format!("broadcast {i} differs: got {got:?}, want {want:?}"));
         }
@@ -888,7 +882,8 @@ pub fn check_broadcasts(sent: &[Entry], device_in: &[Entry]) -> Result<(), Strin
 }
 
 /// Checks that the device's `in:x` holds exactly `sent` (hub out-stream entries),
-/// once each, in order, with `seq` = hub id first.
+/// once each, in order, with `seq` = hub id first and the original fields
+/// after (reserved names escaped).
 pub fn check_downstream(sent: &[Entry], device_in: &[Entry]) -> Result<(), String> {
     if device_in.len() != sent.len() {
         return Err(format!(
@@ -899,7 +894,7 @@ pub fn check_downstream(sent: &[Entry], device_in: &[Entry]) -> Result<(), Strin
     }
     for (i, (got, want)) in device_in.iter().zip(sent).enumerate() {
         let mut expected = vec![b"seq".to_vec(), want.id.to_string().into_bytes()];
-        expected.extend(want.fields.iter().cloned());
+        expected.extend(lula_protocol::escape_fields(&want.fields));
         if got.fields != expected {
             return Err(format!("entry {i} differs: got {got:?}, want {want:?}"));
         }

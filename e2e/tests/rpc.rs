@@ -131,6 +131,47 @@ async fn a_device_asks_the_cloud_and_gets_its_answer() {
     );
 }
 
+/// Arguments named like lula's own fields (or those after `_`s) reach the
+/// cloud handler under the names the device gave them, and the cloud's
+/// answer of the same names reaches the device as written: renamed on the
+/// way both ways, read back by `rpc::payload`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_with_reserved_names_arrive_as_sent_both_ways() {
+    let cloud = Cloud::start().await;
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(&cloud, "dev-1", &otp);
+    device.start();
+    let stop = CancellationToken::new();
+    let responder = cloud_responder(&cloud, stop.clone());
+    let mut conn = lula_client::rpc::connect(&device.redis.url())
+        .await
+        .unwrap();
+    let args: Vec<(Vec<u8>, Vec<u8>)> = [
+        ("seq", "1"),
+        ("_client", "2"),
+        ("broadcast", "3"),
+        ("__seq", "4"),
+        ("client", "5"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+    .collect();
+    let response = lula_client::rpc::request(
+        &mut conn,
+        &device.keys,
+        "echo",
+        &args,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let mut expected = vec![(b"echo".to_vec(), b"echo".to_vec())];
+    expected.extend(args);
+    assert_eq!(rpc::payload(&response), expected);
+    stop.cancel();
+    responder.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_answers_each_cloud_request_exactly_once_across_restarts() {
     let cloud = Cloud::start().await;
