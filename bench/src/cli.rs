@@ -30,6 +30,9 @@ pub enum Command {
     /// Internal: run a hub for the benchmark (started by `run`).
     #[command(hide = true)]
     ServeHub(ServeHubArgs),
+    /// Internal: run a lula-client daemon for the benchmark (started by `run`).
+    #[command(hide = true)]
+    ServeClient(Box<ServeClientArgs>),
 }
 
 /// `lula-bench run`.
@@ -58,6 +61,11 @@ pub struct RunArgs {
     /// Executable to start the hub from (default: this one).
     #[arg(long, env = "LULA_BENCH_HUB_EXE", hide = true)]
     pub hub_exe: Option<PathBuf>,
+    /// Compression window the devices ask the hub for (9 to 15 bits, or
+    /// `off`) in every scenario but `wire` and `drain`, which run both ways;
+    /// lula-client's default when not given.
+    #[arg(long, env = "LULA_BENCH_COMPRESSION_WINDOW_BITS", value_parser = lula_protocol::compress::parse_window_setting)]
+    pub compression_window_bits: Option<u8>,
     /// Size overrides.
     #[command(flatten)]
     pub sizes: SizeArgs,
@@ -134,6 +142,27 @@ pub struct SizeArgs {
     /// The slow link's one-way delay in scenario 7.
     #[arg(long, env = "LULA_BENCH_DRAIN_DELAY", value_parser = humantime::parse_duration)]
     pub drain_delay: Option<Duration>,
+    /// Backlog entries of scenario 8.
+    #[arg(long, env = "LULA_BENCH_BIG_BACKLOG_ENTRIES")]
+    pub big_backlog_entries: Option<u64>,
+    /// Payload bytes of each backlog entry of scenario 8.
+    #[arg(long, env = "LULA_BENCH_BIG_BACKLOG_BYTES")]
+    pub big_backlog_bytes: Option<usize>,
+    /// Broadcasts of scenario 8.
+    #[arg(long, env = "LULA_BENCH_BIG_BROADCASTS")]
+    pub big_broadcasts: Option<u64>,
+    /// Payload bytes of each broadcast of scenario 8.
+    #[arg(long, env = "LULA_BENCH_BIG_BROADCAST_BYTES")]
+    pub big_broadcast_bytes: Option<usize>,
+    /// Slow subscribers of scenario 8.
+    #[arg(long, env = "LULA_BENCH_BIG_SUBSCRIBERS")]
+    pub big_subscribers: Option<usize>,
+    /// Each slow subscriber's link rate in scenario 8, kbit/s.
+    #[arg(long, env = "LULA_BENCH_BIG_SUBSCRIBER_RATE_KBIT")]
+    pub big_subscriber_rate_kbit: Option<u64>,
+    /// `--max-frame-bytes` of hub and clients in scenario 8.
+    #[arg(long, env = "LULA_BENCH_BIG_MAX_FRAME_BYTES")]
+    pub big_max_frame_bytes: Option<usize>,
     /// Longest wait for entries to arrive (a hang guard).
     #[arg(long, env = "LULA_BENCH_WAIT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub wait_timeout: Option<Duration>,
@@ -167,6 +196,15 @@ impl SizeArgs {
             drain_entries: self.drain_entries.unwrap_or(base.drain_entries),
             drain_rate_kbit: self.drain_rate_kbit.unwrap_or(base.drain_rate_kbit),
             drain_delay: self.drain_delay.unwrap_or(base.drain_delay),
+            big_backlog_entries: self.big_backlog_entries.unwrap_or(base.big_backlog_entries),
+            big_backlog_bytes: self.big_backlog_bytes.unwrap_or(base.big_backlog_bytes),
+            big_broadcasts: self.big_broadcasts.unwrap_or(base.big_broadcasts),
+            big_broadcast_bytes: self.big_broadcast_bytes.unwrap_or(base.big_broadcast_bytes),
+            big_subscribers: self.big_subscribers.unwrap_or(base.big_subscribers),
+            big_subscriber_rate_kbit: self
+                .big_subscriber_rate_kbit
+                .unwrap_or(base.big_subscriber_rate_kbit),
+            big_max_frame_bytes: self.big_max_frame_bytes.unwrap_or(base.big_max_frame_bytes),
             wait_timeout: self.wait_timeout.unwrap_or(base.wait_timeout),
         }
     }
@@ -184,6 +222,10 @@ impl RunArgs {
             scenarios: self.scenarios.clone(),
             sizes: self.sizes.apply(base),
             hub_exe: self.hub_exe.clone().unwrap_or(current_exe),
+            compression_window_bits: match self.compression_window_bits {
+                Some(bits) => lula_protocol::compress::window_setting(bits),
+                None => lula_client::config::DEFAULT_COMPRESSION_WINDOW_BITS,
+            },
         }
     }
 }
@@ -202,6 +244,39 @@ pub struct ServeHubArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+    /// The hub's `--max-frame-bytes` (default: the hub's default).
+    #[arg(long, env = "LULA_BENCH_HUB_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+}
+
+/// `lula-bench serve-client`: one daemon, configured like the in-process
+/// daemons of [`crate::devices::Daemons`].
+#[derive(Debug, Args)]
+pub struct ServeClientArgs {
+    /// The device's client id.
+    #[arg(long)]
+    pub client: String,
+    /// Its OTP secret (an environment variable, so it is not on the command line).
+    #[arg(long, env = "LULA_BENCH_CLIENT_OTP_SECRET", hide_env_values = true)]
+    pub otp_secret: String,
+    /// Directory for the daemon's state.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// lula-auth's base URL.
+    #[arg(long)]
+    pub auth_url: String,
+    /// The hub (or a proxy in front of it).
+    #[arg(long)]
+    pub hub_url: String,
+    /// The device Redis.
+    #[arg(long)]
+    pub redis_url: String,
+    /// The device's key prefix.
+    #[arg(long)]
+    pub prefix: String,
+    /// The client's `--max-frame-bytes` (default: the client's default).
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
 }
 
 #[cfg(test)]
@@ -250,6 +325,26 @@ mod tests {
                 Scenario::Latency,
                 Scenario::Connections
             ]
+        );
+    }
+
+    #[test]
+    fn compression_defaults_to_the_clients_and_can_be_set_either_way() {
+        let bits = |extra: &[&str]| {
+            let cli = Cli::try_parse_from([&["lula-bench", "run"], extra].concat()).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("run");
+            };
+            args.config("/x".into()).compression_window_bits
+        };
+        assert_eq!(
+            bits(&[]),
+            lula_client::config::DEFAULT_COMPRESSION_WINDOW_BITS
+        );
+        assert_eq!(bits(&["--compression-window-bits", "off"]), None);
+        assert_eq!(bits(&["--compression-window-bits", "11"]), Some(11));
+        assert!(
+            Cli::try_parse_from(["lula-bench", "run", "--compression-window-bits", "8"]).is_err()
         );
     }
 }

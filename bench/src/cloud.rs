@@ -73,6 +73,14 @@ impl Cloud {
     /// Starts Redis, lula-auth (bcrypt cost 4: registration must not dominate
     /// the setup of a thousand devices) and the hub from `hub_exe`.
     pub async fn start(hub_exe: &Path) -> anyhow::Result<Cloud> {
+        Self::start_with(hub_exe, None).await
+    }
+
+    /// Like [`Cloud::start`], with the hub's `--max-frame-bytes` when given.
+    pub async fn start_with(
+        hub_exe: &Path,
+        max_frame_bytes: Option<usize>,
+    ) -> anyhow::Result<Cloud> {
         let redis = start_redis().await?;
         let mut conn = load::connect(&redis.url()).await?;
         let redis_pid = load::redis_pid(&mut conn).await?;
@@ -85,7 +93,7 @@ impl Cloud {
         auth_config.bcrypt_cost = 4;
         let auth = Task::spawn(move |cancel| lula_auth::run(listener, auth_config, cancel));
 
-        let hub = HubProcess::spawn(hub_exe, &redis.url()).await?;
+        let hub = HubProcess::spawn_with(hub_exe, &redis.url(), max_frame_bytes).await?;
         Ok(Cloud {
             keys: HubKeys::default(),
             auth_keys: AuthKeys::default(),

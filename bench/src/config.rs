@@ -28,11 +28,14 @@ pub enum Scenario {
     Wire,
     /// A backlog drained through a slow, high-latency link.
     Drain,
+    /// Large entries: a 300 KB backlog up, 5 MB broadcasts down to slow
+    /// subscribers; peak memory of the daemon and of the hub.
+    Big,
 }
 
 impl Scenario {
     /// Every concrete scenario, in the order they run.
-    pub const ORDER: [Scenario; 8] = [
+    pub const ORDER: [Scenario; 9] = [
         Scenario::Baseline,
         Scenario::Upstream,
         Scenario::Latency,
@@ -41,6 +44,7 @@ impl Scenario {
         Scenario::Connections,
         Scenario::Wire,
         Scenario::Drain,
+        Scenario::Big,
     ];
 
     /// The name used on the command line and in the table.
@@ -55,6 +59,7 @@ impl Scenario {
             Scenario::Connections => "connections",
             Scenario::Wire => "wire",
             Scenario::Drain => "drain",
+            Scenario::Big => "big",
         }
     }
 
@@ -118,6 +123,21 @@ pub struct Sizes {
     pub drain_rate_kbit: u64,
     /// The slow link's one-way delay.
     pub drain_delay: Duration,
+    /// Entries of the device's backlog of large entries (scenario 8).
+    pub big_backlog_entries: u64,
+    /// Bytes of each backlog entry's payload.
+    pub big_backlog_bytes: usize,
+    /// Large broadcasts sent to the slow subscribers (scenario 8).
+    pub big_broadcasts: u64,
+    /// Bytes of each broadcast's payload.
+    pub big_broadcast_bytes: usize,
+    /// Slow subscribers, each behind a throttled link of its own.
+    pub big_subscribers: usize,
+    /// Each subscriber's link rate, kbit/s (both ways).
+    pub big_subscriber_rate_kbit: u64,
+    /// `--max-frame-bytes` of the hub and the clients in scenario 8 (a 5 MB
+    /// entry needs more than the 1 MiB default).
+    pub big_max_frame_bytes: usize,
     /// Longest wait for entries to arrive before a scenario gives up; a hang
     /// guard, never a speed check.
     pub wait_timeout: Duration,
@@ -149,6 +169,13 @@ impl Sizes {
             drain_entries: 100_000,
             drain_rate_kbit: 256,
             drain_delay: Duration::from_millis(300),
+            big_backlog_entries: 1_500,
+            big_backlog_bytes: 300_000,
+            big_broadcasts: 20,
+            big_broadcast_bytes: 5_000_000,
+            big_subscribers: 8,
+            big_subscriber_rate_kbit: 24_000,
+            big_max_frame_bytes: 8 << 20,
             wait_timeout: Duration::from_secs(600),
         }
     }
@@ -178,6 +205,13 @@ impl Sizes {
             drain_entries: 200,
             drain_rate_kbit: 256,
             drain_delay: Duration::from_millis(300),
+            big_backlog_entries: 20,
+            big_backlog_bytes: 300_000,
+            big_broadcasts: 3,
+            big_broadcast_bytes: 2_000_000,
+            big_subscribers: 2,
+            big_subscriber_rate_kbit: 80_000,
+            big_max_frame_bytes: 8 << 20,
             wait_timeout: Duration::from_secs(120),
         }
     }
@@ -193,4 +227,7 @@ pub struct RunConfig {
     /// The `lula-bench` executable, started as `lula-bench serve-hub` so the
     /// hub is a process of its own whose CPU and memory can be read.
     pub hub_exe: PathBuf,
+    /// The compression window the devices ask the hub for (`None`: JSON text
+    /// frames), in every scenario but `wire` and `drain`, which run both.
+    pub compression_window_bits: Option<u8>,
 }

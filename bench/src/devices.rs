@@ -113,15 +113,22 @@ impl DeviceServers {
 
 /// lula-client daemons on this process's runtime.
 pub struct Daemons {
+    /// The window [`Daemons::start`] asks for (`None`: JSON text frames).
+    compression_window_bits: Option<u8>,
+    /// `--max-frame-bytes` of the daemons started from now on (default: the client's).
+    pub max_frame_bytes: Option<usize>,
     cancel: CancellationToken,
     handles: Vec<(ClientId, JoinHandle<anyhow::Result<()>>)>,
     state: tempfile::TempDir,
 }
 
 impl Daemons {
-    /// No daemons yet.
-    pub fn new() -> anyhow::Result<Self> {
+    /// No daemons yet; [`Daemons::start`] will ask for compression with
+    /// `compression_window_bits` (or not).
+    pub fn new(compression_window_bits: Option<u8>) -> anyhow::Result<Self> {
         Ok(Daemons {
+            compression_window_bits,
+            max_frame_bytes: None,
             cancel: CancellationToken::new(),
             handles: Vec::new(),
             state: tempfile::tempdir().context("state dirs")?,
@@ -129,10 +136,10 @@ impl Daemons {
     }
 
     /// Starts the daemon of `device` against `cloud`, with default batching
-    /// and quick retries.
+    /// and quick retries, and the compression given to [`Daemons::new`].
     pub fn start(&mut self, device: &Device, servers: &DeviceServers, cloud: &Cloud) {
-        // The client's default: JSON text frames (compression is opt-in).
-        self.start_via(device, servers, cloud, cloud.hub.url(), None);
+        let bits = self.compression_window_bits;
+        self.start_via(device, servers, cloud, cloud.hub.url(), bits);
     }
 
     /// Like [`Daemons::start`], reaching the hub at `hub_url` (a proxy),
@@ -160,6 +167,9 @@ impl Daemons {
         config.max_backoff = Duration::from_secs(1);
         // The verification compares the cloud with out:x afterwards.
         config.keep_acked = lula_client::retention::KeepAcked::All;
+        if let Some(max) = self.max_frame_bytes {
+            config.max_frame_bytes = max;
+        }
         let handle = tokio::spawn(lula_client::run(config, self.cancel.child_token()));
         self.handles.push((device.client.clone(), handle));
     }

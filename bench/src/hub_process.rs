@@ -36,18 +36,31 @@ impl HubProcess {
     /// until it listens. Its log (level from `LULA_BENCH_HUB_LOG`, default
     /// `warn`) goes to a file; see [`HubProcess::log_summary`].
     pub async fn spawn(exe: &Path, redis_url: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(exe, redis_url, None).await
+    }
+
+    /// Like [`HubProcess::spawn`], with the hub's `--max-frame-bytes` when given.
+    pub async fn spawn_with(
+        exe: &Path,
+        redis_url: &str,
+        max_frame_bytes: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("temp dir for the hub log")?;
         let log = dir.path().join("hub.log");
         let stderr = std::fs::File::create(&log).context("create hub log")?;
         let level = std::env::var("LULA_BENCH_HUB_LOG").unwrap_or_else(|_| "warn".into());
-        let mut child = tokio::process::Command::new(exe)
-            .args([
-                "serve-hub",
-                "--listen",
-                "127.0.0.1:0",
-                "--redis-url",
-                redis_url,
-            ])
+        let mut command = tokio::process::Command::new(exe);
+        command.args([
+            "serve-hub",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            redis_url,
+        ]);
+        if let Some(max) = max_frame_bytes {
+            command.arg("--max-frame-bytes").arg(max.to_string());
+        }
+        let mut child = command
             .env("RUST_LOG", level)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -116,7 +129,11 @@ impl HubProcess {
 
 /// The `serve-hub` subcommand: binds `listen`, prints `listening <addr>`, and
 /// serves until stdin closes (the benchmark is gone) or the process is killed.
-pub async fn serve(listen: SocketAddr, redis_url: String) -> anyhow::Result<()> {
+pub async fn serve(
+    listen: SocketAddr,
+    redis_url: String,
+    max_frame_bytes: Option<usize>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
@@ -128,5 +145,9 @@ pub async fn serve(listen: SocketAddr, redis_url: String) -> anyhow::Result<()> 
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         on_eof.cancel();
     });
-    lula_hub::run(listener, lula_hub::Config::new(redis_url), shutdown).await
+    let mut config = lula_hub::Config::new(redis_url);
+    if let Some(max) = max_frame_bytes {
+        config.max_frame_bytes = max;
+    }
+    lula_hub::run(listener, config, shutdown).await
 }

@@ -13,7 +13,10 @@
 //! 5. connections: many authenticated idle devices on one hub;
 //! 6. wire: bytes on the link and CPU per entry for three payload shapes,
 //!    counted by a proxy between device and hub;
-//! 7. drain: a backlog through a slow link (256 kbit/s, 300 ms by default).
+//! 7. drain: a backlog through a slow link (256 kbit/s, 300 ms by default);
+//! 8. big: peak memory of a daemon (its own process) through a backlog of
+//!    300 KB entries, and of the hub through 5 MB broadcasts to slow
+//!    subscribers.
 //!
 //! Each scenario ends by comparing both sides entry by entry ([`verify`]).
 //! `scripts/bench.sh` runs them all at full size; `tests/smoke.rs` runs each
@@ -25,6 +28,8 @@
 //! - [`scenarios`]: one module per scenario.
 //! - [`cloud`], [`devices`]: starting Redis, auth, hub and lula-client daemons.
 //! - [`hub_process`]: the hub as a child process (`lula-bench serve-hub`).
+//! - [`client_process`]: a lula-client daemon as a child process
+//!   (`lula-bench serve-client`), for scenario 8's memory readings.
 //! - [`load`]: preloads, paced producers, the latency reader.
 //! - [`verify`]: exactly once, in order, all fields compared.
 //! - [`wire_proxy`]: the byte-counting TCP proxy of scenario 6.
@@ -32,6 +37,7 @@
 //! - [`report`]: the table.
 
 pub mod cli;
+pub mod client_process;
 pub mod cloud;
 pub mod config;
 pub mod devices;
@@ -63,6 +69,7 @@ pub async fn run(config: &RunConfig) -> Report {
         sizes: &config.sizes,
         hub_exe: &config.hub_exe,
         baseline: None,
+        compression_window_bits: config.compression_window_bits,
     };
     for scenario in Scenario::expand(&config.scenarios) {
         let outcome = match scenario {
@@ -77,6 +84,7 @@ pub async fn run(config: &RunConfig) -> Report {
             Scenario::Connections => scenarios::connections::run(&ctx).await,
             Scenario::Wire => scenarios::wire::run(&ctx).await,
             Scenario::Drain => scenarios::drain::run(&ctx).await,
+            Scenario::Big => scenarios::big::run(&ctx).await,
             Scenario::All => continue,
         };
         let outcome = outcome.unwrap_or_else(|e| {

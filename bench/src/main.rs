@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_file = match &cli.command {
         Command::Run(args) => args.log_file.as_deref(),
-        Command::ServeHub(_) => None,
+        Command::ServeHub(_) | Command::ServeClient(_) => None,
     };
     if let Err(e) = init_logging(log_file) {
         eprintln!("lula-bench: {e:#}");
@@ -30,7 +30,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::ServeHub(args) => {
-                lula_bench::hub_process::serve(args.listen, args.redis_url).await?;
+                lula_bench::hub_process::serve(args.listen, args.redis_url, args.max_frame_bytes)
+                    .await?;
+                Ok(true)
+            }
+            Command::ServeClient(args) => {
+                lula_bench::client_process::serve(*args).await?;
                 Ok(true)
             }
             Command::Run(args) => {

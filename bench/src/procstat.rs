@@ -17,6 +17,17 @@ pub fn rss_bytes(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no VmRSS in /proc/<pid>/status"))
 }
 
+/// Peak resident memory of `pid` in bytes since it started (`VmHWM`).
+pub fn hwm_bytes(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| io::Error::other("no VmHWM in /proc/<pid>/status"))
+}
+
 /// User plus system CPU time of `pid`, in clock ticks (`/proc/<pid>/stat`).
 pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
     ticks_of(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)
@@ -209,6 +220,7 @@ mod tests {
     fn reads_this_process() {
         let me = std::process::id();
         assert!(rss_bytes(me).unwrap() > 0);
+        assert!(hwm_bytes(me).unwrap() >= rss_bytes(me).unwrap() / 2);
         cpu_ticks(me).unwrap();
         thread_cpu().unwrap();
         assert!(open_fds(me).unwrap() >= 3);

@@ -21,6 +21,7 @@ pub const PAGE: usize = 10_000;
 /// A stream read page by page, oldest first.
 pub struct Pages {
     conn: MultiplexedConnection,
+    page: usize,
     key: String,
     after: Option<StreamId>,
     buf: VecDeque<Entry>,
@@ -32,11 +33,18 @@ impl Pages {
     pub fn new(conn: MultiplexedConnection, key: impl Into<String>) -> Self {
         Pages {
             conn,
+            page: PAGE,
             key: key.into(),
             after: None,
             buf: VecDeque::new(),
             done: false,
         }
+    }
+
+    /// Reads `page` entries at a time instead of [`PAGE`] (large entries).
+    pub fn page_size(mut self, page: usize) -> Self {
+        self.page = page.max(1);
+        self
     }
 
     /// The next entry, or `None` at the end of the stream.
@@ -50,12 +58,12 @@ impl Pages {
                 .arg(from)
                 .arg("+")
                 .arg("COUNT")
-                .arg(PAGE)
+                .arg(self.page)
                 .query_async(&mut self.conn)
                 .await
                 .with_context(|| format!("XRANGE {}", self.key))?;
             let page = entries_from_range(reply).context("XRANGE reply")?;
-            self.done = page.len() < PAGE;
+            self.done = page.len() < self.page;
             self.after = page.last().map(|e| e.id).or(self.after);
             self.buf.extend(page);
         }
@@ -81,6 +89,16 @@ pub async fn upstream(
     hub_in: &str,
     devices: Vec<DeviceOut>,
 ) -> anyhow::Result<u64> {
+    upstream_in_pages(hub, hub_in, devices, PAGE).await
+}
+
+/// [`upstream`], reading both sides `page` entries at a time.
+pub async fn upstream_in_pages(
+    hub: MultiplexedConnection,
+    hub_in: &str,
+    devices: Vec<DeviceOut>,
+    page: usize,
+) -> anyhow::Result<u64> {
     struct Expected {
         pages: Pages,
         matched: u64,
@@ -91,13 +109,13 @@ pub async fn upstream(
             (
                 d.client.into_bytes(),
                 Expected {
-                    pages: Pages::new(d.conn, d.key),
+                    pages: Pages::new(d.conn, d.key).page_size(page),
                     matched: 0,
                 },
             )
         })
         .collect();
-    let mut hub = Pages::new(hub, hub_in);
+    let mut hub = Pages::new(hub, hub_in).page_size(page);
     let mut total = 0u64;
     while let Some(got) = hub.next().await? {
         let f = &got.fields;
@@ -176,6 +194,53 @@ pub async fn downstream(
                     bail!(
                         "device entry #{n} should be seq {} with {want:?}, it is {got:?} (lost, duplicated or reordered)",
                         want.id
+                    );
+                }
+                n += 1;
+            }
+        }
+    }
+}
+
+/// Checks that a device's in stream holds every entry of the broadcast stream
+/// exactly once, in order, as `broadcast <hub id> <fields...>`, and nothing
+/// else, reading `page` entries at a time. Returns the number checked.
+pub async fn broadcasts(
+    hub: MultiplexedConnection,
+    broadcast: &str,
+    device: MultiplexedConnection,
+    device_in: &str,
+    page: usize,
+) -> anyhow::Result<u64> {
+    let mut sent = Pages::new(hub, broadcast).page_size(page);
+    let mut got = Pages::new(device, device_in).page_size(page);
+    let mut n = 0u64;
+    loop {
+        match (sent.next().await?, got.next().await?) {
+            (None, None) => return Ok(n),
+            (Some(want), None) => {
+                bail!(
+                    "only {n} broadcasts reached the device; {} is missing",
+                    want.id
+                )
+            }
+            (None, Some(extra)) => bail!(
+                "the device holds more than the {n} broadcasts sent: entry {} (a duplicate?)",
+                extra.id
+            ),
+            (Some(want), Some(got)) => {
+                let f = &got.fields;
+                if f.len() < 2
+                    || f[0] != b"broadcast"
+                    || f[1] != want.id.to_string().as_bytes()
+                    || f[2..] != want.fields[..]
+                {
+                    bail!(
+                        "device entry #{n} should be broadcast {} ({} fields), it is {} with {} fields (lost, duplicated or reordered)",
+                        want.id,
+                        want.fields.len(),
+                        got.id,
+                        f.len()
                     );
                 }
                 n += 1;

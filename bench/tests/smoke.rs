@@ -11,6 +11,7 @@ async fn smoke(scenario: Scenario) -> lula_bench::Report {
         scenarios: vec![scenario],
         sizes: Sizes::smoke(),
         hub_exe: PathBuf::from(env!("CARGO_BIN_EXE_lula-bench")),
+        compression_window_bits: lula_client::config::DEFAULT_COMPRESSION_WINDOW_BITS,
     };
     let report = lula_bench::run(&config).await;
     println!("{}", report.to_text());
@@ -157,4 +158,14 @@ async fn drain_through_a_slow_link_delivers_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_all_authenticate_and_stay_open() {
     smoke(Scenario::Connections).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_entries_arrive_exactly_once_with_memory_measured() {
+    let report = smoke(Scenario::Big).await;
+    // Memory is reported (row_bytes fails without the row), never compared
+    // with the goals here: smoke sizes, debug build.
+    for metric in ["daemon peak RSS above idle", "hub peak RSS above idle"] {
+        row_bytes(&report, Scenario::Big, metric);
+    }
 }

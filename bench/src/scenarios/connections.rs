@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{Ctx, Outcome, check_row, cpu_rows};
+use super::{Ctx, Outcome, check_row, compression_row, cpu_rows};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
 use crate::procstat::CpuMeter;
@@ -65,11 +65,12 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     // One extra for the warm-up connection.
     let tokens = mint_tokens(&cloud, n + 1).await?;
     let url = cloud.hub.url();
+    let offer = ctx.compression_window_bits.and_then(Params::new);
 
     // One connection first, so lazy one-time setup in the hub (its Redis
     // connection, the key lookup) is not counted per connection.
     drop(
-        connect_one(&url, &tokens[n])
+        connect_one(&url, &tokens[n], offer)
             .await
             .context("warm-up connection")?,
     );
@@ -101,7 +102,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let mut last_ok = start;
     let (mut ok, mut failed, mut first_error) = (0usize, 0usize, None);
     let mut connects = futures_util::stream::iter(&tokens[..n])
-        .map(|token| connect_one(&url, token))
+        .map(|token| connect_one(&url, token, offer))
         .buffer_unordered(s.connect_concurrency.max(1));
     while let Some(result) = connects.next().await {
         match result {
@@ -131,6 +132,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let connects_per_s = ok as f64 / connecting.as_secs_f64().max(1e-6);
     let mem = per(rss_after as f64, rss_before as f64);
     let mut rows = vec![
+        compression_row(SCENARIO, ctx.compression_window_bits),
         Row::info(
             SCENARIO,
             format!(
@@ -237,17 +239,21 @@ async fn mint_tokens(cloud: &Cloud, count: usize) -> anyhow::Result<Vec<String>>
         .await
 }
 
-/// Connects like lula-client with its defaults: bearer token, no
-/// compression offer (compression is opt-in; what a compressing connection
-/// costs is measured and recorded separately), `id`, `subscribe`, both
-/// replies.
-async fn connect_one(url: &str, token: &str) -> anyhow::Result<Ws> {
+/// Connects like lula-client: bearer token, the compression offer (if any;
+/// the run's `--compression-window-bits`), `id` and `subscribe` (compressed
+/// if the hub agreed), both replies.
+async fn connect_one(url: &str, token: &str, offer: Option<Params>) -> anyhow::Result<Ws> {
     tokio::time::timeout(CONNECT_TIMEOUT, async {
         let mut request = url.into_client_request()?;
         request.headers_mut().insert(
             "authorization",
             HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
+        if let Some(offer) = offer {
+            request
+                .headers_mut()
+                .insert(compress::HEADER, HeaderValue::from_str(&offer.to_string())?);
+        }
         // Small buffers: ten thousand of these live in this process.
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)

@@ -50,7 +50,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
         ("lula-bench (client, auth)".into(), vec![std::process::id()]),
     ]);
     let memory = catch_up_sampler(cloud.hub.pid());
-    let mut daemons = Daemons::new()?;
+    let mut daemons = Daemons::new(ctx.compression_window_bits)?;
     let start = Instant::now();
     daemons.start(&device, &servers, &cloud);
     let (_, first) = load::wait_len(&mut dev, &in_key, 1, s.wait_timeout).await?;

@@ -87,7 +87,7 @@ async fn run_mode(ctx: &Ctx<'_>, mode: Mode) -> anyhow::Result<Outcome> {
     );
     ctx.progress(SCENARIO, format_args!("draining through {link}"));
     let in_key = cloud.keys.in_stream();
-    let mut daemons = Daemons::new()?;
+    let mut daemons = Daemons::new(None)?;
     let start = Instant::now();
     daemons.start_via(&device, &servers, &cloud, proxy.url(), mode.window_bits());
     let (len, done) = load::wait_len(&mut cloud.conn(), &in_key, n, s.wait_timeout).await?;

@@ -74,7 +74,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     );
     let setup = Instant::now();
     let devices = servers.provision(&cloud, "fan", s.fanin_devices).await?;
-    let mut daemons = Daemons::new()?;
+    let mut daemons = Daemons::new(ctx.compression_window_bits)?;
     for wave in devices.chunks(s.setup_concurrency.max(1)) {
         for device in wave {
             daemons.start(device, &servers, &cloud);

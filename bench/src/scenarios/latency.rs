@@ -36,7 +36,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let servers = DeviceServers::start(1).await?;
     let devices = servers.provision(&cloud, "lat", 1).await?;
     let device = devices.first().context("one device")?;
-    let mut daemons = Daemons::new()?;
+    let mut daemons = Daemons::new(ctx.compression_window_bits)?;
     daemons.start(device, &servers, &cloud);
     let connected = wait_connected(&devices, &servers, s.wait_timeout).await?;
     anyhow::ensure!(connected == 1, "the client did not connect");

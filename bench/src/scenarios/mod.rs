@@ -5,6 +5,7 @@
 //! tasks all stop on drop.
 
 pub mod baseline;
+pub mod big;
 pub mod connections;
 pub mod downstream;
 pub mod drain;
@@ -27,6 +28,8 @@ pub struct Ctx<'a> {
     pub hub_exe: &'a Path,
     /// The baseline's entries per second, once measured.
     pub baseline: Option<f64>,
+    /// The compression window devices ask for ([`crate::RunConfig`]).
+    pub compression_window_bits: Option<u8>,
 }
 
 impl Ctx<'_> {
@@ -113,6 +116,14 @@ pub fn memory_rows(
         growth.join(", "),
     ));
     rows
+}
+
+/// A row saying what compression the devices of `scenario` asked the hub for.
+pub fn compression_row(scenario: Scenario, window_bits: Option<u8>) -> Row {
+    let asked = window_bits
+        .and_then(lula_protocol::compress::Params::new)
+        .map_or_else(|| "off (JSON text frames)".to_owned(), |p| p.to_string());
+    Row::info(scenario, "compression asked for", asked)
 }
 
 /// The row of a scenario's check (`target` says what must hold).

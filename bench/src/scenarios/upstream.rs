@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use super::{Ctx, EXACTLY_ONCE, Outcome, catch_up_sampler, check_row, cpu_rows, memory_rows};
+use super::{
+    Ctx, EXACTLY_ONCE, Outcome, catch_up_sampler, check_row, compression_row, cpu_rows, memory_rows,
+};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
 use crate::devices::{Daemons, DeviceServers};
@@ -58,7 +60,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
         ("lula-bench (client, auth)".into(), vec![std::process::id()]),
     ]);
     let memory = catch_up_sampler(cloud.hub.pid());
-    let mut daemons = Daemons::new()?;
+    let mut daemons = Daemons::new(ctx.compression_window_bits)?;
     let start = Instant::now();
     daemons.start(&device, &servers, &cloud);
     let (_, first) = load::wait_len(&mut hub, &in_key, 1, s.wait_timeout).await?;
@@ -67,7 +69,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let (len, done) = load::wait_len(&mut hub, &in_key, n, s.wait_timeout).await?;
     let at_end = memory.peaks();
     drop(memory);
-    let mut rows = Vec::new();
+    let mut rows = vec![compression_row(SCENARIO, ctx.compression_window_bits)];
     match done {
         Some(done) => {
             let elapsed = done.duration_since(start);

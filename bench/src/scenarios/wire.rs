@@ -452,7 +452,7 @@ async fn run_shape(ctx: &Ctx<'_>, shape: Shape, mode: Mode) -> anyhow::Result<Sh
     let up_fields = preload(&servers.conn(0), &device.keys.out_stream(), n, shape).await?;
 
     let in_key = cloud.keys.in_stream();
-    let mut daemons = Daemons::new()?;
+    let mut daemons = Daemons::new(None)?;
     let start = Mark::now(&proxy, hub_pid);
     daemons.start_via(&device, &servers, &cloud, proxy.url(), mode.window_bits());
     let (len, done) = load::wait_len(&mut cloud.conn(), &in_key, n, s.wait_timeout).await?;
@@ -541,10 +541,7 @@ mod tests {
     fn json_bytes(shape: Shape) -> usize {
         let mut noise = Noise::new(3);
         let fields = shape.fields(12_345, &mut noise);
-        let entry = lula_protocol::Entry {
-            id: "1733300000000-12345".parse().expect("id"),
-            fields,
-        };
+        let entry = lula_protocol::Entry::new("1733300000000-12345".parse().expect("id"), fields);
         serde_json::to_string(&entry).expect("json").len()
     }
 
