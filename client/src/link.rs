@@ -296,6 +296,17 @@ mod tests {
             HeaderValue::from_static("deflate; window-bits=9"),
         );
         assert_eq!(accepted(&response), Params::new(9));
+        // What the daemon offers, and a hub that takes the wider frame window.
+        offer(&mut request, Params::offer(10));
+        assert_eq!(
+            request.headers()[compress::HEADER],
+            "deflate; window-bits=10; frame-window-bits=15"
+        );
+        response.headers_mut().insert(
+            compress::HEADER,
+            HeaderValue::from_static("deflate; window-bits=10; frame-window-bits=15"),
+        );
+        assert_eq!(accepted(&response).map(Params::frame_window_bits), Some(15));
     }
 
     #[tokio::test]

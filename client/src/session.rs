@@ -253,7 +253,7 @@ async fn connect(config: &Config, token: &str) -> Result<(Ws, Option<Params>), S
     request.headers_mut().insert("authorization", bearer);
     link::offer(
         &mut request,
-        config.compression_window_bits.and_then(Params::new),
+        config.compression_window_bits.and_then(Params::offer),
     );
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)

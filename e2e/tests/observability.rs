@@ -175,7 +175,7 @@ async fn the_link_is_compressed_and_status_shows_its_bytes_and_ratio() {
     .await;
     assert_eq!(
         status.compression.as_deref(),
-        Some("deflate; window-bits=10")
+        Some("deflate; window-bits=10; frame-window-bits=15")
     );
     let [sent, sent_plain, received, received_plain] = status.link.unwrap();
     // 500 entries of 80 repeated bytes: far below half of the JSON.
@@ -183,7 +183,7 @@ async fn the_link_is_compressed_and_status_shows_its_bytes_and_ratio() {
     assert!(received > 0 && received_plain > 0);
     let text = status.to_string();
     assert!(
-        text.contains("compression:        deflate; window-bits=10"),
+        text.contains("compression:        deflate; window-bits=10; frame-window-bits=15"),
         "{text}"
     );
     assert!(

@@ -280,6 +280,16 @@ mod tests {
         let (name, value) = response_header(p(10));
         assert_eq!(name.as_str(), "lula-compression");
         assert_eq!(Params::parse(value.to_str().unwrap()), Some(p(10)));
+        // lula-client's offer: the history capped, the frame window as asked,
+        // and said back so the client knows it may use it.
+        let offer = Params::offer(12).unwrap().to_string();
+        let agreed = negotiate(&headers(&offer), None, Some(11)).unwrap();
+        assert_eq!(
+            agreed,
+            Params::new(11).unwrap().with_frame_window(15).unwrap()
+        );
+        let (_, value) = response_header(agreed);
+        assert_eq!(value, "deflate; window-bits=11; frame-window-bits=15");
     }
 
     #[test]

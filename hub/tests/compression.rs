@@ -44,7 +44,11 @@ async fn upgrade(hub: &TestHub, client: &str, offer: Option<&str>) -> (Ws, Optio
 
 impl Compressed {
     async fn connect(hub: &TestHub, client: &str) -> Self {
-        let (ws, params) = upgrade(hub, client, Some("deflate; window-bits=11")).await;
+        Self::connect_offering(hub, client, "deflate; window-bits=11").await
+    }
+
+    async fn connect_offering(hub: &TestHub, client: &str, offer: &str) -> Self {
+        let (ws, params) = upgrade(hub, client, Some(offer)).await;
         let p = params.unwrap_or(Params::new(11).unwrap());
         Compressed {
             ws,
@@ -144,6 +148,77 @@ async fn batches_up_replies_and_pushes_down_travel_compressed() {
         push["payload"]["entries"][0]["fields"],
         json!(["cmd", "reboot"])
     );
+}
+
+/// `copies` times the same 4 KiB of hex digits: repeats 4 KiB apart, which
+/// only a frame window wider than the default 1 KiB history can reach.
+fn far_repeats(copies: usize) -> String {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let block: String = (0..256)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            format!("{seed:016x}")
+        })
+        .collect();
+    block.repeat(copies)
+}
+
+#[tokio::test]
+async fn a_wider_frame_window_is_agreed_when_asked_and_used_both_ways() {
+    let hub = spawn_hub().await;
+    let offer = Params::offer(compress::DEFAULT_WINDOW_BITS).unwrap();
+    let mut c = Compressed::connect_offering(&hub, "dev-wide", &offer.to_string()).await;
+    assert_eq!(c.params, Some(offer), "agreed as lula-client offers it");
+
+    // Up: a batch whose repeats lie 4 KiB apart.
+    let value = far_repeats(3);
+    let entries = vec![entry("1-0", &["blob", &value])];
+    let reply = c
+        .request("xadds", json!({"prev": "0-0", "entries": entries}))
+        .await;
+    assert_eq!(reply["added"], json!(1), "{reply}");
+    let stored = hub.range(&hub.keys.in_stream()).await;
+    assert_eq!(stored.len(), 1);
+
+    // Down: the hub's push reaches the same repeats (a 1 KiB window finds
+    // none in this frame, and the frame would go as text).
+    let mut redis = hub.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg(hub.keys.out_stream(&"dev-wide".parse().unwrap()))
+        .arg("*")
+        .arg("blob")
+        .arg(&value)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let id = c.next_id.to_string();
+    c.next_id += 1;
+    let subscribe = json!({"type": "subscribe", "id": id, "payload": {"id": "0-0"}});
+    c.send(subscribe).await;
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), c.ws.ws.next())
+            .await
+            .expect("a frame within 10 s (hang guard)")
+            .expect("socket open")
+            .expect("no socket error");
+        let Message::Binary(wire) = msg else {
+            continue;
+        };
+        let plain = c.dec.decode(&wire).expect("inflates");
+        let frame: Value = serde_json::from_slice(&plain).unwrap();
+        if frame["type"] == "push" {
+            assert_eq!(frame["payload"]["entries"][0]["fields"][1], json!(value));
+            assert!(
+                wire.len() * 2 < plain.len(),
+                "the push used the far repeats: {} of {} bytes",
+                wire.len(),
+                plain.len()
+            );
+            break;
+        }
+    }
 }
 
 #[tokio::test]

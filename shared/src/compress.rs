@@ -6,8 +6,10 @@
 //! tail taken off, and *context takeover*, i.e. a frame may refer back to the
 //! last `2^window_bits` bytes of plain text sent before it in the same
 //! direction. Field names repeated across frames then cost a two- or
-//! three-byte back reference. See `PROTOCOL.md`, "Compression", for the
-//! handshake and why deflate rather than zstd.
+//! three-byte back reference. Within a frame, references may reach further
+//! back when both ends agreed a wider frame window (`frame-window-bits`; see
+//! [`Params`]). See `PROTOCOL.md`, "Compression", for the handshake and why
+//! deflate rather than zstd.
 //!
 //! What a connection keeps between frames is only that history: at most
 //! `2^window_bits` bytes per direction ([`Encoder::memory_bytes`],
@@ -23,7 +25,7 @@
 //! inflating stops one byte past the stated length, so no hostile frame makes
 //! the receiver allocate more than `limit + 1` bytes.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -122,16 +124,46 @@ const MAX_VARINT_BYTES: usize = 10;
 /// Agreed compression parameters of one connection (both directions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Params {
+    /// The history carried from frame to frame: `2^window_bits` bytes.
     window_bits: u8,
+    /// How far back a reference may reach within one frame (into the frame
+    /// itself, or into the history before it): `2^frame_window_bits` bytes,
+    /// never less than the history. It costs a connection nothing (the zlib
+    /// state is the thread's, see the module doc), and a wider one lets the
+    /// sender's zlib slide its window 32 times less often on large frames,
+    /// which is most of deflate's CPU with a 1 KiB window (BENCHMARKS.md,
+    /// issue 16). Equal to `window_bits` unless both ends said
+    /// `frame-window-bits` in the handshake.
+    frame_window_bits: u8,
 }
 
 impl Params {
     /// Deflate with a history of `2^window_bits` bytes, if the bits are in
     /// [`MIN_WINDOW_BITS`]..=[`MAX_WINDOW_BITS`].
+    /// References within a frame reach as far back as the history.
     pub fn new(window_bits: u8) -> Option<Self> {
         (MIN_WINDOW_BITS..=MAX_WINDOW_BITS)
             .contains(&window_bits)
-            .then_some(Self { window_bits })
+            .then_some(Self {
+                window_bits,
+                frame_window_bits: window_bits,
+            })
+    }
+
+    /// The same history, with references within a frame reaching up to
+    /// `2^bits` bytes back (at least as far as the history; `None` past
+    /// [`MAX_WINDOW_BITS`]).
+    pub fn with_frame_window(self, bits: u8) -> Option<Self> {
+        (bits <= MAX_WINDOW_BITS).then_some(Self {
+            frame_window_bits: bits.max(self.window_bits),
+            ..self
+        })
+    }
+
+    /// What lula-client offers: `window_bits` of history, and references
+    /// within a frame as far back as DEFLATE allows (32 KiB).
+    pub fn offer(window_bits: u8) -> Option<Self> {
+        Self::new(window_bits)?.with_frame_window(MAX_WINDOW_BITS)
     }
 
     /// The window size as a power of two.
@@ -139,45 +171,74 @@ impl Params {
         self.window_bits
     }
 
+    /// How far back a reference within a frame may reach, as a power of two.
+    pub fn frame_window_bits(self) -> u8 {
+        self.frame_window_bits
+    }
+
     /// Bytes of history each direction keeps.
     pub fn window(self) -> usize {
         1 << self.window_bits
     }
 
-    /// Parses one offer such as `deflate` or `deflate; window-bits=11`
-    /// (case-insensitive, spaces ignored, unknown parameters ignored so later
-    /// versions can add some). `None` for another codec or a bad window.
+    /// Parses one offer such as `deflate`, `deflate; window-bits=11` or
+    /// `deflate; window-bits=10; frame-window-bits=15` (case-insensitive,
+    /// spaces ignored, unknown parameters ignored so later versions can add
+    /// some). `None` for another codec or a bad window.
     pub fn parse(offer: &str) -> Option<Self> {
         let mut parts = offer.split(';').map(str::trim);
         if !parts.next()?.eq_ignore_ascii_case(DEFLATE) {
             return None;
         }
-        let mut params = Self::new(DEFAULT_WINDOW_BITS)?;
+        let mut window_bits = DEFAULT_WINDOW_BITS;
+        let mut frame_window_bits = None;
         for part in parts {
             let Some((name, value)) = part.split_once('=') else {
                 continue;
             };
-            if name.trim().eq_ignore_ascii_case("window-bits") {
-                params = Self::new(value.trim().parse().ok()?)?;
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("window-bits") {
+                window_bits = value.trim().parse().ok()?;
+            } else if name.eq_ignore_ascii_case("frame-window-bits") {
+                frame_window_bits = Some(value.trim().parse().ok()?);
             }
         }
-        Some(params)
+        let params = Self::new(window_bits)?;
+        match frame_window_bits {
+            Some(bits) => params.with_frame_window(bits),
+            None => Some(params),
+        }
     }
 
     /// What the receiving end (the hub) agrees to for a header value that may
     /// list several comma-separated offers in order of preference: the first
-    /// deflate offer, its window capped at `max_window_bits`. `None` means no
-    /// compression: the connection speaks JSON text frames as before.
+    /// deflate offer, its history capped at `max_window_bits` (what each
+    /// connection keeps), and a frame window wider than that history only
+    /// when the offer asked for one (`frame-window-bits`; lula's receivers
+    /// inflate with the thread's 32 KiB window whatever was agreed, but a
+    /// client that did not ask may inflate with the history's window only).
+    /// `None` means no compression: the connection speaks JSON text frames
+    /// as before.
     pub fn negotiate(header_value: &str, max_window_bits: u8) -> Option<Self> {
         let offer = header_value.split(',').find_map(Self::parse)?;
-        Self::new(offer.window_bits.min(max_window_bits))
+        let agreed = Self::new(offer.window_bits.min(max_window_bits))?;
+        if offer.frame_window_bits > offer.window_bits {
+            agreed.with_frame_window(offer.frame_window_bits)
+        } else {
+            Some(agreed)
+        }
     }
 }
 
 impl fmt::Display for Params {
-    /// The header value: `deflate; window-bits=11`.
+    /// The header value: `deflate; window-bits=11`, with
+    /// `; frame-window-bits=15` when the frame window is wider than the history.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{DEFLATE}; window-bits={}", self.window_bits)
+        write!(f, "{DEFLATE}; window-bits={}", self.window_bits)?;
+        if self.frame_window_bits != self.window_bits {
+            write!(f, "; frame-window-bits={}", self.frame_window_bits)?;
+        }
+        Ok(())
     }
 }
 
@@ -310,9 +371,16 @@ impl History {
     }
 }
 
+/// Frame windows a thread keeps a compressor for ([`MIN_WINDOW_BITS`] up).
+const WINDOW_SIZES: usize = (MAX_WINDOW_BITS - MIN_WINDOW_BITS + 1) as usize;
+
 thread_local! {
-    /// One zlib compressor per thread, reused for every frame (see module doc).
-    static DEFLATER: Cell<Option<(u8, Compress)>> = const { Cell::new(None) };
+    /// One zlib compressor per thread and frame window, reused for every frame
+    /// (see module doc); a hub thread serving connections with different
+    /// windows keeps one of each instead of building a new one per frame.
+    static DEFLATERS: RefCell<[Option<Compress>; WINDOW_SIZES]> = const {
+        RefCell::new([const { None }; WINDOW_SIZES])
+    };
     /// One zlib decompressor per thread.
     static INFLATER: Cell<Option<(u8, Decompress)>> = const { Cell::new(None) };
 }
@@ -321,8 +389,10 @@ thread_local! {
 /// compressor is taken out of its slot while in use, so a panic in `f` only
 /// loses it.
 fn with_deflater<R>(bits: u8, level: u32, f: impl FnOnce(&mut Compress) -> R) -> R {
-    let mut c = match DEFLATER.take() {
-        Some((b, mut c)) if b == bits => {
+    let slot = usize::from(bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS) - MIN_WINDOW_BITS);
+    let kept = DEFLATERS.with_borrow_mut(|slots| slots[slot].take());
+    let mut c = match kept {
+        Some(mut c) => {
             c.reset();
             // Right after a reset there is nothing to flush, so this cannot
             // fail; if it ever did, the frame is still valid at the old level.
@@ -330,10 +400,10 @@ fn with_deflater<R>(bits: u8, level: u32, f: impl FnOnce(&mut Compress) -> R) ->
             debug_assert!(set.is_ok(), "deflate set_level: {set:?}");
             c
         }
-        _ => Compress::new_with_window_bits(Compression::new(level), false, bits),
+        None => Compress::new_with_window_bits(Compression::new(level), false, bits),
     };
     let r = f(&mut c);
-    DEFLATER.set(Some((bits, c)));
+    DEFLATERS.with_borrow_mut(|slots| slots[slot] = Some(c));
     r
 }
 
@@ -447,7 +517,7 @@ impl Encoder {
         out.push(FORMAT_DEFLATE);
         write_varint(&mut out, plain.len() as u64);
         let dictionary = &self.history.bytes;
-        with_deflater(self.params.window_bits, level, |c| {
+        with_deflater(self.params.frame_window_bits, level, |c| {
             deflate(c, dictionary, plain, &mut out)
         });
         out

@@ -394,6 +394,65 @@ fn offers_parse_and_negotiate() {
 }
 
 #[test]
+fn a_wider_frame_window_is_offered_answered_and_kept_by_older_peers_as_before() {
+    let p = |bits| Params::new(bits).expect("valid");
+    let offer = Params::offer(DEFAULT_WINDOW_BITS).expect("valid");
+    assert_eq!(offer.window_bits(), DEFAULT_WINDOW_BITS);
+    assert_eq!(offer.frame_window_bits(), MAX_WINDOW_BITS);
+    assert_eq!(
+        offer.to_string(),
+        "deflate; window-bits=10; frame-window-bits=15"
+    );
+    assert_eq!(Params::parse(&offer.to_string()), Some(offer));
+    // The hub caps the history it keeps per connection, not the frame window.
+    let agreed = Params::negotiate(&offer.to_string(), 9).expect("agreed");
+    assert_eq!((agreed.window_bits(), agreed.frame_window_bits()), (9, 15));
+    // An older client offers no frame window, an older hub answers none:
+    // references then stay within the history, as before.
+    assert_eq!(
+        Params::negotiate("deflate; window-bits=10", 15),
+        Some(p(10))
+    );
+    assert_eq!(p(10).frame_window_bits(), 10);
+    assert_eq!(p(10).to_string(), "deflate; window-bits=10");
+    // Never narrower than the history; never past DEFLATE's 32 KiB.
+    assert_eq!(
+        Params::parse("deflate; window-bits=12; frame-window-bits=9")
+            .map(Params::frame_window_bits),
+        Some(12)
+    );
+    assert_eq!(Params::parse("deflate; frame-window-bits=16"), None);
+    assert_eq!(Params::parse("deflate; frame-window-bits=x"), None);
+}
+
+#[test]
+fn a_wide_frame_window_reaches_repeats_past_the_history_and_keeps_only_the_history() {
+    // Repeats 4 KiB apart: out of reach of a 1 KiB window, within a 32 KiB one.
+    let block = noise(4096, 3);
+    let plain: Vec<u8> = block.iter().chain(&block).chain(&block).copied().collect();
+    let narrow = Params::new(DEFAULT_WINDOW_BITS).expect("valid");
+    let wide = Params::offer(DEFAULT_WINDOW_BITS).expect("valid");
+    let size = |params: Params| {
+        let (mut enc, mut dec) = (Encoder::new(params), Decoder::new(params, LIMIT));
+        let mut wire = 0;
+        for round in 0..3 {
+            let frame: Vec<u8> = plain.iter().map(|b| b ^ round).collect();
+            let sent = enc.encode(&frame);
+            assert_eq!(dec.decode(&sent).expect("decodes"), frame);
+            wire += sent.len();
+        }
+        assert!(enc.memory_bytes() <= params.window() + 128);
+        assert!(dec.memory_bytes() <= params.window() + 128);
+        wire
+    };
+    let (narrow, wide) = (size(narrow), size(wide));
+    assert!(
+        wide * 2 < narrow,
+        "the wide window found the repeats: {wide} against {narrow} bytes"
+    );
+}
+
+#[test]
 fn frame_headers_are_counted_as_rfc_6455_sizes_them() {
     assert_eq!(ws_header_bytes(0, false), 2);
     assert_eq!(ws_header_bytes(125, true), 6);
