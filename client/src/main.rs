@@ -112,11 +112,10 @@ struct RunArgs {
     /// Largest frame sent, in bytes (the hub's limit wins if smaller).
     #[arg(long, env = "LULA_MAX_FRAME_BYTES", default_value_t = lula_protocol::limits::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
-    /// Compressed frames on the link to the hub: the window asked for (9 to 15
-    /// bits; 10 = 1 KiB per direction), or `off` (the default for now) for
-    /// JSON text frames. Worth it on slow or metered links; on a fast link
-    /// the deflate CPU can cost throughput (BENCHMARKS.md, issue 16).
-    #[arg(long, env = "LULA_COMPRESSION_WINDOW_BITS", default_value = "off", value_parser = lula_protocol::compress::parse_window_setting)]
+    /// Compressed frames on the link to the hub: the history window asked for
+    /// (9 to 15 bits; 10 = 1 KiB per direction), or `off` for JSON text
+    /// frames. A hub that does not answer the offer gets text frames anyway.
+    #[arg(long, env = "LULA_COMPRESSION_WINDOW_BITS", default_value = "10", value_parser = lula_protocol::compress::parse_window_setting)]
     compression_window_bits: u8,
     /// Pause between refused registration attempts.
     #[arg(long, env = "LULA_REGISTER_RETRY", default_value = "60s", value_parser = humantime::parse_duration)]

@@ -148,7 +148,7 @@ async fn the_link_is_compressed_and_status_shows_its_bytes_and_ratio() {
     let cloud = Cloud::start().await;
     let otp = cloud.provision("dev-z").await;
     let mut device = Device::new(&cloud, "dev-z", &otp);
-    // Opt in, as an operator of a metered link would.
+    // The default, said here because this test is about it.
     device.config.compression_window_bits = Some(lula_protocol::compress::DEFAULT_WINDOW_BITS);
     device.produce(0, 500).await;
     for i in 0..500 {
