@@ -53,6 +53,15 @@ pub struct Budget {
     pub refused: HashMap<StreamId, String>,
 }
 
+/// What a batch's buffer starts with; it grows as entries are added. Kept
+/// under glibc's mmap threshold (128 KiB): a larger buffer is a fresh
+/// `mmap` per batch, which the shrink into the batch's `Box<RawValue>` turns
+/// into an `mremap` and dropping it into an `munmap` with a TLB shootdown
+/// on every core, about 40 µs per batch. At a few entries per batch (a
+/// producer slower than the link) that was most of the daemon's CPU per
+/// entry and 0.05 ms of upstream latency (BENCHMARKS.md, issue 12).
+const INITIAL_BATCH_BYTES: usize = 16 * 1024;
+
 /// Consecutive out-stream entries, encoded and ready to send.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -102,7 +111,7 @@ pub fn take_batch(
     max_entries: usize,
     max_bytes: usize,
 ) -> Result<Option<Batch>, UplinkError> {
-    let mut json: Vec<u8> = Vec::with_capacity(max_bytes.min(256 * 1024));
+    let mut json: Vec<u8> = Vec::with_capacity(max_bytes.min(INITIAL_BATCH_BYTES));
     json.push(b'[');
     let (mut first, mut last, mut count) = (StreamId::ZERO, StreamId::ZERO, 0);
     while count < max_entries {
