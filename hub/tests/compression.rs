@@ -72,8 +72,8 @@ impl Compressed {
         self.send_raw(frame).await;
     }
 
-    /// The next data frame, which must be compressed, as JSON.
-    async fn recv(&mut self) -> Value {
+    /// The next data frame, which must be compressed, as sent and inflated.
+    async fn recv_wire(&mut self) -> (Vec<u8>, Vec<u8>) {
         loop {
             let msg = tokio::time::timeout(std::time::Duration::from_secs(10), self.ws.ws.next())
                 .await
@@ -82,13 +82,19 @@ impl Compressed {
                 .expect("no socket error");
             match msg {
                 Message::Binary(b) => {
-                    return serde_json::from_slice(&self.dec.decode(&b).expect("inflates"))
-                        .unwrap();
+                    let plain = self.dec.decode(&b).expect("inflates");
+                    return (b.to_vec(), plain);
                 }
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("expected a compressed frame, got {other:?}"),
             }
         }
+    }
+
+    /// The next data frame, which must be compressed, as JSON.
+    async fn recv(&mut self) -> Value {
+        let (_, plain) = self.recv_wire().await;
+        serde_json::from_slice(&plain).unwrap()
     }
 
     async fn request(&mut self, kind: &str, payload: Value) -> Value {
@@ -198,15 +204,8 @@ async fn a_wider_frame_window_is_agreed_when_asked_and_used_both_ways() {
     let subscribe = json!({"type": "subscribe", "id": id, "payload": {"id": "0-0"}});
     c.send(subscribe).await;
     loop {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), c.ws.ws.next())
-            .await
-            .expect("a frame within 10 s (hang guard)")
-            .expect("socket open")
-            .expect("no socket error");
-        let Message::Binary(wire) = msg else {
-            continue;
-        };
-        let plain = c.dec.decode(&wire).expect("inflates");
+        // A push that did not shrink would come as text, and fail here.
+        let (wire, plain) = c.recv_wire().await;
         let frame: Value = serde_json::from_slice(&plain).unwrap();
         if frame["type"] == "push" {
             assert_eq!(frame["payload"]["entries"][0]["fields"][1], json!(value));
