@@ -319,37 +319,38 @@ impl StatusReport {
 
     /// Losses, warnings and the last error.
     fn fmt_problems(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.last_gap, self.gaps) {
-            (Some(gap), n) if n > 0 => writeln!(f, "lost before sync:   {n} time(s); last: {gap}")?,
-            _ => writeln!(f, "lost before sync:   none")?,
-        }
-        match (&self.last_broadcast_gap, self.broadcast_gaps) {
-            (Some(gap), n) if n > 0 => writeln!(
-                f,
-                "missed broadcasts:  {n} time(s) (trimmed by the hub's retention first); last: {gap}"
-            )?,
-            _ => writeln!(f, "missed broadcasts:  none")?,
-        }
-        match (&self.last_expired, self.expired) {
-            (Some(last), n) if n > 0 => writeln!(
-                f,
-                "expired messages:   {n} (not delivered: past expiresAt or --downstream-max-age); last: {last}"
-            )?,
-            _ => writeln!(f, "expired messages:   none")?,
-        }
-        match (&self.last_set_aside_up, self.set_aside_up) {
-            (Some(last), n) if n > 0 => writeln!(
-                f,
-                "set aside up:       {n} (past a limit; in lula-client:dead:x); last: {last}"
-            )?,
-            _ => writeln!(f, "set aside up:       none")?,
-        }
-        match (&self.last_set_aside_down, self.set_aside_down) {
-            (Some(last), n) if n > 0 => writeln!(
-                f,
-                "set aside down:     {n} (past a limit; in the hub's lula-hub:dead:x); last: {last}"
-            )?,
-            _ => writeln!(f, "set aside down:     none")?,
+        let counts = [
+            ("lost before sync:", self.gaps, &self.last_gap, " time(s)"),
+            (
+                "missed broadcasts:",
+                self.broadcast_gaps,
+                &self.last_broadcast_gap,
+                " time(s) (trimmed by the hub's retention first)",
+            ),
+            (
+                "expired messages:",
+                self.expired,
+                &self.last_expired,
+                " (not delivered: past expiresAt or --downstream-max-age)",
+            ),
+            (
+                "set aside up:",
+                self.set_aside_up,
+                &self.last_set_aside_up,
+                " (past a limit; in lula-client:dead:x)",
+            ),
+            (
+                "set aside down:",
+                self.set_aside_down,
+                &self.last_set_aside_down,
+                " (past a limit; in the hub's lula-hub:dead:x)",
+            ),
+        ];
+        for (label, n, last, what) in counts {
+            match last {
+                Some(last) if n > 0 => writeln!(f, "{label:<20}{n}{what}; last: {last}")?,
+                _ => writeln!(f, "{label:<20}none")?,
+            }
         }
         if let Some(w) = &self.warning {
             writeln!(f, "WARNING:            {w}")?;
