@@ -169,37 +169,9 @@ pub async fn downstream(
     device: MultiplexedConnection,
     device_in: &str,
 ) -> anyhow::Result<u64> {
-    let mut sent = Pages::new(hub, hub_out);
-    let mut got = Pages::new(device, device_in);
-    let mut n = 0u64;
-    loop {
-        match (sent.next().await?, got.next().await?) {
-            (None, None) => return Ok(n),
-            (Some(want), None) => {
-                bail!(
-                    "only {n} entries reached the device; hub entry {} is missing",
-                    want.id
-                )
-            }
-            (None, Some(extra)) => {
-                bail!("the device holds more than the {n} entries sent: {extra:?} (a duplicate?)")
-            }
-            (Some(want), Some(got)) => {
-                let f = &got.fields;
-                if f.len() < 2
-                    || f[0] != b"seq"
-                    || f[1] != want.id.to_string().as_bytes()
-                    || f[2..] != want.fields[..]
-                {
-                    bail!(
-                        "device entry #{n} should be seq {} with {want:?}, it is {got:?} (lost, duplicated or reordered)",
-                        want.id
-                    );
-                }
-                n += 1;
-            }
-        }
-    }
+    let sent = Pages::new(hub, hub_out);
+    let got = Pages::new(device, device_in);
+    relayed(sent, got, "seq", "entries").await
 }
 
 /// Checks that a device's in stream holds every entry of the broadcast stream
@@ -212,31 +184,39 @@ pub async fn broadcasts(
     device_in: &str,
     page: usize,
 ) -> anyhow::Result<u64> {
-    let mut sent = Pages::new(hub, broadcast).page_size(page);
-    let mut got = Pages::new(device, device_in).page_size(page);
+    let sent = Pages::new(hub, broadcast).page_size(page);
+    let got = Pages::new(device, device_in).page_size(page);
+    relayed(sent, got, "broadcast", "broadcasts").await
+}
+
+/// Walks what the hub sent and what the device stored side by side: each
+/// stored entry must be `<marker> <hub id> <fields...>` of the sent entry at
+/// the same place, with nothing missing or left over. `what` names the
+/// entries in errors. Returns the number checked.
+async fn relayed(mut sent: Pages, mut got: Pages, marker: &str, what: &str) -> anyhow::Result<u64> {
     let mut n = 0u64;
     loop {
         match (sent.next().await?, got.next().await?) {
             (None, None) => return Ok(n),
             (Some(want), None) => {
                 bail!(
-                    "only {n} broadcasts reached the device; {} is missing",
+                    "only {n} {what} reached the device; hub entry {} is missing",
                     want.id
                 )
             }
             (None, Some(extra)) => bail!(
-                "the device holds more than the {n} broadcasts sent: entry {} (a duplicate?)",
+                "the device holds more than the {n} {what} sent: entry {} (a duplicate?)",
                 extra.id
             ),
             (Some(want), Some(got)) => {
                 let f = &got.fields;
                 if f.len() < 2
-                    || f[0] != b"broadcast"
+                    || f[0] != marker.as_bytes()
                     || f[1] != want.id.to_string().as_bytes()
                     || f[2..] != want.fields[..]
                 {
                     bail!(
-                        "device entry #{n} should be broadcast {} ({} fields), it is {} with {} fields (lost, duplicated or reordered)",
+                        "device entry #{n} should be {marker} {} ({} fields), it is {} with {} fields (lost, duplicated or reordered)",
                         want.id,
                         want.fields.len(),
                         got.id,
