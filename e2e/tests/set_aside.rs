@@ -210,6 +210,24 @@ async fn a_wide_direct_message_is_set_aside_once_and_messages_behind_it_arrive()
 }
 
 /// Writes one raw entry to the device's `out:x` and returns its id.
+/// Waits until the hub has acknowledged the device's entries up to `last`.
+async fn synced_to(device: &Device, last: StreamId) {
+    eventually("the hub's cursor at the last entry", WAIT, || async {
+        (device.status().await.upstream_cursor == Some(last)).then_some(())
+    })
+    .await;
+}
+
+/// The device seqs the cloud's in stream holds, in order.
+async fn cloud_seqs(cloud: &Cloud) -> Vec<String> {
+    cloud
+        .in_entries()
+        .await
+        .iter()
+        .map(|e| String::from_utf8_lossy(field(e, "seq").unwrap()).into_owned())
+        .collect()
+}
+
 async fn produce_raw(device: &Device, fields: &[(&str, String)]) -> StreamId {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(device.keys.out_stream()).arg("*");
@@ -319,17 +337,11 @@ async fn a_daemon_killed_after_setting_an_entry_aside_leaves_one_dead_entry_and_
     }
     let _: String = xadd.query_async(&mut device.conn().await).await.unwrap();
     device.start();
-    eventually("the entries around it", WAIT, || async {
-        (device.status().await.upstream_cursor == Some(last)).then_some(())
-    })
-    .await;
-    let seqs: Vec<String> = cloud
-        .in_entries()
-        .await
-        .iter()
-        .map(|e| String::from_utf8_lossy(field(e, "seq").unwrap()).into_owned())
-        .collect();
-    assert_eq!(seqs, [first.to_string(), last.to_string()]);
+    synced_to(&device, last).await;
+    assert_eq!(
+        cloud_seqs(&cloud).await,
+        [first.to_string(), last.to_string()]
+    );
     let dead = read_all(&mut device.conn().await, "lula-client:dead:x").await;
     assert_eq!(dead.len(), 1, "one dead entry: {dead:?}");
     assert_eq!(&dead[0].fields[2..], original.fields.as_slice());
@@ -338,10 +350,7 @@ async fn a_daemon_killed_after_setting_an_entry_aside_leaves_one_dead_entry_and_
     device.start();
     wait_connected(&device).await;
     let extra = produce_raw(&device, &note(3)).await;
-    eventually("the next entry", WAIT, || async {
-        (device.status().await.upstream_cursor == Some(extra)).then_some(())
-    })
-    .await;
+    synced_to(&device, extra).await;
     assert_eq!(cloud.in_len().await, 3);
     assert_eq!(
         read_all(&mut device.conn().await, "lula-client:dead:x")
@@ -411,10 +420,7 @@ async fn a_daemon_killed_as_it_sets_entries_aside_loses_and_doubles_nothing() {
     device.start();
     let out = device.out_entries().await;
     let last = out.last().unwrap().id;
-    eventually("everything synced", WAIT, || async {
-        (device.status().await.upstream_cursor == Some(last)).then_some(())
-    })
-    .await;
+    synced_to(&device, last).await;
     let dead = read_all(&mut device.conn().await, "lula-client:dead:x").await;
     assert_eq!(dead.len(), 3, "one dead letter per wide entry: {dead:?}");
     let wide: Vec<StreamId> = dead.iter().map(|e| e.id).collect();
@@ -437,17 +443,11 @@ async fn a_device_entry_too_wide_for_a_lua_unpack_is_set_aside_with_a_plain_xadd
     let wide = produce_raw(&device, &fields).await;
     let last = produce_raw(&device, &note(2)).await;
     device.start();
-    eventually("the entry behind it", WAIT, || async {
-        (device.status().await.upstream_cursor == Some(last)).then_some(())
-    })
-    .await;
-    let seqs: Vec<String> = cloud
-        .in_entries()
-        .await
-        .iter()
-        .map(|e| String::from_utf8_lossy(field(e, "seq").unwrap()).into_owned())
-        .collect();
-    assert_eq!(seqs, [first.to_string(), last.to_string()]);
+    synced_to(&device, last).await;
+    assert_eq!(
+        cloud_seqs(&cloud).await,
+        [first.to_string(), last.to_string()]
+    );
     let dead = read_all(&mut device.conn().await, "lula-client:dead:x").await;
     assert_eq!(dead.iter().map(|e| e.id).collect::<Vec<_>>(), [wide]);
     assert_eq!(dead[0].fields.len(), 2 + 10_000);
