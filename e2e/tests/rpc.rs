@@ -81,18 +81,32 @@ fn cloud_responder(cloud: &Cloud, stop: CancellationToken) -> tokio::task::JoinH
     })
 }
 
+/// A running device "dev-1", a cloud responder (stopped by the token, joined
+/// by the handle) and a connection to the device Redis to ask through.
+async fn device_with_responder(
+    cloud: &Cloud,
+) -> (
+    Device,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    redis::aio::MultiplexedConnection,
+) {
+    let otp = cloud.provision("dev-1").await;
+    let mut device = Device::new(cloud, "dev-1", &otp);
+    device.start();
+    let stop = CancellationToken::new();
+    let responder = cloud_responder(cloud, stop.clone());
+    let conn = lula_client::rpc::connect(&device.redis.url())
+        .await
+        .unwrap();
+    (device, stop, responder, conn)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_asks_the_cloud_and_gets_its_answer() {
     let cloud = Cloud::start().await;
-    let otp = cloud.provision("dev-1").await;
-    let mut device = Device::new(&cloud, "dev-1", &otp);
-    device.start();
-    let stop = CancellationToken::new();
-    let responder = cloud_responder(&cloud, stop.clone());
+    let (device, stop, responder, mut conn) = device_with_responder(&cloud).await;
 
-    let mut conn = lula_client::rpc::connect(&device.redis.url())
-        .await
-        .unwrap();
     for i in 0..3 {
         let args = vec![(b"n".to_vec(), i.to_string().into_bytes())];
         let response = lula_client::rpc::request(
@@ -138,14 +152,7 @@ async fn a_device_asks_the_cloud_and_gets_its_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arguments_with_reserved_names_arrive_as_sent_both_ways() {
     let cloud = Cloud::start().await;
-    let otp = cloud.provision("dev-1").await;
-    let mut device = Device::new(&cloud, "dev-1", &otp);
-    device.start();
-    let stop = CancellationToken::new();
-    let responder = cloud_responder(&cloud, stop.clone());
-    let mut conn = lula_client::rpc::connect(&device.redis.url())
-        .await
-        .unwrap();
+    let (device, stop, responder, mut conn) = device_with_responder(&cloud).await;
     let args: Vec<(Vec<u8>, Vec<u8>)> = [
         ("seq", "1"),
         ("_client", "2"),
