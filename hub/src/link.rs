@@ -4,9 +4,6 @@
 //! [`Inbound`] in its reader. Both also count the link's bytes into the hub's
 //! [`LinkMetrics`].
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use axum::extract::ws::{Message, Utf8Bytes};
 use axum::http::HeaderMap;
 use axum::http::header::{HeaderName, HeaderValue};
@@ -156,37 +153,11 @@ impl Outbound {
 /// `sink` with every message passed through `outbound` on its way out: what
 /// the connection's writer task sends on, so replies, pushes and broadcasts
 /// are all compressed (and counted) in one place, in the order queued.
-pub fn compressing<S>(sink: S, outbound: Outbound) -> Compressing<S> {
-    Compressing { sink, outbound }
-}
-
-/// The sink [`compressing`] returns.
-#[derive(Debug)]
-pub struct Compressing<S> {
+pub fn compressing<S: Sink<Message> + Unpin>(
     sink: S,
-    outbound: Outbound,
-}
-
-impl<S: Sink<Message> + Unpin> Sink<Message> for Compressing<S> {
-    type Error = S::Error;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.sink.poll_ready_unpin(cx)
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, msg: Message) -> Result<(), S::Error> {
-        let this = &mut *self;
-        let msg = this.outbound.prepare(msg);
-        this.sink.start_send_unpin(msg)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.sink.poll_flush_unpin(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.sink.poll_close_unpin(cx)
-    }
+    mut outbound: Outbound,
+) -> impl Sink<Message, Error = S::Error> + Unpin {
+    sink.with(move |msg| std::future::ready(Ok(outbound.prepare(msg))))
 }
 
 /// The reader's half: inflates compressed frames once agreed, counts what comes in.
@@ -332,10 +303,11 @@ mod tests {
     #[tokio::test]
     async fn the_compressing_sink_sends_what_outbound_prepares() {
         let params = Params::new(compress::DEFAULT_WINDOW_BITS);
-        let mut sink = compressing(Vec::new(), Outbound::new(params, LinkMetrics::default()));
+        let mut sent = Vec::new();
+        let mut sink = compressing(&mut sent, Outbound::new(params, LinkMetrics::default()));
         sink.send(Message::Text("{}".into())).await.unwrap();
         sink.send(Message::Ping(Default::default())).await.unwrap();
-        let sent = sink.sink;
+        drop(sink);
         let mut inb = Inbound::new(params, 1 << 20, LinkMetrics::default());
         assert_eq!(
             inb.accept(sent[0].clone()).unwrap(),
