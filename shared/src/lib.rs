@@ -21,6 +21,7 @@
 //! - [`keys`]: every Redis key name, under configurable prefixes.
 //! - [`token`]: session token claims.
 //! - [`limits`]: sizes and timeouts both ends respect.
+//! - [`parts`]: entries too wide or large for a frame, cut into parts and put back together.
 //! - [`budget`]: byte budgets beside entry budgets (read counts, windows).
 //! - [`lua`]: Lua shared by the Redis scripts of hub and client.
 //! - [`redact`]: keeping secrets out of logs.
@@ -39,6 +40,7 @@ pub mod keys;
 pub mod limits;
 pub mod lua;
 pub mod message;
+pub mod parts;
 pub mod redact;
 #[cfg(feature = "redis")]
 pub mod redis_value;

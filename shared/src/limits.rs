@@ -15,6 +15,28 @@ pub const MAX_BATCH_ENTRIES: usize = 10_000;
 /// 8,000 values, so the limit sits well below that.
 pub const MAX_ENTRY_VALUES: usize = 2_048;
 
+/// Most keys plus values of an entry carried in parts (100,000 field pairs)
+/// by default (`--max-entry-pairs` on the hub): an upstream entry wider than
+/// a batch may hold ([`MAX_ENTRY_VALUES`]) travels in parts
+/// ([`crate::parts`]); one past this is set aside.
+pub const DEFAULT_MAX_PART_VALUES: usize = 200_000;
+
+/// Most bytes of keys and values of an entry carried in parts, by default
+/// (`--max-entry-bytes` on the hub).
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 64 << 20;
+
+/// Bytes of entries being put together from parts, over all connections of
+/// a hub, by default (`--assembly-bytes`). An entry reserves its declared
+/// size at its first part; when the budget is spent the part is refused
+/// with 503 and the device retries after a backoff, so a hub's memory for
+/// parts stays bounded however many devices send large entries at once.
+pub const DEFAULT_ASSEMBLY_BYTES: usize = 128 << 20;
+
+/// Most keys plus values of one entry the hub's ingest script appends:
+/// Lua's `unpack` stops near 8,000 values, so a wider entry is appended with
+/// `WATCH`/`MULTI` instead, guarded by the same cursor.
+pub const SCRIPT_ENTRY_VALUES: usize = 7_000;
+
 /// Largest frame lula-client accepts from the hub. The hub sets aside (does
 /// not push) an entry whose push frame would be larger, for clients that said
 /// they understand set-aside markers.

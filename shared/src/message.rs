@@ -264,6 +264,11 @@ pub struct IdReply {
     /// [`crate::Entry`]); a client sends markers only then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub set_aside: bool,
+    /// Present when the hub takes entries in parts (`part` in `xadds`, see
+    /// [`crate::parts`]): the widest and largest entry it puts together.
+    /// An entry past these is set aside by the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<crate::parts::PartLimits>,
 }
 
 /// Reply to [`kind::XADD`]: the id the hub gave the entry in its in stream.
@@ -296,6 +301,13 @@ pub struct XaddsRequest<E = Vec<Entry>> {
     /// `XDEL`); hubs that predate it ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<u64>,
+    /// One part of an entry too wide or too large for a batch
+    /// ([`crate::parts`]), sent with `entries` empty and `prev` the entry
+    /// before it. The hub answers a part before the last with `added` 0 and
+    /// its cursor as it was, and the last one like a batch of the whole
+    /// entry. Only to hubs that offer `parts` in their `id` reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<crate::parts::EntryPart>,
 }
 
 /// Reply to [`kind::XADDS`].
@@ -494,6 +506,7 @@ mod tests {
                 max_batch_entries: None,
                 max_entry_values: None,
                 set_aside: false,
+                parts: None,
             },
         )
         .to_text()

@@ -289,6 +289,7 @@ mod tests {
             prev: Some(StreamId::ZERO),
             entries: raw,
             backlog: None,
+            part: None,
         });
         assert_eq!(
             batch.to_text(Some(&Value::from(3))).unwrap(),
@@ -298,6 +299,7 @@ mod tests {
             prev: Some(StreamId::ZERO),
             entries: raw,
             backlog: Some(41),
+            part: None,
         });
         let text = reported.to_text(Some(&Value::from(4))).unwrap();
         assert_eq!(

@@ -440,7 +440,7 @@ proptest! {
         let text = Frame::new(kind::XADD, Some(&id), &entry).to_text().unwrap();
         let env = Envelope::parse(&text).unwrap();
         prop_assert_eq!(env.payload::<Entry>().unwrap(), entry.clone());
-        let batch = XaddsRequest { prev: Some(StreamId::ZERO), entries: vec![entry.clone(), entry], backlog: Some(3) };
+        let batch = XaddsRequest { prev: Some(StreamId::ZERO), entries: vec![entry.clone(), entry], backlog: Some(3), part: None };
         let text = Frame::new(kind::XADDS, Some(&id), &batch).to_text().unwrap();
         let env = Envelope::parse(&text).unwrap();
         prop_assert_eq!(env.payload::<XaddsRequest>().unwrap(), batch);
