@@ -298,6 +298,8 @@ struct Limits {
     max_bytes: usize,
     /// When the hub takes set-aside markers: the most values per entry.
     set_aside: Option<usize>,
+    /// When the hub takes entries in parts: its limits for them.
+    parts: Option<lula_protocol::parts::PartLimits>,
 }
 
 /// A batch sent and not acknowledged yet.
@@ -580,10 +582,13 @@ impl Session<'_> {
         let set_aside = reply
             .set_aside
             .then(|| reply.max_entry_values.unwrap_or(MAX_ENTRY_VALUES));
+        // Parts need markers too: what is past their limits is set aside.
+        let parts = reply.parts.filter(|_| reply.set_aside);
         Ok(Limits {
             max_entries,
             max_bytes: max_bytes.saturating_sub(uplink::ENVELOPE_RESERVE).max(1),
             set_aside,
+            parts,
         })
     }
 
@@ -642,6 +647,7 @@ impl Session<'_> {
             max_entries: limits.max_entries,
             max_bytes: limits.max_bytes,
             set_aside: limits.set_aside,
+            parts: limits.parts,
             refused: Default::default(),
         };
         self.start_reader().await?;
@@ -764,22 +770,30 @@ impl Session<'_> {
             None => return Err(SessionError::Protocol("upstream reader stopped".into())),
         };
         let id = self.request_id();
+        // A part before its entry's last moves nothing: the hub answers it
+        // with the cursor before the entry, and the next part follows the
+        // same `prev`.
+        let partial = batch.is_partial();
+        let bytes = batch.wire_bytes();
         let request = Request::Xadds(XaddsRequest {
             prev: Some(self.prev),
             entries: &*batch.entries,
             backlog: batch.backlog,
+            part: batch.part,
         });
         self.send(Some(id), &request)?;
-        self.metrics
-            .upstream_batch_entries
-            .observe(batch.count as f64);
+        if !partial {
+            self.metrics
+                .upstream_batch_entries
+                .observe(batch.count as f64);
+            self.prev = batch.last;
+        }
         self.inflight.push_back(InFlight {
             id,
-            last: batch.last,
+            last: self.prev,
             last_ordinal: batch.last_ordinal,
-            bytes: batch.entries.get().len(),
+            bytes,
         });
-        self.prev = batch.last;
         Ok(())
     }
 

@@ -18,7 +18,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use lula_protocol::budget::ReadCount;
-use lula_protocol::limits::UPSTREAM_READ_AHEAD_BYTES;
+use lula_protocol::limits::{MAX_ENTRY_VALUES, UPSTREAM_READ_AHEAD_BYTES};
+use lula_protocol::parts::{EntryPart, PartLimits, Splitter};
 use lula_protocol::{Entry, StreamId};
 use redis::RedisError;
 use tokio::sync::mpsc;
@@ -48,6 +49,9 @@ pub struct Budget {
     /// When the hub takes set-aside markers: the most keys plus values it
     /// takes per entry.
     pub set_aside: Option<usize>,
+    /// When the hub takes entries in parts: the widest and largest it puts
+    /// together. An entry past a batch but within these goes in parts.
+    pub parts: Option<PartLimits>,
     /// Entries the hub refused by id on this connection, with its reason:
     /// set aside when read again (with `set_aside` only).
     pub refused: HashMap<StreamId, String>,
@@ -77,8 +81,42 @@ pub struct Batch {
     /// them (`entries-added` minus `last_ordinal`), when both are known: what
     /// the batch reports to the hub as the upstream backlog.
     pub backlog: Option<u64>,
-    /// The entries as a JSON array, encoded once here and sent as they are.
+    /// The entries as a JSON array, encoded once here and sent as they are
+    /// (empty for a part).
     pub entries: Box<RawValue>,
+    /// One part of an entry sent in parts ([`lula_protocol::parts`]); the
+    /// batch counts the entry (`count` 1) only with its last part.
+    pub part: Option<EntryPart>,
+}
+
+impl Batch {
+    /// Whether this is a part before its entry's last: the hub appends
+    /// nothing for it and the cursor stays where it was.
+    pub fn is_partial(&self) -> bool {
+        self.part.as_ref().is_some_and(|p| p.index + 1 < p.count)
+    }
+
+    /// About how many bytes it takes on the wire.
+    pub fn wire_bytes(&self) -> usize {
+        let part = self.part.as_ref().map_or(0, |p| {
+            p.pieces.iter().map(|v| v.len().div_ceil(3) * 4 + 3).sum()
+        });
+        self.entries.get().len() + part
+    }
+
+    /// A batch of one part of the entry `split` cuts.
+    fn of_part(part: EntryPart) -> Self {
+        let last = part.index + 1 == part.count;
+        Batch {
+            first: part.id,
+            last: part.id,
+            count: usize::from(last),
+            last_ordinal: None,
+            backlog: None,
+            entries: RawValue::from_string("[]".to_owned()).expect("valid JSON"),
+            part: Some(part),
+        }
+    }
 }
 
 /// Why the reader stopped.
@@ -165,6 +203,7 @@ pub fn take_batch(
         last_ordinal: None,
         backlog: None,
         entries,
+        part: None,
     }))
 }
 
@@ -318,11 +357,12 @@ pub async fn read_batches(
         tracker: Tracker::new(start, start_ordinal),
         reads: ReadCount::new(budget.max_entries),
         pending: VecDeque::new(),
+        split: None,
         next_ordinal: None,
         added: None,
     };
     loop {
-        if read.pending.is_empty() {
+        if read.pending.is_empty() && read.split.is_none() {
             // Only the read itself is cut short by `cancel`: what follows it
             // (gap reports, setting entries aside) runs to its end.
             let count = read.reads.count(UPSTREAM_READ_AHEAD_BYTES);
@@ -364,7 +404,9 @@ struct ReadAhead {
     tracker: Tracker,
     reads: ReadCount,
     pending: VecDeque<Entry>,
-    /// Ordinal of `pending.front()`, when known.
+    /// The entry being sent in parts, taken from the front of `pending`.
+    split: Option<Splitter>,
+    /// Ordinal of `pending.front()` (or of the entry in `split`), when known.
     next_ordinal: Option<u64>,
     /// The stream's `entries-added` at the read that filled `pending`.
     added: Option<u64>,
@@ -400,20 +442,43 @@ impl ReadAhead {
         if let Some(max_values) = budget.set_aside {
             // The batch's brackets take two bytes of the budget.
             let limits = (max_values, budget.max_bytes.saturating_sub(2));
-            set_aside_past_limits(device, metrics, &mut entries, limits, &budget.refused).await?;
+            set_aside_past_limits(device, metrics, &mut entries, limits, budget).await?;
         }
         self.pending.extend(entries);
         Ok(())
     }
 
     /// The next batch of what was read, with its ordinal and the backlog
-    /// behind it when known.
+    /// behind it when known. An entry too wide or too large for a batch
+    /// goes in parts, one batch each, when the hub takes parts.
     fn take(&mut self, budget: &Budget) -> Result<Option<Batch>, UplinkError> {
-        let Some(mut batch) = take_batch(&mut self.pending, budget.max_entries, budget.max_bytes)?
-        else {
+        if self.split.is_none() && budget.parts.is_some() {
+            self.start_parts(budget);
+        }
+        let batch = match self.split.as_mut() {
+            Some(split) => {
+                let part = split.next_part();
+                if part.as_ref().is_none_or(|p| p.index + 1 == p.count) {
+                    self.split = None;
+                }
+                part.map(Batch::of_part)
+            }
+            None => {
+                // A batch ends before an entry that goes in parts.
+                let wide = self
+                    .pending
+                    .iter()
+                    .position(|e| needs_parts(e, usize::MAX, budget));
+                let max_entries = wide.map_or(budget.max_entries, |i| i.min(budget.max_entries));
+                take_batch(&mut self.pending, max_entries, budget.max_bytes)?
+            }
+        };
+        let Some(mut batch) = batch else {
             return Ok(None);
         };
-        batch.last_ordinal = self.next_ordinal.map(|o| o + batch.count as u64 - 1);
+        batch.last_ordinal = self
+            .next_ordinal
+            .and_then(|o| (o + batch.count as u64).checked_sub(1));
         batch.backlog = self
             .added
             .zip(batch.last_ordinal)
@@ -423,7 +488,33 @@ impl ReadAhead {
     }
 }
 
-/// Sets aside the entries past `max_values` or `max_bytes` (see
+impl ReadAhead {
+    /// Starts sending the front entry in parts when it does not fit a batch.
+    fn start_parts(&mut self, budget: &Budget) {
+        let Some(front) = self.pending.front() else {
+            return;
+        };
+        if !needs_parts(front, budget.max_bytes.saturating_sub(2), budget) {
+            return;
+        }
+        if let Some(entry) = self.pending.pop_front() {
+            tracing::debug!(id = %entry.id, values = entry.fields.len(), bytes = entry.payload_len(), "sending an entry in parts");
+            self.split = Some(Splitter::new(entry, budget.max_bytes));
+        }
+    }
+}
+
+/// Whether `entry` goes in parts: the hub takes parts, and the entry is
+/// wider than a batch may hold, or its encoding longer than `max_bytes`.
+fn needs_parts(entry: &Entry, max_bytes: usize, budget: &Budget) -> bool {
+    budget.parts.is_some()
+        && entry.set_aside.is_none()
+        && (entry.fields.len() > MAX_ENTRY_VALUES
+            || (max_bytes < usize::MAX && entry.past_limits(usize::MAX, max_bytes).is_some()))
+}
+
+/// Sets aside the entries past `max_values` or `max_bytes`, or past the
+/// hub's limits for parts when it takes parts (see
 /// [`Device::set_aside_up`]), replacing each with a set-aside marker to send
 /// in its place.
 async fn set_aside_past_limits(
@@ -431,13 +522,17 @@ async fn set_aside_past_limits(
     metrics: &Metrics,
     entries: &mut [Entry],
     (max_values, max_bytes): (usize, usize),
-    refused: &HashMap<StreamId, String>,
+    budget: &Budget,
 ) -> Result<(), RedisError> {
     for entry in entries.iter_mut() {
-        let reason = refused
+        let reason = budget
+            .refused
             .get(&entry.id)
             .map(|why| format!("refused by the hub: {why}"))
-            .or_else(|| entry.past_limits(max_values, max_bytes));
+            .or_else(|| match &budget.parts {
+                Some(parts) => parts.refuses(entry),
+                None => entry.past_limits(max_values, max_bytes),
+            });
         let Some(reason) = reason else {
             continue;
         };

@@ -57,6 +57,7 @@ async fn batches(
             max_entries: max,
             max_bytes: 1 << 20,
             set_aside: None,
+            parts: None,
             refused: Default::default(),
         },
         tx,

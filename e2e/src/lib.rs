@@ -167,6 +167,9 @@ pub struct CloudOptions {
     pub broadcast_retention: Option<(Duration, Duration)>,
     /// The hubs' admin token (opens `/fleet` on the admin listener).
     pub admin_token: Option<String>,
+    /// The hubs' `--max-entry-pairs` and `--max-entry-bytes` (`None`: the
+    /// defaults).
+    pub part_limits: Option<lula_protocol::parts::PartLimits>,
 }
 
 impl Default for CloudOptions {
@@ -183,6 +186,7 @@ impl Default for CloudOptions {
             ingest_partitions: 1,
             broadcast_retention: None,
             admin_token: None,
+            part_limits: None,
         }
     }
 }
@@ -246,6 +250,7 @@ pub struct Cloud {
     tls: Option<Arc<rustls::ServerConfig>>,
     broadcast_retention: Option<(Duration, Duration)>,
     downstream_max_age: Option<Duration>,
+    part_limits: Option<lula_protocol::parts::PartLimits>,
     auth_addr: SocketAddr,
     auth_admin_addr: SocketAddr,
     hub_addr: SocketAddr,
@@ -320,6 +325,7 @@ impl Cloud {
             tls: options.tls,
             broadcast_retention: options.broadcast_retention,
             downstream_max_age: None,
+            part_limits: options.part_limits,
             auth_addr,
             auth_admin_addr,
             hub_addr,
@@ -405,6 +411,9 @@ impl Cloud {
             config.broadcast_trim_interval = every;
         }
         config.downstream_max_age = self.downstream_max_age;
+        if let Some(limits) = self.part_limits {
+            config.part_limits = limits;
+        }
         config
     }
 

@@ -34,6 +34,13 @@ pub struct Config {
     /// Largest WebSocket message accepted; larger ones close the socket with 1009.
     /// A compressed frame may not inflate past it either.
     pub max_frame_bytes: usize,
+    /// The widest and largest upstream entry the hub puts together from
+    /// parts (`--max-entry-pairs`, `--max-entry-bytes`); the client sets
+    /// aside what is past them. See `lula_protocol::parts`.
+    pub part_limits: lula_protocol::parts::PartLimits,
+    /// Bytes of entries being put together from parts, over all connections
+    /// (`--assembly-bytes`); see `lula_protocol::limits::DEFAULT_ASSEMBLY_BYTES`.
+    pub assembly_bytes: usize,
     /// Largest compression window (bits) the hub agrees to when a client asks
     /// for compressed frames; `None` turns compression off (every client gets
     /// JSON text frames). See `PROTOCOL.md`, "Compression".
@@ -128,6 +135,11 @@ impl Config {
             prefix: DEFAULT_HUB_PREFIX.into(),
             auth_prefix: DEFAULT_AUTH_PREFIX.into(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            part_limits: lula_protocol::parts::PartLimits {
+                max_values: lula_protocol::limits::DEFAULT_MAX_PART_VALUES,
+                max_bytes: lula_protocol::limits::DEFAULT_MAX_ENTRY_BYTES,
+            },
+            assembly_bytes: lula_protocol::limits::DEFAULT_ASSEMBLY_BYTES,
             compression_window_bits: Some(lula_protocol::compress::DEFAULT_WINDOW_BITS),
             redis_timeout: Duration::from_secs(5),
             ping_interval: PING_INTERVAL,
@@ -164,6 +176,8 @@ impl fmt::Debug for Config {
             .field("prefix", &self.prefix)
             .field("auth_prefix", &self.auth_prefix)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("part_limits", &self.part_limits)
+            .field("assembly_bytes", &self.assembly_bytes)
             .field("compression_window_bits", &self.compression_window_bits)
             .field("redis_timeout", &self.redis_timeout)
             .field("ping_interval", &self.ping_interval)

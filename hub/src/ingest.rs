@@ -24,6 +24,8 @@
 //! ([`Ingestor::check_layout`]): a hub with another partition count would look
 //! for a device's cursor in another partition and take its entries again.
 
+mod wide;
+
 use crate::metrics::HubMetrics;
 use std::sync::{Arc, LazyLock};
 
@@ -31,7 +33,7 @@ use lula_protocol::keys::{HubKeys, IngestLayout};
 use lula_protocol::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_VALUES};
 use lula_protocol::message::{ErrorReply, status};
 use lula_protocol::{ClientId, Entry, StreamId, escape_field};
-use lula_runtime::redis::RedisConn;
+use lula_runtime::redis::{RedisConn, RedisTarget};
 use redis::aio::ConnectionLike;
 use redis::{RedisError, Script, Value};
 use tokio::sync::{OnceCell, mpsc, oneshot};
@@ -196,8 +198,10 @@ impl IngestError {
 /// Longest reason a set-aside marker may carry.
 pub const MAX_REASON_BYTES: usize = 1024;
 
-/// Checks the rules a batch must meet before it may reach the script.
-pub fn validate(entries: &[Entry]) -> Result<(), IngestError> {
+/// Checks the rules a batch must meet before it may reach the script;
+/// `max_values` is [`MAX_ENTRY_VALUES`] for a batch, more for an entry put
+/// together from parts.
+pub fn validate(entries: &[Entry], max_values: usize) -> Result<(), IngestError> {
     if entries.len() > MAX_BATCH_ENTRIES {
         return Err(IngestError::TooLarge(format!(
             "batch has {} entries, more than the limit of {MAX_BATCH_ENTRIES}",
@@ -216,7 +220,7 @@ pub fn validate(entries: &[Entry]) -> Result<(), IngestError> {
     // get the same guarantee.
     if let Some(e) = entries
         .iter()
-        .find(|e| e.fields.len() > MAX_ENTRY_VALUES || !e.fields.len().is_multiple_of(2))
+        .find(|e| e.fields.len() > max_values || !e.fields.len().is_multiple_of(2))
     {
         return Err(IngestError::TooLarge(format!(
             "entry {} has too many or unpaired fields",
@@ -383,9 +387,11 @@ impl LayoutGuard {
 
 impl Ingestor {
     /// Starts one ingest task per partition of `layout`. They end when every
-    /// clone of the ingestor is gone.
+    /// clone of the ingestor is gone. `target` is where `redis` goes, for the
+    /// connections of wide appends ([`wide`]).
     pub fn start(
         redis: RedisConn,
+        target: RedisTarget,
         keys: &HubKeys,
         layout: IngestLayout,
         metrics: Arc<HubMetrics>,
@@ -400,7 +406,7 @@ impl Ingestor {
             .map(|p| {
                 let (jobs, rx) = mpsc::channel(QUEUE);
                 tokio::spawn(ingest_loop(
-                    redis.clone(),
+                    (redis.clone(), wide::WideConn::new(target.clone())),
                     layout.clone(),
                     p,
                     guard.clone(),
@@ -436,7 +442,31 @@ impl Ingestor {
         prev: Option<StreamId>,
         entries: Vec<Entry>,
     ) -> Result<Pending, IngestError> {
-        validate(&entries)?;
+        self.submit_checked(client, prev, entries, MAX_ENTRY_VALUES)
+            .await
+    }
+
+    /// Queues one entry put together from parts, of up to `max_values` keys
+    /// plus values (appended by the script, or when wider by [`wide`]).
+    pub async fn submit_wide(
+        &self,
+        client: &ClientId,
+        prev: Option<StreamId>,
+        entry: Entry,
+        max_values: usize,
+    ) -> Result<Pending, IngestError> {
+        self.submit_checked(client, prev, vec![entry], max_values)
+            .await
+    }
+
+    async fn submit_checked(
+        &self,
+        client: &ClientId,
+        prev: Option<StreamId>,
+        entries: Vec<Entry>,
+        max_values: usize,
+    ) -> Result<Pending, IngestError> {
+        validate(&entries, max_values)?;
         let (reply, pending) = oneshot::channel();
         let job = Job {
             section: Section {
@@ -456,7 +486,7 @@ impl Ingestor {
 }
 
 async fn ingest_loop(
-    mut redis: RedisConn,
+    (mut redis, mut wide): (RedisConn, wide::WideConn),
     layout: IngestLayout,
     partition: u32,
     guard: Arc<LayoutGuard>,
@@ -464,30 +494,8 @@ async fn ingest_loop(
     metrics: Arc<HubMetrics>,
 ) {
     let mut carry: Option<Job> = None;
-    loop {
-        let first = match carry.take() {
-            Some(job) => job,
-            None => match rx.recv().await {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        let mut total = first.section.entries.len();
-        let mut group = vec![first];
-        while total < MAX_BATCH_ENTRIES {
-            match rx.try_recv() {
-                Ok(job) if total + job.section.entries.len() <= MAX_BATCH_ENTRIES => {
-                    total += job.section.entries.len();
-                    group.push(job);
-                }
-                Ok(job) => {
-                    carry = Some(job);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let (sections, replies): (Vec<Section>, Vec<_>) =
+    while let Some(group) = next_group(&mut rx, &mut carry).await {
+        let (mut sections, replies): (Vec<Section>, Vec<_>) =
             group.into_iter().map(|j| (j.section, j.reply)).unzip();
         let last_ms: Vec<Option<u64>> = sections
             .iter()
@@ -499,6 +507,11 @@ async fn ingest_loop(
         let batches = sections.len();
         let started = std::time::Instant::now();
         let appended = match guard.check().await {
+            Ok(()) if sections.len() == 1 && wide::is_wide(&sections[0]) => {
+                let section = sections.remove(0);
+                let appended = wide.append(&layout, partition, section).await;
+                appended.map(|a| vec![a])
+            }
             Ok(()) => append_many(&mut redis, &layout, partition, sections).await,
             Err(e) => {
                 if matches!(e, IngestError::Layout { .. }) {
@@ -524,6 +537,39 @@ async fn ingest_loop(
             }
         }
     }
+}
+
+/// The next group to append in one call: the first queued batch plus
+/// whatever else is queued, up to [`MAX_BATCH_ENTRIES`] entries. An entry
+/// too wide for the script ([`wide::is_wide`]) goes in a group of its own,
+/// in its place in the queue. `None` once the ingestor is gone.
+async fn next_group(rx: &mut mpsc::Receiver<Job>, carry: &mut Option<Job>) -> Option<Vec<Job>> {
+    let first = match carry.take() {
+        Some(job) => job,
+        None => rx.recv().await?,
+    };
+    if wide::is_wide(&first.section) {
+        return Some(vec![first]);
+    }
+    let mut total = first.section.entries.len();
+    let mut group = vec![first];
+    while total < MAX_BATCH_ENTRIES {
+        match rx.try_recv() {
+            Ok(job)
+                if !wide::is_wide(&job.section)
+                    && total + job.section.entries.len() <= MAX_BATCH_ENTRIES =>
+            {
+                total += job.section.entries.len();
+                group.push(job);
+            }
+            Ok(job) => {
+                *carry = Some(job);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Some(group)
 }
 
 /// Counts what one script call appended; `last_ms` is each batch's last
@@ -628,16 +674,19 @@ mod tests {
     #[test]
     fn batches_must_be_strictly_increasing_and_bounded() {
         let e = |ms| Entry::from_pairs(StreamId::new(ms, 0), &[("k", "v")]);
-        assert!(validate(&[e(1), e(2), e(3)]).is_ok());
+        assert!(validate(&[e(1), e(2), e(3)], MAX_ENTRY_VALUES).is_ok());
         assert!(matches!(
-            validate(&[e(1), e(1)]),
+            validate(&[e(1), e(1)], MAX_ENTRY_VALUES),
             Err(IngestError::Invalid(_))
         ));
         assert!(matches!(
-            validate(&[e(2), e(1)]),
+            validate(&[e(2), e(1)], MAX_ENTRY_VALUES),
             Err(IngestError::Invalid(_))
         ));
         let big: Vec<Entry> = (0..MAX_BATCH_ENTRIES as u64 + 1).map(e).collect();
-        assert!(matches!(validate(&big), Err(IngestError::TooLarge(_))));
+        assert!(matches!(
+            validate(&big, MAX_ENTRY_VALUES),
+            Err(IngestError::TooLarge(_))
+        ));
     }
 }

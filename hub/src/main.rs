@@ -155,6 +155,20 @@ struct ServeArgs {
     /// Largest WebSocket message accepted, in bytes.
     #[arg(long, env = "LULA_MAX_FRAME_BYTES", default_value_t = lula_protocol::limits::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
+    /// Most field pairs of an upstream entry; a device entry wider than a
+    /// batch may hold (1,024 pairs) travels in parts, one past this is set
+    /// aside by the device.
+    #[arg(long, env = "LULA_MAX_ENTRY_PAIRS", default_value_t = lula_protocol::limits::DEFAULT_MAX_PART_VALUES / 2)]
+    max_entry_pairs: usize,
+    /// Most bytes (keys plus values) of an upstream entry; one larger than a
+    /// frame travels in parts, one past this is set aside by the device.
+    #[arg(long, env = "LULA_MAX_ENTRY_BYTES", default_value_t = lula_protocol::limits::DEFAULT_MAX_ENTRY_BYTES)]
+    max_entry_bytes: usize,
+    /// Bytes of entries being put together from parts at once, over all
+    /// devices; past it a device waits (its part is refused with 503 and
+    /// retried). At least --max-entry-bytes.
+    #[arg(long, env = "LULA_ASSEMBLY_BYTES", default_value_t = lula_protocol::limits::DEFAULT_ASSEMBLY_BYTES)]
+    assembly_bytes: usize,
     /// Largest compression window agreed to when a device asks for compressed
     /// frames (9 to 15 bits; 10 = 1 KiB per direction), or `off`.
     #[arg(long, env = "LULA_COMPRESSION_WINDOW_BITS", default_value = "10", value_parser = lula_protocol::compress::parse_window_setting)]
@@ -288,6 +302,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth_redis_cluster: args.auth_redis_cluster,
         auth_prefix: args.auth_prefix,
         max_frame_bytes: args.max_frame_bytes,
+        part_limits: lula_protocol::parts::PartLimits {
+            max_values: args.max_entry_pairs.saturating_mul(2),
+            max_bytes: args.max_entry_bytes,
+        },
+        assembly_bytes: args.assembly_bytes.max(args.max_entry_bytes),
         compression_window_bits: lula_protocol::compress::window_setting(
             args.compression_window_bits,
         ),

@@ -55,6 +55,11 @@ pub struct HubMetrics {
     /// Entries pushed and not yet acknowledged, over all devices here: the
     /// downstream lag.
     pub unacked: Gauge,
+    /// Upstream entries put together from parts and appended.
+    pub assembled: Counter,
+    /// First parts refused because the assembly budget was spent (the
+    /// device retries after a backoff).
+    pub assembly_busy: Counter,
     /// Session renewals on live connections, by outcome.
     pub renewals: ByLabel,
     /// Seconds from an entry's device seq (the device's clock when it was
@@ -105,6 +110,8 @@ impl Default for HubMetrics {
             expired: Counter::default(),
             set_aside: ByLabel::default(),
             unacked: Gauge::default(),
+            assembled: Counter::default(),
+            assembly_busy: Counter::default(),
             renewals: ByLabel::default(),
             upstream_lag: lag_histogram(),
             downstream_lag: lag_histogram(),
@@ -135,6 +142,16 @@ impl HubMetrics {
         );
         r.register("closed", "Connections closed, by reason", m.closed.clone());
         r.register("refused", "Upgrades refused, by reason", m.refused.clone());
+        r.register(
+            "assembled_entries",
+            "Upstream entries put together from parts and appended",
+            m.assembled.clone(),
+        );
+        r.register(
+            "assembly_busy",
+            "First parts refused while the assembly budget was spent (retried by the device)",
+            m.assembly_busy.clone(),
+        );
         r.register(
             "frames_in",
             "Frames received from devices",

@@ -27,6 +27,9 @@ pub struct AppState {
     pub wakers: Arc<downstream::Wakers>,
     /// Group commit of every connection's batches.
     pub ingestor: ingest::Ingestor,
+    /// Bytes of entries being put together from parts, over all
+    /// connections (`Config::assembly_bytes`), one permit per byte.
+    pub assembly: Arc<tokio::sync::Semaphore>,
     /// Live connections by device.
     pub live: Arc<live::Live>,
     /// What the hub counts (`GET /metrics`).
@@ -88,7 +91,14 @@ impl AppState {
             );
         }
         Ok(Arc::new(AppState {
-            ingestor: ingest::Ingestor::start(redis.clone(), &keys, layout, metrics.clone()),
+            ingestor: ingest::Ingestor::start(
+                redis.clone(),
+                redis_target.clone(),
+                &keys,
+                layout,
+                metrics.clone(),
+            ),
+            assembly: Arc::new(tokio::sync::Semaphore::new(config.assembly_bytes)),
             metrics,
             keys,
             auth: Authenticator::with_key_cache_ttl(

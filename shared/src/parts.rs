@@ -199,6 +199,29 @@ pub struct PartLimits {
     pub max_bytes: usize,
 }
 
+impl PartLimits {
+    /// Why an entry cannot be carried even in parts, if it cannot.
+    pub fn refuses(&self, entry: &Entry) -> Option<String> {
+        if entry.set_aside.is_some() {
+            return None;
+        }
+        if entry.fields.len() > self.max_values {
+            return Some(format!(
+                "entry has {} fields, more than the limit of {}",
+                entry.fields.len() / 2,
+                self.max_values / 2
+            ));
+        }
+        let bytes = entry.payload_len();
+        (bytes > self.max_bytes).then(|| {
+            format!(
+                "entry holds {bytes} bytes, more than the limit of {}",
+                self.max_bytes
+            )
+        })
+    }
+}
+
 /// An entry being put back together from its parts.
 #[derive(Debug)]
 pub struct Assembly {
@@ -354,7 +377,12 @@ mod tests {
         assert!(sizes.iter().all(|s| *s <= 64 * 1024), "{sizes:?}");
         let large = Entry::new(
             StreamId::new(2, 0),
-            vec![b"k".to_vec(), vec![0xab; 1_000_000], Vec::new(), b"x".to_vec()],
+            vec![
+                b"k".to_vec(),
+                vec![0xab; 1_000_000],
+                Vec::new(),
+                b"x".to_vec(),
+            ],
         );
         let (back, sizes) = reassemble(&large, 100_000);
         assert_eq!(back, large);

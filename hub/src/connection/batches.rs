@@ -10,6 +10,8 @@ use lula_protocol::message::{
 use lula_protocol::{Entry, StreamId};
 use serde_json::Value;
 
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
 use super::{Closed, Connection};
 use crate::ingest::{self, Appended, IngestError, Ingestor};
 
@@ -75,6 +77,9 @@ pub(super) struct PendingAppend {
     /// Request id, echoed.
     id: Option<Value>,
     result: ingest::Pending,
+    /// An entry put together from parts holds its share of the assembly
+    /// budget until it is appended.
+    reserved: Option<OwnedSemaphorePermit>,
 }
 
 /// The result of the oldest pending batch; never resolves when none is pending.
@@ -107,12 +112,53 @@ impl Connection {
         id: Option<&Value>,
         request: XaddsRequest,
     ) -> Result<(), Closed> {
+        if let Some(part) = request.part.clone() {
+            return self.part(id, request, part).await;
+        }
         let batch = Batch::Xadds {
             prev: request.prev,
             count: request.entries.len() as u64,
             backlog: request.backlog,
         };
         self.submit(batch, id, request.prev, request.entries).await
+    }
+
+    /// Queues the answer to a request that needs no append (a part before
+    /// an entry's last), in order with the batches before it.
+    pub(super) fn answer_at_once(
+        &mut self,
+        batch: Batch,
+        id: Option<&Value>,
+        appended: Appended,
+    ) -> Result<(), Closed> {
+        let (tx, result) = oneshot::channel();
+        let _ = tx.send(Ok(appended));
+        self.pending.push_back(PendingAppend {
+            batch,
+            id: id.cloned(),
+            result,
+            reserved: None,
+        });
+        Ok(())
+    }
+
+    /// Submits an entry put together from parts; `reserved` is released
+    /// when its append is answered.
+    pub(super) async fn submit_assembled(
+        &mut self,
+        batch: Batch,
+        id: Option<&Value>,
+        prev: Option<StreamId>,
+        entry: Entry,
+        reserved: OwnedSemaphorePermit,
+    ) -> Result<(), Closed> {
+        let max_values = self.state.config.part_limits.max_values;
+        let submitted = self
+            .state
+            .ingestor
+            .submit_wide(&self.client, prev, entry, max_values)
+            .await;
+        self.queue(batch, id, submitted, Some(reserved)).await
     }
 
     /// `id`: the cursor, after the batches sent before this request.
@@ -126,6 +172,7 @@ impl Connection {
                 max_batch_entries: Some(MAX_BATCH_ENTRIES),
                 max_entry_values: Some(MAX_ENTRY_VALUES),
                 set_aside: true,
+                parts: Some(self.state.config.part_limits),
             }),
             Err(e) => HubFrame::error(kind::ID, self.failure(e)),
         };
@@ -141,12 +188,25 @@ impl Connection {
         entries: Vec<Entry>,
     ) -> Result<(), Closed> {
         let ingestor: &Ingestor = &self.state.ingestor;
-        match ingestor.submit(&self.client, prev, entries).await {
+        let submitted = ingestor.submit(&self.client, prev, entries).await;
+        self.queue(batch, id, submitted, None).await
+    }
+
+    /// Queues a submitted batch for its answer, or answers its refusal.
+    async fn queue(
+        &mut self,
+        batch: Batch,
+        id: Option<&Value>,
+        submitted: Result<ingest::Pending, IngestError>,
+        reserved: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), Closed> {
+        match submitted {
             Ok(result) => {
                 self.pending.push_back(PendingAppend {
                     batch,
                     id: id.cloned(),
                     result,
+                    reserved,
                 });
                 Ok(())
             }
@@ -177,6 +237,11 @@ impl Connection {
     ) -> Result<(), Closed> {
         let applied = matches!(result, Ok(Appended::Applied { .. }));
         self.note_backlog(p.batch, applied);
+        if p.reserved.is_some()
+            && let Ok(Appended::Applied { added, .. }) = &result
+        {
+            self.state.metrics.assembled.inc_by(*added);
+        }
         let frame = match result {
             Ok(appended) => {
                 if let Appended::Applied {

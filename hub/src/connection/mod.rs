@@ -19,6 +19,7 @@
 //! buffering without bound.
 
 mod batches;
+mod parts;
 mod pushes;
 mod renewal;
 
@@ -100,6 +101,8 @@ struct Connection {
     xread: Option<mpsc::Sender<XreadJob>>,
     /// Batches submitted and not answered yet, oldest first.
     pending: VecDeque<PendingAppend>,
+    /// The entry being put together from parts, if one is.
+    assembly: Option<parts::Assembling>,
     /// When the session ends unless renewed; the socket closes then
     /// (later for a client that never asks to renew, see `legacy_session`).
     session: crate::legacy_session::SessionClock,
@@ -219,6 +222,7 @@ impl Connection {
             set_aside: false,
             xread: None,
             pending: VecDeque::new(),
+            assembly: None,
             session: crate::legacy_session::SessionClock::new(
                 claims.exp,
                 state.config.non_renewing_grace,
