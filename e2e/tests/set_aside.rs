@@ -1,14 +1,14 @@
 //! Entries past a limit are set aside, once, and the streams move on (issue
 //! 13): a broadcast or direct message with more field pairs than a device
 //! takes goes to `lula-hub:dead:x` and the device gets a marker; a device
-//! entry with too many pairs or too many bytes goes to `lula-client:dead:x`
-//! and the hub gets a marker. Everything behind such an entry arrives once,
+//! entry with more pairs or bytes than the hub puts together from parts
+//! goes to `lula-client:dead:x` and the hub gets a marker. Everything behind such an entry arrives once,
 //! in order, without a reconnect loop. Timeouts are hang guards, never speed
 //! checks.
 
 use std::time::Duration;
 
-use lula_e2e::{Cloud, Device, check_downstream, field, read_all};
+use lula_e2e::{Cloud, CloudOptions, Device, check_downstream, field, read_all};
 use lula_protocol::limits::MAX_ENTRY_VALUES;
 use lula_protocol::{ClientId, Entry, StreamId};
 use lula_testkit::eventually;
@@ -20,6 +20,21 @@ const WAIT: Duration = Duration::from_secs(120);
 fn wide_fields() -> Vec<(&'static str, String)> {
     let pairs = MAX_ENTRY_VALUES / 2 + 1;
     (0..pairs).map(|i| ("k", format!("v{i}"))).collect()
+}
+
+/// A cloud whose hub puts together entries of at most 1,024 pairs and
+/// 1,000,000 bytes from parts: `wide_fields` and a 1.1 MB field are past
+/// it, so the device sets them aside (by default the hub takes 100,000
+/// pairs and 64 MiB, and `e2e/tests/parts.rs` shows them carried).
+async fn cloud_with_small_limits() -> Cloud {
+    Cloud::start_with(CloudOptions {
+        part_limits: Some(lula_protocol::parts::PartLimits {
+            max_values: MAX_ENTRY_VALUES,
+            max_bytes: 1_000_000,
+        }),
+        ..CloudOptions::default()
+    })
+    .await
 }
 
 fn note(i: u64) -> Vec<(&'static str, String)> {
@@ -240,7 +255,7 @@ async fn produce_raw(device: &Device, fields: &[(&str, String)]) -> StreamId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_entries_past_a_limit_are_set_aside_and_the_rest_syncs_once_in_order() {
-    let cloud = Cloud::start().await;
+    let cloud = cloud_with_small_limits().await;
     let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
     let mut ids = vec![produce_raw(&device, &note(1)).await];
     let wide = produce_raw(&device, &wide_fields()).await;
@@ -314,7 +329,7 @@ async fn device_entries_past_a_limit_are_set_aside_and_the_rest_syncs_once_in_or
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_after_setting_an_entry_aside_leaves_one_dead_entry_and_no_loss() {
-    let cloud = Cloud::start().await;
+    let cloud = cloud_with_small_limits().await;
     let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
     let first = produce_raw(&device, &note(1)).await;
     let wide = produce_raw(&device, &wide_fields()).await;
@@ -398,7 +413,7 @@ async fn a_message_too_wide_for_a_lua_unpack_is_set_aside_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_as_it_sets_entries_aside_loses_and_doubles_nothing() {
-    let cloud = Cloud::start().await;
+    let cloud = cloud_with_small_limits().await;
     let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
     // Wide entries among ordinary ones; the daemon is killed as soon as the
     // first dead letter shows, wherever its marker is then (unsent, in
@@ -436,7 +451,7 @@ async fn a_daemon_killed_as_it_sets_entries_aside_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_entry_too_wide_for_a_lua_unpack_is_set_aside_with_a_plain_xadd() {
-    let cloud = Cloud::start().await;
+    let cloud = cloud_with_small_limits().await;
     let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
     let first = produce_raw(&device, &note(1)).await;
     let fields: Vec<(&str, String)> = (0..5_000).map(|i| ("k", i.to_string())).collect();

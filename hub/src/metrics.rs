@@ -57,6 +57,9 @@ pub struct HubMetrics {
     pub unacked: Gauge,
     /// Upstream entries put together from parts and appended.
     pub assembled: Counter,
+    /// Bytes of the assembly budget held by entries being put together or
+    /// appended.
+    pub assembly_bytes: Gauge,
     /// First parts refused because the assembly budget was spent (the
     /// device retries after a backoff).
     pub assembly_busy: Counter,
@@ -111,6 +114,7 @@ impl Default for HubMetrics {
             set_aside: ByLabel::default(),
             unacked: Gauge::default(),
             assembled: Counter::default(),
+            assembly_bytes: Gauge::default(),
             assembly_busy: Counter::default(),
             renewals: ByLabel::default(),
             upstream_lag: lag_histogram(),
@@ -146,6 +150,11 @@ impl HubMetrics {
             "assembled_entries",
             "Upstream entries put together from parts and appended",
             m.assembled.clone(),
+        );
+        r.register(
+            "assembly_bytes",
+            "Bytes of the assembly budget held by upstream entries being put together from parts",
+            m.assembly_bytes.clone(),
         );
         r.register(
             "assembly_busy",

@@ -10,7 +10,7 @@ use lula_protocol::message::{
 use lula_protocol::{Entry, StreamId};
 use serde_json::Value;
 
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
 use super::{Closed, Connection};
 use crate::ingest::{self, Appended, IngestError, Ingestor};
@@ -79,7 +79,7 @@ pub(super) struct PendingAppend {
     result: ingest::Pending,
     /// An entry put together from parts holds its share of the assembly
     /// budget until it is appended.
-    reserved: Option<OwnedSemaphorePermit>,
+    reserved: Option<super::parts::Reservation>,
 }
 
 /// The result of the oldest pending batch; never resolves when none is pending.
@@ -150,7 +150,7 @@ impl Connection {
         id: Option<&Value>,
         prev: Option<StreamId>,
         entry: Entry,
-        reserved: OwnedSemaphorePermit,
+        reserved: super::parts::Reservation,
     ) -> Result<(), Closed> {
         let max_values = self.state.config.part_limits.max_values;
         let submitted = self
@@ -198,7 +198,7 @@ impl Connection {
         batch: Batch,
         id: Option<&Value>,
         submitted: Result<ingest::Pending, IngestError>,
-        reserved: Option<OwnedSemaphorePermit>,
+        reserved: Option<super::parts::Reservation>,
     ) -> Result<(), Closed> {
         match submitted {
             Ok(result) => {

@@ -30,7 +30,21 @@ pub(super) struct Assembling {
     /// The entry before it, as the device named it.
     prev: Option<StreamId>,
     /// Its share of the hub's assembly budget.
-    permit: OwnedSemaphorePermit,
+    permit: Reservation,
+}
+
+/// An entry's share of the hub's assembly budget, shown in
+/// `lula_hub_assembly_bytes` while it is held.
+pub(super) struct Reservation {
+    _permit: OwnedSemaphorePermit,
+    bytes: i64,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.bytes);
+    }
 }
 
 impl Connection {
@@ -128,7 +142,15 @@ impl Connection {
         if part.bytes <= limits.max_bytes && part.values <= limits.max_values {
             let permits = u32::try_from(reserve).unwrap_or(u32::MAX);
             let permit = match self.state.assembly.clone().try_acquire_many_owned(permits) {
-                Ok(permit) => permit,
+                Ok(permit) => {
+                    let gauge = self.state.metrics.assembly_bytes.clone();
+                    gauge.inc_by(i64::from(permits));
+                    Reservation {
+                        _permit: permit,
+                        bytes: i64::from(permits),
+                        gauge,
+                    }
+                }
                 Err(_) => {
                     self.state.metrics.assembly_busy.inc();
                     return Err(ErrorReply::new(

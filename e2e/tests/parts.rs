@@ -1,0 +1,167 @@
+//! Device entries of any width and size up to the limits are carried (issue
+//! 13): what does not fit a batch goes in parts, through the real daemon,
+//! hub and Redis, byte for byte, once, in order, without a reconnect; a cut
+//! in the middle of an entry (the hub or the daemon killed) resumes without
+//! loss or duplicate. Timeouts are hang guards, never speed checks.
+
+use std::time::Duration;
+
+use lula_e2e::{Cloud, Device, check_upstream, read_all};
+use lula_protocol::{ClientId, StreamId};
+use lula_testkit::eventually;
+
+/// Generous: CI machines are shared and debug builds are slow.
+const WAIT: Duration = Duration::from_secs(180);
+
+/// Writes one raw entry of byte fields to the device's `out:x`.
+async fn produce(device: &Device, fields: &[Vec<u8>]) -> StreamId {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(device.keys.out_stream()).arg("*");
+    for v in fields {
+        cmd.arg(v.as_slice());
+    }
+    let id: String = cmd.query_async(&mut device.conn().await).await.unwrap();
+    id.parse().unwrap()
+}
+
+fn note(i: u64) -> Vec<Vec<u8>> {
+    vec![b"n".to_vec(), i.to_string().into_bytes()]
+}
+
+/// `pairs` short pairs.
+fn wide(pairs: usize) -> Vec<Vec<u8>> {
+    (0..pairs)
+        .flat_map(|i| [format!("k{i}").into_bytes(), format!("v{i}").into_bytes()])
+        .collect()
+}
+
+/// One value of `len` bytes that do not compress (a xorshift sequence).
+fn blob(len: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    let bytes = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    vec![b"blob".to_vec(), bytes]
+}
+
+async fn hub_metric(cloud: &Cloud, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", cloud.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn connections(cloud: &Cloud, client: &str) -> u64 {
+    let key = lula_protocol::keys::HubKeys::default()
+        .connection_generation(&client.parse::<ClientId>().unwrap());
+    let n: Option<u64> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut cloud.conn().await)
+        .await
+        .unwrap();
+    n.unwrap_or(0)
+}
+
+async fn synced_to(device: &Device, last: StreamId) {
+    eventually("the hub's cursor at the last entry", WAIT, || async {
+        (device.status().await.upstream_cursor == Some(last)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_large_and_odd_device_entries_are_carried_once_in_order_without_a_reconnect() {
+    let cloud = Cloud::start().await;
+    let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
+    // Every byte value in names and values, an empty name and value,
+    // duplicate names: all legal in Redis, all carried as they are.
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let odd = vec![
+        every_byte.clone(),
+        every_byte.iter().rev().copied().collect(),
+        Vec::new(),
+        Vec::new(),
+        b"dup".to_vec(),
+        b"1".to_vec(),
+        b"dup".to_vec(),
+        b"2".to_vec(),
+    ];
+    produce(&device, &note(1)).await;
+    produce(&device, &wide(1_025)).await;
+    produce(&device, &note(2)).await;
+    produce(&device, &blob(1_100_000, 1)).await;
+    // The default limit: too wide for the hub's script, too.
+    produce(&device, &wide(100_000)).await;
+    produce(&device, &odd).await;
+    produce(&device, &blob(16 << 20, 2)).await;
+    let last = produce(&device, &note(3)).await;
+    device.start();
+    synced_to(&device, last).await;
+    let out = device.out_entries().await;
+    check_upstream("dev-1", &out, &cloud.in_entries().await).unwrap();
+    let dead = read_all(&mut device.conn().await, "lula-client:dead:x").await;
+    assert!(dead.is_empty(), "nothing set aside: {dead:?}");
+    assert_eq!(device.status().await.set_aside_up, 0);
+    assert_eq!(connections(&cloud, "dev-1").await, 1, "no reconnect");
+    assert_eq!(
+        hub_metric(&cloud, "lula_hub_assembled_entries_total").await,
+        4.0,
+        "the wide, the 1.1 MB, the 100,000-pair and the 16 MiB entries came in parts"
+    );
+    assert_eq!(hub_metric(&cloud, "lula_hub_assembly_bytes").await, 0.0);
+    device.stop().await.unwrap();
+}
+
+/// Waits until the hub holds part of an entry (its assembly budget is in
+/// use) while the cloud has `synced` entries: the entry is mid-way.
+async fn mid_entry(cloud: &Cloud, synced: u64) {
+    eventually("the hub in the middle of an entry", WAIT, || async {
+        let holding = hub_metric(cloud, "lula_hub_assembly_bytes").await > 0.0;
+        (holding && cloud.in_len().await == synced).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_in_the_middle_of_an_entry_in_parts_resumes_without_loss_or_duplicate() {
+    let mut cloud = Cloud::start().await;
+    let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
+    for i in 0..20 {
+        produce(&device, &note(i)).await;
+    }
+    produce(&device, &blob(24 << 20, 3)).await;
+    for i in 20..40 {
+        produce(&device, &note(i)).await;
+    }
+    produce(&device, &blob(24 << 20, 4)).await;
+    let last = produce(&device, &note(40)).await;
+    device.start();
+    // The hub is killed while it holds part of the first large entry...
+    mid_entry(&cloud, 20).await;
+    cloud.kill_hub();
+    assert_eq!(cloud.in_len().await, 20, "the cut came before the entry");
+    cloud.start_hub();
+    // ...and the daemon while the hub holds part of the second.
+    mid_entry(&cloud, 41).await;
+    device.kill();
+    assert_eq!(cloud.in_len().await, 41);
+    device.start();
+    synced_to(&device, last).await;
+    let out = device.out_entries().await;
+    check_upstream("dev-1", &out, &cloud.in_entries().await).unwrap();
+    eventually("the budget given back", WAIT, || async {
+        (hub_metric(&cloud, "lula_hub_assembly_bytes").await == 0.0).then_some(())
+    })
+    .await;
+    device.stop().await.unwrap();
+}
