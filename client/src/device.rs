@@ -14,6 +14,8 @@ use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_field};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
 
+mod wide;
+
 use crate::published::StatusUpdate;
 pub use crate::published::status_fields;
 use crate::retention::{KeepAcked, OutRetention};
@@ -289,6 +291,14 @@ impl Device {
         gap: Option<StreamId>,
         expired: u64,
     ) -> Result<Stored, RedisError> {
+        // A message put together from parts comes alone in its push.
+        if let [entry] = entries
+            && entry.fields.len() + 4 > MAX_SCRIPT_VALUES
+            && gap.is_none()
+            && expired == 0
+        {
+            return self.store_wide(stream, entry).await;
+        }
         let (field, marker) = match stream {
             PushStream::Direct => (DOWNSTREAM_FIELD, FIELD_SEQ),
             PushStream::Broadcast => (BROADCAST_FIELD, FIELD_BROADCAST),

@@ -56,6 +56,14 @@ use crate::metrics::Metrics;
 use crate::published::StatusUpdate;
 use crate::renewal::{Credentials, Renewal};
 use crate::uplink::{self, Batch, UplinkError};
+use lula_protocol::parts::{Assembly, PartLimits};
+
+/// The widest and largest message this client puts together from parts
+/// (said in `subscribe`): the hub sets aside what is past it.
+const PUSH_PART_LIMITS: PartLimits = PartLimits {
+    max_values: lula_protocol::limits::DEFAULT_MAX_PART_VALUES,
+    max_bytes: lula_protocol::limits::DEFAULT_MAX_ENTRY_BYTES,
+};
 use lula_protocol::compress::Params;
 use std::sync::Arc;
 
@@ -340,6 +348,8 @@ struct Session<'a> {
     downstream_backlog: Option<u64>,
     /// Pushed frames not stored yet, oldest first (the device Redis was full).
     held: VecDeque<Push>,
+    /// Messages arriving in parts, per stream, until their last part.
+    assembling: [Option<Assembly>; 2],
     /// When to try storing them again.
     held_retry_at: Option<Instant>,
     /// The upstream reader, while upstream runs.
@@ -445,6 +455,7 @@ impl<'a> Session<'a> {
             cursor_ordinal: None,
             retire: true,
             held: VecDeque::new(),
+            assembling: [None, None],
             held_retry_at: None,
             reader: None,
             up: UpstreamPause {
@@ -630,6 +641,7 @@ impl Session<'_> {
             id: downstream,
             broadcast_after: Some(broadcast),
             set_aside: true,
+            parts: Some(PUSH_PART_LIMITS),
         });
         self.send(Some(id), &subscribe)?;
         tracing::info!(upstream = %self.cursor, %downstream, %broadcast, "connected to hub");
@@ -1043,11 +1055,41 @@ impl Session<'_> {
             };
             self.publish(&update).await?;
         }
+        let Some(push) = self.assemble(push)? else {
+            return Ok(());
+        };
         self.held.push_back(push);
         if self.held.len() == 1 {
             self.store_held().await?;
         }
         Ok(())
+    }
+
+    /// Takes a push in parts into its stream's assembly: the whole message
+    /// as a push of its own once its last part came, else nothing. Any
+    /// other push passes as it is.
+    fn assemble(&mut self, mut push: Push) -> Result<Option<Push>, SessionError> {
+        let Some(part) = push.part.take() else {
+            return Ok(Some(push));
+        };
+        let slot = &mut self.assembling[usize::from(push.stream == PushStream::Broadcast)];
+        let added = match slot.as_mut() {
+            Some(assembly) if part.index > 0 => assembly.push(part),
+            _ => Assembly::start(part, PUSH_PART_LIMITS).map(|a| *slot = Some(a)),
+        };
+        if let Err(e) = added {
+            *slot = None;
+            return Err(SessionError::Protocol(format!("bad push part: {e}")));
+        }
+        if !slot.as_ref().is_some_and(Assembly::is_complete) {
+            return Ok(None);
+        }
+        push.entries = slot
+            .take()
+            .and_then(Assembly::into_entry)
+            .into_iter()
+            .collect();
+        Ok(Some(push))
     }
 
     /// Stores the waiting frames, oldest first, until one does not fit: then

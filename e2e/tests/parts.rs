@@ -165,3 +165,92 @@ async fn a_cut_in_the_middle_of_an_entry_in_parts_resumes_without_loss_or_duplic
     .await;
     device.stop().await.unwrap();
 }
+
+/// Appends a raw entry of byte fields to `key` on the cloud's Redis.
+async fn cloud_add(cloud: &Cloud, key: &str, fields: &[Vec<u8>]) -> StreamId {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("*");
+    for v in fields {
+        cmd.arg(v.as_slice());
+    }
+    let id: String = cmd.query_async(&mut cloud.conn().await).await.unwrap();
+    id.parse().unwrap()
+}
+
+fn first_field_is(e: &lula_protocol::Entry, name: &[u8]) -> bool {
+    e.fields.first().map(Vec::as_slice) == Some(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_and_large_messages_and_broadcasts_arrive_once_in_order_without_a_reconnect() {
+    let cloud = Cloud::start().await;
+    let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
+    let out = cloud.keys.out_stream(&"dev-1".parse().unwrap());
+    let broadcasts = cloud.keys.broadcast_stream();
+    cloud_add(&cloud, &out, &note(1)).await;
+    cloud_add(&cloud, &out, &wide(1_025)).await;
+    // Past what the device's store script takes: stored with WATCH/MULTI.
+    cloud_add(&cloud, &out, &wide(5_000)).await;
+    cloud_add(&cloud, &out, &wide(100_000)).await;
+    cloud_add(&cloud, &out, &blob(3_000_000, 5)).await;
+    let last_direct = cloud_add(&cloud, &out, &note(2)).await;
+    cloud_add(&cloud, &broadcasts, &note(10)).await;
+    cloud_add(&cloud, &broadcasts, &wide(20_000)).await;
+    cloud_add(&cloud, &broadcasts, &blob(2_000_000, 6)).await;
+    let last_broadcast = cloud_add(&cloud, &broadcasts, &note(11)).await;
+    device.start();
+    eventually("every message and broadcast stored", WAIT, || async {
+        let status = device.status().await;
+        (status.downstream_cursor == last_direct && status.broadcast_cursor == last_broadcast)
+            .then_some(())
+    })
+    .await;
+    let stored = device.in_entries().await;
+    let direct: Vec<_> = stored
+        .iter()
+        .filter(|e| first_field_is(e, b"seq"))
+        .cloned()
+        .collect();
+    let sent = read_all(&mut cloud.conn().await, &out).await;
+    lula_e2e::check_downstream(&sent, &direct).unwrap();
+    lula_e2e::check_broadcasts(&cloud.broadcast_entries().await, &stored).unwrap();
+    let dead = read_all(&mut cloud.conn().await, "lula-hub:dead:x").await;
+    assert!(dead.is_empty(), "nothing set aside: {}", dead.len());
+    assert_eq!(device.status().await.set_aside_down, 0);
+    assert_eq!(connections(&cloud, "dev-1").await, 1, "no reconnect");
+    device.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_in_the_middle_of_a_message_in_parts_resumes_without_loss_or_duplicate() {
+    let mut cloud = Cloud::start().await;
+    let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
+    let out = cloud.keys.out_stream(&"dev-1".parse().unwrap());
+    for i in 0..10 {
+        cloud_add(&cloud, &out, &note(i)).await;
+    }
+    cloud_add(&cloud, &out, &blob(24 << 20, 7)).await;
+    let last = cloud_add(&cloud, &out, &note(10)).await;
+    device.start();
+    // The hub is killed while it cuts the large message into parts, after
+    // the device stored the ten before it.
+    eventually("the hub in the middle of the message", WAIT, || async {
+        let cutting = hub_metric(&cloud, "lula_hub_assembly_bytes").await > 0.0;
+        (cutting && device.in_entries().await.len() == 10).then_some(())
+    })
+    .await;
+    cloud.kill_hub();
+    assert_eq!(
+        device.in_entries().await.len(),
+        10,
+        "the cut came before it"
+    );
+    cloud.start_hub();
+    eventually("every message stored", WAIT, || async {
+        (device.status().await.downstream_cursor == last).then_some(())
+    })
+    .await;
+    let sent = read_all(&mut cloud.conn().await, &out).await;
+    lula_e2e::check_downstream(&sent, &device.in_entries().await).unwrap();
+    device.stop().await.unwrap();
+}

@@ -37,6 +37,14 @@ async fn cloud_with_small_limits() -> Cloud {
     .await
 }
 
+/// One pair past what lula-client puts together from parts (100,000
+/// pairs): a message the hub must set aside. Narrower ones are carried
+/// (`e2e/tests/parts.rs`).
+fn too_wide_fields() -> Vec<(&'static str, String)> {
+    let pairs = lula_protocol::limits::DEFAULT_MAX_PART_VALUES / 2 + 1;
+    (0..pairs).map(|i| ("k", format!("v{i}"))).collect()
+}
+
 fn note(i: u64) -> Vec<(&'static str, String)> {
     vec![("cmd", "note".into()), ("n", i.to_string())]
 }
@@ -81,7 +89,7 @@ fn assert_hub_record(record: &Entry, client: &str, stream: &str, original: &Entr
     assert_eq!(text("stream").as_deref(), Some(stream));
     assert_eq!(text("id"), Some(original.id.to_string()));
     let reason = text("reason").unwrap();
-    assert!(reason.contains("1025 fields"), "{reason}");
+    assert!(reason.contains("100001 fields"), "{reason}");
     assert_eq!(&record.fields[8..], original.fields.as_slice());
 }
 
@@ -91,7 +99,7 @@ async fn a_wide_broadcast_is_set_aside_once_for_the_fleet_and_broadcasts_behind_
     let mut a = Device::new(&cloud, "dev-a", &cloud.provision("dev-a").await);
     let mut b = Device::new(&cloud, "dev-b", &cloud.provision("dev-b").await);
     let first = cloud.broadcast(&note(1)).await;
-    let wide = cloud.broadcast(&wide_fields()).await;
+    let wide = cloud.broadcast(&too_wide_fields()).await;
     let last = cloud.broadcast(&note(3)).await;
     a.start();
     wait_connected(&a).await;
@@ -147,12 +155,12 @@ async fn a_wide_broadcast_is_set_aside_once_for_the_fleet_and_broadcasts_behind_
         assert_eq!(status.broadcast_cursor, last);
         let why = status.last_set_aside_down.unwrap();
         assert!(
-            why.contains(&wide.to_string()) && why.contains("1025 fields"),
+            why.contains(&wide.to_string()) && why.contains("100001 fields"),
             "{why}"
         );
         // dev-a lived through the hub's restart: a refused connect then is
         // its last error, which is fine; nothing may be about the entry.
-        let about_the_entry = |e: &str| e.contains("1025") || e.contains("push");
+        let about_the_entry = |e: &str| e.contains("100001") || e.contains("push");
         match status.last_error.as_deref() {
             None => {}
             Some(e) if name == "dev-a" && !about_the_entry(e) => {}
@@ -185,7 +193,7 @@ async fn a_wide_direct_message_is_set_aside_once_and_messages_behind_it_arrive()
     device.start();
     wait_connected(&device).await;
     let before = cloud.send_down("dev-1", &note(1)).await;
-    let wide = cloud.send_down("dev-1", &wide_fields()).await;
+    let wide = cloud.send_down("dev-1", &too_wide_fields()).await;
     let after = cloud.send_down("dev-1", &note(2)).await;
     eventually("the message behind the wide one", WAIT, || async {
         (device.status().await.downstream_cursor == after).then_some(())
@@ -377,11 +385,12 @@ async fn a_daemon_killed_after_setting_an_entry_aside_leaves_one_dead_entry_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_too_wide_for_a_lua_unpack_is_set_aside_too() {
+async fn a_message_too_wide_for_the_device_is_recorded_once_across_a_cursor_reset() {
     let cloud = Cloud::start().await;
     let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
-    // 5,000 pairs: 10,000 values, past what a script can pass to one XADD.
-    let fields: Vec<(&str, String)> = (0..5_000).map(|i| ("k", i.to_string())).collect();
+    // Past the device's 100,000 pairs, and past what the hub's dead-letter
+    // script can pass to one XADD.
+    let fields = too_wide_fields();
     let wide = cloud.send_down("dev-1", &fields).await;
     let after = cloud.send_down("dev-1", &note(2)).await;
     device.start();
@@ -392,7 +401,7 @@ async fn a_message_too_wide_for_a_lua_unpack_is_set_aside_too() {
     let dead = hub_dead(&cloud).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(field(&dead[0], "id"), Some(wide.to_string().as_bytes()));
-    assert_eq!(dead[0].fields.len(), 8 + 10_000, "every original field");
+    assert_eq!(dead[0].fields.len(), 8 + 200_002, "every original field");
     // A reconnect reading it again (the device forgot its cursor) records
     // nothing more.
     device.stop().await.unwrap();

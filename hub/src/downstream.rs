@@ -34,7 +34,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod in_parts;
 mod legacy_xread;
+
+pub use in_parts::PartsTo;
 pub use legacy_xread::{XreadJob, legacy_reader};
 
 use crate::backlog::count_after;
@@ -714,6 +717,9 @@ pub struct PushSource {
     /// Set when the device understands set-aside markers: entries it cannot
     /// take are recorded as dead letters and replaced by markers.
     pub set_aside: Option<SetAsideTo>,
+    /// Set when the device puts entries together from parts: entries past
+    /// what a push holds, within its limits, go in parts ([`in_parts`]).
+    pub parts: Option<PartsTo>,
 }
 
 /// Where and for whom a [`push`] sets entries aside (see [`crate::dead`]).
@@ -853,6 +859,9 @@ impl Pusher {
         let read = read_batch(&mut self.redis, &self.source, self.last, count);
         let mut batch = self.metrics.timed(op, read).await?;
         self.set_aside(&mut batch.entries).await?;
+        if let Some(parts) = &self.source.parts {
+            in_parts::isolate(&mut batch, parts, self.max_frame_bytes);
+        }
         if batch.expired > 0 {
             self.metrics.expired.inc_by(batch.expired);
             tracing::warn!(
@@ -883,7 +892,15 @@ impl Pusher {
         let budget = MAX_PUSH_FRAME_BYTES - PUSH_ENVELOPE_BYTES;
         let stream = self.source.stream;
         for entry in entries.iter_mut() {
-            let Some(reason) = entry.past_limits(MAX_ENTRY_VALUES, budget) else {
+            let reason = match &self.source.parts {
+                Some(parts) if !parts.takes(entry, self.max_frame_bytes) => parts
+                    .limits
+                    .refuses(entry)
+                    .or_else(|| entry.past_limits(MAX_ENTRY_VALUES, budget)),
+                Some(_) => None,
+                None => entry.past_limits(MAX_ENTRY_VALUES, budget),
+            };
+            let Some(reason) = reason else {
                 continue;
             };
             let keys = &to.keys;
@@ -974,8 +991,15 @@ impl Pusher {
         } = batch;
         let read_last = last_read.unwrap_or(self.last);
         let backlog = self.backlog(caught_up, read_last).await;
-        let mut frames = frames_by_size(entries, self.max_frame_bytes / 2);
         let expired = Some(expired).filter(|n| *n > 0);
+        if self.in_parts(&entries) {
+            let entry = entries.into_iter().next().ok_or(Ended)?;
+            self.send_parts(entry, (gap, expired, backlog), permit)
+                .await?;
+            self.last = self.last.max(read_last);
+            return Ok(());
+        }
+        let mut frames = frames_by_size(entries, self.max_frame_bytes / 2);
         if frames.is_empty()
             && (gap.is_some()
                 || expired.is_some()
@@ -989,13 +1013,12 @@ impl Pusher {
         let last_frame = frames.len().saturating_sub(1);
         let mut encoded = Vec::with_capacity(frames.len());
         for (i, frame) in frames.into_iter().enumerate() {
-            let push = Push {
-                entries: frame,
-                backlog: backlog.filter(|_| i == last_frame),
-                stream: self.source.stream,
-                gap: gap.filter(|_| i == 0),
-                expired: expired.filter(|_| i == 0),
-            };
+            let push = self.push_of(
+                frame,
+                gap.filter(|_| i == 0),
+                expired.filter(|_| i == 0),
+                backlog.filter(|_| i == last_frame),
+            );
             encoded.push(self.encode_frame(push)?);
         }
         drop(permit);

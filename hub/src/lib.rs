@@ -75,6 +75,7 @@ pub mod legacy_session;
 pub mod link;
 pub mod live;
 pub mod metrics;
+pub mod parts_budget;
 mod push_budget;
 pub mod revocation;
 pub mod rpc;

@@ -27,9 +27,9 @@ pub struct AppState {
     pub wakers: Arc<downstream::Wakers>,
     /// Group commit of every connection's batches.
     pub ingestor: ingest::Ingestor,
-    /// Bytes of entries being put together from parts, over all
-    /// connections (`Config::assembly_bytes`), one permit per byte.
-    pub assembly: Arc<tokio::sync::Semaphore>,
+    /// Bytes of entries carried in parts, both ways, over all connections
+    /// (`Config::assembly_bytes`).
+    pub assembly: crate::parts_budget::PartsBudget,
     /// Live connections by device.
     pub live: Arc<live::Live>,
     /// What the hub counts (`GET /metrics`).
@@ -98,7 +98,10 @@ impl AppState {
                 layout,
                 metrics.clone(),
             ),
-            assembly: Arc::new(tokio::sync::Semaphore::new(config.assembly_bytes)),
+            assembly: crate::parts_budget::PartsBudget::new(
+                config.assembly_bytes,
+                metrics.assembly_bytes.clone(),
+            ),
             metrics,
             keys,
             auth: Authenticator::with_key_cache_ttl(

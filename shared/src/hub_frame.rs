@@ -187,6 +187,7 @@ mod tests {
             stream: Default::default(),
             gap: None,
             expired: None,
+            part: None,
         });
         assert_eq!(
             push.to_text(None).unwrap(),

@@ -361,6 +361,12 @@ pub struct SubscribeRequest {
     /// every entry is pushed as it is.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub set_aside: bool,
+    /// Present when the device puts entries together from parts: the
+    /// widest and largest it takes. The hub then pushes an entry past what
+    /// one push may hold in parts (a `part` per push frame) instead of
+    /// setting it aside, when it is within these. Needs `set_aside`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<crate::parts::PartLimits>,
 }
 
 /// Reply to [`kind::SUBSCRIBE`].
@@ -429,6 +435,12 @@ pub struct Push {
     /// device counts them. Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expired: Option<u64>,
+    /// One part of an entry pushed in parts ([`crate::parts`]), with
+    /// `entries` empty; the device stores the entry (and acknowledges it)
+    /// when its last part arrives. Only to devices that offered `parts` in
+    /// `subscribe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<crate::parts::EntryPart>,
 }
 
 /// Request [`kind::RENEW`]: continue this connection under a new session token
@@ -532,6 +544,7 @@ mod tests {
             stream: PushStream::Direct,
             gap: None,
             expired: None,
+            part: None,
         };
         assert_eq!(
             serde_json::to_string(&direct).unwrap(),
@@ -546,6 +559,7 @@ mod tests {
             id: StreamId::ZERO,
             broadcast_after: None,
             set_aside: false,
+            parts: None,
         };
         assert_eq!(serde_json::to_string(&sub).unwrap(), r#"{"id":"0-0"}"#);
     }
@@ -556,6 +570,7 @@ mod tests {
             id: StreamId::new(1, 0),
             broadcast_after: Some(StreamId::ZERO),
             set_aside: false,
+            parts: None,
         };
         let text = serde_json::to_string(&sub).unwrap();
         assert_eq!(text, r#"{"id":"1-0","broadcastAfter":"0-0"}"#);
@@ -577,6 +592,7 @@ mod tests {
             stream: PushStream::Broadcast,
             gap: Some(StreamId::new(7, 0)),
             expired: None,
+            part: None,
         };
         let text = serde_json::to_string(&push).unwrap();
         assert_eq!(

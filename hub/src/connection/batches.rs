@@ -79,7 +79,7 @@ pub(super) struct PendingAppend {
     result: ingest::Pending,
     /// An entry put together from parts holds its share of the assembly
     /// budget until it is appended.
-    reserved: Option<super::parts::Reservation>,
+    reserved: Option<crate::parts_budget::Reservation>,
 }
 
 /// The result of the oldest pending batch; never resolves when none is pending.
@@ -150,7 +150,7 @@ impl Connection {
         id: Option<&Value>,
         prev: Option<StreamId>,
         entry: Entry,
-        reserved: super::parts::Reservation,
+        reserved: crate::parts_budget::Reservation,
     ) -> Result<(), Closed> {
         let max_values = self.state.config.part_limits.max_values;
         let submitted = self
@@ -198,7 +198,7 @@ impl Connection {
         batch: Batch,
         id: Option<&Value>,
         submitted: Result<ingest::Pending, IngestError>,
-        reserved: Option<super::parts::Reservation>,
+        reserved: Option<crate::parts_budget::Reservation>,
     ) -> Result<(), Closed> {
         match submitted {
             Ok(result) => {

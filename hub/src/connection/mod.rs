@@ -98,6 +98,8 @@ struct Connection {
     broadcast: Option<(CancellationToken, watch::Sender<StreamId>)>,
     /// The device's `subscribe` said it understands set-aside markers.
     set_aside: bool,
+    /// What the device's `subscribe` said it puts together from parts.
+    push_parts: Option<lula_protocol::parts::PartLimits>,
     xread: Option<mpsc::Sender<XreadJob>>,
     /// Batches submitted and not answered yet, oldest first.
     pending: VecDeque<PendingAppend>,
@@ -223,6 +225,7 @@ impl Connection {
             xread: None,
             pending: VecDeque::new(),
             assembly: None,
+            push_parts: None,
             session: crate::legacy_session::SessionClock::new(
                 claims.exp,
                 state.config.non_renewing_grace,

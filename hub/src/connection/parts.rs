@@ -14,37 +14,19 @@ use lula_protocol::message::{ErrorReply, HubFrame, XaddsRequest, kind, status};
 use lula_protocol::parts::{Assembly, EntryPart, PartError};
 use lula_protocol::{Entry, StreamId};
 use serde_json::Value;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::batches::Batch;
 use super::{Closed, Connection};
 use crate::ingest::Appended;
-
-/// Memory an entry's values cost beside their bytes (a `Vec` each), counted
-/// against the assembly budget.
-const PER_VALUE_BYTES: usize = 32;
+use crate::parts_budget::{PartsBudget, Reservation};
 
 /// The entry this connection is putting together.
 pub(super) struct Assembling {
     assembly: Assembly,
     /// The entry before it, as the device named it.
     prev: Option<StreamId>,
-    /// Its share of the hub's assembly budget.
+    /// Its share of the hub's budget for entries in parts.
     permit: Reservation,
-}
-
-/// An entry's share of the hub's assembly budget, shown in
-/// `lula_hub_assembly_bytes` while it is held.
-pub(super) struct Reservation {
-    _permit: OwnedSemaphorePermit,
-    bytes: i64,
-    gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.gauge.dec_by(self.bytes);
-    }
 }
 
 impl Connection {
@@ -136,28 +118,14 @@ impl Connection {
             return Err(ErrorReply::bad_request("a part needs prev"));
         }
         let limits = self.state.config.part_limits;
-        let reserve = part
-            .bytes
-            .saturating_add(part.values.saturating_mul(PER_VALUE_BYTES));
         if part.bytes <= limits.max_bytes && part.values <= limits.max_values {
-            let permits = u32::try_from(reserve).unwrap_or(u32::MAX);
-            let permit = match self.state.assembly.clone().try_acquire_many_owned(permits) {
-                Ok(permit) => {
-                    let gauge = self.state.metrics.assembly_bytes.clone();
-                    gauge.inc_by(i64::from(permits));
-                    Reservation {
-                        _permit: permit,
-                        bytes: i64::from(permits),
-                        gauge,
-                    }
-                }
-                Err(_) => {
-                    self.state.metrics.assembly_busy.inc();
-                    return Err(ErrorReply::new(
-                        status::UNAVAILABLE,
-                        "the hub is putting other large entries together; retry later",
-                    ));
-                }
+            let cost = PartsBudget::cost(part.bytes, part.values);
+            let Some(permit) = self.state.assembly.try_reserve(cost) else {
+                self.state.metrics.assembly_busy.inc();
+                return Err(ErrorReply::new(
+                    status::UNAVAILABLE,
+                    "the hub is putting other large entries together; retry later",
+                ));
             };
             let assembly = Assembly::start(part, limits).map_err(refusal)?;
             self.assembly = Some(Assembling {

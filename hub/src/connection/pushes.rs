@@ -29,6 +29,8 @@ impl Connection {
         // Reply first: pushes must not overtake the reply that starts them.
         self.reply(id, HubFrame::Subscribe(reply)).await?;
         self.set_aside = request.set_aside;
+        // Parts need markers: what is past their limits is set aside.
+        self.push_parts = request.parts.filter(|_| request.set_aside);
         self.start_pushes(request.id, request.broadcast_after);
         Ok(())
     }
@@ -155,6 +157,10 @@ impl Connection {
                     keys: self.state.keys.clone(),
                     client: self.client.clone(),
                     guard_ttl: self.guard_ttl(stream),
+                }),
+                parts: self.push_parts.map(|limits| downstream::PartsTo {
+                    limits,
+                    budget: self.state.assembly.clone(),
                 }),
             },
             self.out.clone(),
