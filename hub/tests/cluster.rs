@@ -464,3 +464,54 @@ async fn broadcasts_reach_devices_on_every_hub_of_a_cluster_by_notification() {
         stop.cancel();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_entries_in_parts_land_once_in_each_partition_of_a_cluster() {
+    const PARTITIONS: u32 = 4;
+    let hubs = ClusterHubs::start(2, |c| Config {
+        ingest_partitions: PARTITIONS,
+        one_connection_per_device: false,
+        ..c
+    })
+    .await;
+    let layout = IngestLayout::new(&HubKeys::default(), PARTITIONS, true);
+    // 5,000 pairs: past the ingest script, appended with WATCH/MULTI on the
+    // master of each device's partition (found by following MOVED). Both
+    // hubs get every device's entry.
+    let fields: Vec<Vec<u8>> = (0..10_000).map(|i| format!("f{i}").into_bytes()).collect();
+    let wide = lula_protocol::Entry::new(lula_protocol::StreamId::new(1, 0), fields);
+    let mut split = lula_protocol::parts::Splitter::new(wide, 64 * 1024);
+    let parts: Vec<_> = std::iter::from_fn(|| split.next_part()).collect();
+    let mut tasks = Vec::new();
+    for d in 0..8 {
+        for hub in 0..2 {
+            let mut ws = hubs
+                .connect(hub, &format!("dev-{d}"), &format!("s-{d}-{hub}"))
+                .await;
+            let parts = parts.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last = serde_json::Value::Null;
+                for part in &parts {
+                    let payload = json!({"prev": "0-0", "entries": [], "part": part});
+                    last = ws.request("xadds", payload).await;
+                }
+                last
+            }));
+        }
+    }
+    let mut added = 0;
+    for t in tasks {
+        let last = t.await.unwrap();
+        assert_eq!(last["id"], "1-0", "{last}");
+        added += last["added"].as_u64().unwrap();
+    }
+    assert_eq!(added, 8, "each device's entry once");
+    let mut total = 0;
+    for p in 0..PARTITIONS {
+        let stored = hubs.stored(&layout.in_stream(p)).await;
+        total += stored.len();
+        let clients: BTreeSet<&String> = stored.iter().map(|(c, _)| c).collect();
+        assert_eq!(clients.len(), stored.len(), "once per device");
+    }
+    assert_eq!(total, 8);
+}
