@@ -50,6 +50,12 @@ pub struct Config {
     pub inflight_batches: usize,
     /// Largest frame the client sends (the hub's limit wins if smaller).
     pub max_frame_bytes: usize,
+    /// The widest and largest entry carried in parts, each way
+    /// (`--max-entry-pairs`, `--max-entry-bytes`): upstream the hub's limits
+    /// win if smaller; downstream the hub sets aside what is past these.
+    /// The daemon holds one such entry per direction, so on a small device
+    /// these bound its memory.
+    pub part_limits: lula_protocol::parts::PartLimits,
     /// Compression window (bits) asked of the hub; `None` asks for no
     /// compression (JSON text frames). See `PROTOCOL.md`, "Compression".
     pub compression_window_bits: Option<u8>,
@@ -99,6 +105,10 @@ impl Config {
             batch_entries: DEFAULT_BATCH_ENTRIES,
             inflight_batches: DEFAULT_INFLIGHT_BATCHES,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            part_limits: lula_protocol::parts::PartLimits {
+                max_values: lula_protocol::limits::DEFAULT_MAX_PART_VALUES,
+                max_bytes: lula_protocol::limits::DEFAULT_MAX_ENTRY_BYTES,
+            },
             compression_window_bits: DEFAULT_COMPRESSION_WINDOW_BITS,
             register_retry: Duration::from_secs(60),
             min_backoff: Duration::from_millis(200),
@@ -129,6 +139,7 @@ impl std::fmt::Debug for Config {
             .field("batch_entries", &self.batch_entries)
             .field("inflight_batches", &self.inflight_batches)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("part_limits", &self.part_limits)
             .field("compression_window_bits", &self.compression_window_bits)
             .field("register_retry", &self.register_retry)
             .field("min_backoff", &self.min_backoff)

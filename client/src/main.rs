@@ -112,6 +112,15 @@ struct RunArgs {
     /// Largest frame sent, in bytes (the hub's limit wins if smaller).
     #[arg(long, env = "LULA_MAX_FRAME_BYTES", default_value_t = lula_protocol::limits::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
+    /// Most field pairs of an entry carried, each way: one wider than a
+    /// batch (1,024 pairs) travels in parts; one past this is set aside
+    /// (the hub's limit wins upstream if smaller).
+    #[arg(long, env = "LULA_MAX_ENTRY_PAIRS", default_value_t = lula_protocol::limits::DEFAULT_MAX_PART_VALUES / 2)]
+    max_entry_pairs: usize,
+    /// Most bytes (keys plus values) of an entry carried, each way; the
+    /// daemon holds one such entry per direction while it travels in parts.
+    #[arg(long, env = "LULA_MAX_ENTRY_BYTES", default_value_t = lula_protocol::limits::DEFAULT_MAX_ENTRY_BYTES)]
+    max_entry_bytes: usize,
     /// Compressed frames on the link to the hub: the history window asked for
     /// (9 to 15 bits; 10 = 1 KiB per direction), or `off` for JSON text
     /// frames. A hub that does not answer the offer gets text frames anyway.
@@ -274,6 +283,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         batch_entries: args.batch_entries.max(1),
         inflight_batches: args.inflight_batches.max(1),
         max_frame_bytes: args.max_frame_bytes,
+        part_limits: lula_protocol::parts::PartLimits {
+            max_values: args.max_entry_pairs.saturating_mul(2),
+            max_bytes: args.max_entry_bytes,
+        },
         compression_window_bits: lula_protocol::compress::window_setting(
             args.compression_window_bits,
         ),

@@ -57,13 +57,6 @@ use crate::published::StatusUpdate;
 use crate::renewal::{Credentials, Renewal};
 use crate::uplink::{self, Batch, UplinkError};
 use lula_protocol::parts::{Assembly, PartLimits};
-
-/// The widest and largest message this client puts together from parts
-/// (said in `subscribe`): the hub sets aside what is past it.
-const PUSH_PART_LIMITS: PartLimits = PartLimits {
-    max_values: lula_protocol::limits::DEFAULT_MAX_PART_VALUES,
-    max_bytes: lula_protocol::limits::DEFAULT_MAX_ENTRY_BYTES,
-};
 use lula_protocol::compress::Params;
 use std::sync::Arc;
 
@@ -593,8 +586,16 @@ impl Session<'_> {
         let set_aside = reply
             .set_aside
             .then(|| reply.max_entry_values.unwrap_or(MAX_ENTRY_VALUES));
-        // Parts need markers too: what is past their limits is set aside.
-        let parts = reply.parts.filter(|_| reply.set_aside);
+        // Parts need markers too: what is past their limits (the hub's or
+        // this client's, the smaller) is set aside.
+        let mine = self.config.part_limits;
+        let parts = reply
+            .parts
+            .filter(|_| reply.set_aside)
+            .map(|hub| PartLimits {
+                max_values: hub.max_values.min(mine.max_values),
+                max_bytes: hub.max_bytes.min(mine.max_bytes),
+            });
         Ok(Limits {
             max_entries,
             max_bytes: max_bytes.saturating_sub(uplink::ENVELOPE_RESERVE).max(1),
@@ -641,7 +642,7 @@ impl Session<'_> {
             id: downstream,
             broadcast_after: Some(broadcast),
             set_aside: true,
-            parts: Some(PUSH_PART_LIMITS),
+            parts: Some(self.config.part_limits),
         });
         self.send(Some(id), &subscribe)?;
         tracing::info!(upstream = %self.cursor, %downstream, %broadcast, "connected to hub");
@@ -1075,7 +1076,7 @@ impl Session<'_> {
         let slot = &mut self.assembling[usize::from(push.stream == PushStream::Broadcast)];
         let added = match slot.as_mut() {
             Some(assembly) if part.index > 0 => assembly.push(part),
-            _ => Assembly::start(part, PUSH_PART_LIMITS).map(|a| *slot = Some(a)),
+            _ => Assembly::start(part, self.config.part_limits).map(|a| *slot = Some(a)),
         };
         if let Err(e) = added {
             *slot = None;
