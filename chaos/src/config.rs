@@ -38,6 +38,11 @@ pub struct Sizes {
     pub entries_down: u64,
     /// Bytes of every entry's `payload` value.
     pub payload_bytes: usize,
+    /// Every this many entries up one is wide (and every other time large)
+    /// enough to travel in parts (0: none); see `workload::fields`.
+    pub in_parts_every_up: u64,
+    /// The same for entries down.
+    pub in_parts_every_down: u64,
     /// Production is spread evenly over this long.
     pub produce_for: Duration,
     /// Faults are injected for this long (from the start of production).
@@ -107,6 +112,12 @@ pub const FULL_DEVICES: usize = 20;
 pub const FULL_ENTRIES_UP: u64 = 20_000;
 /// Entries down per device of the full workload.
 pub const FULL_ENTRIES_DOWN: u64 = 2_000;
+/// One entry in this many up travels in parts (4 per device in the full
+/// workload, half of them larger than a frame).
+pub const IN_PARTS_EVERY_UP: u64 = 5_000;
+/// One entry in this many down travels in parts (4 per device).
+pub const IN_PARTS_EVERY_DOWN: u64 = 500;
+
 /// In long runs longer than the full workload needs at this rate, each device
 /// produces at least this many entries per second, so faults keep hitting a
 /// busy system.
@@ -123,6 +134,8 @@ impl Sizes {
             entries_up: FULL_ENTRIES_UP,
             entries_down: FULL_ENTRIES_DOWN,
             payload_bytes: 64,
+            in_parts_every_up: IN_PARTS_EVERY_UP,
+            in_parts_every_down: IN_PARTS_EVERY_DOWN,
             produce_for: Duration::from_secs(50),
             faults_for: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(75),
@@ -141,6 +154,8 @@ impl Sizes {
             entries_up,
             entries_down: entries_up * FULL_ENTRIES_DOWN / FULL_ENTRIES_UP,
             payload_bytes: 64,
+            in_parts_every_up: IN_PARTS_EVERY_UP,
+            in_parts_every_down: IN_PARTS_EVERY_DOWN,
             produce_for,
             faults_for: duration.max(produce_for),
             drain_timeout: Duration::from_secs(600),

@@ -40,10 +40,14 @@ pub enum Direction {
     Down,
 }
 
-/// The fields of entry `n` of `client`'s stream in direction `dir`.
-pub fn fields(dir: Direction, client: &ClientId, n: u64, payload_bytes: usize) -> Vec<Vec<u8>> {
+/// The fields of entry `n` of `client`'s stream in direction `dir`: `n`
+/// and a payload of `sizes.payload_bytes`, and for every
+/// `sizes.in_parts_every`-th entry also 1,500 more pairs (too wide for a
+/// batch or a push: it travels in parts) and, every other time, a 1.1 MB
+/// value (larger than a frame), so faults also cut entries in parts.
+pub fn fields(dir: Direction, client: &ClientId, n: u64, sizes: &Sizes) -> Vec<Vec<u8>> {
     let mut payload = format!("{client}/{n}/");
-    while payload.len() < payload_bytes {
+    while payload.len() < sizes.payload_bytes {
         payload.push(char::from(b'a' + (payload.len() % 26) as u8));
     }
     let mut f: Vec<Vec<u8>> = Vec::with_capacity(6);
@@ -55,8 +59,31 @@ pub fn fields(dir: Direction, client: &ClientId, n: u64, payload_bytes: usize) -
     f.push(n.to_string().into_bytes());
     f.push(b"payload".to_vec());
     f.push(payload.into_bytes());
+    let every = match dir {
+        Direction::Up => sizes.in_parts_every_up,
+        Direction::Down => sizes.in_parts_every_down,
+    };
+    if every > 0 && n % every == every - 1 {
+        for i in 0..WIDE_PAIRS {
+            f.push(format!("w{i}").into_bytes());
+            f.push(format!("{client}/{n}/{i}").into_bytes());
+        }
+        if (n / every).is_multiple_of(2) {
+            f.push(b"blob".to_vec());
+            f.push(
+                (0..LARGE_VALUE)
+                    .map(|i| (i * 7 + n as usize) as u8)
+                    .collect(),
+            );
+        }
+    }
     f
 }
+
+/// Extra pairs of an entry in parts.
+const WIDE_PAIRS: usize = 1_500;
+/// Bytes of the large value of every other entry in parts.
+const LARGE_VALUE: usize = 1_100_000;
 
 /// The `n` an entry was produced as.
 pub fn number_of(entry: &Entry) -> Option<u64> {
@@ -146,7 +173,7 @@ impl Workload {
                         t,
                         start,
                         sizes.produce_for,
-                        sizes.payload_bytes,
+                        sizes.clone(),
                         counter,
                         events.clone(),
                         stop.clone(),
@@ -192,7 +219,7 @@ async fn produce(
     t: Target,
     start: Instant,
     window: Duration,
-    payload_bytes: usize,
+    sizes: Sizes,
     counter: Arc<AtomicU64>,
     events: Arc<Events>,
     stop: CancellationToken,
@@ -232,7 +259,7 @@ async fn produce(
         for n in next..end {
             let mut cmd = redis::cmd("XADD");
             cmd.arg(&t.key).arg("*");
-            for f in fields(t.dir, &t.client, n, payload_bytes) {
+            for f in fields(t.dir, &t.client, n, &sizes) {
                 cmd.arg(f);
             }
             pipe.add_command(cmd);
@@ -300,11 +327,22 @@ mod tests {
     #[test]
     fn entries_carry_their_number_and_a_payload_of_the_asked_size() {
         let c: ClientId = "dev-01".parse().unwrap();
-        let up = fields(Direction::Up, &c, 17, 64);
+        let sizes = Sizes {
+            in_parts_every_up: 10,
+            ..Sizes::short()
+        };
+        let up = fields(Direction::Up, &c, 17, &sizes);
         assert_eq!(up[0], b"n");
         assert_eq!(up[1], b"17");
         assert_eq!(up[3].len(), 64);
-        let down = fields(Direction::Down, &c, 3, 64);
+        assert_eq!(up.len(), 4);
+        // Every tenth is wide, every twentieth large too.
+        let wide = fields(Direction::Up, &c, 19, &sizes);
+        assert_eq!(wide.len(), 4 + 2 * WIDE_PAIRS);
+        let large = fields(Direction::Up, &c, 9, &sizes);
+        assert_eq!(large.len(), 6 + 2 * WIDE_PAIRS);
+        assert_eq!(large.last().unwrap().len(), LARGE_VALUE);
+        let down = fields(Direction::Down, &c, 3, &sizes);
         assert_eq!(down[0], b"cmd");
         let entry = Entry::new(lula_protocol::StreamId::new(1, 0), down);
         assert_eq!(number_of(&entry), Some(3));
