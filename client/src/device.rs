@@ -354,10 +354,10 @@ impl Device {
     /// counts it in the state hash. The `XADD` carries the entry's own id, so
     /// it is idempotent: after a crash before the hub heard of it, the retry
     /// is refused as "equal or smaller" and counts as done (`false`: recorded
-    /// before, not counted again). Write and count are one script while the
-    /// entry fits a script's `unpack` (about 8,000 values); a wider entry is
-    /// written with a plain `XADD` and counted after it, so a crash between
-    /// the two misses its count (never its record).
+    /// before, not counted again). Write and count are atomic: one script
+    /// while the entry fits a script's `unpack` (about 8,000 values), a
+    /// transaction on a connection of its own for a wider one (see
+    /// `device/wide.rs`).
     pub async fn set_aside_up(&mut self, entry: &Entry, reason: &str) -> Result<bool, RedisError> {
         let now = now_ms();
         let last = format!("{}: {reason} (at {now} ms)", entry.id);
@@ -377,32 +377,7 @@ impl Device {
             let counted: i64 = invocation.invoke_async(&mut self.redis).await?;
             return Ok(counted == 1);
         }
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(self.keys.dead_stream())
-            .arg(entry.id.to_string())
-            .arg("reason")
-            .arg(reason);
-        for v in &entry.fields {
-            xadd.arg(v.as_slice());
-        }
-        match xadd.query_async::<String>(&mut self.redis).await {
-            Ok(_) => {}
-            Err(e) if e.to_string().contains("equal or smaller") => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("HINCRBY")
-            .arg(self.keys.state())
-            .arg(status_fields::SET_ASIDE_UP)
-            .arg(1)
-            .ignore()
-            .cmd("HSET")
-            .arg(self.keys.state())
-            .arg(status_fields::LAST_SET_ASIDE_UP)
-            .arg(last)
-            .ignore();
-        pipe.query_async::<()>(&mut self.redis).await?;
-        Ok(true)
+        self.set_aside_up_wide(entry, reason, &last).await
     }
 
     /// Writes the fields `update` sets (and `updatedAt`) to the state hash,

@@ -8,7 +8,11 @@
 //! (`lula-hub:dead-seen:{lula-hub:dead:x}:<stream>:<id>`, in the dead
 //! stream's cluster slot) and appends only when it sets it, so the record is
 //! written once whatever crashes or reconnects between the record and the
-//! device's acknowledgement. Nothing is deleted from the source stream: a
+//! device's acknowledgement. An entry too wide for the script (Lua's
+//! `unpack` stops near 8,000 values) gets the same guarantee from an
+//! optimistic transaction on a connection of its own (`WATCH` the guard,
+//! check it, `MULTI`, set it, append, `EXEC`): guard and record are written
+//! together or not at all. Nothing is deleted from the source stream: a
 //! broadcast stays for the devices that can take it, and deleting from the
 //! broadcast stream would look like a gap to every device.
 
@@ -18,8 +22,11 @@ use std::time::Duration;
 use lula_protocol::keys::HubKeys;
 use lula_protocol::message::PushStream;
 use lula_protocol::{ClientId, Entry};
-use lula_runtime::redis::RedisConn;
+use lula_runtime::redis::{RedisConn, RedisTarget};
 use redis::Script;
+use redis::aio::MultiplexedConnection;
+
+use crate::tx_conn::{MAX_REDIRECTS, TxConn};
 
 /// How long a guard key lives when the stream keeps its entries longer than
 /// that or forever is not known: a week, the default broadcast retention.
@@ -29,9 +36,14 @@ pub const DEFAULT_GUARD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const BROADCAST_CLIENT: &str = "*";
 
 /// Most values the script passes to one `XADD` through Lua's `unpack`, which
-/// stops at about 8,000. Wider entries are recorded without the script (see
+/// stops at about 8,000. Wider entries are recorded by a transaction (see
 /// [`record`]).
 const MAX_SCRIPT_VALUES: usize = 7_900;
+
+/// How often the transaction of a wide record is tried when the guard keeps
+/// changing under it (only another record of the same entry changes it, so
+/// a second try finds it set).
+const WIDE_TRIES: usize = 10;
 
 /// KEYS[1] the guard key, KEYS[2] the dead stream; ARGV[1] the guard's TTL
 /// in seconds (0: none), then the record's fields. Appends the record only
@@ -56,12 +68,16 @@ static RECORD: LazyLock<Script> = LazyLock::new(|| {
 /// Records `entry` of `stream` (for `client`, or the fleet's broadcast) as
 /// set aside for `reason`, once: returns whether this call wrote the record.
 ///
-/// Entries too wide for a script's `unpack` are recorded with plain
-/// commands (`SET NX`, then `XADD`, removing the guard again if the `XADD`
-/// fails): a crash between the two leaves the guard without the record,
-/// so for those (over 3,950 field pairs) the record is at most once.
+/// Entries too wide for a script's `unpack` (over 3,946 field pairs) are
+/// recorded just as atomically, by a transaction on a connection of its own
+/// to `target` ([`record_wide`]): a crash never leaves the guard without the
+/// record.
+// Each argument is part of what is recorded or where; a struct gathering
+// them for this one function would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn record(
     redis: &mut RedisConn,
+    target: &RedisTarget,
     keys: &HubKeys,
     stream: PushStream,
     client: &ClientId,
@@ -99,14 +115,17 @@ pub async fn record(
         let wrote: i64 = invocation.invoke_async(redis).await?;
         return Ok(wrote == 1);
     }
+    // Every device reading a broadcast sets it aside again: once the guard
+    // is there, that costs one command on the shared connection, not a
+    // connection of its own.
+    let seen: bool = redis::cmd("EXISTS").arg(&guard).query_async(redis).await?;
+    if seen {
+        return Ok(false);
+    }
     let mut set = redis::cmd("SET");
-    set.arg(&guard).arg(1).arg("NX");
+    set.arg(&guard).arg(1);
     if ttl > 0 {
         set.arg("EX").arg(ttl);
-    }
-    let set: Option<String> = set.query_async(redis).await?;
-    if set.is_none() {
-        return Ok(false);
     }
     let mut xadd = redis::cmd("XADD");
     xadd.arg(&dead).arg("*");
@@ -116,9 +135,153 @@ pub async fn record(
     for v in &entry.fields {
         xadd.arg(v.as_slice());
     }
-    if let Err(e) = xadd.query_async::<String>(redis).await {
-        let _: Result<i64, _> = redis::cmd("DEL").arg(&guard).query_async(redis).await;
-        return Err(e);
+    record_wide(&mut TxConn::new(target.clone()), &guard, set, xadd).await
+}
+
+/// Records a wide entry once: `WATCH` the guard; if it is set, the entry was
+/// recorded before; else `MULTI`, `set` (the guard), `xadd` (the record),
+/// `EXEC`. When the guard changed meanwhile (another hub or connection
+/// recording the same entry), `EXEC` does nothing and the check runs again.
+/// Guard and dead stream share a slot, so on a cluster `conn` follows `MOVED`
+/// to its master.
+async fn record_wide(
+    conn: &mut TxConn,
+    guard: &str,
+    set: redis::Cmd,
+    xadd: redis::Cmd,
+) -> Result<bool, redis::RedisError> {
+    let mut redirects = 0;
+    for _ in 0..WIDE_TRIES {
+        let tried = match conn.connect().await {
+            Ok(mut c) => record_wide_once(&mut c, guard, &set, &xadd).await,
+            Err(e) => Err(e),
+        };
+        match tried {
+            Ok(Some(wrote)) => return Ok(wrote),
+            Ok(None) => {
+                tracing::debug!(
+                    guard,
+                    "a dead letter's guard changed during its record; checking again"
+                );
+            }
+            Err(e) => {
+                if conn.failed(&e) && redirects < MAX_REDIRECTS {
+                    redirects += 1;
+                    continue;
+                }
+                return Err(e);
+            }
+        }
     }
-    Ok(true)
+    Err(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "recording a wide dead letter",
+        "its guard kept changing; try again".to_owned(),
+    )))
+}
+
+/// One try of [`record_wide`]: whether it wrote the record, `None` when the
+/// guard changed between the check and `EXEC`, and nothing was written.
+async fn record_wide_once(
+    conn: &mut MultiplexedConnection,
+    guard: &str,
+    set: &redis::Cmd,
+    xadd: &redis::Cmd,
+) -> Result<Option<bool>, redis::RedisError> {
+    if watch_seen(conn, guard).await? {
+        return Ok(Some(false));
+    }
+    Ok(commit(conn, set, xadd).await?.then_some(true))
+}
+
+/// Watches `guard` and reads whether it is set (then the watch is dropped:
+/// there is nothing to write).
+async fn watch_seen(conn: &mut MultiplexedConnection, guard: &str) -> redis::RedisResult<bool> {
+    let () = redis::cmd("WATCH").arg(guard).query_async(conn).await?;
+    let seen: bool = redis::cmd("EXISTS").arg(guard).query_async(conn).await?;
+    if seen {
+        let () = redis::cmd("UNWATCH").query_async(conn).await?;
+    }
+    Ok(seen)
+}
+
+/// Sets the guard and appends the record in one transaction, after a
+/// [`watch_seen`] on the same connection: false when the guard changed
+/// since, and nothing was written.
+async fn commit(
+    conn: &mut MultiplexedConnection,
+    set: &redis::Cmd,
+    xadd: &redis::Cmd,
+) -> redis::RedisResult<bool> {
+    let mut tx = redis::pipe();
+    tx.atomic()
+        .add_command(set.clone())
+        .ignore()
+        .add_command(xadd.clone());
+    let done: Option<(String,)> = tx.query_async(conn).await?;
+    Ok(done.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lula_testkit::RedisServer;
+
+    #[tokio::test]
+    async fn a_guard_set_between_check_and_commit_writes_nothing() {
+        let redis = RedisServer::start();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut other = client.get_multiplexed_async_connection().await.unwrap();
+        let mut set = redis::cmd("SET");
+        set.arg("guard").arg(1).arg("EX").arg(600);
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg("dead").arg("*").arg("k").arg("v");
+        assert!(!watch_seen(&mut conn, "guard").await.unwrap());
+        // Another connection records the same entry meanwhile.
+        let () = redis::cmd("SET")
+            .arg("guard")
+            .arg(1)
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        assert!(!commit(&mut conn, &set, &xadd).await.unwrap());
+        let len: u64 = redis::cmd("XLEN")
+            .arg("dead")
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(len, 0, "nothing written");
+        // Checked again: recorded before.
+        assert_eq!(
+            record_wide_once(&mut conn, "guard", &set, &xadd)
+                .await
+                .unwrap(),
+            Some(false)
+        );
+        // Without the guard, guard and record are written together.
+        let () = redis::cmd("DEL")
+            .arg("guard")
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(
+            record_wide_once(&mut conn, "guard", &set, &xadd)
+                .await
+                .unwrap(),
+            Some(true)
+        );
+        let len: u64 = redis::cmd("XLEN")
+            .arg("dead")
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(len, 1);
+        let ttl: i64 = redis::cmd("TTL")
+            .arg("guard")
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= 600, "{ttl}");
+    }
 }

@@ -730,6 +730,9 @@ pub struct SetAsideTo {
     pub client: lula_protocol::ClientId,
     /// How long a dead letter's guard key lives.
     pub guard_ttl: Duration,
+    /// Where the shared connection goes: a dead letter too wide for a script
+    /// is recorded on a connection of its own to it.
+    pub redis_target: lula_runtime::redis::RedisTarget,
 }
 
 /// Pushes `source` to the device through `out` until `cancel` or `out`
@@ -906,6 +909,7 @@ impl Pusher {
             let keys = &to.keys;
             let record = crate::dead::record(
                 &mut self.redis,
+                &to.redis_target,
                 keys,
                 stream,
                 &to.client,

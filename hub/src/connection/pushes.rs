@@ -157,6 +157,7 @@ impl Connection {
                     keys: self.state.keys.clone(),
                     client: self.client.clone(),
                     guard_ttl: self.guard_ttl(stream),
+                    redis_target: self.state.redis_target.clone(),
                 }),
                 parts: self.push_parts.map(|limits| downstream::PartsTo {
                     limits,

@@ -12,27 +12,22 @@
 //!
 //! A watch belongs to a connection, and the shared multiplexed connection
 //! carries everyone's commands, so this uses a connection of its own per
-//! partition task: to the server, or on a cluster to the master of the
-//! partition's slot, found by following `MOVED`.
-
-use std::time::Duration;
+//! partition task ([`crate::tx_conn`]): to the server, or on a cluster to the
+//! master of the partition's slot, found by following `MOVED`.
 
 use lula_protocol::keys::IngestLayout;
 use lula_protocol::limits::SCRIPT_ENTRY_VALUES;
 use lula_protocol::{Entry, StreamId, escape_field};
-use lula_runtime::redis::{NodeAddr, RedisTarget, node_client};
+use lula_runtime::redis::RedisTarget;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use redis::{RedisError, RedisResult};
 
 use super::{Appended, IngestError, Section};
+use crate::tx_conn::{MAX_REDIRECTS, TxConn};
 
 /// How often a transaction is tried again when other appends to the same
 /// partition keep moving its cursors first.
 const TRIES: usize = 50;
-
-/// A large `XADD` may take a while to cross the link: the response timeout
-/// of a wide append is at least this.
-const MIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether `section` holds an entry the script cannot append.
 pub(super) fn is_wide(section: &Section) -> bool {
@@ -42,60 +37,16 @@ pub(super) fn is_wide(section: &Section) -> bool {
         .any(|e| e.fields.len() > SCRIPT_ENTRY_VALUES)
 }
 
-/// The connection of one partition task for wide appends, opened when first
-/// needed and again after a failure or a redirection.
+/// The connection of one partition task for wide appends ([`TxConn`]).
 pub(super) struct WideConn {
-    target: RedisTarget,
-    conn: Option<MultiplexedConnection>,
-    /// On a cluster, the master a `MOVED` named.
-    node: Option<NodeAddr>,
+    conn: TxConn,
 }
 
 impl WideConn {
     pub(super) fn new(target: RedisTarget) -> Self {
         WideConn {
-            target,
-            conn: None,
-            node: None,
+            conn: TxConn::new(target),
         }
-    }
-
-    async fn connect(&mut self) -> RedisResult<MultiplexedConnection> {
-        if let Some(conn) = &self.conn {
-            return Ok(conn.clone());
-        }
-        let client = match &self.node {
-            Some(node) => node_client(&self.target.url, node)?,
-            None => redis::Client::open(self.target.url.as_str())?,
-        };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.target.timeout))
-            .set_response_timeout(Some(self.target.timeout.max(MIN_TIMEOUT)));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        self.conn = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Forgets the connection after `e`; follows it to another node when
-    /// it was a redirection. Whether to try again at once.
-    fn failed(&mut self, e: &RedisError) -> bool {
-        self.conn = None;
-        let Some((addr, _slot)) = e.redirect_node() else {
-            return false;
-        };
-        let Some((host, port)) = addr.rsplit_once(':') else {
-            return false;
-        };
-        let Ok(port) = port.parse() else {
-            return false;
-        };
-        self.node = Some(NodeAddr {
-            host: host.to_owned(),
-            port,
-        });
-        true
     }
 
     /// Appends a section of one wide entry exactly once (see the module).
@@ -131,7 +82,7 @@ impl WideConn {
         };
         let mut redirects = 0;
         for _ in 0..TRIES {
-            let mut conn = self.connect().await?;
+            let mut conn = self.conn.connect().await?;
             let tried = match guard.check(&mut conn).await {
                 Ok(Some(settled)) => Ok(Some(settled)),
                 Ok(None) => guard.commit(&mut conn, &xadd).await,
@@ -144,7 +95,7 @@ impl WideConn {
                     continue;
                 }
                 Err(e) => {
-                    if self.failed(&e) && redirects < 3 {
+                    if self.conn.failed(&e) && redirects < MAX_REDIRECTS {
                         redirects += 1;
                         continue;
                     }

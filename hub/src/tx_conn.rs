@@ -1,0 +1,81 @@
+//! A connection of its own for an optimistic transaction (`WATCH`, `MULTI`,
+//! `EXEC`), for writes too wide for a Lua script.
+//!
+//! A watch belongs to a connection, and the shared multiplexed connection
+//! ([`lula_runtime::redis::RedisConn`]) carries everyone's commands, so a
+//! transaction needs a connection nobody else writes on: to the server, or
+//! on a cluster to the master of the slot its keys share, found by following
+//! `MOVED` (the keys of one transaction must share a hash tag).
+
+use std::time::Duration;
+
+use lula_runtime::redis::{NodeAddr, RedisTarget, node_client};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+
+/// A wide `XADD` may take a while to cross the link: the response timeout
+/// of a transaction's connection is at least this.
+const MIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many redirections one write follows before it gives up.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// A connection for transactions, opened when first needed and again after
+/// a failure or a redirection.
+pub struct TxConn {
+    target: RedisTarget,
+    conn: Option<MultiplexedConnection>,
+    /// On a cluster, the master a `MOVED` named.
+    node: Option<NodeAddr>,
+}
+
+impl TxConn {
+    /// A connection to `target`, not opened yet.
+    pub fn new(target: RedisTarget) -> Self {
+        TxConn {
+            target,
+            conn: None,
+            node: None,
+        }
+    }
+
+    /// The open connection, or a new one (to the node a redirection named).
+    pub async fn connect(&mut self) -> RedisResult<MultiplexedConnection> {
+        if let Some(conn) = &self.conn {
+            return Ok(conn.clone());
+        }
+        let client = match &self.node {
+            Some(node) => node_client(&self.target.url, node)?,
+            None => redis::Client::open(self.target.url.as_str())?,
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.target.timeout))
+            .set_response_timeout(Some(self.target.timeout.max(MIN_TIMEOUT)));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the connection after `e` (whatever it watched is gone with
+    /// it); follows it to another node when it was a redirection. Whether to
+    /// try again at once.
+    pub fn failed(&mut self, e: &RedisError) -> bool {
+        self.conn = None;
+        let Some((addr, _slot)) = e.redirect_node() else {
+            return false;
+        };
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return false;
+        };
+        let Ok(port) = port.parse() else {
+            return false;
+        };
+        self.node = Some(NodeAddr {
+            host: host.to_owned(),
+            port,
+        });
+        true
+    }
+}
