@@ -56,8 +56,8 @@ use crate::metrics::Metrics;
 use crate::published::StatusUpdate;
 use crate::renewal::{Credentials, Renewal};
 use crate::uplink::{self, Batch, UplinkError};
-use lula_protocol::parts::{Assembly, PartLimits};
 use lula_protocol::compress::Params;
+use lula_protocol::parts::{Assembly, PartLimits};
 use std::sync::Arc;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
