@@ -459,7 +459,7 @@ async fn a_daemon_killed_as_it_sets_entries_aside_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_entry_too_wide_for_a_lua_unpack_is_set_aside_with_a_plain_xadd() {
+async fn a_device_entry_too_wide_for_a_lua_unpack_is_set_aside_and_counted_once() {
     let cloud = cloud_with_small_limits().await;
     let mut device = Device::new(&cloud, "dev-1", &cloud.provision("dev-1").await);
     let first = produce_raw(&device, &note(1)).await;

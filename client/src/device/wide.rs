@@ -46,7 +46,22 @@ static LAST_ID: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// How long one command of a wide transaction may take: an `XADD` of
+/// 100,000 pairs on a small device's Redis is far slower than the default
+/// half second.
+const TX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Device {
+    /// A connection of its own, for one `WATCH` transaction.
+    async fn transaction_connection(
+        &self,
+    ) -> Result<redis::aio::MultiplexedConnection, RedisError> {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(TX_TIMEOUT));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
     /// Stores one pushed entry of `stream` wider than the store script
     /// takes, with its cursor, once (see the module).
     pub(super) async fn store_wide(
@@ -71,7 +86,7 @@ impl Device {
             }
         }
         let state = self.keys.state();
-        let mut conn = self.client.get_multiplexed_async_connection().await?;
+        let mut conn = self.transaction_connection().await?;
         for _ in 0..TRIES {
             let () = redis::cmd("WATCH")
                 .arg(&state)
@@ -118,7 +133,7 @@ impl Device {
     ) -> Result<bool, RedisError> {
         let dead = self.keys.dead_stream();
         let tx = set_aside_tx(&dead, &self.keys.state(), entry, reason, last);
-        let mut conn = self.client.get_multiplexed_async_connection().await?;
+        let mut conn = self.transaction_connection().await?;
         for _ in 0..TRIES {
             if recorded_before(&mut conn, &dead, entry.id).await? {
                 return Ok(false);
