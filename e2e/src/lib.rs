@@ -497,6 +497,30 @@ impl Cloud {
         all
     }
 
+    /// How many connections the hubs have counted for `client` (its
+    /// connection generation): a reconnect loop shows here.
+    pub async fn connections(&self, client: &str) -> u64 {
+        let key = self
+            .keys
+            .connection_generation(&client.parse::<ClientId>().expect("client id"));
+        let n: Option<u64> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("GET");
+        n.unwrap_or(0)
+    }
+
+    /// The running hub's `/metrics` text.
+    pub async fn hub_metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Appends a message for `client` to `lula-hub:out:<client>:x`.
     pub async fn send_down(&self, client: &str, fields: &[(&str, String)]) -> StreamId {
         let client: ClientId = client.parse().expect("client id");
@@ -733,6 +757,17 @@ impl Device {
     /// Every entry of `lula-client:out:x`.
     pub async fn out_entries(&self) -> Vec<Entry> {
         read_all(&mut self.conn().await, &self.keys.out_stream()).await
+    }
+
+    /// Waits until the hub has acknowledged this device's entries up to
+    /// `last` (its status's upstream cursor); a hang guard of 3 minutes.
+    pub async fn synced_to(&self, last: StreamId) {
+        lula_testkit::eventually(
+            "the hub's cursor at the last entry",
+            Duration::from_secs(180),
+            || async { (self.status().await.upstream_cursor == Some(last)).then_some(()) },
+        )
+        .await;
     }
 
     /// `lula-client status` for this device.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use lula_e2e::{Cloud, Device, check_upstream, read_all};
-use lula_protocol::{ClientId, StreamId};
+use lula_protocol::StreamId;
 use lula_testkit::eventually;
 
 /// Generous: CI machines are shared and debug builds are slow.
@@ -50,33 +50,10 @@ fn blob(len: usize, seed: u64) -> Vec<Vec<u8>> {
 }
 
 async fn hub_metric(cloud: &Cloud, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", cloud.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = cloud.hub_metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
-}
-
-async fn connections(cloud: &Cloud, client: &str) -> u64 {
-    let key = lula_protocol::keys::HubKeys::default()
-        .connection_generation(&client.parse::<ClientId>().unwrap());
-    let n: Option<u64> = redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut cloud.conn().await)
-        .await
-        .unwrap();
-    n.unwrap_or(0)
-}
-
-async fn synced_to(device: &Device, last: StreamId) {
-    eventually("the hub's cursor at the last entry", WAIT, || async {
-        (device.status().await.upstream_cursor == Some(last)).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,13 +83,13 @@ async fn wide_large_and_odd_device_entries_are_carried_once_in_order_without_a_r
     produce(&device, &blob(16 << 20, 2)).await;
     let last = produce(&device, &note(3)).await;
     device.start();
-    synced_to(&device, last).await;
+    device.synced_to(last).await;
     let out = device.out_entries().await;
     check_upstream("dev-1", &out, &cloud.in_entries().await).unwrap();
     let dead = read_all(&mut device.conn().await, "lula-client:dead:x").await;
     assert!(dead.is_empty(), "nothing set aside: {dead:?}");
     assert_eq!(device.status().await.set_aside_up, 0);
-    assert_eq!(connections(&cloud, "dev-1").await, 1, "no reconnect");
+    assert_eq!(cloud.connections("dev-1").await, 1, "no reconnect");
     assert_eq!(
         hub_metric(&cloud, "lula_hub_assembled_entries_total").await,
         4.0,
@@ -156,7 +133,7 @@ async fn a_cut_in_the_middle_of_an_entry_in_parts_resumes_without_loss_or_duplic
     device.kill();
     assert_eq!(cloud.in_len().await, 41);
     device.start();
-    synced_to(&device, last).await;
+    device.synced_to(last).await;
     let out = device.out_entries().await;
     check_upstream("dev-1", &out, &cloud.in_entries().await).unwrap();
     eventually("the budget given back", WAIT, || async {
@@ -217,7 +194,7 @@ async fn wide_and_large_messages_and_broadcasts_arrive_once_in_order_without_a_r
     let dead = read_all(&mut cloud.conn().await, "lula-hub:dead:x").await;
     assert!(dead.is_empty(), "nothing set aside: {}", dead.len());
     assert_eq!(device.status().await.set_aside_down, 0);
-    assert_eq!(connections(&cloud, "dev-1").await, 1, "no reconnect");
+    assert_eq!(cloud.connections("dev-1").await, 1, "no reconnect");
     device.stop().await.unwrap();
 }
 

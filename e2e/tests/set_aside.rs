@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lula_e2e::{Cloud, CloudOptions, Device, check_downstream, field, read_all};
 use lula_protocol::limits::MAX_ENTRY_VALUES;
-use lula_protocol::{ClientId, Entry, StreamId};
+use lula_protocol::{Entry, StreamId};
 use lula_testkit::eventually;
 
 /// Generous: CI machines are shared and debug builds are slow.
@@ -56,29 +56,8 @@ async fn wait_connected(device: &Device) {
     .await;
 }
 
-/// Connections the hub has counted for `client` (its connection generation).
-async fn connections(cloud: &Cloud, client: &str) -> u64 {
-    let key = lula_protocol::keys::HubKeys::default()
-        .connection_generation(&client.parse::<ClientId>().unwrap());
-    let n: Option<u64> = redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut cloud.conn().await)
-        .await
-        .unwrap();
-    n.unwrap_or(0)
-}
-
 async fn hub_dead(cloud: &Cloud) -> Vec<Entry> {
     read_all(&mut cloud.conn().await, "lula-hub:dead:x").await
-}
-
-async fn hub_metrics(cloud: &Cloud) -> String {
-    reqwest::get(format!("{}/metrics", cloud.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// The fields a dead letter of the hub must have: who, which stream, the
@@ -119,7 +98,7 @@ async fn a_wide_broadcast_is_set_aside_once_for_the_fleet_and_broadcasts_behind_
     )
     .await;
     eventually("the hub to count it", WAIT, || async {
-        let metrics = hub_metrics(&cloud).await;
+        let metrics = cloud.hub_metrics().await;
         metrics
             .contains(r#"lula_hub_set_aside_entries_total{direction="broadcast"} 1"#)
             .then_some(())
@@ -177,10 +156,10 @@ async fn a_wide_broadcast_is_set_aside_once_for_the_fleet_and_broadcasts_behind_
         .expect("a broadcast is never deleted by setting it aside");
     assert_hub_record(&dead[0], "*", "broadcast", &original);
     // No reconnect loop: dev-a connected once, or twice around the restart.
-    assert!(connections(&cloud, "dev-a").await <= 2);
-    assert_eq!(connections(&cloud, "dev-b").await, 1);
+    assert!(cloud.connections("dev-a").await <= 2);
+    assert_eq!(cloud.connections("dev-b").await, 1);
     // The restarted hub set it aside for dev-b without recording it again.
-    let metrics = hub_metrics(&cloud).await;
+    let metrics = cloud.hub_metrics().await;
     assert!(!metrics.contains(r#"lula_hub_set_aside_entries_total{direction="broadcast"}"#));
     a.stop().await.unwrap();
     b.stop().await.unwrap();
@@ -216,9 +195,9 @@ async fn a_wide_direct_message_is_set_aside_once_and_messages_behind_it_arrive()
     assert_hub_record(&dead[0], "dev-1", "out", original);
     let status = device.status().await;
     assert_eq!(status.set_aside_down, 1);
-    assert_eq!(connections(&cloud, "dev-1").await, 1, "no reconnect");
+    assert_eq!(cloud.connections("dev-1").await, 1, "no reconnect");
     eventually("the hub's metric and fleet record", WAIT, || async {
-        let metrics = hub_metrics(&cloud).await;
+        let metrics = cloud.hub_metrics().await;
         let counted = metrics.contains(r#"lula_hub_set_aside_entries_total{direction="down"} 1"#);
         let fleet: Option<String> = redis::cmd("HGET")
             .arg("lula-hub:device:dev-1:h")
@@ -232,15 +211,6 @@ async fn a_wide_direct_message_is_set_aside_once_and_messages_behind_it_arrive()
     device.stop().await.unwrap();
 }
 
-/// Writes one raw entry to the device's `out:x` and returns its id.
-/// Waits until the hub has acknowledged the device's entries up to `last`.
-async fn synced_to(device: &Device, last: StreamId) {
-    eventually("the hub's cursor at the last entry", WAIT, || async {
-        (device.status().await.upstream_cursor == Some(last)).then_some(())
-    })
-    .await;
-}
-
 /// The device seqs the cloud's in stream holds, in order.
 async fn cloud_seqs(cloud: &Cloud) -> Vec<String> {
     cloud
@@ -251,6 +221,7 @@ async fn cloud_seqs(cloud: &Cloud) -> Vec<String> {
         .collect()
 }
 
+/// Writes one raw entry to the device's `out:x` and returns its id.
 async fn produce_raw(device: &Device, fields: &[(&str, String)]) -> StreamId {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(device.keys.out_stream()).arg("*");
@@ -309,7 +280,7 @@ async fn device_entries_past_a_limit_are_set_aside_and_the_rest_syncs_once_in_or
             .query_async(&mut cloud.conn().await)
             .await
             .unwrap();
-        let metrics = hub_metrics(&cloud).await;
+        let metrics = cloud.hub_metrics().await;
         let hub_counted = metrics.contains(r#"lula_hub_set_aside_entries_total{direction="up"} 2"#);
         (status.set_aside_up == 2
             && status.upstream_cursor == Some(*ids.last().unwrap())
@@ -325,7 +296,7 @@ async fn device_entries_past_a_limit_are_set_aside_and_the_rest_syncs_once_in_or
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["setAsideUp"], 2);
     assert!(status.last_set_aside_up.unwrap().contains(&big.to_string()));
-    assert_eq!(connections(&cloud, "dev-1").await, 1, "no reconnect");
+    assert_eq!(cloud.connections("dev-1").await, 1, "no reconnect");
     // A message for the device arrives meanwhile: downstream never stopped.
     let down = cloud.send_down("dev-1", &note(9)).await;
     eventually("a direct message", WAIT, || async {
@@ -360,7 +331,7 @@ async fn a_daemon_killed_after_setting_an_entry_aside_leaves_one_dead_entry_and_
     }
     let _: String = xadd.query_async(&mut device.conn().await).await.unwrap();
     device.start();
-    synced_to(&device, last).await;
+    device.synced_to(last).await;
     assert_eq!(
         cloud_seqs(&cloud).await,
         [first.to_string(), last.to_string()]
@@ -373,7 +344,7 @@ async fn a_daemon_killed_after_setting_an_entry_aside_leaves_one_dead_entry_and_
     device.start();
     wait_connected(&device).await;
     let extra = produce_raw(&device, &note(3)).await;
-    synced_to(&device, extra).await;
+    device.synced_to(extra).await;
     assert_eq!(cloud.in_len().await, 3);
     assert_eq!(
         read_all(&mut device.conn().await, "lula-client:dead:x")
@@ -444,7 +415,7 @@ async fn a_daemon_killed_as_it_sets_entries_aside_loses_and_doubles_nothing() {
     device.start();
     let out = device.out_entries().await;
     let last = out.last().unwrap().id;
-    synced_to(&device, last).await;
+    device.synced_to(last).await;
     let dead = read_all(&mut device.conn().await, "lula-client:dead:x").await;
     assert_eq!(dead.len(), 3, "one dead letter per wide entry: {dead:?}");
     let wide: Vec<StreamId> = dead.iter().map(|e| e.id).collect();
@@ -467,7 +438,7 @@ async fn a_device_entry_too_wide_for_a_lua_unpack_is_set_aside_and_counted_once(
     let wide = produce_raw(&device, &fields).await;
     let last = produce_raw(&device, &note(2)).await;
     device.start();
-    synced_to(&device, last).await;
+    device.synced_to(last).await;
     assert_eq!(
         cloud_seqs(&cloud).await,
         [first.to_string(), last.to_string()]
