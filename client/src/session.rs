@@ -1082,15 +1082,17 @@ impl Session<'_> {
             *slot = None;
             return Err(SessionError::Protocol(format!("bad push part: {e}")));
         }
-        if !slot.as_ref().is_some_and(Assembly::is_complete) {
-            return Ok(None);
+        match slot.take().map(Assembly::finish) {
+            Some(Ok(entry)) => {
+                push.entries = vec![entry];
+                Ok(Some(push))
+            }
+            Some(Err(open)) => {
+                *slot = Some(open);
+                Ok(None)
+            }
+            None => Ok(None),
         }
-        push.entries = slot
-            .take()
-            .and_then(Assembly::into_entry)
-            .into_iter()
-            .collect();
-        Ok(Some(push))
     }
 
     /// Stores the waiting frames, oldest first, until one does not fit: then

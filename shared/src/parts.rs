@@ -330,9 +330,13 @@ impl Assembly {
         Ok(())
     }
 
-    /// The whole entry, once [`Assembly::is_complete`].
-    pub fn into_entry(self) -> Option<Entry> {
-        self.is_complete().then(|| Entry::new(self.id, self.fields))
+    /// The whole entry once every part arrived, else the assembly back.
+    pub fn finish(self) -> Result<Entry, Self> {
+        if self.is_complete() {
+            Ok(Entry::new(self.id, self.fields))
+        } else {
+            Err(self)
+        }
     }
 }
 
@@ -361,7 +365,7 @@ mod tests {
                 Some(a) => a.push(part).unwrap(),
             }
         }
-        let entry = assembly.unwrap().into_entry().expect("complete");
+        let entry = assembly.unwrap().finish().expect("complete");
         (entry, sizes)
     }
 

@@ -10,9 +10,9 @@
 //! when the budget is spent the part is refused with 503, and the device
 //! retries after a backoff without reconnecting.
 
+use lula_protocol::StreamId;
 use lula_protocol::message::{ErrorReply, HubFrame, XaddsRequest, kind, status};
 use lula_protocol::parts::{Assembly, EntryPart, PartError};
-use lula_protocol::{Entry, StreamId};
 use serde_json::Value;
 
 use super::batches::Batch;
@@ -65,40 +65,41 @@ impl Connection {
             };
             return self.reply(id, HubFrame::error(kind::XADDS, reply)).await;
         }
-        let whole = self
-            .assembly
-            .as_ref()
-            .is_some_and(|a| a.assembly.is_complete());
-        if !whole {
-            // Answered in order with the batches before it: the cursor it
-            // names is the one the device gave, checked when the entry is
-            // appended.
-            let prev = self.assembly.as_ref().and_then(|a| a.prev);
-            let batch = Batch::Xadds {
-                prev,
-                count: 0,
-                backlog: None,
-            };
-            return self.answer_at_once(batch, id, part_received(prev));
-        }
         let Some(Assembling {
             assembly,
             prev,
             permit,
         }) = self.assembly.take()
         else {
-            return Ok(());
+            let reply = ErrorReply::bad_request("no entry in parts is open");
+            return self.reply(id, HubFrame::error(kind::XADDS, reply)).await;
         };
-        let entry: Entry = match assembly.into_entry() {
-            Some(entry) => entry,
-            None => return Ok(()),
-        };
-        let batch = Batch::Xadds {
-            prev,
-            count: 1,
-            backlog: request.backlog,
-        };
-        self.submit_assembled(batch, id, prev, entry, permit).await
+        match assembly.finish() {
+            Ok(entry) => {
+                let batch = Batch::Xadds {
+                    prev,
+                    count: 1,
+                    backlog: request.backlog,
+                };
+                self.submit_assembled(batch, id, prev, entry, permit).await
+            }
+            Err(assembly) => {
+                self.assembly = Some(Assembling {
+                    assembly,
+                    prev,
+                    permit,
+                });
+                // Answered in order with the batches before it: the cursor
+                // it names is the one the device gave, checked when the
+                // entry is appended.
+                let batch = Batch::Xadds {
+                    prev,
+                    count: 0,
+                    backlog: None,
+                };
+                self.answer_at_once(batch, id, part_received(prev))
+            }
+        }
     }
 
     /// Part 0: checks the declared size and reserves it.
