@@ -163,6 +163,30 @@ pub struct SizeArgs {
     /// `--max-frame-bytes` of hub and clients in scenario 8.
     #[arg(long, env = "LULA_BENCH_BIG_MAX_FRAME_BYTES")]
     pub big_max_frame_bytes: Option<usize>,
+    /// Large entries of scenario 9's upstream part.
+    #[arg(long, env = "LULA_BENCH_PARTS_UP_LARGE")]
+    pub parts_up_large: Option<u64>,
+    /// Bytes of keys and values of each large entry up in scenario 9.
+    #[arg(long, env = "LULA_BENCH_PARTS_UP_LARGE_BYTES")]
+    pub parts_up_large_bytes: Option<usize>,
+    /// Wide entries of scenario 9's upstream part.
+    #[arg(long, env = "LULA_BENCH_PARTS_UP_WIDE")]
+    pub parts_up_wide: Option<u64>,
+    /// Large broadcasts of scenario 9.
+    #[arg(long, env = "LULA_BENCH_PARTS_DOWN_LARGE")]
+    pub parts_down_large: Option<u64>,
+    /// Bytes of keys and values of each large broadcast in scenario 9.
+    #[arg(long, env = "LULA_BENCH_PARTS_DOWN_LARGE_BYTES")]
+    pub parts_down_large_bytes: Option<usize>,
+    /// Wide broadcasts of scenario 9.
+    #[arg(long, env = "LULA_BENCH_PARTS_DOWN_WIDE")]
+    pub parts_down_wide: Option<u64>,
+    /// Field pairs of each wide entry and broadcast in scenario 9.
+    #[arg(long, env = "LULA_BENCH_PARTS_WIDE_PAIRS")]
+    pub parts_wide_pairs: Option<usize>,
+    /// Small entries around the others, each way, in scenario 9.
+    #[arg(long, env = "LULA_BENCH_PARTS_SMALL_ENTRIES")]
+    pub parts_small_entries: Option<u64>,
     /// Longest wait for entries to arrive (a hang guard).
     #[arg(long, env = "LULA_BENCH_WAIT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub wait_timeout: Option<Duration>,
@@ -205,6 +229,18 @@ impl SizeArgs {
                 .big_subscriber_rate_kbit
                 .unwrap_or(base.big_subscriber_rate_kbit),
             big_max_frame_bytes: self.big_max_frame_bytes.unwrap_or(base.big_max_frame_bytes),
+            parts_up_large: self.parts_up_large.unwrap_or(base.parts_up_large),
+            parts_up_large_bytes: self
+                .parts_up_large_bytes
+                .unwrap_or(base.parts_up_large_bytes),
+            parts_up_wide: self.parts_up_wide.unwrap_or(base.parts_up_wide),
+            parts_down_large: self.parts_down_large.unwrap_or(base.parts_down_large),
+            parts_down_large_bytes: self
+                .parts_down_large_bytes
+                .unwrap_or(base.parts_down_large_bytes),
+            parts_down_wide: self.parts_down_wide.unwrap_or(base.parts_down_wide),
+            parts_wide_pairs: self.parts_wide_pairs.unwrap_or(base.parts_wide_pairs),
+            parts_small_entries: self.parts_small_entries.unwrap_or(base.parts_small_entries),
             wait_timeout: self.wait_timeout.unwrap_or(base.wait_timeout),
         }
     }

@@ -31,11 +31,15 @@ pub enum Scenario {
     /// Large entries: a 300 KB backlog up, 5 MB broadcasts down to slow
     /// subscribers; peak memory of the daemon and of the hub.
     Big,
+    /// Entries in parts: 64 MiB and 100,000-pair entries up at the default
+    /// limits, 16 MiB and 100,000-pair broadcasts down to slow subscribers;
+    /// time, and peak memory of the daemon and of the hub.
+    Parts,
 }
 
 impl Scenario {
     /// Every concrete scenario, in the order they run.
-    pub const ORDER: [Scenario; 9] = [
+    pub const ORDER: [Scenario; 10] = [
         Scenario::Baseline,
         Scenario::Upstream,
         Scenario::Latency,
@@ -45,6 +49,7 @@ impl Scenario {
         Scenario::Wire,
         Scenario::Drain,
         Scenario::Big,
+        Scenario::Parts,
     ];
 
     /// The name used on the command line and in the table.
@@ -60,6 +65,7 @@ impl Scenario {
             Scenario::Wire => "wire",
             Scenario::Drain => "drain",
             Scenario::Big => "big",
+            Scenario::Parts => "parts",
         }
     }
 
@@ -131,13 +137,33 @@ pub struct Sizes {
     pub big_broadcasts: u64,
     /// Bytes of each broadcast's payload.
     pub big_broadcast_bytes: usize,
-    /// Slow subscribers, each behind a throttled link of its own.
+    /// Slow subscribers, each behind a throttled link of its own (scenarios
+    /// 8 and 9).
     pub big_subscribers: usize,
-    /// Each subscriber's link rate, kbit/s (both ways).
+    /// Each subscriber's link rate, kbit/s (both ways; scenarios 8 and 9).
     pub big_subscriber_rate_kbit: u64,
     /// `--max-frame-bytes` of the hub and the clients in scenario 8 (a 5 MB
     /// entry needs more than the 1 MiB default).
     pub big_max_frame_bytes: usize,
+    /// Large entries (one binary value each) in the device's out stream
+    /// (scenario 9).
+    pub parts_up_large: u64,
+    /// Bytes of each large entry's keys and values together: at most the
+    /// hub's default per-entry limit (64 MiB).
+    pub parts_up_large_bytes: usize,
+    /// Wide entries ([`Sizes::parts_wide_pairs`] each) in the out stream.
+    pub parts_up_wide: u64,
+    /// Large broadcasts (one binary value each) to the slow subscribers.
+    pub parts_down_large: u64,
+    /// Bytes of each large broadcast's keys and values together.
+    pub parts_down_large_bytes: usize,
+    /// Wide broadcasts.
+    pub parts_down_wide: u64,
+    /// Field pairs of every wide entry and broadcast, all keys included: at
+    /// most the default per-entry limit (100,000).
+    pub parts_wide_pairs: usize,
+    /// Small entries around the large and wide ones, each way.
+    pub parts_small_entries: u64,
     /// Longest wait for entries to arrive before a scenario gives up; a hang
     /// guard, never a speed check.
     pub wait_timeout: Duration,
@@ -176,6 +202,14 @@ impl Sizes {
             big_subscribers: 8,
             big_subscriber_rate_kbit: 24_000,
             big_max_frame_bytes: 8 << 20,
+            parts_up_large: 2,
+            parts_up_large_bytes: (64 << 20) - 256,
+            parts_up_wide: 2,
+            parts_down_large: 2,
+            parts_down_large_bytes: 16 << 20,
+            parts_down_wide: 1,
+            parts_wide_pairs: 100_000,
+            parts_small_entries: 100,
             wait_timeout: Duration::from_secs(600),
         }
     }
@@ -212,6 +246,14 @@ impl Sizes {
             big_subscribers: 2,
             big_subscriber_rate_kbit: 80_000,
             big_max_frame_bytes: 8 << 20,
+            parts_up_large: 1,
+            parts_up_large_bytes: 3_000_000,
+            parts_up_wide: 1,
+            parts_down_large: 1,
+            parts_down_large_bytes: 3_000_000,
+            parts_down_wide: 1,
+            parts_wide_pairs: 5_000,
+            parts_small_entries: 10,
             wait_timeout: Duration::from_secs(120),
         }
     }

@@ -16,7 +16,11 @@
 //! 7. drain: a backlog through a slow link (256 kbit/s, 300 ms by default);
 //! 8. big: peak memory of a daemon (its own process) through a backlog of
 //!    300 KB entries, and of the hub through 5 MB broadcasts to slow
-//!    subscribers.
+//!    subscribers;
+//! 9. parts: entries too wide or too large for a batch, carried in parts:
+//!    64 MiB and 100,000-pair entries up from a daemon (its own process),
+//!    16 MiB and 100,000-pair broadcasts down to slow subscribers, at the
+//!    default limits; time and peak memory of the daemon and the hub.
 //!
 //! Each scenario ends by comparing both sides entry by entry ([`verify`]).
 //! `scripts/bench.sh` runs them all at full size; `tests/smoke.rs` runs each
@@ -29,7 +33,7 @@
 //! - [`cloud`], [`devices`]: starting Redis, auth, hub and lula-client daemons.
 //! - [`hub_process`]: the hub as a child process (`lula-bench serve-hub`).
 //! - [`client_process`]: a lula-client daemon as a child process
-//!   (`lula-bench serve-client`), for scenario 8's memory readings.
+//!   (`lula-bench serve-client`), for the memory readings of scenarios 8 and 9.
 //! - [`load`]: preloads, paced producers, the latency reader.
 //! - [`verify`]: exactly once, in order, all fields compared.
 //! - [`wire_proxy`]: the byte-counting TCP proxy of scenario 6.
@@ -85,6 +89,7 @@ pub async fn run(config: &RunConfig) -> Report {
             Scenario::Wire => scenarios::wire::run(&ctx).await,
             Scenario::Drain => scenarios::drain::run(&ctx).await,
             Scenario::Big => scenarios::big::run(&ctx).await,
+            Scenario::Parts => scenarios::parts::run(&ctx).await,
             Scenario::All => continue,
         };
         let outcome = outcome.unwrap_or_else(|e| {

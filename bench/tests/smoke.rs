@@ -169,3 +169,16 @@ async fn big_entries_arrive_exactly_once_with_memory_measured() {
         row_bytes(&report, Scenario::Big, metric);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_in_parts_arrive_exactly_once_with_memory_measured() {
+    let report = smoke(Scenario::Parts).await;
+    // Reported, never compared with anything: smoke sizes, debug build.
+    for metric in [
+        "daemon peak RSS above idle",
+        "hub (up) peak RSS above idle",
+        "hub (down) peak RSS above idle",
+    ] {
+        row_bytes(&report, Scenario::Parts, metric);
+    }
+}

@@ -20,16 +20,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::heavy::{self, memory_rows};
 use super::{Ctx, EXACTLY_ONCE, Outcome, check_row};
-use crate::client_process::{ClientProcess, ClientSpec};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
-use crate::devices::{Daemons, DeviceServers, wait_connected};
+use crate::devices::DeviceServers;
 use crate::load;
 use crate::procstat::{self, RssSampler};
-use crate::report::{Row, bytes, secs, thousands};
+use crate::report::{Row, secs, thousands};
 use crate::verify;
-use crate::wire_proxy::{CountingProxy, Throttle};
 
 const SCENARIO: Scenario = Scenario::Big;
 /// The goal for the daemon, above idle.
@@ -40,10 +39,6 @@ const HUB_GOAL: u64 = 128 << 20;
 const APPEND_PIPELINE: u64 = 8;
 /// Entries per page when verifying: a page of 5 MB entries is 20 MB.
 const VERIFY_PAGE: usize = 4;
-/// Pause before the idle reading, so start-up allocations have settled.
-const SETTLE: Duration = Duration::from_secs(2);
-/// Most time for the daemons to connect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs scenario 8: the backlog up, then the broadcasts down.
 pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
@@ -91,30 +86,6 @@ async fn append_large(
     Ok(())
 }
 
-/// The rows of one process's memory: idle, peak, peak above idle against
-/// `goal`, and `VmHWM` (which also covers start-up).
-fn memory_rows(who: &str, idle: u64, peak: u64, hwm: Option<u64>, goal: u64) -> Vec<Row> {
-    let above = peak.saturating_sub(idle);
-    let mut rows = vec![
-        Row::info(SCENARIO, format!("{who} RSS idle"), bytes(idle as f64)),
-        Row::info(SCENARIO, format!("{who} peak RSS"), bytes(peak as f64)),
-        Row::info(
-            SCENARIO,
-            format!("{who} peak RSS above idle"),
-            bytes(above as f64),
-        )
-        .target(format!("<= {}", bytes(goal as f64)), above <= goal),
-    ];
-    if let Some(hwm) = hwm {
-        rows.push(Row::info(
-            SCENARIO,
-            format!("{who} VmHWM at the end"),
-            bytes(hwm as f64),
-        ));
-    }
-    rows
-}
-
 /// Part one: the daemon's memory through a backlog of large entries.
 async fn upstream(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let s = ctx.sizes;
@@ -124,29 +95,8 @@ async fn upstream(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
         thousands(n),
         s.big_backlog_bytes / 1000
     );
-    let cloud = Cloud::start(ctx.hub_exe).await?;
-    let servers = DeviceServers::start(1).await?;
-    let device = servers
-        .provision(&cloud, "big-up", 1)
-        .await?
-        .pop()
-        .context("one device")?;
-    let dir = tempfile::tempdir().context("client state dir")?;
-    let spec = ClientSpec {
-        client: device.client.as_str(),
-        otp_secret: &device.otp_secret,
-        state_dir: dir.path().join("state"),
-        auth_url: &cloud.auth_url,
-        hub_url: &cloud.hub.url(),
-        redis_url: &servers.url(0),
-        prefix: device.keys.prefix(),
-        max_frame_bytes: None,
-    };
-    let client = ClientProcess::spawn(ctx.hub_exe, spec, &dir.path().join("client.log"))?;
-    let connected =
-        wait_connected(std::slice::from_ref(&device), &servers, CONNECT_TIMEOUT).await?;
-    anyhow::ensure!(connected == 1, "the daemon did not connect");
-    tokio::time::sleep(SETTLE).await;
+    let up = heavy::start_daemon_process(ctx, "big-up", None).await?;
+    let (client, device, servers, cloud) = (&up.client, &up.device, &up.servers, &up.cloud);
     let idle = client.rss_bytes()?;
     client.signal("STOP").await?;
     ctx.progress(SCENARIO, format_args!("appending a backlog of {what}"));
@@ -166,7 +116,13 @@ async fn upstream(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let hwm = procstat::hwm_bytes(client.pid()).ok();
     drop(sampler);
     let mut rows = vec![Row::info(SCENARIO, "load (up)", &what)];
-    rows.extend(memory_rows("daemon", idle, peak, hwm, DAEMON_GOAL));
+    rows.extend(memory_rows(
+        SCENARIO,
+        "daemon",
+        (idle, peak),
+        hwm,
+        Some(DAEMON_GOAL),
+    ));
     rows.push(match done {
         Some(_) => Row::info(SCENARIO, "backlog synced", "yes"),
         None => Row::info(
@@ -183,7 +139,7 @@ async fn upstream(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     });
     // Give a stray duplicate a moment to show, then stop and compare.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(client);
+    drop(up.client);
     ctx.progress(SCENARIO, "verifying the backlog");
     let device_out = verify::DeviceOut {
         client: device.client.to_string(),
@@ -211,95 +167,42 @@ async fn broadcasts(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     );
     let cloud = Cloud::start_with(ctx.hub_exe, Some(s.big_max_frame_bytes)).await?;
     let servers = DeviceServers::start(1).await?;
-    let devices = servers.provision(&cloud, "big-sub", k).await?;
-    let hub_addr = cloud
-        .hub
-        .url()
-        .trim_start_matches("ws://")
-        .parse()
-        .context("hub address")?;
-    let throttle = Throttle {
-        rate_bytes_per_sec: s.big_subscriber_rate_kbit * 1000 / 8,
-        delay: Duration::from_millis(20),
-    };
-    let mut proxies = Vec::new();
-    let mut daemons = Daemons::new(None)?;
-    daemons.max_frame_bytes = Some(s.big_max_frame_bytes);
-    for device in &devices {
-        let proxy = CountingProxy::start_throttled(hub_addr, Some(throttle)).await?;
-        daemons.start_via(device, &servers, &cloud, proxy.url(), None);
-        proxies.push(proxy);
-    }
-    let connected = wait_connected(&devices, &servers, CONNECT_TIMEOUT).await?;
-    anyhow::ensure!(connected == k, "{connected} of {k} subscribers connected");
-    tokio::time::sleep(SETTLE).await;
+    let subs = heavy::start_subscribers(
+        &cloud,
+        &servers,
+        "big-sub",
+        (k, s.big_subscriber_rate_kbit),
+        Some(s.big_max_frame_bytes),
+    )
+    .await?;
+    tokio::time::sleep(heavy::SETTLE).await;
     let hub_pid = cloud.hub.pid();
     let idle = cloud.hub.rss_bytes()?;
     let sampler = RssSampler::start(vec![("hub".into(), hub_pid)]);
     ctx.progress(SCENARIO, format_args!("sending {what}"));
     let key = cloud.keys.broadcast_stream();
     append_large(&cloud.conn(), &key, n, s.big_broadcast_bytes).await?;
-    let deadline = tokio::time::Instant::now() + s.wait_timeout;
-    let mut stored = Vec::new();
-    for device in &devices {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let in_key = device.keys.in_stream();
-        let (len, _) = load::wait_len(&mut servers.conn(device.server), &in_key, n, left).await?;
-        stored.push(len);
-    }
+    let (stored, _) = heavy::wait_stored(&servers, &subs.devices, n, s.wait_timeout).await?;
     let peak = sampler.peaks()[0].peak.max(idle);
     let hwm = procstat::hwm_bytes(hub_pid).ok();
     drop(sampler);
     let mut rows = vec![Row::info(SCENARIO, "load (down)", &what)];
-    rows.extend(memory_rows("hub", idle, peak, hwm, HUB_GOAL));
-    let all = stored.iter().all(|&len| len >= n);
-    let row = Row::info(
+    rows.extend(memory_rows(
         SCENARIO,
-        "broadcasts stored",
-        format!("{stored:?} of {n} each"),
-    );
-    rows.push(if all {
-        row
-    } else {
-        row.target("all stored", false)
-    });
+        "hub",
+        (idle, peak),
+        hwm,
+        Some(HUB_GOAL),
+    ));
+    rows.push(heavy::stored_row(SCENARIO, &stored, n));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stopped = daemons.stop().await;
+    let stopped = subs.daemons.stop().await;
     ctx.progress(SCENARIO, "verifying the broadcasts");
-    let check = verify_broadcasts(&cloud, &servers, &devices, &key, n).await;
+    let check =
+        heavy::verify_broadcasts(&cloud, &servers, &subs.devices, (&key, n), VERIFY_PAGE).await;
     let mut notes: Vec<String> = cloud.hub_log_note(SCENARIO.name()).into_iter().collect();
     if let Err(e) = stopped {
         notes.push(format!("{}: stopping the clients: {e:#}", SCENARIO.name()));
     }
     Ok(Outcome { rows, check, notes })
-}
-
-/// Every subscriber holds every broadcast exactly once, in order.
-async fn verify_broadcasts(
-    cloud: &Cloud,
-    servers: &DeviceServers,
-    devices: &[crate::devices::Device],
-    key: &str,
-    n: u64,
-) -> Result<String, String> {
-    let mut total = 0;
-    for device in devices {
-        let got = verify::broadcasts(
-            cloud.conn(),
-            key,
-            servers.conn(device.server),
-            &device.keys.in_stream(),
-            VERIFY_PAGE,
-        )
-        .await
-        .and_then(|got| super::moved_entries(Ok(got), Some(n)))
-        .map_err(|e| format!("{}: {e:#}", device.client))?;
-        total += got;
-    }
-    Ok(format!(
-        "{} broadcasts on each of {} subscribers ({} stored)",
-        thousands(n),
-        devices.len(),
-        thousands(total)
-    ))
 }

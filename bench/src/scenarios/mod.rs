@@ -10,7 +10,9 @@ pub mod connections;
 pub mod downstream;
 pub mod drain;
 pub mod fanin;
+pub mod heavy;
 pub mod latency;
+pub mod parts;
 pub mod upstream;
 pub mod wire;
 
