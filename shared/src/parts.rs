@@ -46,6 +46,12 @@ pub struct EntryPart {
     /// The first piece continues the previous part's last one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub joins: bool,
+    /// When the last piece is cut (the next part `joins` it): the whole
+    /// length of its value, so the receiver sizes it once instead of
+    /// growing it part by part (a 64 MiB value would otherwise take up to
+    /// twice its size while it grows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<usize>,
     /// Pieces of consecutive values, as base64.
     #[serde(rename = "fields64", with = "base64_pieces")]
     pub pieces: Vec<Vec<u8>>,
@@ -60,6 +66,7 @@ impl std::fmt::Debug for EntryPart {
             .field("values", &self.values)
             .field("bytes", &self.bytes)
             .field("joins", &self.joins)
+            .field("open", &self.open)
             .field("pieces", &self.pieces.len())
             .finish()
     }
@@ -171,6 +178,7 @@ impl Splitter {
             values: self.entry.fields.len(),
             bytes: self.entry.payload_len(),
             joins: off0 > 0,
+            open: (off1 > 0).then(|| self.entry.fields[v1].len()),
             pieces,
         };
         self.next += 1;
@@ -323,6 +331,13 @@ impl Assembly {
         self.fields.extend(pieces);
         self.got_bytes += added;
         self.next += 1;
+        if let (Some(whole), Some(last)) = (part.open, self.fields.last_mut()) {
+            // Trusted only as far as the declared size reaches.
+            let more = whole.saturating_sub(last.len());
+            if more <= self.bytes - self.got_bytes {
+                last.reserve_exact(more);
+            }
+        }
         if self.is_complete() && (self.got_bytes != self.bytes || self.fields.len() != self.values)
         {
             return invalid("the parts hold less than part 0 declared");
@@ -390,6 +405,8 @@ mod tests {
         );
         let (back, sizes) = reassemble(&large, 100_000);
         assert_eq!(back, large);
+        // Sized once from `open`, not grown part by part.
+        assert_eq!(back.fields[1].capacity(), 1_000_000);
         assert!(sizes.iter().all(|s| *s <= 100_000), "{sizes:?}");
         assert!(sizes.len() >= 13, "{}", sizes.len());
     }

@@ -2,8 +2,8 @@
 //! ([`lula_protocol::parts`]), to devices that put entries together (they
 //! said so in `subscribe`).
 //!
-//! An entry wider than [`MAX_ENTRY_VALUES`] or larger than half a frame goes
-//! alone, one part per push frame, each cut and encoded when the
+//! An entry wider than [`MAX_ENTRY_VALUES`] or encoded larger than a frame
+//! goes alone, one part per push frame, each cut and encoded when the
 //! connection's queue has all but drained, so a slow device holds the entry
 //! rather than a queue of encoded parts. The device stores the entry when its last part arrives
 //! and acknowledges it then, so the window counts the entry with its last
@@ -37,11 +37,17 @@ pub struct PartsTo {
 }
 
 impl PartsTo {
-    /// Whether `entry` goes in parts rather than in a push of its own:
-    /// past what a push may hold, within what the device puts together.
+    /// Whether `entry` goes in parts rather than in a push: wider than a
+    /// push may hold, or encoded larger than a frame (`--max-frame-bytes`,
+    /// the device's default limit too), and within what the device puts
+    /// together. An entry that fits a frame goes whole, alone in its push
+    /// when it is larger than half a frame, as before parts: cutting it
+    /// would only cost memory and copies.
     pub(super) fn takes(&self, entry: &Entry, max_frame_bytes: usize) -> bool {
+        let frame = max_frame_bytes.saturating_sub(PUSH_ENVELOPE_BYTES);
         entry.set_aside.is_none()
-            && (entry.fields.len() > MAX_ENTRY_VALUES || entry.payload_len() > max_frame_bytes / 2)
+            && (entry.fields.len() > MAX_ENTRY_VALUES
+                || entry.past_limits(MAX_ENTRY_VALUES, frame).is_some())
             && self.limits.refuses(entry).is_none()
     }
 }
