@@ -85,8 +85,8 @@ impl Entry {
                 max_values / 2
             ));
         }
-        // Cheap bounds first, so the common entry is not encoded twice: the
-        // encoding is at least the payload, and at most six bytes per byte
+        // Cheap bounds first, so the common entry is not scanned byte by
+        // byte: the encoding is at least the payload, and at most six bytes per byte
         // (a JSON `\u00XX` escape; base64 takes 4/3) plus quotes and commas.
         let payload = self.payload_len();
         if payload > max_bytes {
@@ -100,10 +100,32 @@ impl Entry {
         if most <= max_bytes {
             return None;
         }
-        let encoded = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        let encoded = self.encoded_len();
         (encoded > max_bytes).then(|| {
             format!("entry encodes to {encoded} bytes, more than the frame budget of {max_bytes}")
         })
+    }
+
+    /// The length of this entry's JSON encoding (as `Serialize` writes it),
+    /// counted without writing it: a 5 MB entry is not encoded to learn
+    /// whether it fits a frame.
+    pub fn encoded_len(&self) -> usize {
+        let id = self.id.to_string().len() + 2;
+        // `{"id":` .. `,"fields":[` or `,"fields64":[` .. `]}`
+        let (key, body) = if let Some(reason) = &self.set_aside {
+            (",\"setAside\":".len(), json_string_len(reason.as_bytes()))
+        } else if self.fields.iter().all(|f| std::str::from_utf8(f).is_ok()) {
+            let items: usize = self.fields.iter().map(|f| json_string_len(f)).sum();
+            (",\"fields\":".len(), list_len(items, self.fields.len()))
+        } else {
+            let items: usize = self
+                .fields
+                .iter()
+                .map(|f| f.len().div_ceil(3) * 4 + 2)
+                .sum();
+            (",\"fields64\":".len(), list_len(items, self.fields.len()))
+        };
+        "{\"id\":".len() + id + key + body + 1
     }
 
     /// Field/value pairs.
@@ -117,6 +139,25 @@ impl Entry {
     pub fn payload_len(&self) -> usize {
         self.fields.iter().map(Vec::len).sum()
     }
+}
+
+/// `[` items, commas between them, `]`.
+fn list_len(items: usize, n: usize) -> usize {
+    items + n.saturating_sub(1) + 2
+}
+
+/// The length of `s` (valid UTF-8) as a JSON string, quotes included, as
+/// serde_json escapes it: `"` and `\\` and the short control escapes take two
+/// bytes, other control characters six (`\u00XX`), everything else itself.
+fn json_string_len(s: &[u8]) -> usize {
+    s.iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | 0x08 | 0x09 | 0x0a | 0x0c | 0x0d => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+        + 2
 }
 
 impl fmt::Debug for Entry {
@@ -305,6 +346,24 @@ mod tests {
                 e.past_limits(MAX_ENTRY_VALUES, encoded - 1).is_some(),
                 "{e:?}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encoded_len_is_the_length_of_the_encoding(
+            values in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..12),
+            text in proptest::collection::vec("[\\x00-\\x7f\\u{80}-\\u{10ffff}]{0,20}", 0..12),
+            ms in proptest::prelude::any::<u64>(),
+            seq in proptest::prelude::any::<u64>(),
+        ) {
+            let id = StreamId::new(ms, seq);
+            let binary = Entry::new(id, values);
+            let utf8 = Entry::new(id, text.into_iter().map(String::into_bytes).collect());
+            let marker = Entry::marker(id, "a \"reason\"\n\u{1}");
+            for e in [binary, utf8, marker] {
+                proptest::prop_assert_eq!(e.encoded_len(), serde_json::to_vec(&e).unwrap().len(), "{:?}", e);
+            }
         }
     }
 
