@@ -1,4 +1,4 @@
-//! Appending an entry too wide for the ingest script.
+//! Appending an entry too wide for the ingest script (or large).
 //!
 //! The script builds each `XADD` from a Lua table, and Lua's `unpack` stops
 //! near 8,000 values, so an entry of more than
@@ -29,12 +29,20 @@ use crate::tx_conn::{MAX_REDIRECTS, TxConn};
 /// partition keep moving its cursors first.
 const TRIES: usize = 50;
 
-/// Whether `section` holds an entry the script cannot append.
+/// Bytes of an entry past which it is appended by the transaction too,
+/// though the script could: a script call holds its arguments about three
+/// times over (the invocation, its command, the packed request), the
+/// transaction twice (its pipeline and the packed request), which for a
+/// 64 MiB entry is 128 MiB less (BENCHMARKS.md, "Entries in parts").
+const TRANSACTION_BYTES: usize = 1 << 20;
+
+/// Whether `section` holds an entry appended by the transaction: one the
+/// script cannot append, or a large one.
 pub(super) fn is_wide(section: &Section) -> bool {
     section
         .entries
         .iter()
-        .any(|e| e.fields.len() > SCRIPT_ENTRY_VALUES)
+        .any(|e| e.fields.len() > SCRIPT_ENTRY_VALUES || e.payload_len() > TRANSACTION_BYTES)
 }
 
 /// The connection of one partition task for wide appends ([`TxConn`]).
@@ -80,18 +88,21 @@ impl WideConn {
             prev: section.prev,
             seq: entry.id,
         };
+        // Only the command holds the entry's bytes from here on.
+        drop(entry);
+        let tx = guard.transaction(xadd);
         let mut redirects = 0;
         for _ in 0..TRIES {
             let mut conn = self.conn.connect().await?;
             let tried = match guard.check(&mut conn).await {
                 Ok(Some(settled)) => Ok(Some(settled)),
-                Ok(None) => guard.commit(&mut conn, &xadd).await,
+                Ok(None) => guard.commit(&mut conn, &tx).await,
                 Err(e) => Err(e),
             };
             match tried {
                 Ok(Some(appended)) => return Ok(appended),
                 Ok(None) => {
-                    tracing::debug!(seq = %entry.id, "a cursor moved during a wide append; checking again");
+                    tracing::debug!(seq = %guard.seq, "a cursor moved during a wide append; checking again");
                     continue;
                 }
                 Err(e) => {
@@ -160,23 +171,29 @@ impl Guard<'_> {
         Ok(settled)
     }
 
-    /// Appends the entry and moves the cursor in one transaction, after a
-    /// [`Guard::check`] on the same connection: `None` when a watched cursor
-    /// moved since, and nothing was written.
-    async fn commit(
-        &self,
-        conn: &mut MultiplexedConnection,
-        xadd: &redis::Cmd,
-    ) -> RedisResult<Option<Appended>> {
+    /// The transaction that appends the entry (`xadd`) and moves the
+    /// cursor, built once for every try.
+    fn transaction(&self, xadd: redis::Cmd) -> redis::Pipeline {
         let (cursors, _) = self.keys;
         let mut tx = redis::pipe();
         tx.atomic()
-            .add_command(xadd.clone())
+            .add_command(xadd)
             .cmd("HSET")
             .arg(cursors)
             .arg(self.client)
             .arg(self.seq.to_string())
             .ignore();
+        tx
+    }
+
+    /// Runs the [`Guard::transaction`] after a [`Guard::check`] on the same
+    /// connection: `None` when a watched cursor moved since, and nothing
+    /// was written.
+    async fn commit(
+        &self,
+        conn: &mut MultiplexedConnection,
+        tx: &redis::Pipeline,
+    ) -> RedisResult<Option<Appended>> {
         let done: Option<(String,)> = tx.query_async(conn).await?;
         let Some((hub_id,)) = done else {
             return Ok(None);
@@ -223,7 +240,8 @@ mod tests {
             .query_async(&mut other)
             .await
             .unwrap();
-        assert_eq!(guard.commit(&mut conn, &xadd).await.unwrap(), None);
+        let tx = guard.transaction(xadd.clone());
+        assert_eq!(guard.commit(&mut conn, &tx).await.unwrap(), None);
         let len: u64 = redis::cmd("XLEN")
             .arg("in")
             .query_async(&mut other)
@@ -250,7 +268,10 @@ mod tests {
             ..guard
         };
         assert_eq!(next.check(&mut conn).await.unwrap(), None);
-        let done = next.commit(&mut conn, &xadd).await.unwrap();
+        let done = next
+            .commit(&mut conn, &next.transaction(xadd))
+            .await
+            .unwrap();
         assert!(
             matches!(done, Some(Appended::Applied { added: 1, .. })),
             "{done:?}"
