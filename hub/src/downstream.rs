@@ -861,10 +861,11 @@ impl Pusher {
         };
         let read = read_batch(&mut self.redis, &self.source, self.last, count);
         let mut batch = self.metrics.timed(op, read).await?;
-        self.set_aside(&mut batch.entries).await?;
+        // First, so what is cut off (and read again) is not set aside twice.
         if let Some(parts) = &self.source.parts {
             in_parts::isolate(&mut batch, parts, self.max_frame_bytes);
         }
+        self.set_aside(&mut batch.entries).await?;
         if batch.expired > 0 {
             self.metrics.expired.inc_by(batch.expired);
             tracing::warn!(
