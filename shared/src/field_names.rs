@@ -65,7 +65,20 @@ pub fn unescape_field(name: &[u8]) -> &[u8] {
 /// [`escape_field`] applied to the names (even positions) of a flat
 /// `k1, v1, k2, v2, ...` field list; values are kept as they are.
 pub fn escape_fields(fields: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    map_names(fields, |name| escape_field(name).into_owned())
+    escaped(fields).map(Cow::into_owned).collect()
+}
+
+/// The fields of a flat `k1, v1, ...` list as they are stored: names through
+/// [`escape_field`], values borrowed, nothing copied unless a name is
+/// escaped. What every `XADD` of a carried entry passes as its arguments.
+pub fn escaped(fields: &[Vec<u8>]) -> impl Iterator<Item = Cow<'_, [u8]>> {
+    fields.iter().enumerate().map(|(i, f)| {
+        if i % 2 == 0 {
+            escape_field(f)
+        } else {
+            Cow::Borrowed(f.as_slice())
+        }
+    })
 }
 
 /// [`unescape_field`] applied to the names (even positions) of a flat field
