@@ -6,11 +6,12 @@
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use lula_protocol::field_names::escaped;
 use lula_protocol::keys::DeviceKeys;
 use lula_protocol::lua::RANGE_AFTER;
 use lula_protocol::message::PushStream;
 use lula_protocol::redis_value::entries_from_range;
-use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_field};
+use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
 
@@ -176,6 +177,8 @@ pub fn is_full(e: &RedisError) -> bool {
 pub struct Device {
     redis: ConnectionManager,
     client: redis::Client,
+    /// The device Redis's URL, for the connections of wide transactions.
+    url: String,
     keys: DeviceKeys,
     /// Upstream retention, shared by clones (only the session trims).
     retention: Arc<Mutex<OutRetention>>,
@@ -192,6 +195,7 @@ impl Device {
         Ok(Device {
             redis,
             client,
+            url: redis_url.to_owned(),
             keys,
             retention: Arc::new(Mutex::new(OutRetention::new(KeepAcked::All))),
         })
@@ -327,12 +331,8 @@ impl Device {
             // Reserved names are escaped by the one rule of
             // `lula_protocol::field_names`, the same for direct messages and
             // broadcasts; the script stores what it is given.
-            for (i, value) in entry.fields.iter().enumerate() {
-                if i.is_multiple_of(2) {
-                    invocation.arg(escape_field(value).as_ref());
-                } else {
-                    invocation.arg(value.as_slice());
-                }
+            for arg in escaped(&entry.fields) {
+                invocation.arg(arg.as_ref());
             }
         }
         let (cursor, added, missed, set_aside): (String, u64, String, u64) =

@@ -26,7 +26,7 @@ use lula_runtime::redis::{RedisConn, RedisTarget};
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 
-use crate::tx_conn::{MAX_REDIRECTS, TxConn};
+use lula_runtime::redis_tx::TxConn;
 
 /// How long a guard key lives when the stream keeps its entries longer than
 /// that or forever is not known: a week, the default broadcast retention.
@@ -135,49 +135,27 @@ pub async fn record(
     for v in &entry.fields {
         xadd.arg(v.as_slice());
     }
-    record_wide(&mut TxConn::new(target.clone()), &guard, set, xadd).await
+    let tx = transaction(set, xadd);
+    record_wide(&mut TxConn::new(target.clone()), &guard, &tx).await
 }
 
 /// Records a wide entry once: `WATCH` the guard; if it is set, the entry was
-/// recorded before; else `MULTI`, `set` (the guard), `xadd` (the record),
-/// `EXEC`. When the guard changed meanwhile (another hub or connection
+/// recorded before; else the [`transaction`] (`MULTI`, set the guard, append
+/// the record, `EXEC`). When the guard changed meanwhile (another hub or connection
 /// recording the same entry), `EXEC` does nothing and the check runs again.
 /// Guard and dead stream share a slot, so on a cluster `conn` follows `MOVED`
 /// to its master.
 async fn record_wide(
     conn: &mut TxConn,
     guard: &str,
-    set: redis::Cmd,
-    xadd: redis::Cmd,
+    tx: &redis::Pipeline,
 ) -> Result<bool, redis::RedisError> {
-    let mut redirects = 0;
-    for _ in 0..WIDE_TRIES {
-        let tried = match conn.connect().await {
-            Ok(mut c) => record_wide_once(&mut c, guard, &set, &xadd).await,
-            Err(e) => Err(e),
-        };
-        match tried {
-            Ok(Some(wrote)) => return Ok(wrote),
-            Ok(None) => {
-                tracing::debug!(
-                    guard,
-                    "a dead letter's guard changed during its record; checking again"
-                );
-            }
-            Err(e) => {
-                if conn.failed(&e) && redirects < MAX_REDIRECTS {
-                    redirects += 1;
-                    continue;
-                }
-                return Err(e);
-            }
-        }
-    }
-    Err(redis::RedisError::from((
-        redis::ErrorKind::Io,
+    conn.run(
         "recording a wide dead letter",
-        "its guard kept changing; try again".to_owned(),
-    )))
+        WIDE_TRIES,
+        |mut c| async move { record_wide_once(&mut c, guard, tx).await },
+    )
+    .await
 }
 
 /// One try of [`record_wide`]: whether it wrote the record, `None` when the
@@ -185,13 +163,12 @@ async fn record_wide(
 async fn record_wide_once(
     conn: &mut MultiplexedConnection,
     guard: &str,
-    set: &redis::Cmd,
-    xadd: &redis::Cmd,
+    tx: &redis::Pipeline,
 ) -> Result<Option<bool>, redis::RedisError> {
     if watch_seen(conn, guard).await? {
         return Ok(Some(false));
     }
-    Ok(commit(conn, set, xadd).await?.then_some(true))
+    Ok(commit(conn, tx).await?.then_some(true))
 }
 
 /// Watches `guard` and reads whether it is set (then the watch is dropped:
@@ -205,19 +182,20 @@ async fn watch_seen(conn: &mut MultiplexedConnection, guard: &str) -> redis::Red
     Ok(seen)
 }
 
-/// Sets the guard and appends the record in one transaction, after a
-/// [`watch_seen`] on the same connection: false when the guard changed
-/// since, and nothing was written.
+/// The transaction that sets the guard (`set`) and appends the record
+/// (`xadd`), built once for every try.
+fn transaction(set: redis::Cmd, xadd: redis::Cmd) -> redis::Pipeline {
+    let mut tx = redis::pipe();
+    tx.atomic().add_command(set).ignore().add_command(xadd);
+    tx
+}
+
+/// Runs the [`transaction`] after a [`watch_seen`] on the same connection:
+/// false when the guard changed since, and nothing was written.
 async fn commit(
     conn: &mut MultiplexedConnection,
-    set: &redis::Cmd,
-    xadd: &redis::Cmd,
+    tx: &redis::Pipeline,
 ) -> redis::RedisResult<bool> {
-    let mut tx = redis::pipe();
-    tx.atomic()
-        .add_command(set.clone())
-        .ignore()
-        .add_command(xadd.clone());
     let done: Option<(String,)> = tx.query_async(conn).await?;
     Ok(done.is_some())
 }
@@ -237,6 +215,7 @@ mod tests {
         set.arg("guard").arg(1).arg("EX").arg(600);
         let mut xadd = redis::cmd("XADD");
         xadd.arg("dead").arg("*").arg("k").arg("v");
+        let tx = transaction(set, xadd);
         assert!(!watch_seen(&mut conn, "guard").await.unwrap());
         // Another connection records the same entry meanwhile.
         let () = redis::cmd("SET")
@@ -245,7 +224,7 @@ mod tests {
             .query_async(&mut other)
             .await
             .unwrap();
-        assert!(!commit(&mut conn, &set, &xadd).await.unwrap());
+        assert!(!commit(&mut conn, &tx).await.unwrap());
         let len: u64 = redis::cmd("XLEN")
             .arg("dead")
             .query_async(&mut other)
@@ -254,9 +233,7 @@ mod tests {
         assert_eq!(len, 0, "nothing written");
         // Checked again: recorded before.
         assert_eq!(
-            record_wide_once(&mut conn, "guard", &set, &xadd)
-                .await
-                .unwrap(),
+            record_wide_once(&mut conn, "guard", &tx).await.unwrap(),
             Some(false)
         );
         // Without the guard, guard and record are written together.
@@ -266,9 +243,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            record_wide_once(&mut conn, "guard", &set, &xadd)
-                .await
-                .unwrap(),
+            record_wide_once(&mut conn, "guard", &tx).await.unwrap(),
             Some(true)
         );
         let len: u64 = redis::cmd("XLEN")

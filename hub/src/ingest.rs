@@ -29,11 +29,13 @@ mod wide;
 use crate::metrics::HubMetrics;
 use std::sync::{Arc, LazyLock};
 
+use lula_protocol::field_names::escaped;
 use lula_protocol::keys::{HubKeys, IngestLayout};
 use lula_protocol::limits::{MAX_BATCH_ENTRIES, MAX_ENTRY_VALUES};
 use lula_protocol::message::{ErrorReply, status};
-use lula_protocol::{ClientId, Entry, StreamId, escape_field};
+use lula_protocol::{ClientId, Entry, StreamId};
 use lula_runtime::redis::{RedisConn, RedisTarget};
+use lula_runtime::redis_tx::TxConn;
 use redis::aio::ConnectionLike;
 use redis::{RedisError, Script, Value};
 use tokio::sync::{OnceCell, mpsc, oneshot};
@@ -301,12 +303,8 @@ pub async fn append_many<C: ConnectionLike>(
             // Names that would shadow `client` / `seq` (or `broadcast`) are
             // escaped here, before the script, by the one rule of
             // `lula_protocol::field_names`: the script stores what it is given.
-            for (i, value) in entry.fields.iter().enumerate() {
-                if i.is_multiple_of(2) {
-                    invocation.arg(escape_field(value).as_ref());
-                } else {
-                    invocation.arg(value.as_slice());
-                }
+            for arg in escaped(&entry.fields) {
+                invocation.arg(arg.as_ref());
             }
         }
     }
@@ -406,7 +404,7 @@ impl Ingestor {
             .map(|p| {
                 let (jobs, rx) = mpsc::channel(QUEUE);
                 tokio::spawn(ingest_loop(
-                    (redis.clone(), wide::WideConn::new(target.clone())),
+                    (redis.clone(), TxConn::new(target.clone())),
                     layout.clone(),
                     p,
                     guard.clone(),
@@ -486,7 +484,7 @@ impl Ingestor {
 }
 
 async fn ingest_loop(
-    (mut redis, mut wide): (RedisConn, wide::WideConn),
+    (mut redis, mut wide): (RedisConn, TxConn),
     layout: IngestLayout,
     partition: u32,
     guard: Arc<LayoutGuard>,
@@ -509,7 +507,7 @@ async fn ingest_loop(
         let appended = match guard.check().await {
             Ok(()) if sections.len() == 1 && wide::is_wide(&sections[0]) => {
                 let section = sections.remove(0);
-                let appended = wide.append(&layout, partition, section).await;
+                let appended = wide::append(&mut wide, &layout, partition, section).await;
                 appended.map(|a| vec![a])
             }
             Ok(()) => append_many(&mut redis, &layout, partition, sections).await,

@@ -82,7 +82,6 @@ pub mod rpc;
 pub mod session;
 mod state;
 mod take_over;
-mod tx_conn;
 mod upgrade;
 
 use std::sync::Arc;

@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod process;
 pub mod redis;
 pub mod redis_check;
+pub mod redis_tx;
 pub mod retention;
 pub mod secret;
 pub mod tls;

@@ -19,8 +19,11 @@
 
 use std::sync::LazyLock;
 
+use lula_protocol::field_names::escaped;
 use lula_protocol::message::PushStream;
-use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId, escape_field};
+use lula_protocol::{Entry, FIELD_BROADCAST, FIELD_SEQ, StreamId};
+use lula_runtime::redis::RedisTarget;
+use lula_runtime::redis_tx::TxConn;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Script};
 
@@ -46,20 +49,11 @@ static LAST_ID: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// How long one command of a wide transaction may take: an `XADD` of
-/// 100,000 pairs on a small device's Redis is far slower than the default
-/// half second.
-const TX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 impl Device {
-    /// A connection of its own, for one `WATCH` transaction.
-    async fn transaction_connection(
-        &self,
-    ) -> Result<redis::aio::MultiplexedConnection, RedisError> {
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(TX_TIMEOUT));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+    /// A connection of its own, for one transaction: commands of up to
+    /// 100,000 pairs get 30 s each, not the half second of a plain one.
+    fn transaction_connection(&self) -> TxConn {
+        TxConn::new(RedisTarget::new(self.url.as_str(), false))
     }
 
     /// Stores one pushed entry of `stream` wider than the store script
@@ -73,53 +67,43 @@ impl Device {
             PushStream::Direct => (DOWNSTREAM_FIELD, FIELD_SEQ),
             PushStream::Broadcast => (BROADCAST_FIELD, FIELD_BROADCAST),
         };
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(self.keys.in_stream())
+        let state = self.keys.state();
+        let mut tx = redis::pipe();
+        tx.atomic()
+            .cmd("XADD")
+            .arg(self.keys.in_stream())
             .arg("*")
             .arg(marker)
             .arg(entry.id.to_string());
-        for (i, value) in entry.fields.iter().enumerate() {
-            if i.is_multiple_of(2) {
-                xadd.arg(escape_field(value).as_ref());
-            } else {
-                xadd.arg(value.as_slice());
-            }
+        for arg in escaped(&entry.fields) {
+            tx.arg(arg.as_ref());
         }
-        let state = self.keys.state();
-        let mut conn = self.transaction_connection().await?;
-        for _ in 0..TRIES {
-            let () = redis::cmd("WATCH")
-                .arg(&state)
-                .query_async(&mut conn)
-                .await?;
-            let saved: Option<String> = redis::cmd("HGET")
-                .arg(&state)
-                .arg(field)
-                .query_async(&mut conn)
-                .await?;
-            let cursor = parse_id(saved)?;
-            if entry.id <= cursor {
-                let () = redis::cmd("UNWATCH").query_async(&mut conn).await?;
-                return Ok(stored(cursor, 0));
-            }
-            let mut tx = redis::pipe();
-            tx.atomic()
-                .add_command(xadd.clone())
-                .cmd("HSET")
-                .arg(&state)
-                .arg(field)
-                .arg(entry.id.to_string())
-                .ignore();
-            let done: Option<(String,)> = tx.query_async(&mut conn).await?;
-            if done.is_some() {
-                return Ok(stored(entry.id, 1));
-            }
-        }
-        Err(RedisError::from((
-            redis::ErrorKind::Io,
-            "storing a wide message",
-            "the state hash kept changing; retried".to_owned(),
-        )))
+        tx.cmd("HSET")
+            .arg(&state)
+            .arg(field)
+            .arg(entry.id.to_string())
+            .ignore();
+        let (state, tx) = (&state, &tx);
+        self.transaction_connection()
+            .run("storing a wide message", TRIES, |mut conn| async move {
+                let () = redis::cmd("WATCH")
+                    .arg(state)
+                    .query_async(&mut conn)
+                    .await?;
+                let saved: Option<String> = redis::cmd("HGET")
+                    .arg(state)
+                    .arg(field)
+                    .query_async(&mut conn)
+                    .await?;
+                let cursor = parse_id(saved)?;
+                if entry.id <= cursor {
+                    let () = redis::cmd("UNWATCH").query_async(&mut conn).await?;
+                    return Ok(Some(stored(cursor, 0)));
+                }
+                let done: Option<(String,)> = tx.query_async(&mut conn).await?;
+                Ok(done.map(|_| stored(entry.id, 1)))
+            })
+            .await
     }
 
     /// Sets aside an out-stream entry wider than the set-aside script takes:
@@ -133,21 +117,16 @@ impl Device {
     ) -> Result<bool, RedisError> {
         let dead = self.keys.dead_stream();
         let tx = set_aside_tx(&dead, &self.keys.state(), entry, reason, last);
-        let mut conn = self.transaction_connection().await?;
-        for _ in 0..TRIES {
-            if recorded_before(&mut conn, &dead, entry.id).await? {
-                return Ok(false);
-            }
-            let done: Option<(String,)> = tx.query_async(&mut conn).await?;
-            if done.is_some() {
-                return Ok(true);
-            }
-        }
-        Err(RedisError::from((
-            redis::ErrorKind::Io,
-            "setting a wide entry aside",
-            "the dead stream kept changing; retried".to_owned(),
-        )))
+        let (dead, tx) = (&dead, &tx);
+        self.transaction_connection()
+            .run("setting a wide entry aside", TRIES, |mut conn| async move {
+                if recorded_before(&mut conn, dead, entry.id).await? {
+                    return Ok(Some(false));
+                }
+                let done: Option<(String,)> = tx.query_async(&mut conn).await?;
+                Ok(done.map(|_| true))
+            })
+            .await
     }
 }
 

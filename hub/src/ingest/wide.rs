@@ -12,18 +12,18 @@
 //!
 //! A watch belongs to a connection, and the shared multiplexed connection
 //! carries everyone's commands, so this uses a connection of its own per
-//! partition task ([`crate::tx_conn`]): to the server, or on a cluster to the
+//! partition task ([`TxConn`]): to the server, or on a cluster to the
 //! master of the partition's slot, found by following `MOVED`.
 
+use lula_protocol::field_names::escaped;
 use lula_protocol::keys::IngestLayout;
 use lula_protocol::limits::SCRIPT_ENTRY_VALUES;
-use lula_protocol::{Entry, StreamId, escape_field};
-use lula_runtime::redis::RedisTarget;
+use lula_protocol::{Entry, StreamId};
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult};
 
 use super::{Appended, IngestError, Section};
-use crate::tx_conn::{MAX_REDIRECTS, TxConn};
+use lula_runtime::redis_tx::TxConn;
 
 /// How often a transaction is tried again when other appends to the same
 /// partition keep moving its cursors first.
@@ -45,81 +45,49 @@ pub(super) fn is_wide(section: &Section) -> bool {
         .any(|e| e.fields.len() > SCRIPT_ENTRY_VALUES || e.payload_len() > TRANSACTION_BYTES)
 }
 
-/// The connection of one partition task for wide appends ([`TxConn`]).
-pub(super) struct WideConn {
-    conn: TxConn,
-}
-
-impl WideConn {
-    pub(super) fn new(target: RedisTarget) -> Self {
-        WideConn {
-            conn: TxConn::new(target),
-        }
+/// Appends a section of one wide entry exactly once (see the module), on
+/// the partition task's own connection.
+pub(super) async fn append(
+    conn: &mut TxConn,
+    layout: &IngestLayout,
+    partition: u32,
+    section: Section,
+) -> Result<Appended, IngestError> {
+    let [entry] = <[Entry; 1]>::try_from(section.entries).map_err(|_| {
+        IngestError::Reply("a wide entry is appended in a section of its own".into())
+    })?;
+    let keys = (layout.cursors(partition), layout.in_stream(partition));
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(&keys.1)
+        .arg("*")
+        .arg(lula_protocol::FIELD_CLIENT)
+        .arg(section.client.as_str())
+        .arg(lula_protocol::FIELD_SEQ)
+        .arg(entry.id.to_string());
+    for arg in escaped(&entry.fields) {
+        xadd.arg(arg.as_ref());
     }
-
-    /// Appends a section of one wide entry exactly once (see the module).
-    pub(super) async fn append(
-        &mut self,
-        layout: &IngestLayout,
-        partition: u32,
-        section: Section,
-    ) -> Result<Appended, IngestError> {
-        let [entry] = <[Entry; 1]>::try_from(section.entries).map_err(|_| {
-            IngestError::Reply("a wide entry is appended in a section of its own".into())
-        })?;
-        let keys = (layout.cursors(partition), layout.in_stream(partition));
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&keys.1)
-            .arg("*")
-            .arg(lula_protocol::FIELD_CLIENT)
-            .arg(section.client.as_str())
-            .arg(lula_protocol::FIELD_SEQ)
-            .arg(entry.id.to_string());
-        for (i, value) in entry.fields.iter().enumerate() {
-            if i.is_multiple_of(2) {
-                xadd.arg(escape_field(value).as_ref());
-            } else {
-                xadd.arg(value.as_slice());
-            }
-        }
-        let guard = Guard {
-            keys: &keys,
-            client: section.client.as_str(),
-            prev: section.prev,
-            seq: entry.id,
-        };
-        // Only the command holds the entry's bytes from here on.
-        drop(entry);
-        let tx = guard.transaction(xadd);
-        let mut redirects = 0;
-        for _ in 0..TRIES {
-            let mut conn = self.conn.connect().await?;
-            let tried = match guard.check(&mut conn).await {
-                Ok(Some(settled)) => Ok(Some(settled)),
-                Ok(None) => guard.commit(&mut conn, &tx).await,
-                Err(e) => Err(e),
-            };
-            match tried {
-                Ok(Some(appended)) => return Ok(appended),
-                Ok(None) => {
-                    tracing::debug!(seq = %guard.seq, "a cursor moved during a wide append; checking again");
-                    continue;
-                }
-                Err(e) => {
-                    if self.conn.failed(&e) && redirects < MAX_REDIRECTS {
-                        redirects += 1;
-                        continue;
-                    }
-                    return Err(e.into());
+    let guard = Guard {
+        keys: &keys,
+        client: section.client.as_str(),
+        prev: section.prev,
+        seq: entry.id,
+    };
+    // Only the command holds the entry's bytes from here on.
+    drop(entry);
+    let tx = guard.transaction(xadd);
+    let appended = conn
+        .run("wide append", TRIES, |mut c| {
+            let (guard, tx) = (&guard, &tx);
+            async move {
+                match guard.check(&mut c).await? {
+                    Some(settled) => Ok(Some(settled)),
+                    None => guard.commit(&mut c, tx).await,
                 }
             }
-        }
-        Err(IngestError::Redis(RedisError::from((
-            redis::ErrorKind::Io,
-            "wide append",
-            "the cursors kept changing; try again".to_owned(),
-        ))))
-    }
+        })
+        .await?;
+    Ok(appended)
 }
 
 /// What one try of the transaction checks and writes.
