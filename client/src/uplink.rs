@@ -439,10 +439,8 @@ impl ReadAhead {
         let n = read.entries.len() as u64;
         self.next_ordinal = self.tracker.ordinal.map(|o| o + 1 - n);
         let mut entries = read.entries;
-        if let Some(max_values) = budget.set_aside {
-            // The batch's brackets take two bytes of the budget.
-            let limits = (max_values, budget.max_bytes.saturating_sub(2));
-            set_aside_past_limits(device, metrics, &mut entries, limits, budget).await?;
+        if budget.set_aside.is_some() {
+            set_aside_past_limits(device, metrics, &mut entries, budget).await?;
         }
         self.pending.extend(entries);
         Ok(())
@@ -464,11 +462,12 @@ impl ReadAhead {
                 part.map(Batch::of_part)
             }
             None => {
-                // A batch ends before an entry that goes in parts.
+                // A batch ends before an entry too wide for it (one too
+                // large for it ends the batch by itself).
                 let wide = self
                     .pending
                     .iter()
-                    .position(|e| needs_parts(e, usize::MAX, budget));
+                    .position(|e| budget.parts.is_some() && too_wide_for_a_batch(e));
                 let max_entries = wide.map_or(budget.max_entries, |i| i.min(budget.max_entries));
                 take_batch(&mut self.pending, max_entries, budget.max_bytes)?
             }
@@ -486,15 +485,13 @@ impl ReadAhead {
         self.next_ordinal = self.next_ordinal.map(|o| o + batch.count as u64);
         Ok(Some(batch))
     }
-}
 
-impl ReadAhead {
     /// Starts sending the front entry in parts when it does not fit a batch.
     fn start_parts(&mut self, budget: &Budget) {
         let Some(front) = self.pending.front() else {
             return;
         };
-        if !needs_parts(front, budget.max_bytes.saturating_sub(2), budget) {
+        if !needs_parts(front, budget) {
             return;
         }
         if let Some(entry) = self.pending.pop_front() {
@@ -505,23 +502,34 @@ impl ReadAhead {
 }
 
 /// Whether `entry` goes in parts: the hub takes parts, and the entry is
-/// wider than a batch may hold, or its encoding longer than `max_bytes`.
-fn needs_parts(entry: &Entry, max_bytes: usize, budget: &Budget) -> bool {
+/// wider than a batch may hold, or its encoding does not fit one.
+fn needs_parts(entry: &Entry, budget: &Budget) -> bool {
     budget.parts.is_some()
-        && entry.set_aside.is_none()
-        && (entry.fields.len() > MAX_ENTRY_VALUES
-            || (max_bytes < usize::MAX && entry.past_limits(usize::MAX, max_bytes).is_some()))
+        && (too_wide_for_a_batch(entry)
+            || entry
+                .past_limits(usize::MAX, batch_entry_bytes(budget))
+                .is_some())
 }
 
-/// Sets aside the entries past `max_values` or `max_bytes`, or past the
-/// hub's limits for parts when it takes parts (see
+/// More keys plus values than a batch may carry (never a marker).
+fn too_wide_for_a_batch(entry: &Entry) -> bool {
+    entry.fields.len() > MAX_ENTRY_VALUES
+}
+
+/// The most bytes one entry's encoding may take in a batch: the budget less
+/// the batch's brackets.
+fn batch_entry_bytes(budget: &Budget) -> usize {
+    budget.max_bytes.saturating_sub(2)
+}
+
+/// Sets aside the entries the hub refused by id, and those past its limits:
+/// for parts when it takes parts, else for a batch (see
 /// [`Device::set_aside_up`]), replacing each with a set-aside marker to send
 /// in its place.
 async fn set_aside_past_limits(
     device: &mut Device,
     metrics: &Metrics,
     entries: &mut [Entry],
-    (max_values, max_bytes): (usize, usize),
     budget: &Budget,
 ) -> Result<(), RedisError> {
     for entry in entries.iter_mut() {
@@ -529,9 +537,12 @@ async fn set_aside_past_limits(
             .refused
             .get(&entry.id)
             .map(|why| format!("refused by the hub: {why}"))
-            .or_else(|| match &budget.parts {
-                Some(parts) => parts.refuses(entry),
-                None => entry.past_limits(max_values, max_bytes),
+            .or_else(|| match (&budget.parts, budget.set_aside) {
+                (Some(parts), _) => parts.refuses(entry),
+                (None, Some(max_values)) => {
+                    entry.past_limits(max_values, batch_entry_bytes(budget))
+                }
+                (None, None) => None,
             });
         let Some(reason) = reason else {
             continue;
