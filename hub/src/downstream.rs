@@ -599,6 +599,8 @@ struct Batch {
     last_read: Option<StreamId>,
     /// Entries read, expired ones included: fewer than asked means caught up.
     read: usize,
+    /// The batch is one entry to push in parts (see [`in_parts::isolate`]).
+    in_parts: bool,
 }
 
 /// When a message for a device is too old to deliver: older than a hub-wide
@@ -674,6 +676,7 @@ async fn read_direct(
         expired: expired.len() as u64,
         last_read,
         read,
+        in_parts: false,
     })
 }
 
@@ -697,6 +700,7 @@ async fn read_batch(
                 last_read: read.entries.last().map(|e| e.id),
                 read: read.entries.len(),
                 entries: read.entries,
+                in_parts: false,
             })
         }
     }
@@ -861,11 +865,13 @@ impl Pusher {
         };
         let read = read_batch(&mut self.redis, &self.source, self.last, count);
         let mut batch = self.metrics.timed(op, read).await?;
-        // First, so what is cut off (and read again) is not set aside twice.
+        // First, so what is cut off (and read again) is not set aside twice;
+        // an entry in parts is within the device's limits, nothing to set aside.
         if let Some(parts) = &self.source.parts {
             in_parts::isolate(&mut batch, parts, self.max_frame_bytes);
         }
-        self.set_aside(&mut batch.entries).await?;
+        let carried = usize::from(batch.in_parts);
+        self.set_aside(&mut batch.entries[carried..]).await?;
         if batch.expired > 0 {
             self.metrics.expired.inc_by(batch.expired);
             tracing::warn!(
@@ -896,14 +902,11 @@ impl Pusher {
         let budget = MAX_PUSH_FRAME_BYTES - PUSH_ENVELOPE_BYTES;
         let stream = self.source.stream;
         for entry in entries.iter_mut() {
-            let reason = match &self.source.parts {
-                Some(parts) if !parts.takes(entry, self.max_frame_bytes) => parts
-                    .limits
-                    .refuses(entry)
-                    .or_else(|| entry.past_limits(MAX_ENTRY_VALUES, budget)),
-                Some(_) => None,
-                None => entry.past_limits(MAX_ENTRY_VALUES, budget),
-            };
+            // What goes in parts was isolated before: the rest is set
+            // aside past the device's limits for parts, or past a push.
+            let reason = (self.source.parts.as_ref())
+                .and_then(|parts| parts.limits.refuses(entry))
+                .or_else(|| entry.past_limits(MAX_ENTRY_VALUES, budget));
             let Some(reason) = reason else {
                 continue;
             };
@@ -992,12 +995,13 @@ impl Pusher {
             gap,
             expired,
             last_read,
+            in_parts,
             ..
         } = batch;
         let read_last = last_read.unwrap_or(self.last);
         let backlog = self.backlog(caught_up, read_last).await;
         let expired = Some(expired).filter(|n| *n > 0);
-        if self.in_parts(&entries) {
+        if in_parts {
             let entry = entries.into_iter().next().ok_or(Ended)?;
             self.send_parts(entry, (gap, expired, backlog), permit)
                 .await?;

@@ -110,9 +110,9 @@ impl Connection {
     pub(super) async fn xadds(
         &mut self,
         id: Option<&Value>,
-        request: XaddsRequest,
+        mut request: XaddsRequest,
     ) -> Result<(), Closed> {
-        if let Some(part) = request.part.clone() {
+        if let Some(part) = request.part.take() {
             return self.part(id, request, part).await;
         }
         let batch = Batch::Xadds {

@@ -18,6 +18,7 @@ use lula_protocol::parts::{PartLimits, Splitter};
 use lula_protocol::{Entry, StreamId};
 
 use super::{Batch, Ended, Pusher};
+use crate::parts_budget::PartsBudget;
 
 /// Frames queued for the connection's writer before the next part is cut:
 /// parts go out as fast as the device takes them, and what waits for a slow
@@ -26,7 +27,6 @@ const PARTS_QUEUED: usize = 2;
 
 /// How often a push waiting to cut its next part looks at the queue again.
 const QUEUE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
-use crate::parts_budget::PartsBudget;
 
 /// Where a push may send entries in parts.
 pub struct PartsTo {
@@ -52,9 +52,9 @@ impl PartsTo {
     }
 }
 
-/// Leaves an entry that goes in parts alone in `batch`: the batch ends
-/// before it, or is only it when it comes first. What is cut off is read
-/// again next time.
+/// Leaves an entry that goes in parts alone in `batch` (then marked
+/// `in_parts`): the batch ends before it, or is only it when it comes
+/// first. What is cut off is read again next time.
 pub(super) fn isolate(batch: &mut Batch, parts: &PartsTo, max_frame_bytes: usize) {
     let Some(at) = batch
         .entries
@@ -64,6 +64,7 @@ pub(super) fn isolate(batch: &mut Batch, parts: &PartsTo, max_frame_bytes: usize
         return;
     };
     let keep = at.max(1);
+    batch.in_parts = at == 0;
     if keep < batch.entries.len() {
         batch.entries.truncate(keep);
         batch.last_read = batch.entries.last().map(|e| e.id);
@@ -73,14 +74,6 @@ pub(super) fn isolate(batch: &mut Batch, parts: &PartsTo, max_frame_bytes: usize
 }
 
 impl Pusher {
-    /// Whether `entries` is one entry to push in parts.
-    pub(super) fn in_parts(&self, entries: &[Entry]) -> bool {
-        match (&self.source.parts, entries) {
-            (Some(parts), [entry]) => parts.takes(entry, self.max_frame_bytes),
-            _ => false,
-        }
-    }
-
     /// Pushes one entry in parts, after a frame for the gap or the expired
     /// messages before it, if any; the last part carries the backlog.
     pub(super) async fn send_parts(
