@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use super::Ctx;
+use super::{Ctx, EXACTLY_ONCE, Outcome, check_row};
 use crate::client_process::{ClientProcess, ClientSpec};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
@@ -225,4 +225,20 @@ pub async fn verify_broadcasts(
         devices.len(),
         thousands(total)
     ))
+}
+
+/// One outcome of a scenario's two halves: the upstream one's rows, then
+/// the broadcasts', and one exactly-once row over both.
+pub fn up_then_down(scenario: Scenario, up: Outcome, down: Outcome) -> Outcome {
+    let mut rows = up.rows;
+    rows.extend(down.rows);
+    let check = match (up.check, down.check) {
+        (Ok(a), Ok(b)) => Ok(format!("up: {a}; broadcasts: {b}")),
+        (Err(e), _) => Err(format!("up: {e}")),
+        (_, Err(e)) => Err(format!("broadcasts: {e}")),
+    };
+    rows.push(check_row(scenario, EXACTLY_ONCE, &check));
+    let mut notes = up.notes;
+    notes.extend(down.notes);
+    Outcome { rows, check, notes }
 }

@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use tokio::time::Instant;
 
 use super::heavy::{self, memory_rows};
-use super::{Ctx, EXACTLY_ONCE, Outcome, check_row};
+use super::{Ctx, Outcome};
 use crate::cloud::Cloud;
 use crate::config::Scenario;
 use crate::devices::DeviceServers;
@@ -44,17 +44,7 @@ const VERIFY_PAGE: usize = 2;
 pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Outcome> {
     let up = upstream(ctx).await?;
     let down = broadcasts(ctx).await?;
-    let mut rows = up.rows;
-    rows.extend(down.rows);
-    let check = match (up.check, down.check) {
-        (Ok(a), Ok(b)) => Ok(format!("up: {a}; broadcasts: {b}")),
-        (Err(e), _) => Err(format!("up: {e}")),
-        (_, Err(e)) => Err(format!("broadcasts: {e}")),
-    };
-    rows.push(check_row(SCENARIO, EXACTLY_ONCE, &check));
-    let mut notes = up.notes;
-    notes.extend(down.notes);
-    Ok(Outcome { rows, check, notes })
+    Ok(heavy::up_then_down(SCENARIO, up, down))
 }
 
 /// What one entry of a run is.
